@@ -1,0 +1,56 @@
+// swift-tools-version: 6.1
+// Flotilla: a sharded multi-Raft key-value storage engine.
+// Module dependencies point one way, downwards (see docs/architecture.md).
+import PackageDescription
+
+let strictSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+]
+
+let package = Package(
+    name: "Flotilla",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "RocksDB", targets: ["RocksDB"]),
+        .executable(name: "flotillactl", targets: ["flotillactl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // System library over Debian's librocksdb-dev (rocksdb/c.h).
+        .systemLibrary(
+            name: "CRocksDB",
+            pkgConfig: "rocksdb",
+            providers: [.apt(["librocksdb-dev"])]
+        ),
+        // Safe Swift engine API over the C API.
+        .target(
+            name: "RocksDB",
+            dependencies: ["CRocksDB"],
+            swiftSettings: strictSettings
+        ),
+        // Admin CLI. Today: the storage engine self-check.
+        .executableTarget(
+            name: "flotillactl",
+            dependencies: [
+                "RocksDB",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // Child process for the storage crash test: writes synced batches and reports each
+        // acknowledged one on stdout until it is killed.
+        .executableTarget(
+            name: "RocksDBCrashWriter",
+            dependencies: ["RocksDB"],
+            path: "Tests/RocksDBCrashWriter",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "RocksDBTests",
+            dependencies: ["RocksDB", "RocksDBCrashWriter"],
+            swiftSettings: strictSettings
+        ),
+    ]
+)
