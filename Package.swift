@@ -41,15 +41,21 @@ let package = Package(
         ),
         // Child process for the storage crash test: writes synced batches and reports each
         // acknowledged one on stdout until it is killed.
+        .target(
+            name: "CrashWorkload",
+            dependencies: ["RocksDB"],
+            path: "Tests/CrashWorkload",
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "RocksDBCrashWriter",
-            dependencies: ["RocksDB"],
+            dependencies: ["RocksDB", "CrashWorkload"],
             path: "Tests/RocksDBCrashWriter",
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "RocksDBTests",
-            dependencies: ["RocksDB", "RocksDBCrashWriter"],
+            dependencies: ["RocksDB", "CrashWorkload", "RocksDBCrashWriter"],
             swiftSettings: strictSettings
         ),
     ]

@@ -289,9 +289,12 @@ public final class Database: @unchecked Sendable {
         let startLengths = starts.map { $0.count }
         let endLengths = ends.map { $0.count }
         var sizes = [UInt64](repeating: 0, count: ranges.count)
-        try withErrorPointer("approximateSizes") { errorPointer in
-            rocksdb_approximate_sizes_cf(db, cf, Int32(ranges.count), startPointers, startLengths,
-                                         endPointers, endLengths, &sizes, errorPointer)
+        // The pointers borrow the pinned copies: keep those alive until the call returns.
+        try withExtendedLifetime((starts, ends)) { () throws(RocksDBError) in
+            try withErrorPointer("approximateSizes") { errorPointer in
+                rocksdb_approximate_sizes_cf(db, cf, Int32(ranges.count), startPointers, startLengths,
+                                             endPointers, endLengths, &sizes, errorPointer)
+            }
         }
         return sizes
     }

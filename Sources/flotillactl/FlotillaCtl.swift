@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// `flotillactl`: the Flotilla admin command line.
+@main
+struct FlotillaCtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "flotillactl",
+        abstract: "Administer a Flotilla cluster.",
+        subcommands: [EngineCheck.self]
+    )
+}
