@@ -25,6 +25,8 @@ public final class Database: @unchecked Sendable {
     let db: OpaquePointer
     private let nativeOptions: NativeOptions
     private let handlesByName: [String: OpaquePointer]
+    // Looked up once: the hot path (puts without a column family) must not hash a String.
+    private let defaultHandle: OpaquePointer
     private let defaultReadOptions: OpaquePointer
     private let syncWriteOptions: OpaquePointer
     private let asyncWriteOptions: OpaquePointer
@@ -78,6 +80,10 @@ public final class Database: @unchecked Sendable {
             byName[name] = handle
         }
         handlesByName = byName
+        guard let defaultHandle = byName["default"] else {
+            preconditionFailure("RocksDB opened \(path) without its default column family")
+        }
+        self.defaultHandle = defaultHandle
         defaultReadOptions = rocksdb_readoptions_create()
         syncWriteOptions = rocksdb_writeoptions_create()
         rocksdb_writeoptions_set_sync(syncWriteOptions, 1)
@@ -127,15 +133,12 @@ public final class Database: @unchecked Sendable {
 
     /// The `default` column family.
     public var defaultColumnFamily: ColumnFamily {
-        guard let handle = handlesByName["default"] else {
-            preconditionFailure("every RocksDB database has a default column family")
-        }
-        return ColumnFamily(name: "default", handle: handle, owner: self)
+        ColumnFamily(name: "default", handle: defaultHandle, owner: self)
     }
 
     @inline(__always)
     func handle(_ columnFamily: ColumnFamily?) -> OpaquePointer {
-        guard let columnFamily else { return defaultColumnFamily.handle }
+        guard let columnFamily else { return defaultHandle }
         precondition(columnFamily.owner === self, "column family \(columnFamily.name) belongs to another database")
         return columnFamily.handle
     }
