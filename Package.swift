@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "RocksDB", targets: ["RocksDB"]),
+        .library(name: "Raft", targets: ["Raft"]),
         .executable(name: "flotillactl", targets: ["flotillactl"]),
     ],
     dependencies: [
@@ -28,6 +29,11 @@ let package = Package(
         .target(
             name: "RocksDB",
             dependencies: ["CRocksDB"],
+            swiftSettings: strictSettings
+        ),
+        // The consensus algorithm as a pure, deterministic state machine. Imports nothing.
+        .target(
+            name: "Raft",
             swiftSettings: strictSettings
         ),
         // Admin CLI. Today: the storage engine self-check.

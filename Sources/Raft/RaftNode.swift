@@ -1,0 +1,284 @@
+/// One member of a Raft group as a pure, deterministic state machine: no I/O, no threads, no
+/// clock and no unseeded randomness. Feed it `tick()`, `step(_:)` and requests; take a
+/// `Ready`, persist and send what it says, then `advance(_:)`.
+///
+/// Guarantees (checked by the simulator): at most one leader per term, log matching, leader
+/// completeness, and every node applies a prefix of one sequence of committed entries.
+public struct RaftNode {
+    public let config: RaftConfig
+    public var id: NodeID { config.id }
+
+    public internal(set) var term: UInt64 = 0
+    public internal(set) var vote: NodeID = noNode
+    public internal(set) var role = Role.follower
+    /// The leader this node follows (itself when leading), or `noNode`.
+    public internal(set) var leader: NodeID = noNode
+    /// The configuration applied so far.
+    public internal(set) var confState: ConfState
+
+    var log: RaftLog
+    var progress: [NodeID: Progress] = [:]
+    var votes: [NodeID: Bool] = [:]
+    var electionElapsed = 0
+    var heartbeatElapsed = 0
+    var randomizedElectionTimeout = 0
+    var random: SplitMix64
+    /// Local tick count since this node started; the clock of leases.
+    var tickCount: UInt64 = 0
+    /// Tick at which a current leader was last heard from (or the start: a fresh node waits an
+    /// election timeout before granting votes, so a restart cannot break a lease).
+    var leaderContactTick: UInt64 = 0
+    /// Node this leader is handing leadership to, and when the handover started.
+    public internal(set) var leadTransferee: NodeID = noNode
+    var transferStartedTick: UInt64 = 0
+    /// Once a TimeoutNow was sent in this term, lease reads are unsafe for the rest of it.
+    var transferAttemptedInTerm = false
+    /// Index of the last conf change proposed; another waits until it is applied.
+    var pendingConfIndex: UInt64 = 0
+    /// Proposals appended by this leader and not yet committed: (index, bytes).
+    var uncommittedProposals: [(index: UInt64, bytes: Int)] = []
+    var uncommittedBytes = 0
+    var reads = ReadIndexQueue()
+
+    var messagesNow: [Message] = []
+    var messagesAfterPersist: [Message] = []
+    var readStates: [ReadState] = []
+    var lastReadyHardState: HardState
+    var lastReadySoftState: SoftState
+
+    /// A node over `storage`, restarting from what it holds (an empty storage is a new node
+    /// whose configuration is `storage.initialState().confState`).
+    public init(config: RaftConfig, storage: any RaftLogStorage) {
+        precondition(config.electionTimeoutTicks > config.heartbeatIntervalTicks,
+                     "election timeout must exceed the heartbeat interval")
+        precondition(config.leaseClockDriftTicks >= 0 && config.leaseClockDriftTicks < config.electionTimeoutTicks,
+                     "lease drift must be below the election timeout")
+        self.config = config
+        log = RaftLog(storage: storage)
+        let (hardState, confState) = storage.initialState()
+        self.confState = confState
+        random = SplitMix64(seed: config.randomSeed ^ (config.id &* 0x9E37_79B9_7F4A_7C15))
+        term = hardState.term
+        vote = hardState.vote
+        if hardState.commit > 0 {
+            precondition(hardState.commit <= log.lastIndex, "commit \(hardState.commit) beyond the persisted log \(log.lastIndex)")
+            log.commit(to: hardState.commit)
+        }
+        lastReadyHardState = hardState
+        lastReadySoftState = SoftState(leader: noNode, role: .follower)
+        resetRandomizedElectionTimeout()
+    }
+
+    // MARK: Queries
+
+    public var hardState: HardState { HardState(term: term, vote: vote, commit: log.committed) }
+    public var softState: SoftState { SoftState(leader: leader, role: role) }
+    public var committedIndex: UInt64 { log.committed }
+    public var appliedIndex: UInt64 { log.applied }
+    public var lastIndex: UInt64 { log.lastIndex }
+    /// Whether this node may campaign: a voter with no snapshot waiting to be installed.
+    var isPromotable: Bool {
+        (confState.voters.contains(id) || confState.votersOutgoing.contains(id)) && log.unstableSnapshot == nil
+    }
+
+    /// The replication state of each follower, as the leader sees it (empty otherwise).
+    public var replicationStates: [NodeID: (match: UInt64, state: ReplicationState)] {
+        progress.mapValues { ($0.match, $0.state) }
+    }
+
+    /// Entries in `[low, lastIndex]` of this node's log (persisted and not), for inspection.
+    public func entries(from low: UInt64, maxBytes: Int = .max) throws(RaftError) -> [Entry] {
+        try log.entries(from: low, maxBytes: maxBytes)
+    }
+
+    public func term(at index: UInt64) throws(RaftError) -> UInt64 { try log.term(at: index) }
+
+    // MARK: Time
+
+    /// Advances the logical clock by one tick: elections on followers, heartbeats and
+    /// check-quorum on leaders.
+    public mutating func tick() {
+        tickCount += 1
+        if role == .leader { tickLeader() } else { tickElection() }
+    }
+
+    private mutating func tickElection() {
+        electionElapsed += 1
+        if isPromotable && electionElapsed >= randomizedElectionTimeout {
+            electionElapsed = 0
+            startCampaign(transfer: false)
+        }
+    }
+
+    private mutating func tickLeader() {
+        heartbeatElapsed += 1
+        electionElapsed += 1
+        if electionElapsed >= config.electionTimeoutTicks {
+            electionElapsed = 0
+            if config.checkQuorum {
+                if !quorumRecentlyActive() {
+                    becomeFollower(term: term, leader: noNode)
+                    return
+                }
+                for nodeID in progress.keys where nodeID != id { progress[nodeID]?.recentActive = false }
+            }
+        }
+        if leadTransferee != noNode && tickCount - transferStartedTick >= UInt64(config.electionTimeoutTicks) {
+            leadTransferee = noNode  // the transfer timed out: keep leading
+        }
+        // A snapshot that got no answer for two election timeouts is presumed lost.
+        for (nodeID, pr) in progress where pr.state == .snapshot
+            && tickCount - pr.snapshotSentAtTick >= UInt64(2 * config.electionTimeoutTicks) {
+            progress[nodeID]?.becomeProbe()
+        }
+        if heartbeatElapsed >= config.heartbeatIntervalTicks {
+            heartbeatElapsed = 0
+            broadcastHeartbeat(context: [])
+        }
+    }
+
+    private func quorumRecentlyActive() -> Bool {
+        var active: [NodeID: Bool] = [:]
+        for (nodeID, pr) in progress where !pr.isLearner { active[nodeID] = nodeID == id || pr.recentActive }
+        return Quorum.voteResult(confState, votes: active) == .won
+    }
+
+    mutating func resetRandomizedElectionTimeout() {
+        randomizedElectionTimeout = config.electionTimeoutTicks
+            + Int.random(in: 0..<config.electionTimeoutTicks, using: &random)
+    }
+
+    // MARK: Roles
+
+    mutating func becomeFollower(term newTerm: UInt64, leader newLeader: NodeID) {
+        if newTerm != term {
+            precondition(newTerm > term, "term goes backwards: \(term) → \(newTerm)")
+            term = newTerm
+            vote = noNode
+            transferAttemptedInTerm = false
+        }
+        role = .follower
+        leader = newLeader
+        resetVolatileState()
+    }
+
+    private mutating func resetVolatileState() {
+        electionElapsed = 0
+        heartbeatElapsed = 0
+        resetRandomizedElectionTimeout()
+        leadTransferee = noNode
+        votes = [:]
+        uncommittedProposals = []
+        uncommittedBytes = 0
+        reads = ReadIndexQueue()
+        progress = [:]
+    }
+
+    /// Starts an election: a pre-vote round first when configured, unless this is a leader
+    /// transfer (which must not be held back by followers' leases).
+    mutating func startCampaign(transfer: Bool) {
+        guard isPromotable else { return }
+        if config.preVote && !transfer {
+            role = .preCandidate
+            leader = noNode
+            votes = [id: true]
+            requestVotes(kind: .requestPreVote, term: term + 1, transfer: false)
+            tallyVotes()
+        } else {
+            campaignAsCandidate(transfer: transfer)
+        }
+    }
+
+    private mutating func requestVotes(kind: MessageKind, term voteTerm: UInt64, transfer: Bool) {
+        for voter in confState.voters.union(confState.votersOutgoing).sorted() where voter != id {
+            var message = Message(kind: kind, from: id, to: voter)
+            message.term = voteTerm
+            message.index = log.lastIndex
+            message.logTerm = log.lastTerm
+            message.isLeaderTransfer = transfer
+            send(message)
+        }
+    }
+
+    /// Counts votes received; wins or loses the (pre-)election when the result is known.
+    mutating func tallyVotes() {
+        switch Quorum.voteResult(confState, votes: votes) {
+        case .pending:
+            return
+        case .lost:
+            becomeFollower(term: term, leader: noNode)
+        case .won:
+            if role == .preCandidate {
+                campaignAsCandidate(transfer: false)
+            } else if role == .candidate {
+                becomeLeader()
+            }
+        }
+    }
+
+    private mutating func campaignAsCandidate(transfer: Bool) {
+        becomeFollower(term: term + 1, leader: noNode)
+        role = .candidate
+        vote = id
+        votes = [id: true]
+        requestVotes(kind: .requestVote, term: term, transfer: transfer)
+        tallyVotes()
+    }
+
+    mutating func becomeLeader() {
+        precondition(role == .candidate, "only a candidate becomes leader")
+        role = .leader
+        leader = id
+        let currentVote = vote
+        resetVolatileState()
+        vote = currentVote
+        rebuildProgress()
+        // Every entry up to here may hold an unapplied conf change: allow the next one only
+        // after all of them are applied.
+        pendingConfIndex = log.lastIndex
+        // A no-op in the new term: entries of earlier terms commit only through it (§5.4.2).
+        _ = appendAsLeader([Entry(term: term, index: 0)])
+        broadcastAppend()
+    }
+
+    /// Progress for every node of the configuration, starting in probe after the last index.
+    mutating func rebuildProgress() {
+        var rebuilt: [NodeID: Progress] = [:]
+        let allNodes = confState.allNodes
+        for nodeID in allNodes {
+            let isLearner = confState.learners.contains(nodeID) || confState.learnersNext.contains(nodeID)
+            if var existing = progress[nodeID] {
+                existing.isLearner = isLearner
+                rebuilt[nodeID] = existing
+            } else {
+                var fresh = Progress(next: log.lastIndex + 1, isLearner: isLearner,
+                                     maxInflightMessages: config.maxInflightMessages,
+                                     maxInflightBytes: config.maxInflightBytes)
+                if nodeID == id {
+                    fresh.match = log.stableLastIndex
+                    fresh.becomeReplicate()
+                    fresh.recentActive = true
+                }
+                rebuilt[nodeID] = fresh
+            }
+        }
+        progress = rebuilt
+    }
+
+    // MARK: Outbox
+
+    /// Queues `message`, stamped with the current term unless it carries its own. Messages a
+    /// leader sends about its log may leave before the leader persists (thesis §10.2.1); every
+    /// other message waits for the persist of the Ready it is in.
+    mutating func send(_ message: Message) {
+        var message = message
+        if message.term == 0 { message.term = term }
+        switch (role, message.kind) {
+        case (.leader, .appendEntries), (.leader, .heartbeat), (.leader, .installSnapshot),
+             (.leader, .timeoutNow), (.leader, .readIndexResponse):
+            messagesNow.append(message)
+        default:
+            messagesAfterPersist.append(message)
+        }
+    }
+}
