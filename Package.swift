@@ -59,6 +59,18 @@ let package = Package(
             path: "Tests/RocksDBCrashWriter",
             swiftSettings: strictSettings
         ),
+        // Deterministic simulator of a whole Raft group (test support).
+        .target(
+            name: "RaftSimulation",
+            dependencies: ["Raft"],
+            path: "Tests/RaftSimulation",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "RaftTests",
+            dependencies: ["Raft", "RaftSimulation"],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "RocksDBTests",
             dependencies: ["RocksDB", "CrashWorkload", "RocksDBCrashWriter"],

@@ -103,7 +103,8 @@ extension ConfState {
         guard !incoming.voters.isEmpty else { throw .invalidConfChange("no voters would remain") }
 
         let votersChanged = voters.symmetricDifference(incoming.voters).count
-        if change.transition == .auto && votersChanged <= 1 {
+        // From no voters at all (bootstrap) there is nothing to be joint with.
+        if voters.isEmpty || (change.transition == .auto && votersChanged <= 1) {
             return incoming
         }
         // Joint: C_old stays as the outgoing half. A demoted outgoing voter becomes a learner

@@ -76,6 +76,8 @@ public struct RaftNode {
     public var committedIndex: UInt64 { log.committed }
     public var appliedIndex: UInt64 { log.applied }
     public var lastIndex: UInt64 { log.lastIndex }
+    /// The first index still held as an entry (earlier ones are in a snapshot).
+    public var firstIndex: UInt64 { log.firstIndex }
     /// Whether this node may campaign: a voter with no snapshot waiting to be installed.
     var isPromotable: Bool {
         (confState.voters.contains(id) || confState.votersOutgoing.contains(id)) && log.unstableSnapshot == nil

@@ -60,6 +60,16 @@ public final class MemoryStorage: RaftLogStorage {
 
     public func snapshot() -> Snapshot { latestSnapshot }
 
+    /// Makes this the storage of a founding member of a new group: entry 1 (term 1) adds the
+    /// initial voters, already committed. Any node that replays the log from the start, founding
+    /// or added later, builds the same configuration history from it.
+    public func bootstrap(voters: Set<NodeID>) {
+        precondition(lastIndex == 0 && hardState == HardState(), "bootstrap of a storage that is in use")
+        let change = ConfChangeV2(changes: voters.sorted().map { ConfChangeSingle(.addVoter, $0) })
+        append([Entry(term: 1, index: 1, kind: .confChange, data: change.encoded())])
+        hardState = HardState(term: 1, vote: noNode, commit: 1)
+    }
+
     /// Persists `hardState`.
     public func setHardState(_ hardState: HardState) { self.hardState = hardState }
 

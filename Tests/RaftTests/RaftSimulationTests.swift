@@ -1,0 +1,48 @@
+import Foundation
+import Raft
+import RaftSimulation
+import Testing
+
+/// Seeded whole-group simulations with injected faults. CI runs `defaultSeedCount` seeds;
+/// `FLOTILLA_SIM_SEEDS=N` runs N seeds, `FLOTILLA_SIM_SEED=S` replays one.
+@Suite("Raft simulation")
+struct RaftSimulationTests {
+    static let defaultSeedCount = 2_000
+    static let nodeCounts = [1, 3, 5, 7]
+
+    static var seeds: [UInt64] {
+        let environment = ProcessInfo.processInfo.environment
+        if let one = environment["FLOTILLA_SIM_SEED"].flatMap(UInt64.init) { return [one] }
+        let count = environment["FLOTILLA_SIM_SEEDS"].flatMap(Int.init) ?? defaultSeedCount
+        return (1...UInt64(max(count, 1))).map { $0 }
+    }
+
+    /// The node count a seed runs with: every count gets a quarter of the seeds.
+    static func nodeCount(for seed: UInt64) -> Int { nodeCounts[Int(seed % UInt64(nodeCounts.count))] }
+
+    /// Seeds split into batches that run in parallel.
+    static var batches: [[UInt64]] {
+        let all = seeds
+        let batchCount = min(8, all.count)
+        return (0..<batchCount).map { batch in all.enumerated().filter { $0.offset % batchCount == batch }.map(\.element) }
+    }
+
+    @Test(arguments: batches)
+    func seedsKeepEveryInvariant(seeds: [UInt64]) {
+        var reads = 0
+        var writes = 0
+        for seed in seeds {
+            var simulation = Simulation(seed: seed, options: SimulationOptions(nodeCount: Self.nodeCount(for: seed)))
+            do {
+                try simulation.run()
+            } catch {
+                Issue.record("\(error)")
+                return
+            }
+            reads += simulation.readsChecked
+            writes += simulation.writesAcknowledged
+        }
+        #expect(writes > seeds.count, "the workload acknowledged writes (\(writes))")
+        #expect(reads > seeds.count / 2, "the workload checked reads (\(reads))")
+    }
+}
