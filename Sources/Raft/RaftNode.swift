@@ -127,6 +127,7 @@ public struct RaftNode {
         }
         if leadTransferee != noNode && tickCount - transferStartedTick >= UInt64(config.electionTimeoutTicks) {
             leadTransferee = noNode  // the transfer timed out: keep leading
+            if !isVoter { handOffLeadership() }  // a removed leader tries again
         }
         // A snapshot that got no answer for two election timeouts is presumed lost.
         for (nodeID, pr) in progress where pr.state == .snapshot

@@ -55,6 +55,27 @@ extension RaftNode {
         }
     }
 
+    /// Leadership transfer out of a leader that is no longer a voter: to the voter with the
+    /// highest match index. Steps down only when there is no voter to hand to.
+    mutating func handOffLeadership() {
+        let target = confState.voters.union(confState.votersOutgoing)
+            .filter { $0 != id }
+            .max { (progress[$0]?.match ?? 0, $1) < (progress[$1]?.match ?? 0, $0) }
+        guard let target, progress[target] != nil else {
+            becomeFollower(term: term, leader: noNode)
+            return
+        }
+        leadTransferee = target
+        transferStartedTick = tickCount
+        if progress[target]?.match == log.lastIndex {
+            sendTimeoutNow(to: target)
+        } else {
+            sendAppend(to: target)
+        }
+    }
+
+    var isVoter: Bool { confState.voters.contains(id) || confState.votersOutgoing.contains(id) }
+
     /// Applies a committed membership change: the configuration, the progress set, and the
     /// leader's follow-ups (leave a joint state by itself; step down when removed).
     mutating func applyConfChange(_ change: ConfChangeV2) {
@@ -66,10 +87,11 @@ extension RaftNode {
         confState = next
         guard role == .leader else { return }
         rebuildProgress()
-        let isVoter = confState.voters.contains(id) || confState.votersOutgoing.contains(id)
         if !isVoter {
-            // The change that removed us is committed (we only apply committed entries).
-            becomeFollower(term: term, leader: noNode)
+            // Removed or demoted: the change is committed, but the remaining voters may not know
+            // it yet, and our log may be longer than theirs. Stepping down now could leave no
+            // voter able to win; hand leadership to the most caught-up voter instead.
+            handOffLeadership()
             return
         }
         if leadTransferee != noNode && !(progress[leadTransferee].map { !$0.isLearner } ?? false) {
@@ -79,6 +101,8 @@ extension RaftNode {
             let index = appendAsLeader([Entry(term: 0, index: 0, kind: .confChange, data: ConfChangeV2.leaveJoint.encoded())])
             pendingConfIndex = index
         }
-        if !maybeCommit() { broadcastAppend() } else { broadcastAppend() }
+        // The quorum changed: the commit index may move, and new members need appends.
+        maybeCommit()
+        broadcastAppend()
     }
 }

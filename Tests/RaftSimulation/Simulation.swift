@@ -75,6 +75,10 @@ public struct Simulation {
     var leaderOfTerm: [UInt64: NodeID] = [:]
     /// The one committed sequence every node must apply a prefix of.
     var appliedSequence: [UInt64: (term: UInt64, data: [UInt8])] = [:]
+    /// For each applied entry, a term at or after the one it was committed in: the term of
+    /// the node that applied it first (it learnt the commit from a leader of that term or
+    /// earlier). Leaders of later terms must hold the entry (leader completeness).
+    var committedByTerm: [UInt64: UInt64] = [:]
     var nextWriteValue: UInt64 = 1
     /// Writes proposed: value → (proposing node, invocation tick).
     var writeInvocations: [UInt64: (node: NodeID, at: UInt64)] = [:]
@@ -144,7 +148,10 @@ public struct Simulation {
                 return
             }
         }
-        throw failure("no leader committed a proposal within \(options.livenessTicks) ticks after faults healed (leaders: \(leaders))")
+        let states = aliveIDs.compactMap { id in
+            nodes[id]?.raft.map { "\(id): \($0.role) t\($0.term) commit \($0.committedIndex) applied \($0.appliedIndex) last \($0.lastIndex) voters \($0.confState.voters.sorted()) out \($0.confState.votersOutgoing.sorted()) learners \($0.confState.learners.sorted())" }
+        }
+        throw failure("no leader committed a proposal within \(options.livenessTicks) ticks after faults healed (leaders: \(leaders)); nodes: \(states.joined(separator: "; "))")
     }
 
     func writeWasAcknowledged(_ value: UInt64) -> Bool {

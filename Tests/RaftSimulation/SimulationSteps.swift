@@ -35,6 +35,7 @@ extension Simulation {
                     }
                 } else {
                     appliedSequence[entry.index] = (entry.term, entry.data)
+                    committedByTerm[entry.index] = raft.term
                 }
                 if entry.kind == .normal && entry.data.count == 8 {
                     let value = Self.decodeValue(entry.data)
@@ -85,7 +86,7 @@ extension Simulation {
             }
             leaderOfTerm[raft.term] = id
             // Leader completeness: every applied (hence committed) entry is in the leader's log.
-            for (index, agreed) in appliedSequence where index >= raft.firstIndex {
+            for (index, agreed) in appliedSequence where index >= raft.firstIndex && (committedByTerm[index] ?? .max) < raft.term {
                 guard let term = try? raft.term(at: index) else {
                     throw failure("leader \(id) of term \(raft.term) lacks committed entry \(index)")
                 }
