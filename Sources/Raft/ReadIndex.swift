@@ -31,16 +31,13 @@ extension RaftNode {
     }
 
     mutating func handleReadIndex(context: [UInt8], from: NodeID) {
-        if confState.voters == [id] && !confState.isJoint {
-            respondToRead(index: log.committed, context: context, to: from)
-            return
-        }
-        // Until an entry of this term commits, the commit index may lag the true one (§6.4).
+        // Until an entry of this term commits, the commit index may lag the true one (§6.4),
+        // even when this node is the only voter (it may have just taken over).
         guard (try? log.term(at: log.committed)) == term else {
             reads.awaitingCommit.append((context, from))
             return
         }
-        if leaseIsValid() {
+        if (confState.voters == [id] && !confState.isJoint) || leaseIsValid() {
             respondToRead(index: log.committed, context: context, to: from)
             return
         }
