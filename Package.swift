@@ -73,7 +73,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RocksDBTests",
-            dependencies: ["RocksDB", "CrashWorkload", "RocksDBCrashWriter"],
+            dependencies: ["RocksDB", "CrashWorkload", "RocksDBCrashWriter", "flotillactl"],
             swiftSettings: strictSettings
         ),
     ]
