@@ -249,7 +249,9 @@ public struct RaftNode {
         var rebuilt: [NodeID: Progress] = [:]
         let allNodes = confState.allNodes
         for nodeID in allNodes {
-            let isLearner = confState.learners.contains(nodeID) || confState.learnersNext.contains(nodeID)
+            // A node in `learnersNext` is still a voter of the outgoing half until the joint
+            // configuration is left (the simulator caught check-quorum ignoring its answers).
+            let isLearner = !confState.voters.contains(nodeID) && !confState.votersOutgoing.contains(nodeID)
             if var existing = progress[nodeID] {
                 existing.isLearner = isLearner
                 rebuilt[nodeID] = existing

@@ -26,9 +26,7 @@ extension RaftNode {
                 // Tell a stale leader about the newer term so it steps down.
                 send(Message(kind: .appendResponse, from: id, to: message.from))
             } else if message.kind == .requestPreVote {
-                var reply = Message(kind: .preVoteResponse, from: id, to: message.from)
-                reply.reject = true
-                send(reply)
+                send(voteRejection(.preVoteResponse, to: message.from))
             }
             return
         }
@@ -50,18 +48,38 @@ extension RaftNode {
         let canVote = vote == message.from
             || (vote == noNode && leader == noNode)
             || (isPreVote && message.term > term)
-        var reply = Message(kind: isPreVote ? .preVoteResponse : .voteResponse, from: id, to: message.from)
-        if canVote && log.isUpToDate(lastIndex: message.index, lastTerm: message.logTerm) {
-            // Answer in the candidate's term: a granted pre-vote must reach it.
-            reply.term = message.term
-            if !isPreVote {
-                electionElapsed = 0
-                vote = message.from
-            }
-        } else {
-            reply.reject = true
+        let kind: MessageKind = isPreVote ? .preVoteResponse : .voteResponse
+        guard canVote && log.isUpToDate(lastIndex: message.index, lastTerm: message.logTerm) else {
+            send(voteRejection(kind, to: message.from))
+            return
+        }
+        var reply = Message(kind: kind, from: id, to: message.from)
+        // Answer in the candidate's term: a granted pre-vote must reach it.
+        reply.term = message.term
+        if !isPreVote {
+            electionElapsed = 0
+            vote = message.from
         }
         send(reply)
+    }
+
+    /// A refused vote that tells the candidate how far this node knows the log is committed
+    /// (index and term). A candidate whose log holds that entry may adopt the commit index:
+    /// without it, a voter that never learnt that its configuration changed can be refused
+    /// forever by removed nodes with longer logs (found by the simulator).
+    private func voteRejection(_ kind: MessageKind, to candidate: NodeID) -> Message {
+        var reply = Message(kind: kind, from: id, to: candidate)
+        reply.reject = true
+        reply.commit = log.committed
+        reply.logTerm = (try? log.term(at: log.committed)) ?? 0
+        return reply
+    }
+
+    /// Adopts a commit index reported by a peer when our log holds the same entry there: by
+    /// log matching, our entries up to it are the committed ones.
+    mutating func learnCommit(index: UInt64, term commitTerm: UInt64) {
+        guard index > log.committed, commitTerm > 0, log.matchesTerm(index, commitTerm) else { return }
+        log.commit(to: index)
     }
 
     private mutating func stepCandidate(_ message: Message) {
@@ -70,6 +88,7 @@ extension RaftNode {
             becomeFollower(term: term, leader: message.from)
             stepFollower(message)
         case .voteResponse where role == .candidate, .preVoteResponse where role == .preCandidate:
+            if message.reject { learnCommit(index: message.commit, term: message.logTerm) }
             votes[message.from] = !message.reject
             tallyVotes()
         default:

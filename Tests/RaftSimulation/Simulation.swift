@@ -33,6 +33,9 @@ public struct SimulationOptions: Sendable {
     public var partitionProbability = 0.01
     public var crashProbability = 0.004
     public var restartProbability = 0.05
+    /// Extra chance per tick of crashing whoever leads: drives the leader churn under which
+    /// logs diverge across terms (the Raft paper's figure 7 and 8 situations).
+    public var leaderCrashProbability = 0.0
     public var confChangeProbability = 0.01
     public var transferProbability = 0.005
     public var proposeProbability = 0.3
@@ -40,6 +43,17 @@ public struct SimulationOptions: Sendable {
     public var snapshotEveryEntries: UInt64 = 25
 
     public init(nodeCount: Int) { self.nodeCount = nodeCount }
+
+    /// Heavy leader churn, quick restarts and lossy links.
+    public static func stormy(nodeCount: Int) -> SimulationOptions {
+        var options = SimulationOptions(nodeCount: nodeCount)
+        options.dropProbability = 0.15
+        options.leaderCrashProbability = 0.03
+        options.restartProbability = 0.25
+        options.partitionProbability = 0.02
+        options.proposeProbability = 0.6
+        return options
+    }
 }
 
 /// One node of the simulated cluster: its durable storage, its Raft core (nil while crashed)
@@ -104,8 +118,11 @@ public struct Simulation {
     func makeRaft(id: NodeID, storage: MemoryStorage) -> RaftNode {
         var config = RaftConfig(id: id)
         config.electionTimeoutTicks = options.electionTimeoutTicks
-        config.maxAppendBytes = 256
-        config.maxInflightMessages = 4
+        // Flow-control limits vary with the seed: one entry per append (so an old entry and the
+        // new leader's no-op travel, and get lost, separately) up to large batches.
+        let shape = Int((seed / 4) % 4)
+        config.maxAppendBytes = [1, 64, 256, 4_096][shape]
+        config.maxInflightMessages = [1, 2, 4, 16][shape]
         config.randomSeed = seed
         return RaftNode(config: config, storage: storage)
     }
@@ -149,7 +166,7 @@ public struct Simulation {
             }
         }
         let states = aliveIDs.compactMap { id in
-            nodes[id]?.raft.map { "\(id): \($0.role) t\($0.term) commit \($0.committedIndex) applied \($0.appliedIndex) last \($0.lastIndex) voters \($0.confState.voters.sorted()) out \($0.confState.votersOutgoing.sorted()) learners \($0.confState.learners.sorted())" }
+            nodes[id]?.raft.map { "\(id): \($0.role) t\($0.term) commit \($0.committedIndex) applied \($0.appliedIndex) last \($0.lastIndex) voters \($0.confState.voters.sorted()) out \($0.confState.votersOutgoing.sorted()) learners \($0.confState.learners.sorted())\($0.role == .leader ? " transferee \($0.leadTransferee) progress \($0.replicationStates.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value.match)/\($0.value.state)" })" : "")" }
         }
         throw failure("no leader committed a proposal within \(options.livenessTicks) ticks after faults healed (leaders: \(leaders)); nodes: \(states.joined(separator: "; "))")
     }
@@ -194,6 +211,7 @@ public struct Simulation {
             note("partition healed")
         }
         if chance(options.crashProbability), let id = pick(aliveIDs) { crash(id) }
+        if chance(options.leaderCrashProbability), let id = leaders.first { crash(id) }
         for id in nodes.keys.sorted() where nodes[id]?.raft == nil && chance(options.restartProbability) { restart(id) }
         if chance(options.confChangeProbability) { randomConfChange() }
         if chance(options.transferProbability), let leaderID = leaders.first,

@@ -20,6 +20,12 @@ struct RaftSimulationTests {
     /// The node count a seed runs with: every count gets a quarter of the seeds.
     static func nodeCount(for seed: UInt64) -> Int { nodeCounts[Int(seed % UInt64(nodeCounts.count))] }
 
+    /// Every other group of four seeds runs under heavy leader churn.
+    static func options(for seed: UInt64) -> SimulationOptions {
+        let nodeCount = nodeCount(for: seed)
+        return (seed / 4) % 2 == 1 ? .stormy(nodeCount: nodeCount) : SimulationOptions(nodeCount: nodeCount)
+    }
+
     /// Seeds are split into this many batches, which run in parallel.
     static let batchCount = 8
 
@@ -34,7 +40,7 @@ struct RaftSimulationTests {
         var reads = 0
         var writes = 0
         for seed in seeds {
-            var simulation = Simulation(seed: seed, options: SimulationOptions(nodeCount: Self.nodeCount(for: seed)))
+            var simulation = Simulation(seed: seed, options: Self.options(for: seed))
             do {
                 try simulation.run()
             } catch {
