@@ -36,6 +36,16 @@ public struct SimulationOptions: Sendable {
     /// Extra chance per tick of crashing whoever leads: drives the leader churn under which
     /// logs diverge across terms (the Raft paper's figure 7 and 8 situations).
     public var leaderCrashProbability = 0.0
+    /// Chance per tick of crashing a leader in its first `newLeaderTicks` ticks: new leaders
+    /// that die half-way through replicating leave logs that diverge across terms.
+    public var newLeaderCrashProbability = 0.0
+    public var newLeaderTicks: UInt64 = 6
+    /// Chance that a leader crashes right after applying newly committed entries, before its
+    /// next messages go out: commit points are where wrong commit rules do their damage.
+    public var crashAfterCommitProbability = 0.0
+    /// Restart rate of nodes that crashed while leading; lower than `restartProbability` in
+    /// stormy runs, so the rest of the group must carry on (and elect) without them.
+    public var crashedLeaderRestartProbability = 0.05
     public var confChangeProbability = 0.01
     public var transferProbability = 0.005
     public var proposeProbability = 0.3
@@ -49,6 +59,9 @@ public struct SimulationOptions: Sendable {
         var options = SimulationOptions(nodeCount: nodeCount)
         options.dropProbability = 0.15
         options.leaderCrashProbability = 0.03
+        options.newLeaderCrashProbability = 0.15
+        options.crashAfterCommitProbability = 0.1
+        options.crashedLeaderRestartProbability = 0.02
         options.restartProbability = 0.25
         options.partitionProbability = 0.02
         options.proposeProbability = 0.6
@@ -82,8 +95,12 @@ public struct Simulation {
     /// Directed links that drop everything.
     var cutLinks: Set<[NodeID]> = []
     var clock: UInt64 = 0
-    var events: [String] = []
+    public internal(set) var events: [String] = []
     var faultsEnabled = true
+    /// Nodes that were leading when they crashed (they may be slower to come back).
+    var crashedWhileLeading: Set<NodeID> = []
+    /// When each current leader took office.
+    var leaderSince: [NodeID: UInt64] = [:]
 
     // Invariant bookkeeping.
     var leaderOfTerm: [UInt64: NodeID] = [:]
@@ -123,6 +140,10 @@ public struct Simulation {
         let shape = Int((seed / 4) % 4)
         config.maxAppendBytes = [1, 64, 256, 4_096][shape]
         config.maxInflightMessages = [1, 2, 4, 16][shape]
+        // So do pre-vote and check-quorum (and with it leases): all four are valid settings.
+        let protections = Int((seed / 8) % 4)
+        config.preVote = protections & 1 == 0
+        config.checkQuorum = protections & 2 == 0
         config.randomSeed = seed
         return RaftNode(config: config, storage: storage)
     }
@@ -212,7 +233,14 @@ public struct Simulation {
         }
         if chance(options.crashProbability), let id = pick(aliveIDs) { crash(id) }
         if chance(options.leaderCrashProbability), let id = leaders.first { crash(id) }
-        for id in nodes.keys.sorted() where nodes[id]?.raft == nil && chance(options.restartProbability) { restart(id) }
+        for id in leaders where clock - (leaderSince[id] ?? 0) < options.newLeaderTicks
+            && chance(options.newLeaderCrashProbability) {
+            crash(id)
+        }
+        for id in nodes.keys.sorted() where nodes[id]?.raft == nil {
+            let probability = crashedWhileLeading.contains(id) ? options.crashedLeaderRestartProbability : options.restartProbability
+            if chance(probability) { restart(id) }
+        }
         if chance(options.confChangeProbability) { randomConfChange() }
         if chance(options.transferProbability), let leaderID = leaders.first,
            let target = pick(Array(nodes[leaderID]?.raft?.confState.voters ?? []).sorted()) {
@@ -222,6 +250,7 @@ public struct Simulation {
     }
 
     mutating func crash(_ id: NodeID) {
+        if nodes[id]?.raft?.role == .leader { crashedWhileLeading.insert(id) } else { crashedWhileLeading.remove(id) }
         nodes[id]?.raft = nil
         nodes[id]?.pendingReads = []
         note("crash \(id)")

@@ -1,14 +1,22 @@
 import Raft
 
 extension Simulation {
-    /// Persists, sends and applies what one node's Ready says, the way a store would, with a
-    /// small chance of crashing between sending the leader's early messages and persisting.
+    /// Persists, sends and applies what one node's Ready says, the way a store would, in one of
+    /// the valid orders, with crash points between the steps.
     mutating func processReady(_ id: NodeID) throws(SimulationFailure) {
         var rounds = 0
         while rounds < 8, var raft = nodes[id]?.raft, raft.hasReady, var node = nodes[id] {
             rounds += 1
             let ready = raft.ready()
-            for message in ready.messagesNow { send(message) }
+            // A leader's early messages may leave before its write (as a store does) or after
+            // it (as a simpler store would); both orders are valid, and a crash can fall between
+            // the write and the send. New leaders crash most often: they leave entries on their
+            // own disk that nobody else has, the seed of logs that diverge across terms.
+            let justElected = ready.softState?.role == .leader
+            let crashBetweenWriteAndSend = faultsEnabled
+                && chance(justElected ? options.newLeaderCrashProbability : options.crashProbability / 4)
+            let sendEarly = !crashBetweenWriteAndSend && chance(0.5)
+            if sendEarly { for message in ready.messagesNow { send(message) } }
             if faultsEnabled && chance(options.crashProbability / 2) {
                 note("crash \(id) before persisting \(ready.entriesToPersist.count) entries")
                 crash(id)
@@ -22,8 +30,16 @@ extension Simulation {
             }
             node.storage.append(ready.entriesToPersist)
             if let hardState = ready.hardState { node.storage.setHardState(hardState) }
-            for message in ready.messagesAfterPersist { send(message) }
-            if let soft = ready.softState, soft.role == .leader { note("\(id) leads term \(raft.term)") }
+            if crashBetweenWriteAndSend {
+                note("crash \(id) after writing its Ready, before sending\(justElected ? " (just elected)" : "")")
+                crash(id)
+                return
+            }
+            if sendEarly { for message in ready.messagesAfterPersist { send(message) } }
+            if let soft = ready.softState, soft.role == .leader {
+                leaderSince[id] = clock
+                note("\(id) leads term \(raft.term)")
+            }
 
             for entry in ready.committedEntries {
                 guard entry.index == node.appliedIndex + 1 else {
@@ -48,6 +64,17 @@ extension Simulation {
                     }
                 }
                 node.appliedIndex = entry.index
+            }
+            // Late senders apply before they send: a leader that dies right after applying a
+            // commit takes its next appends with it.
+            if !sendEarly {
+                if faultsEnabled && raft.role == .leader && !ready.committedEntries.isEmpty
+                    && chance(options.crashAfterCommitProbability) {
+                    note("crash \(id) right after applying up to \(node.appliedIndex), before sending")
+                    crash(id)
+                    return
+                }
+                for message in ready.messagesNow + ready.messagesAfterPersist { send(message) }
             }
             for readState in ready.readStates {
                 node.pendingReads.append((readState, readInvocations[readState.context] ?? clock))

@@ -8,14 +8,17 @@ struct ScenarioCluster {
     var storages: [NodeID: MemoryStorage] = [:]
     var applied: [NodeID: [[UInt8]]] = [:]
     var isolated: Set<NodeID> = []
+    /// Drops any message it returns true for (on top of `isolated`).
+    var dropIf: (Message) -> Bool = { _ in false }
     var transcript: [String] = []
 
-    init(voters: [NodeID]) {
+    init(voters: [NodeID], configure: (inout RaftConfig) -> Void = { _ in }) {
         for id in voters {
             let storage = MemoryStorage()
             storage.bootstrap(voters: Set(voters))
             var config = RaftConfig(id: id)
             config.randomSeed = 7
+            configure(&config)
             storages[id] = storage
             nodes[id] = RaftNode(config: config, storage: storage)
             applied[id] = []
@@ -42,7 +45,7 @@ struct ScenarioCluster {
             }
             if queue.isEmpty && !nodes.values.contains(where: \.hasReady) { return }
             for message in queue {
-                if isolated.contains(message.from) || isolated.contains(message.to) {
+                if isolated.contains(message.from) || isolated.contains(message.to) || dropIf(message) {
                     transcript.append("drop \(message)")
                     continue
                 }
@@ -52,18 +55,98 @@ struct ScenarioCluster {
         }
     }
 
-    mutating func tick(_ count: Int = 1, only: NodeID? = nil) {
+    mutating func tick(_ count: Int = 1, only: Set<NodeID>? = nil) {
         for _ in 0..<count {
-            for id in nodes.keys.sorted() where only == nil || only == id { nodes[id]?.tick() }
+            for id in nodes.keys.sorted() where only?.contains(id) ?? true { nodes[id]?.tick() }
             settle()
         }
+    }
+
+    /// Ticks `nodes` until `id` leads (at most `limit` ticks), campaigning it once the others'
+    /// leases have run out.
+    mutating func elect(_ id: NodeID, ticking nodes: Set<NodeID>, limit: Int = 60) {
+        for _ in 0..<limit where self.nodes[id]?.role != .leader {
+            tick(only: nodes)
+            if self.nodes[id]?.role != .leader { self.nodes[id]?.campaign(); settle() }
+        }
+    }
+
+    func entry(_ id: NodeID, at index: UInt64) -> Entry? {
+        try? nodes[id]?.entries(from: index, maxBytes: 1).first
     }
 
     var leaders: [NodeID] { nodes.keys.filter { nodes[$0]?.role == .leader }.sorted() }
 }
 
+/// A mutable count shared with a message filter.
+final class Counter: @unchecked Sendable { var count = 0 }
+
 @Suite("Raft scenarios")
 struct RaftScenarioTests {
+    /// The Raft paper's figure 8: an entry of an earlier term that sits on a majority is not
+    /// committed by counting replicas, because a node holding a newer conflicting entry can
+    /// still win and overwrite it. Commit rule under test: only current-term entries commit by
+    /// counting (§5.4.2). One entry per append, so the old entry and the new no-op travel apart.
+    @Test func figure8EarlierTermEntryIsNotCommittedByCounting() throws {
+        // Leases and pre-vote are off here: the scenario picks who wins each election.
+        var cluster = ScenarioCluster(voters: [1, 2, 3]) {
+            $0.maxAppendBytes = 1
+            $0.checkQuorum = false
+            $0.preVote = false
+        }
+        cluster.elect(1, ticking: [1])
+        try cluster.nodes[1]?.propose(Array("a".utf8))
+        cluster.settle()
+        let base = try #require(cluster.nodes[1]?.lastIndex)   // committed on all three
+
+        // (a) n1 (term 2) appends B at base+1 but is cut off before replicating it.
+        cluster.isolated = [1]
+        try cluster.nodes[1]?.propose(Array("B".utf8))
+        let termOfB = try #require(cluster.nodes[1]?.term)
+
+        // (b) n3 wins the next term with n2's vote and appends its no-op at base+1 and C at
+        // base+2, but none of its appends get out.
+        cluster.dropIf = { $0.from == 3 && ($0.kind == .appendEntries || $0.kind == .heartbeat) }
+        cluster.elect(3, ticking: [3])
+        #expect(cluster.nodes[3]?.role == .leader)
+        try cluster.nodes[3]?.propose(Array("C".utf8))
+        cluster.settle()
+        #expect(cluster.entry(3, at: base + 1).map { $0.term } ?? 0 > termOfB)
+
+        // (c) n3 goes down; n1 comes back and wins a later term with n2, then replicates B
+        // (term 2) to n2, so B sits on a majority; n1's own no-op never reaches n2.
+        cluster.isolated = [3]
+        // The first probe after B (carrying the no-op) is let through so n2 rejects it and n1
+        // backs up to send B alone; every later append after B is lost.
+        let probesAfterB = Counter()
+        cluster.dropIf = { message in
+            guard message.from == 1, message.kind == .appendEntries, message.index == base + 1 else { return false }
+            probesAfterB.count += 1
+            return probesAfterB.count > 1
+        }
+        cluster.tick(1, only: [1])  // n1's heartbeat meets n2's newer term: n1 steps down
+        #expect(cluster.nodes[1]?.role == .follower)
+        cluster.elect(1, ticking: [1])
+        #expect(cluster.nodes[1]?.role == .leader)
+        cluster.tick(3, only: [1])
+        #expect(cluster.entry(2, at: base + 1)?.data == Array("B".utf8), "B is on n1 and n2:\n\(cluster.transcript.suffix(30).joined(separator: "\n"))")
+        let committedByN1 = try #require(cluster.nodes[1]?.committedIndex)
+        #expect(committedByN1 <= base, "B, an earlier-term entry on a majority, is not committed by counting")
+
+        // (d) n1 goes down; n3 (newer last term) wins with n2 and overwrites B with its own
+        // entry, which then commits. Safe only because B was never committed.
+        cluster.isolated = [1]
+        cluster.dropIf = { _ in false }
+        cluster.tick(1, only: [3])  // n3 (still leading term 3) meets n2's newer term
+        cluster.elect(3, ticking: [3])
+        cluster.tick(3, only: [3])
+        #expect(cluster.nodes[3]?.role == .leader)
+        let n3Commit = try #require(cluster.nodes[3]?.committedIndex)
+        #expect(n3Commit >= base + 2)
+        #expect(cluster.entry(2, at: base + 1)?.data != Array("B".utf8), "n3 replaced B on n2")
+        #expect(cluster.entry(2, at: base + 1) == cluster.entry(3, at: base + 1))
+    }
+
     @Test func electionThenReplication() throws {
         // n1 campaigns; n2 and n3 grant its pre-vote and vote; n1 appends a no-op and commits.
         var cluster = ScenarioCluster(voters: [1, 2, 3])

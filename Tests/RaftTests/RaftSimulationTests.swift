@@ -47,6 +47,9 @@ struct RaftSimulationTests {
                 Issue.record("\(error)")
                 return
             }
+            if ProcessInfo.processInfo.environment["FLOTILLA_SIM_TRACE"] != nil {
+                print("seed \(seed):\n" + simulation.events.joined(separator: "\n"))
+            }
             reads += simulation.readsChecked
             writes += simulation.writesAcknowledged
         }
