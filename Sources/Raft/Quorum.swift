@@ -9,9 +9,17 @@ enum Quorum {
     /// set, so that an empty outgoing half never limits a joint result.
     static func committedIndex(voters: Set<NodeID>, match: (NodeID) -> UInt64) -> UInt64 {
         if voters.isEmpty { return .max }
-        var indexes = voters.map(match)
-        indexes.sort(by: >)
-        return indexes[voters.count / 2]
+        // Called on every acknowledgement: sort on the stack, not in a new array.
+        return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: voters.count) { allocation in
+            var buffer = allocation
+            var count = 0
+            for voter in voters {
+                buffer[count] = match(voter)
+                count += 1
+            }
+            buffer.sort(by: >)
+            return buffer[voters.count / 2]
+        }
     }
 
     static func committedIndex(_ conf: ConfState, match: (NodeID) -> UInt64) -> UInt64 {

@@ -18,6 +18,9 @@ public struct RaftNode {
 
     var log: RaftLog
     var progress: [NodeID: Progress] = [:]
+    /// The peers in `progress` other than this node, sorted: messages go out in a fixed
+    /// order (dictionary order varies between processes, and the simulator must replay).
+    var followerIDs: [NodeID] = []
     var votes: [NodeID: Bool] = [:]
     var electionElapsed = 0
     var heartbeatElapsed = 0
@@ -175,6 +178,7 @@ public struct RaftNode {
         uncommittedBytes = 0
         reads = ReadIndexQueue()
         progress = [:]
+        followerIDs = []
     }
 
     /// Starts an election: a pre-vote round first when configured, unless this is a leader
@@ -268,6 +272,7 @@ public struct RaftNode {
             }
         }
         progress = rebuilt
+        followerIDs = rebuilt.keys.filter { $0 != id }.sorted()
     }
 
     // MARK: Outbox

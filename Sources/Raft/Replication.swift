@@ -13,7 +13,7 @@ extension RaftNode {
 
     /// Sends appends to every follower that is not paused.
     mutating func broadcastAppend() {
-        for nodeID in progress.keys.sorted() where nodeID != id {
+        for nodeID in followerIDs {
             _ = sendAppend(to: nodeID)
         }
     }
@@ -70,7 +70,8 @@ extension RaftNode {
     /// Heartbeats carry the commit index only as far as each follower is known to match, so a
     /// follower never commits an entry it may not have.
     mutating func broadcastHeartbeat(context: [UInt8]) {
-        for (nodeID, pr) in progress.sorted(by: { $0.key < $1.key }) where nodeID != id {
+        for nodeID in followerIDs {
+            guard let pr = progress[nodeID] else { continue }
             var message = Message(kind: .heartbeat, from: id, to: nodeID)
             message.commit = min(pr.match, log.committed)
             message.context = context

@@ -113,6 +113,11 @@ public struct Snapshot: Sendable, Equatable {
 public struct ReadState: Sendable, Equatable {
     public var index: UInt64
     public var context: [UInt8]
+
+    public init(index: UInt64, context: [UInt8]) {
+        self.index = index
+        self.context = context
+    }
 }
 
 /// Kinds of messages exchanged between peers of one group.
@@ -173,6 +178,7 @@ public struct Message: Sendable, Equatable, CustomStringConvertible {
             text += " snap=\(snapshot?.metadata.index ?? 0)@\(snapshot?.metadata.term ?? 0)"
         case .heartbeat:
             text += " commit=\(commit)"
+            if !context.isEmpty { text += " ctx=\(context)" }
         case .readIndex, .readIndexResponse, .heartbeatResponse, .timeoutNow:
             if !context.isEmpty { text += " ctx=\(context)" }
             if kind == .readIndexResponse { text += " index=\(index)" }

@@ -7,6 +7,7 @@ struct ScenarioCluster {
     var nodes: [NodeID: RaftNode] = [:]
     var storages: [NodeID: MemoryStorage] = [:]
     var applied: [NodeID: [[UInt8]]] = [:]
+    var readStates: [NodeID: [ReadState]] = [:]
     var isolated: Set<NodeID> = []
     /// Drops any message it returns true for (on top of `isolated`).
     var dropIf: (Message) -> Bool = { _ in false }
@@ -37,6 +38,7 @@ struct ScenarioCluster {
                 storage.append(ready.entriesToPersist)
                 if let hardState = ready.hardState { storage.setHardState(hardState) }
                 queue += ready.messagesNow + ready.messagesAfterPersist
+                readStates[id, default: []] += ready.readStates
                 for entry in ready.committedEntries where entry.kind == .normal && !entry.data.isEmpty {
                     applied[id, default: []].append(entry.data)
                 }
