@@ -13,10 +13,14 @@ let package = Package(
     products: [
         .library(name: "RocksDB", targets: ["RocksDB"]),
         .library(name: "Raft", targets: ["Raft"]),
+        .library(name: "RaftStore", targets: ["RaftStore"]),
         .executable(name: "flotillactl", targets: ["flotillactl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
     ],
     targets: [
         // System library over Debian's librocksdb-dev (rocksdb/c.h).
@@ -34,6 +38,12 @@ let package = Package(
         // The consensus algorithm as a pure, deterministic state machine. Imports nothing.
         .target(
             name: "Raft",
+            swiftSettings: strictSettings
+        ),
+        // One node's multi-Raft engine: regions' Raft state in the shared RocksDB, group commit.
+        .target(
+            name: "RaftStore",
+            dependencies: ["Raft", "RocksDB"],
             swiftSettings: strictSettings
         ),
         // Admin CLI. Today: the storage engine self-check.
@@ -69,6 +79,11 @@ let package = Package(
         .testTarget(
             name: "RaftTests",
             dependencies: ["Raft", "RaftSimulation"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "RaftStoreTests",
+            dependencies: ["RaftStore", "Raft", "RocksDB"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -18,6 +18,9 @@ public struct Ready: Sendable {
     /// Confirmed linearizable reads.
     public var readStates: [ReadState] = []
 
+    /// An empty Ready (tests and tools build their own).
+    public init() {}
+
     public var isEmpty: Bool {
         softState == nil && hardState == nil && entriesToPersist.isEmpty && snapshotToInstall == nil
             && messagesNow.isEmpty && messagesAfterPersist.isEmpty && committedEntries.isEmpty && readStates.isEmpty
