@@ -54,7 +54,7 @@ let package = Package(
         // One node's multi-Raft engine: regions' Raft state in the shared RocksDB, group commit.
         .target(
             name: "RaftStore",
-            dependencies: ["Raft", "RocksDB"],
+            dependencies: ["Raft", "RocksDB", "FlotillaProto"],
             swiftSettings: strictSettings
         ),
         // Admin CLI. Today: the storage engine self-check.
@@ -94,7 +94,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RaftStoreTests",
-            dependencies: ["RaftStore", "Raft", "RocksDB"],
+            dependencies: ["RaftStore", "Raft", "RocksDB", "FlotillaProto"],
             swiftSettings: strictSettings
         ),
         .testTarget(

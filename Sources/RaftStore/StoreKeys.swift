@@ -42,6 +42,24 @@ public enum StoreKeys {
         return key
     }
 
+    static let regionStatePrefix: UInt8 = 0x01
+    static let sessionPrefix: UInt8 = 0x03
+
+    /// Meta CF: the region descriptor and peer state (`RegionLocalState`).
+    public static func regionState(region: UInt64) -> [UInt8] {
+        var key: [UInt8] = [regionStatePrefix]
+        appendBigEndian(region, to: &key)
+        return key
+    }
+
+    /// Meta CF: a client's session in a region.
+    public static func session(region: UInt64, client: UInt64) -> [UInt8] {
+        var key: [UInt8] = [sessionPrefix]
+        appendBigEndian(region, to: &key)
+        appendBigEndian(client, to: &key)
+        return key
+    }
+
     public static func applyState(region: UInt64) -> [UInt8] {
         var key: [UInt8] = [applyStatePrefix]
         appendBigEndian(region, to: &key)

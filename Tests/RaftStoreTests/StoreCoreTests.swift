@@ -1,0 +1,236 @@
+import FlotillaProto
+import Foundation
+import Raft
+import RaftStore
+import RocksDB
+import Testing
+
+/// Several `StoreCore`s in one process, wired by direct message delivery: the store loop
+/// without sockets, driven turn by turn.
+final class InProcessCluster {
+    let storeIDs: [UInt64]
+    var paths: [UInt64: String] = [:]
+    var stores: [UInt64: StoreCore] = [:]
+    var down: Set<UInt64> = []
+    let regions: [Flotilla_V1_Region]
+    var completed: [ProposalID: Result<Flotilla_V1_WriteResult, StoreRequestError>] = [:]
+    var readyReads: [ProposalID: UInt64] = [:]
+    var maxRegionsInOneBatch = 0
+    var turnsWithSync = 0
+
+    /// `splitKeys` cut the key space into regions; every region has a peer on every store.
+    init(storeCount: Int, splitKeys: [String]) throws {
+        storeIDs = (1...UInt64(storeCount)).map { $0 }
+        let bounds = [Data()] + splitKeys.map { Data($0.utf8) } + [Data()]
+        var regions: [Flotilla_V1_Region] = []
+        for position in 0..<(bounds.count - 1) {
+            var region = Flotilla_V1_Region()
+            region.id = UInt64(position + 1)
+            region.startKey = bounds[position]
+            region.endKey = bounds[position + 1]
+            region.epoch.confVer = 1
+            region.epoch.version = 1
+            region.peers = storeIDs.map { storeID in
+                var peer = Flotilla_V1_Peer()
+                peer.id = region.id * 100 + storeID
+                peer.storeID = storeID
+                peer.role = .voter
+                return peer
+            }
+            regions.append(region)
+        }
+        self.regions = regions
+        for storeID in storeIDs {
+            paths[storeID] = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-cluster-\(UUID().uuidString)").path
+            try open(storeID)
+            for region in regions { try stores[storeID]?.bootstrapRegion(region) }
+        }
+    }
+
+    func open(_ storeID: UInt64) throws {
+        let db = try Database(path: paths[storeID] ?? "", columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
+        stores[storeID] = try StoreCore(db: db, storeID: storeID) { id in
+            var config = RaftConfig(id: id)
+            config.randomSeed = id
+            return config
+        }
+    }
+
+    func crash(_ storeID: UInt64) {
+        stores[storeID] = nil
+        down.insert(storeID)
+    }
+
+    func restart(_ storeID: UInt64) throws {
+        try open(storeID)
+        down.remove(storeID)
+    }
+
+    /// One round: tick, run each store's turn, deliver its messages.
+    func round(tick: Bool = true) throws {
+        for storeID in storeIDs {
+            guard let store = stores[storeID] else { continue }
+            if tick { store.tick() }
+            let output = try store.runTurn()
+            maxRegionsInOneBatch = max(maxRegionsInOneBatch, output.regionsInLogBatch)
+            turnsWithSync += output.logSyncs
+            for (id, result) in output.completedWrites { completed[id] = result }
+            for read in output.readyReads { readyReads[read.id] = read.regionID }
+            for (destination, messages) in output.messagesByStore where !down.contains(destination) {
+                for message in messages { stores[destination]?.step(message) }
+            }
+        }
+    }
+
+    func rounds(_ count: Int) throws { for _ in 0..<count { try round() } }
+
+    func leader(of regionID: UInt64) -> UInt64? {
+        storeIDs.first { stores[$0]?.raftStatus(regionID)?.role == .leader }
+    }
+
+    func context(_ regionID: UInt64) -> Flotilla_V1_RequestContext {
+        var context = Flotilla_V1_RequestContext()
+        context.regionID = regionID
+        return context
+    }
+
+    func region(for key: String) -> Flotilla_V1_Region? { regions.first { $0.contains(Data(key.utf8)) } }
+
+    /// Proposes at the region's leader and runs rounds until the write completes.
+    func write(_ command: Flotilla_V1_WriteCommand, key: String) throws -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
+        guard let region = region(for: key), let leader = leader(of: region.id), let store = stores[leader] else {
+            throw StoreRequestError.proposalDropped
+        }
+        let id = try store.proposeWrite(command, context: context(region.id))
+        for _ in 0..<50 where completed[id] == nil { try round(tick: false) }
+        guard let result = completed[id] else { throw StoreRequestError.proposalDropped }
+        return result
+    }
+
+    static func put(_ key: String, _ value: String, client: UInt64 = 0, sequence: UInt64 = 0) -> Flotilla_V1_WriteCommand {
+        var command = Flotilla_V1_WriteCommand()
+        var pair = Flotilla_V1_KeyValue()
+        pair.key = Data(key.utf8)
+        pair.value = Data(value.utf8)
+        command.puts = [pair]
+        command.clientID = client
+        command.sequence = sequence
+        return command
+    }
+
+    /// Every key-value pair each store holds, per region.
+    func dump(_ storeID: UInt64, region: Flotilla_V1_Region) throws -> [[UInt8]: [UInt8]] {
+        guard let store = stores[storeID] else { return [:] }
+        var result: [[UInt8]: [UInt8]] = [:]
+        for key in try store.keys(in: region.id) { result[key] = try store.get(Data(key), regionID: region.id).map { [UInt8]($0) } }
+        return result
+    }
+
+    deinit { for path in paths.values { try? FileManager.default.removeItem(atPath: path) } }
+}
+
+@Suite("Store core: many regions per store, group commit, apply, sessions")
+struct StoreCoreTests {
+    @Test func threeStoresServeWritesAndReadsInEveryRegion() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["g", "n", "t"])
+        try cluster.rounds(40)
+        for region in cluster.regions { #expect(cluster.leader(of: region.id) != nil, "region \(region.id) has a leader") }
+        for key in ["apple", "hello", "orange", "zebra"] {
+            #expect(try cluster.write(InProcessCluster.put(key, "v-\(key)"), key: key).get().succeeded)
+        }
+        // Linearizable read at the leader.
+        let region = try #require(cluster.region(for: "orange"))
+        let leader = try #require(cluster.leader(of: region.id))
+        let readID = try #require(try cluster.stores[leader]?.proposeRead(context: cluster.context(region.id)))
+        for _ in 0..<20 where cluster.readyReads[readID] == nil { try cluster.round(tick: false) }
+        #expect(cluster.readyReads[readID] == region.id)
+        #expect(try cluster.stores[leader]?.get(Data("orange".utf8), regionID: region.id) == Data("v-orange".utf8))
+        // Every replica applied the same data.
+        try cluster.rounds(5)
+        for region in cluster.regions {
+            let replicas = try cluster.storeIDs.map { try cluster.dump($0, region: region) }
+            #expect(replicas.allSatisfy { $0 == replicas[0] }, "region \(region.id) replicas agree")
+        }
+    }
+
+    @Test func logsOfManyRegionsShareOneSyncedBatch() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["b", "c", "d", "e", "f", "g", "h"])
+        try cluster.rounds(40)
+        // Propose in every region before running a turn: the leader writes them together.
+        var ids: [ProposalID] = []
+        for (position, region) in cluster.regions.enumerated() {
+            let key = position == 0 ? "a" : String(UnicodeScalar(UInt8(ascii: "a") + UInt8(position)))
+            let leader = try #require(cluster.leader(of: region.id))
+            ids.append(try #require(try cluster.stores[leader]?.proposeWrite(InProcessCluster.put(key + "1", "x"), context: cluster.context(region.id))))
+        }
+        let before = cluster.maxRegionsInOneBatch
+        cluster.maxRegionsInOneBatch = 0
+        for _ in 0..<20 where ids.contains(where: { cluster.completed[$0] == nil }) { try cluster.round(tick: false) }
+        #expect(ids.allSatisfy { (try? cluster.completed[$0]?.get().succeeded) == true })
+        #expect(cluster.maxRegionsInOneBatch > 1, "one turn wrote several regions' logs in one batch (\(cluster.maxRegionsInOneBatch); before: \(before))")
+    }
+
+    @Test func retriedWriteGetsTheFirstReplyAndIsAppliedOnce() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        var cas = Flotilla_V1_WriteCommand()
+        cas.clientID = 77
+        cas.sequence = 1
+        cas.compareAndSwap.key = Data("counter".utf8)
+        cas.compareAndSwap.expectExists = false
+        cas.compareAndSwap.newValue = Data("1".utf8)
+        let first = try cluster.write(cas, key: "counter").get()
+        #expect(first.succeeded && !first.previousExists)
+        // The same (client, sequence) again: applying it twice would fail the comparison.
+        let retry = try cluster.write(cas, key: "counter").get()
+        #expect(retry == first, "the retry gets the first reply")
+        // A new sequence is a new write: now the key exists, so the comparison fails.
+        cas.sequence = 2
+        let second = try cluster.write(cas, key: "counter").get()
+        #expect(!second.succeeded && second.previousValue == Data("1".utf8))
+    }
+
+    @Test func restartedStoreReplaysItsLogAndCatchesUp() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["m"])
+        try cluster.rounds(40)
+        for index in 0..<10 { _ = try cluster.write(InProcessCluster.put("a\(index)", "v\(index)"), key: "a\(index)") }
+        // Stop a store that does not lead region 1, write more, bring it back.
+        let region = try #require(cluster.region(for: "a0"))
+        let follower = try #require(cluster.storeIDs.first { $0 != cluster.leader(of: region.id) })
+        cluster.crash(follower)
+        for index in 10..<20 { _ = try cluster.write(InProcessCluster.put("a\(index)", "v\(index)"), key: "a\(index)") }
+        try cluster.restart(follower)
+        try cluster.rounds(30)
+        let expected = try cluster.dump(try #require(cluster.leader(of: region.id)), region: region)
+        #expect(expected.count == 20)
+        #expect(try cluster.dump(follower, region: region) == expected, "the restarted replica has every write, once")
+    }
+
+    @Test func requestsForTheWrongPlaceGetTypedErrors() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["m"])
+        try cluster.rounds(40)
+        let region = try #require(cluster.region(for: "a"))
+        let leader = try #require(cluster.leader(of: region.id))
+        let follower = try #require(cluster.storeIDs.first { $0 != leader })
+        let store = try #require(cluster.stores[leader])
+        #expect(throws: StoreRequestError.regionNotFound(regionID: 99)) {
+            _ = try store.proposeWrite(InProcessCluster.put("a", "1"), context: cluster.context(99))
+        }
+        #expect(throws: StoreRequestError.keyNotInRegion(key: Data("zz".utf8), region: region)) {
+            _ = try store.proposeWrite(InProcessCluster.put("zz", "1"), context: cluster.context(region.id))
+        }
+        var stale = cluster.context(region.id)
+        stale.epoch.version = 0
+        stale.epoch.confVer = 1
+        #expect(throws: StoreRequestError.epochNotMatch(current: region)) {
+            _ = try store.proposeWrite(InProcessCluster.put("a", "1"), context: stale)
+        }
+        let notLeader = #expect(throws: StoreRequestError.self) {
+            _ = try cluster.stores[follower]?.proposeWrite(InProcessCluster.put("a", "1"), context: cluster.context(region.id))
+        }
+        if case .notLeader(_, let known)? = notLeader { #expect(known?.storeID == leader) } else { Issue.record("expected notLeader, got \(String(describing: notLeader))") }
+        #expect(throws: StoreRequestError.self, "a command with no operation") {
+            _ = try store.proposeWrite(Flotilla_V1_WriteCommand(), context: cluster.context(region.id))
+        }
+    }
+}
