@@ -16,12 +16,16 @@ let package = Package(
         .library(name: "RaftStore", targets: ["RaftStore"]),
         .library(name: "FlotillaProto", targets: ["FlotillaProto"]),
         .executable(name: "flotillactl", targets: ["flotillactl"]),
+        .executable(name: "flotilla-server", targets: ["flotilla-server"]),
+        .library(name: "FlotillaClient", targets: ["FlotillaClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
         .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
         // System library over Debian's librocksdb-dev (rocksdb/c.h).
@@ -57,11 +61,41 @@ let package = Package(
             dependencies: ["Raft", "RocksDB", "FlotillaProto"],
             swiftSettings: strictSettings
         ),
+        // KV client: routing to region leaders, retries, exactly-once write tags.
+        .target(
+            name: "FlotillaClient",
+            dependencies: [
+                "FlotillaProto",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // A store process: store loop thread, KV and Raft transport gRPC services, links.
+        .target(
+            name: "FlotillaServer",
+            dependencies: [
+                "RaftStore", "Raft", "RocksDB", "FlotillaProto",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "flotilla-server",
+            dependencies: [
+                "FlotillaServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // Admin CLI. Today: the storage engine self-check.
         .executableTarget(
             name: "flotillactl",
             dependencies: [
-                "RocksDB",
+                "RocksDB", "FlotillaClient", "FlotillaServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -95,6 +129,11 @@ let package = Package(
         .testTarget(
             name: "RaftStoreTests",
             dependencies: ["RaftStore", "Raft", "RocksDB", "FlotillaProto"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["FlotillaClient", "FlotillaServer", "flotilla-server"],
             swiftSettings: strictSettings
         ),
         .testTarget(

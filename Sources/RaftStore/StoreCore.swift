@@ -40,6 +40,8 @@ public struct StoreTurnOutput {
     public var completedWrites: [(id: ProposalID, result: Result<Flotilla_V1_WriteResult, StoreRequestError>)] = []
     /// Reads whose region has applied their read index: serve them now with `read(...)`.
     public var readyReads: [(id: ProposalID, regionID: UInt64)] = []
+    /// Reads that can no longer be confirmed here (leadership moved).
+    public var failedReads: [(id: ProposalID, error: StoreRequestError)] = []
     /// Regions whose log writes went into this turn's single synced batch.
     public var regionsInLogBatch = 0
     /// Synced writes this turn (0 or 1).
@@ -214,6 +216,19 @@ public final class StoreCore {
         guard let peer = peers[regionID] else { throw StoreRequestError.regionNotFound(regionID: regionID) }
         guard peer.region.contains(key) else { throw StoreRequestError.keyNotInRegion(key: key, region: peer.region) }
         return try db.get([UInt8](key), in: dataCF).map { Data($0) }
+    }
+
+    /// Up to `limit` pairs of the region in [start, end) (an empty end: the region's end),
+    /// ascending or, with `reverse`, descending. The range is clipped to the region.
+    public func scan(regionID: UInt64, from start: Data, to end: Data, limit: Int, reverse: Bool) throws -> [(Data, Data)] {
+        guard let peer = peers[regionID] else { throw StoreRequestError.regionNotFound(regionID: regionID) }
+        let region = peer.region
+        let lower = start.lexicographicallyPrecedes(region.startKey) ? region.startKey : start
+        var upper: Data? = end.isEmpty ? nil : end
+        if !region.endKey.isEmpty, upper.map({ region.endKey.lexicographicallyPrecedes($0) }) ?? true { upper = region.endKey }
+        let iterator = db.makeIterator(in: dataCF, lowerBound: [UInt8](lower), upperBound: upper.map { [UInt8]($0) })
+        if reverse { iterator.seekToLast() } else { iterator.seekToFirst() }
+        return try iterator.collect(limit: limit, reverse: reverse).map { (Data($0.key), Data($0.value)) }
     }
 
     /// Every key the region holds here, in order (for checks and tools; not a client API).

@@ -45,6 +45,9 @@ public enum StoreKeys {
     static let regionStatePrefix: UInt8 = 0x01
     static let sessionPrefix: UInt8 = 0x03
 
+    /// Meta CF: this store's identity (`StoreIdent`).
+    public static let storeIdent: [UInt8] = Array("store_ident".utf8)
+
     /// Meta CF: the region descriptor and peer state (`RegionLocalState`).
     public static func regionState(region: UInt64) -> [UInt8] {
         var key: [UInt8] = [regionStatePrefix]

@@ -155,6 +155,8 @@ extension StoreCore {
             output.completedWrites.append((pending.id, .failure(.notLeader(regionID: peer.region.id, leader: peer.region.peer(withID: peer.raft.leader)))))
         }
         peer.pendingWrites = [:]
+        let error = StoreRequestError.notLeader(regionID: peer.region.id, leader: peer.region.peer(withID: peer.raft.leader))
+        for id in peer.readsAwaitingIndex.values.sorted() { output.failedReads.append((id, error)) }
         peer.readsAwaitingIndex = [:]
     }
 

@@ -2,10 +2,10 @@ import ArgumentParser
 
 /// `flotillactl`: the Flotilla admin command line.
 @main
-struct FlotillaCtl: ParsableCommand {
+struct FlotillaCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "flotillactl",
         abstract: "Administer a Flotilla cluster.",
-        subcommands: [EngineCheck.self]
+        subcommands: [EngineCheck.self, KV.self]
     )
 }

@@ -1,0 +1,213 @@
+import FlotillaProto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Synchronization
+
+/// What the client could not do, after its retries.
+public enum FlotillaClientError: Error, CustomStringConvertible, Sendable {
+    /// The server answered with an error that retrying does not fix (bad input).
+    case rejected(String)
+    /// Retries ran out (no leader found, store unreachable, busy) within the timeout.
+    case unavailable(String)
+    /// No store is known for the region of a key.
+    case noRoute(String)
+
+    public var description: String {
+        switch self {
+        case .rejected(let message): "rejected: \(message)"
+        case .unavailable(let message): "unavailable: \(message)"
+        case .noRoute(let message): "no route: \(message)"
+        }
+    }
+}
+
+/// A KV client for a Flotilla cluster: routes each request to the leader of the region that
+/// holds its key, learns leaders from NotLeader answers, retries with jittered backoff until a
+/// per-request timeout, and tags writes with (client id, sequence) so a retried write is
+/// applied once. Until the placement driver exists it is given the static region map.
+public final class FlotillaClient: Sendable {
+    public struct Store: Sendable {
+        public var id: UInt64
+        public var host: String
+        public var port: Int
+        public init(id: UInt64, host: String, port: Int) { self.id = id; self.host = host; self.port = port }
+    }
+
+    private let regions: [Flotilla_V1_Region]
+    private let clients: [UInt64: GRPCClient<HTTP2ClientTransport.Posix>]
+    private let leaders = Mutex<[UInt64: UInt64]>([:])  // region id → store id
+    private let sequence = Atomic<UInt64>(0)
+    public let clientID: UInt64
+    public let requestTimeout: Duration
+
+    public init(stores: [Store], regions: [Flotilla_V1_Region], requestTimeout: Duration = .seconds(10)) throws {
+        self.regions = regions.sorted { $0.startKey.lexicographicallyPrecedes($1.startKey) }
+        var clients: [UInt64: GRPCClient<HTTP2ClientTransport.Posix>] = [:]
+        // A restarted store must be reachable again within a second, not after the default
+        // channel backoff (up to minutes): the client's own retry loop paces attempts.
+        var config = HTTP2ClientTransport.Posix.Config.defaults
+        config.backoff = .init(initial: .milliseconds(20), max: .seconds(1), multiplier: 2, jitter: 0.2)
+        for store in stores {
+            clients[store.id] = GRPCClient(transport: try .http2NIOPosix(target: .ipv4(address: store.host, port: store.port),
+                                                                       transportSecurity: .plaintext, config: config))
+        }
+        self.clients = clients
+        self.requestTimeout = requestTimeout
+        clientID = UInt64.random(in: 1...UInt64.max)
+    }
+
+    /// Runs the client's connections until `close()`; run it in a task before sending requests.
+    public func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            for client in clients.values { group.addTask { try await client.runConnections() } }
+        }
+    }
+
+    public func close() { for client in clients.values { client.beginGracefulShutdown() } }
+
+    // MARK: Operations
+
+    public func put(_ key: Data, _ value: Data) async throws {
+        let nextSequence = sequence.add(1, ordering: .relaxed).newValue
+        _ = try await routed(key: key) { kv, context in
+            var request = Flotilla_V1_PutRequest()
+            request.context = context
+            request.context.clientID = self.clientID
+            request.context.sequence = nextSequence
+            request.key = key
+            request.value = value
+            return try await kv.put(request).error.nonEmpty
+        }
+    }
+
+    public func get(_ key: Data) async throws -> Data? {
+        var found: Data? = nil
+        _ = try await routed(key: key) { kv, context in
+            var request = Flotilla_V1_GetRequest()
+            request.context = context
+            request.key = key
+            let response = try await kv.get(request)
+            found = response.found ? response.value : nil
+            return response.error.nonEmpty
+        }
+        return found
+    }
+
+    public func delete(_ key: Data) async throws {
+        let nextSequence = sequence.add(1, ordering: .relaxed).newValue
+        _ = try await routed(key: key) { kv, context in
+            var request = Flotilla_V1_DeleteRequest()
+            request.context = context
+            request.context.clientID = self.clientID
+            request.context.sequence = nextSequence
+            request.key = key
+            return try await kv.delete(request).error.nonEmpty
+        }
+    }
+
+    /// Sets `key` to `newValue` if it currently holds `expected` (nil: absent). Returns whether
+    /// it did, and the value it found.
+    public func compareAndSwap(_ key: Data, expected: Data?, newValue: Data) async throws -> (succeeded: Bool, previous: Data?) {
+        let nextSequence = sequence.add(1, ordering: .relaxed).newValue
+        var outcome: (Bool, Data?) = (false, nil)
+        _ = try await routed(key: key) { kv, context in
+            var request = Flotilla_V1_CompareAndSwapRequest()
+            request.context = context
+            request.context.clientID = self.clientID
+            request.context.sequence = nextSequence
+            request.key = key
+            request.expectExists = expected != nil
+            request.expectedValue = expected ?? Data()
+            request.newValue = newValue
+            let response = try await kv.compareAndSwap(request)
+            outcome = (response.succeeded, response.previousExists ? response.previousValue : nil)
+            return response.error.nonEmpty
+        }
+        return outcome
+    }
+
+    /// Up to `limit` pairs in [start, end) across region boundaries, in key order.
+    public func scan(from start: Data, to end: Data, limit: Int) async throws -> [(key: Data, value: Data)] {
+        var result: [(key: Data, value: Data)] = []
+        var cursor = start
+        while result.count < limit {
+            guard let region = region(for: cursor) else { break }
+            var regionEnd = region.endKey
+            if !end.isEmpty && (regionEnd.isEmpty || end.lexicographicallyPrecedes(regionEnd)) { regionEnd = end }
+            let remaining = limit - result.count
+            let from = cursor
+            var pairs: [Flotilla_V1_KeyValue] = []
+            _ = try await routed(key: cursor) { kv, context in
+                var request = Flotilla_V1_ScanRequest()
+                request.context = context
+                request.startKey = from
+                request.endKey = regionEnd
+                request.limit = UInt32(remaining)
+                let response = try await kv.scan(request)
+                pairs = response.pairs
+                return response.error.nonEmpty
+            }
+            result += pairs.map { ($0.key, $0.value) }
+            guard !region.endKey.isEmpty, end.isEmpty || region.endKey.lexicographicallyPrecedes(end) else { break }
+            cursor = region.endKey
+        }
+        return result
+    }
+
+    // MARK: Routing
+
+    private func region(for key: Data) -> Flotilla_V1_Region? {
+        regions.last { !key.lexicographicallyPrecedes($0.startKey) && ($0.endKey.isEmpty || key.lexicographicallyPrecedes($0.endKey)) }
+    }
+
+    /// Sends to the region's leader, following NotLeader hints and retrying retryable errors
+    /// with jittered exponential backoff until the request timeout.
+    private func routed(key: Data, _ call: (Flotilla_V1_KV.Client<HTTP2ClientTransport.Posix>, Flotilla_V1_RequestContext) async throws -> Flotilla_V1_Error?) async throws -> Void {
+        guard let region = region(for: key) else { throw FlotillaClientError.noRoute("no region holds the key") }
+        let deadline = ContinuousClock.now + requestTimeout
+        var backoffMilliseconds = 10
+        var attempt = 0
+        var lastProblem = "no attempt"
+        while ContinuousClock.now < deadline {
+            let storeIDs = region.peers.map(\.storeID)
+            let known = leaders.withLock { $0[region.id] }
+            let storeID = known ?? storeIDs[attempt % storeIDs.count]
+            attempt += 1
+            guard let client = clients[storeID] else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
+            var context = Flotilla_V1_RequestContext()
+            context.regionID = region.id
+            context.epoch = region.epoch
+            do {
+                guard let error = try await call(Flotilla_V1_KV.Client(wrapping: client), context) else {
+                    leaders.withLock { $0[region.id] = storeID }
+                    return
+                }
+                lastProblem = error.message
+                switch error.detail {
+                case .notLeader(let notLeader):
+                    leaders.withLock { $0[region.id] = notLeader.hasLeader ? notLeader.leader.storeID : nil }
+                    if notLeader.hasLeader { continue }  // go straight to the named leader
+                case .serverIsBusy, .proposalDropped, .timeout, .regionNotFound:
+                    leaders.withLock { $0[region.id] = nil }
+                case .invalidArgument, .keyNotInRegion, .epochNotMatch, .none:
+                    throw FlotillaClientError.rejected(error.message)
+                }
+            } catch let error as FlotillaClientError {
+                throw error
+            } catch {
+                lastProblem = "store \(storeID): \(error)"
+                leaders.withLock { $0[region.id] = nil }
+            }
+            let jitter = Int.random(in: 0...backoffMilliseconds)
+            try await Task.sleep(for: .milliseconds(backoffMilliseconds + jitter))
+            backoffMilliseconds = min(backoffMilliseconds * 2, 500)
+        }
+        throw FlotillaClientError.unavailable("region \(region.id): \(lastProblem)")
+    }
+}
+
+extension Flotilla_V1_Error {
+    /// nil when no error is set.
+    var nonEmpty: Flotilla_V1_Error? { detail == nil && message.isEmpty ? nil : self }
+}

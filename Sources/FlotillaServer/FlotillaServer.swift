@@ -1,0 +1,115 @@
+import FlotillaProto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import Raft
+import RaftStore
+import RocksDB
+
+/// Settings of one store process.
+public struct ServerSettings: Sendable {
+    public var storeID: UInt64
+    public var cluster: ClusterFile
+    public var dataDirectory: String
+    public var tickInterval: Duration = .milliseconds(100)
+    public var electionTimeoutTicks = 10
+
+    public init(storeID: UInt64, cluster: ClusterFile, dataDirectory: String) {
+        self.storeID = storeID
+        self.cluster = cluster
+        self.dataDirectory = dataDirectory
+    }
+}
+
+/// A running store: its RocksDB, store loop, Raft links to the other stores and gRPC server.
+public final class FlotillaServer: Sendable {
+    public let settings: ServerSettings
+    private let driver: StoreDriver
+    private let links: [PeerStoreLink]
+    private let server: GRPCServer<HTTP2ServerTransport.Posix>
+    private let transport: HTTP2ServerTransport.Posix
+    private let logger: Logger
+
+    /// Opens (or creates) the store's data and prepares everything; `run()` serves.
+    /// - Throws: `ConfigError` when the data dir belongs to another cluster or store.
+    public init(settings: ServerSettings, logger: Logger, onFailure: @escaping @Sendable (Error) -> Void) throws {
+        self.settings = settings
+        self.logger = logger
+        guard let me = settings.cluster.stores.first(where: { $0.id == settings.storeID }) else {
+            throw ConfigError("store \(settings.storeID) is not in the cluster file (stores: \(settings.cluster.stores.map(\.id)))")
+        }
+        guard let address = HostPort(me.address) else { throw ConfigError("bad address \(me.address)") }
+        let db = try Database(path: settings.dataDirectory, columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
+        try Self.checkIdentity(db: db, clusterID: settings.cluster.clusterID, storeID: settings.storeID, path: settings.dataDirectory)
+        let electionTimeoutTicks = settings.electionTimeoutTicks
+        let core = try StoreCore(db: db, storeID: settings.storeID) { peerID in
+            var config = RaftConfig(id: peerID)
+            config.electionTimeoutTicks = electionTimeoutTicks
+            config.randomSeed = peerID &* 0x9E37_79B9 ^ UInt64(UInt32(truncatingIfNeeded: ProcessInfo.processInfo.processIdentifier))
+            return config
+        }
+        for region in settings.cluster.initialRegions() { try core.bootstrapRegion(region) }
+
+        let links = settings.cluster.stores.filter { $0.id != settings.storeID }.map { PeerStoreLink(storeID: $0.id, queueBatchesMax: 4_096) }
+        self.links = links
+        let linksByStore = Dictionary(uniqueKeysWithValues: links.map { ($0.storeID, $0) })
+        let clusterID = settings.cluster.clusterID
+        let storeID = settings.storeID
+        driver = StoreDriver(core: core, tickInterval: settings.tickInterval, logger: logger, onFailure: onFailure) { messagesByStore in
+            for (destination, messages) in messagesByStore {
+                var batch = Flotilla_V1_RaftMessageBatch()
+                batch.clusterID = clusterID
+                batch.fromStoreID = storeID
+                batch.toStoreID = destination
+                batch.messages = messages
+                linksByStore[destination]?.enqueue(batch)
+            }
+        }
+        transport = HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port), transportSecurity: .plaintext)
+        server = GRPCServer(transport: transport, services: [
+            KVService(driver: driver),
+            RaftTransportService(clusterID: clusterID, storeID: storeID, knownStores: Set(settings.cluster.stores.map(\.id)),
+                                 driver: driver, logger: logger),
+        ])
+    }
+
+    /// A store refuses a data dir that another cluster or store wrote.
+    static func checkIdentity(db: Database, clusterID: UInt64, storeID: UInt64, path: String) throws {
+        let meta = try db.columnFamily(StoreKeys.metaColumnFamily)
+        if let stored = try db.get(StoreKeys.storeIdent, in: meta) {
+            let ident = try Flotilla_V1_StoreIdent(serializedBytes: stored)
+            guard ident.clusterID == clusterID, ident.storeID == storeID else {
+                throw ConfigError("data dir \(path) belongs to cluster \(ident.clusterID) store \(ident.storeID), not cluster \(clusterID) store \(storeID)")
+            }
+            return
+        }
+        var ident = Flotilla_V1_StoreIdent()
+        ident.clusterID = clusterID
+        ident.storeID = storeID
+        try db.put(StoreKeys.storeIdent, try ident.serializedBytes(), in: meta, sync: true)
+    }
+
+    /// Serves until `shutDown()`; prints the listening address once bound.
+    public func run(onListening: @escaping @Sendable (String) -> Void) async throws {
+        driver.start()
+        try await withThrowingDiscardingTaskGroup { group in
+            for link in links {
+                guard let target = settings.cluster.stores.first(where: { $0.id == link.storeID }).flatMap({ HostPort($0.address) }) else { continue }
+                let logger = self.logger
+                group.addTask { await link.run(address: target, logger: logger) }
+            }
+            group.addTask { try await self.server.serve() }
+            if let address = try await transport.listeningAddress.ipv4 {
+                onListening("\(address.host):\(address.port)")
+            }
+        }
+        driver.stop()
+    }
+
+    /// Stops accepting requests, closes the Raft links and lets `run()` return.
+    public func shutDown() {
+        server.beginGracefulShutdown()
+        for link in links { link.finish() }
+    }
+}

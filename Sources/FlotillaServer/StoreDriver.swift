@@ -1,0 +1,198 @@
+import FlotillaProto
+import Foundation
+import Logging
+import Raft
+import RaftStore
+import Synchronization
+
+/// Runs a `StoreCore` on its own thread: the store loop. Requests and Raft messages arrive
+/// from any thread through a bounded inbox; each loop turn drains it, ticks on schedule, runs
+/// the core's turn (one synced log batch for every ready region), hands messages to the
+/// transport and completes requests. Nothing here blocks an event loop: callers await.
+public final class StoreDriver: Sendable {
+    /// A request waiting in the inbox or in flight.
+    enum Event: Sendable {
+        case raft(Flotilla_V1_RaftMessageBatch)
+        case write(Flotilla_V1_WriteCommand, Flotilla_V1_RequestContext, @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
+        case read(Flotilla_V1_RequestContext, ReadAction)
+    }
+
+    /// Runs on the store thread once a read may be served (or fails with the reason).
+    struct ReadAction: Sendable {
+        let run: @Sendable (Result<StoreCore, StoreRequestError>) -> Void
+    }
+
+    struct Inbox {
+        var events: [Event] = []
+        var stopping = false
+    }
+
+    private let inbox = Mutex(Inbox())
+    private let wakeUp = DispatchSemaphore(value: 0)
+    private let stopped = DispatchSemaphore(value: 0)
+    private let inboxEventsMax: Int
+    private let tickInterval: Duration
+    private let requestTimeout: Duration
+    private let send: @Sendable ([UInt64: [Flotilla_V1_RaftMessage]]) -> Void
+    private let logger: Logger
+    private let onFailure: @Sendable (Error) -> Void
+    /// The core is touched only by the store thread.
+    private nonisolated(unsafe) let core: StoreCore
+
+    public init(core: StoreCore, tickInterval: Duration, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
+                logger: Logger, onFailure: @escaping @Sendable (Error) -> Void,
+                send: @escaping @Sendable ([UInt64: [Flotilla_V1_RaftMessage]]) -> Void) {
+        self.onFailure = onFailure
+        self.core = core
+        self.tickInterval = tickInterval
+        self.requestTimeout = requestTimeout
+        self.inboxEventsMax = inboxEventsMax
+        self.logger = logger
+        self.send = send
+    }
+
+    /// Starts the store thread.
+    public func start() {
+        let thread = Thread { [self] in self.loop() }
+        thread.name = "flotilla-store"
+        thread.start()
+    }
+
+    /// Stops the loop after the current turn and waits for it.
+    public func stop() {
+        inbox.withLock { $0.stopping = true }
+        wakeUp.signal()
+        stopped.wait()
+    }
+
+    /// Queues an event; false when the inbox is full (the caller answers ServerIsBusy).
+    func enqueue(_ event: Event) -> Bool {
+        let accepted = inbox.withLock { inbox -> Bool in
+            guard inbox.events.count < inboxEventsMax, !inbox.stopping else { return false }
+            inbox.events.append(event)
+            return true
+        }
+        if accepted { wakeUp.signal() }
+        return accepted
+    }
+
+    public func deliver(_ batch: Flotilla_V1_RaftMessageBatch) {
+        if !enqueue(.raft(batch)) { logger.warning("inbox full: dropped a Raft batch", metadata: ["from_store": "\(batch.fromStoreID)"]) }
+    }
+
+    public func write(_ command: Flotilla_V1_WriteCommand, context: Flotilla_V1_RequestContext) async -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
+        await withCheckedContinuation { continuation in
+            let once = Once(continuation)
+            if !enqueue(.write(command, context, { once.resume($0) })) {
+                once.resume(.failure(.serverIsBusy(reason: "store inbox full")))
+            }
+        }
+    }
+
+    /// Confirms a linearizable read of the region, then runs `body` on the store thread.
+    public func read<Response: Sendable>(context: Flotilla_V1_RequestContext,
+                                         _ body: @escaping @Sendable (StoreCore) throws -> Response) async -> Result<Response, Error> {
+        await withCheckedContinuation { continuation in
+            let once = Once(continuation)
+            let action = ReadAction { outcome in
+                switch outcome {
+                case .success(let core): once.resume(Result { try body(core) })
+                case .failure(let error): once.resume(.failure(error))
+                }
+            }
+            if !enqueue(.read(context, action)) { once.resume(.failure(StoreRequestError.serverIsBusy(reason: "store inbox full"))) }
+        }
+    }
+
+    // MARK: The loop
+
+    private func loop() {
+        var pendingWrites: [ProposalID: (deadline: ContinuousClock.Instant, complete: @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)] = [:]
+        var pendingReads: [ProposalID: (deadline: ContinuousClock.Instant, action: ReadAction)] = [:]
+        let clock = ContinuousClock()
+        var nextTick = clock.now + tickInterval
+        var tickCount = 0
+        while true {
+            let (events, stopping) = inbox.withLock { inbox in
+                defer { inbox.events.removeAll(keepingCapacity: true) }
+                return (inbox.events, inbox.stopping)
+            }
+            if stopping { break }
+            for event in events {
+                switch event {
+                case .raft(let batch):
+                    for message in batch.messages { core.step(message) }
+                case .write(let command, let context, let complete):
+                    do {
+                        let id = try core.proposeWrite(command, context: context)
+                        pendingWrites[id] = (clock.now + requestTimeout, complete)
+                    } catch {
+                        complete(.failure(error))
+                    }
+                case .read(let context, let action):
+                    do {
+                        let id = try core.proposeRead(context: context)
+                        pendingReads[id] = (clock.now + requestTimeout, action)
+                    } catch {
+                        action.run(.failure(error))
+                    }
+                }
+            }
+            if clock.now >= nextTick {
+                core.tick()
+                tickCount += 1
+                if tickCount % 50 == 0 && logger.logLevel <= .debug {
+                    for regionID in core.regionIDs {
+                        if let status = core.raftStatus(regionID) {
+                            logger.debug("region status", metadata: ["region_id": "\(regionID)", "role": "\(status.role)", "leader": "\(status.leader)", "term": "\(status.term)", "applied": "\(status.applied)"])
+                        }
+                    }
+                }
+                nextTick = clock.now + tickInterval
+            }
+            do {
+                let output = try core.runTurn()
+                if !output.messagesByStore.isEmpty { send(output.messagesByStore) }
+                for (id, result) in output.completedWrites { pendingWrites.removeValue(forKey: id)?.complete(result) }
+                for read in output.readyReads { pendingReads.removeValue(forKey: read.id)?.action.run(.success(core)) }
+                for read in output.failedReads { pendingReads.removeValue(forKey: read.id)?.action.run(.failure(read.error)) }
+                // More work may be ready right away (e.g. commits after this turn's sync).
+                if output.logSyncs > 0 || !output.completedWrites.isEmpty { continue }
+            } catch {
+                // A failed write to the store's own disk: nothing acknowledged can be trusted
+                // to be durable from here, so stop rather than limp on (as TiKV does).
+                logger.critical("store loop failed: \(error)")
+                onFailure(error)
+                break
+            }
+            let now = clock.now
+            for (id, pending) in pendingWrites where pending.deadline <= now {
+                pendingWrites[id] = nil
+                pending.complete(.failure(.serverIsBusy(reason: "timed out waiting for the write to commit")))
+            }
+            for (id, pending) in pendingReads where pending.deadline <= now {
+                pendingReads[id] = nil
+                pending.action.run(.failure(.serverIsBusy(reason: "timed out waiting for the read index")))
+            }
+            let waitNanoseconds = max(0, (nextTick - clock.now).components.attoseconds / 1_000_000_000 + (nextTick - clock.now).components.seconds * 1_000_000_000)
+            _ = wakeUp.wait(timeout: .now() + .nanoseconds(Int(waitNanoseconds)))
+        }
+        for pending in pendingWrites.values { pending.complete(.failure(.serverIsBusy(reason: "store stopping"))) }
+        for pending in pendingReads.values { pending.action.run(.failure(.serverIsBusy(reason: "store stopping"))) }
+        stopped.signal()
+    }
+}
+
+/// Resumes a continuation exactly once, whoever gets there first.
+final class Once<Value: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<Value, Never>?>
+
+    init(_ continuation: CheckedContinuation<Value, Never>) { self.continuation = Mutex(continuation) }
+
+    func resume(_ value: Value) {
+        continuation.withLock { stored in
+            stored?.resume(returning: value)
+            stored = nil
+        }
+    }
+}

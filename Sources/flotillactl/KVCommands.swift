@@ -1,0 +1,105 @@
+import ArgumentParser
+import FlotillaClient
+import FlotillaServer
+import Foundation
+
+/// `flotillactl kv …`: reads and writes through the routing client, against the stores of a
+/// static cluster file.
+struct KV: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kv",
+        abstract: "Read and write keys in a running cluster.",
+        subcommands: [Put.self, Get.self, Delete.self, Scan.self]
+    )
+
+    struct Connection: ParsableArguments {
+        @Option(name: .customLong("cluster-file"), help: "JSON cluster file naming the stores and split keys.")
+        var clusterFile: String
+
+        @Option(name: .customLong("timeout-ms"), help: "Per-request timeout in milliseconds, retries included.")
+        var timeoutMilliseconds = 10_000
+
+        func withClient<T: Sendable>(_ body: @Sendable (FlotillaClient) async throws -> T) async throws -> T {
+            let cluster: ClusterFile
+            do { cluster = try ClusterFile.load(path: clusterFile) } catch { throw ValidationError(error.description) }
+            guard timeoutMilliseconds > 0 else { throw ValidationError("--timeout-ms must be positive") }
+            let stores = cluster.stores.compactMap { store in
+                HostPort(store.address).map { FlotillaClient.Store(id: store.id, host: $0.host, port: $0.port) }
+            }
+            let client = try FlotillaClient(stores: stores, regions: cluster.initialRegions(),
+                                            requestTimeout: .milliseconds(timeoutMilliseconds))
+            let connections = Task { try await client.run() }
+            defer {
+                client.close()
+                connections.cancel()
+            }
+            do {
+                return try await body(client)
+            } catch let error as FlotillaClientError {
+                FileHandle.standardError.write(Data("flotillactl: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Put: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Set a key to a value.")
+        @OptionGroup var connection: Connection
+        @Argument var key: String
+        @Argument var value: String
+
+        func run() async throws {
+            let (key, value) = (Data(key.utf8), Data(value.utf8))
+            try await connection.withClient { try await $0.put(key, value) }
+            print("OK")
+        }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a key's value (linearizable read).")
+        @OptionGroup var connection: Connection
+        @Argument var key: String
+
+        func run() async throws {
+            let key = Data(self.key.utf8)
+            let value = try await connection.withClient { try await $0.get(key) }
+            guard let value else {
+                FileHandle.standardError.write(Data("flotillactl: key '\(self.key)' not found\n".utf8))
+                throw ExitCode(3)
+            }
+            print(String(decoding: value, as: UTF8.self))
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a key.")
+        @OptionGroup var connection: Connection
+        @Argument var key: String
+
+        func run() async throws {
+            let key = Data(self.key.utf8)
+            try await connection.withClient { try await $0.delete(key) }
+            print("OK")
+        }
+    }
+
+    struct Scan: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print key=value pairs in [start, end).")
+        @OptionGroup var connection: Connection
+        @Option var start = ""
+        @Option var end = ""
+        @Option var limit = 100
+
+        func validate() throws {
+            guard limit > 0 else { throw ValidationError("--limit must be positive") }
+        }
+
+        func run() async throws {
+            let (start, end, limit) = (Data(self.start.utf8), Data(self.end.utf8), self.limit)
+            let pairs = try await connection.withClient { client in
+                try await client.scan(from: start, to: end, limit: limit).map { ($0.key, $0.value) }
+            }
+            for (key, value) in pairs { print("\(String(decoding: key, as: UTF8.self))=\(String(decoding: value, as: UTF8.self))") }
+        }
+    }
+}

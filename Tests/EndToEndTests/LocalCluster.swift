@@ -1,0 +1,93 @@
+import FlotillaClient
+import FlotillaServer
+import Foundation
+
+/// Real `flotilla-server` processes on loopback with ephemeral ports, each with its own data
+/// dir, started and stopped by the test.
+final class LocalCluster {
+    let root: String
+    let cluster: ClusterFile
+    let clusterPath: String
+    var processes: [UInt64: Process] = [:]
+    var logs: [UInt64: String] = [:]
+
+    static var serverBinary: String {
+        let testBinary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: testBinary).deletingLastPathComponent().appendingPathComponent("flotilla-server").path
+    }
+
+    init(storeCount: Int, splitKeys: [String]) throws {
+        root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-e2e-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let stores = try (1...UInt64(storeCount)).map { id in
+            ClusterFile.Store(id: id, address: "127.0.0.1:\(try Self.freePort())")
+        }
+        cluster = ClusterFile(clusterID: 42, stores: stores, splitKeys: splitKeys)
+        clusterPath = root + "/cluster.json"
+        try JSONEncoder().encode(cluster).write(to: URL(fileURLWithPath: clusterPath))
+        for store in stores { try start(store.id) }
+    }
+
+    /// A port the kernel just handed out on 127.0.0.1, released for the server to bind.
+    static func freePort() throws -> Int {
+        let socketFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard socketFD >= 0 else { throw CocoaError(.fileNoSuchFile) }
+        defer { close(socketFD) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketFD, $0, length) }
+        }
+        guard bound == 0 else { throw CocoaError(.fileWriteUnknown) }
+        _ = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socketFD, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func start(_ storeID: UInt64) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.serverBinary)
+        process.arguments = ["--store-id", "\(storeID)", "--cluster-file", clusterPath,
+                             "--data-dir", root + "/store-\(storeID)", "--tick-interval-ms", "20", "--log-level",
+                             ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"]
+        let log = root + "/store-\(storeID).log"
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        try handle.seekToEnd()
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        processes[storeID] = process
+        logs[storeID] = log
+    }
+
+    func kill(_ storeID: UInt64, signal: Int32 = SIGKILL) {
+        guard let process = processes.removeValue(forKey: storeID) else { return }
+        Glibc.kill(process.processIdentifier, signal)
+        process.waitUntilExit()
+    }
+
+    func makeClient(timeout: Duration = .seconds(20)) throws -> FlotillaClient {
+        let stores = cluster.stores.compactMap { store in
+            HostPort(store.address).map { FlotillaClient.Store(id: store.id, host: $0.host, port: $0.port) }
+        }
+        return try FlotillaClient(stores: stores, regions: cluster.initialRegions(), requestTimeout: timeout)
+    }
+
+    func log(_ storeID: UInt64) -> String {
+        logs[storeID].flatMap { try? String(contentsOfFile: $0, encoding: .utf8) } ?? ""
+    }
+
+    deinit {
+        for storeID in processes.keys { kill(storeID, signal: SIGKILL) }
+        if ProcessInfo.processInfo.environment["FLOTILLA_KEEP_E2E"] == nil {
+            try? FileManager.default.removeItem(atPath: root)
+        } else {
+            print("kept \(root)")
+        }
+    }
+}
