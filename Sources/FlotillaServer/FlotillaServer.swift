@@ -30,6 +30,8 @@ public final class FlotillaServer: Sendable {
     private let server: GRPCServer<HTTP2ServerTransport.Posix>
     private let transport: HTTP2ServerTransport.Posix
     private let logger: Logger
+    private let shutdownRequested: AsyncStream<Void>
+    private let requestShutdown: AsyncStream<Void>.Continuation
 
     /// Opens (or creates) the store's data and prepares everything; `run()` serves.
     /// - Throws: `ConfigError` when the data dir belongs to another cluster or store.
@@ -66,6 +68,7 @@ public final class FlotillaServer: Sendable {
                 linksByStore[destination]?.enqueue(batch)
             }
         }
+        (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
         transport = HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port), transportSecurity: .plaintext)
         server = GRPCServer(transport: transport, services: [
             KVService(driver: driver),
@@ -93,7 +96,27 @@ public final class FlotillaServer: Sendable {
     /// Serves until `shutDown()`; prints the listening address once bound.
     public func run(onListening: @escaping @Sendable (String) -> Void) async throws {
         driver.start()
+        defer { driver.stop() }
+        do {
+            try await serve(onListening: onListening)
+        } catch is ShutdownGraceElapsed {
+            logger.info("stopped after the shutdown grace period")
+        }
+    }
+
+    /// Thrown to end serving when peers keep their Raft streams open past the grace period.
+    private struct ShutdownGraceElapsed: Error {}
+
+    private func serve(onListening: @escaping @Sendable (String) -> Void) async throws {
         try await withThrowingDiscardingTaskGroup { group in
+            // Peers' Raft streams never end by themselves: after a short grace period for
+            // in-flight client requests, stop waiting for them.
+            group.addTask {
+                for await _ in self.shutdownRequested {
+                    try await Task.sleep(for: .milliseconds(500))
+                    throw ShutdownGraceElapsed()
+                }
+            }
             for link in links {
                 guard let target = settings.cluster.stores.first(where: { $0.id == link.storeID }).flatMap({ HostPort($0.address) }) else { continue }
                 let logger = self.logger
@@ -104,11 +127,11 @@ public final class FlotillaServer: Sendable {
                 onListening("\(address.host):\(address.port)")
             }
         }
-        driver.stop()
     }
 
     /// Stops accepting requests, closes the Raft links and lets `run()` return.
     public func shutDown() {
+        requestShutdown.yield()
         server.beginGracefulShutdown()
         for link in links { link.finish() }
     }

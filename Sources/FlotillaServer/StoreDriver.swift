@@ -36,8 +36,9 @@ public final class StoreDriver: Sendable {
     private let send: @Sendable ([UInt64: [Flotilla_V1_RaftMessage]]) -> Void
     private let logger: Logger
     private let onFailure: @Sendable (Error) -> Void
-    /// The core is touched only by the store thread.
-    private nonisolated(unsafe) let core: StoreCore
+    /// The core is touched only by the store thread, which also releases it (closing RocksDB)
+    /// before `stop()` returns: closing during process exit races RocksDB's static teardown.
+    private nonisolated(unsafe) var core: StoreCore?
 
     public init(core: StoreCore, tickInterval: Duration, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
                 logger: Logger, onFailure: @escaping @Sendable (Error) -> Void,
@@ -53,7 +54,11 @@ public final class StoreDriver: Sendable {
 
     /// Starts the store thread.
     public func start() {
-        let thread = Thread { [self] in self.loop() }
+        let thread = Thread { [self] in
+            if let core = self.core { self.loop(core) }
+            self.core = nil
+            self.stopped.signal()
+        }
         thread.name = "flotilla-store"
         thread.start()
     }
@@ -106,7 +111,7 @@ public final class StoreDriver: Sendable {
 
     // MARK: The loop
 
-    private func loop() {
+    private func loop(_ core: StoreCore) {
         var pendingWrites: [ProposalID: (deadline: ContinuousClock.Instant, complete: @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)] = [:]
         var pendingReads: [ProposalID: (deadline: ContinuousClock.Instant, action: ReadAction)] = [:]
         let clock = ContinuousClock()
@@ -179,7 +184,6 @@ public final class StoreDriver: Sendable {
         }
         for pending in pendingWrites.values { pending.complete(.failure(.serverIsBusy(reason: "store stopping"))) }
         for pending in pendingReads.values { pending.action.run(.failure(.serverIsBusy(reason: "store stopping"))) }
-        stopped.signal()
     }
 }
 
