@@ -52,7 +52,7 @@ final class LocalCluster {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.serverBinary)
         process.arguments = ["--store-id", "\(storeID)", "--cluster-file", clusterPath,
-                             "--data-dir", root + "/store-\(storeID)", "--tick-interval-ms", "20", "--log-level",
+                             "--data-dir", root + "/store-\(storeID)", "--tick-interval-ms", "50", "--log-level",
                              ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"]
         let log = root + "/store-\(storeID).log"
         _ = FileManager.default.createFile(atPath: log, contents: nil)
