@@ -41,12 +41,7 @@ public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
         let keys = request.keys
         let regionID = request.context.regionID
         switch await driver.read(context: request.context, { core in
-            try keys.compactMap { key in try core.get(key, regionID: regionID).map { value in
-                var pair = Flotilla_V1_KeyValue()
-                pair.key = key
-                pair.value = value
-                return pair
-            } }
+            try keys.compactMap { key in try core.get(key, regionID: regionID).map { Flotilla_V1_KeyValue(key: key, value: $0) } }
         }) {
         case .success(let pairs): response.pairs = pairs
         case .failure(let error): response.error = protocolError(error)
@@ -56,9 +51,7 @@ public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
 
     public func put(request: Flotilla_V1_PutRequest, context: ServerContext) async throws -> Flotilla_V1_PutResponse {
         var response = Flotilla_V1_PutResponse()
-        var pair = Flotilla_V1_KeyValue()
-        pair.key = request.key
-        pair.value = request.value
+        let pair = Flotilla_V1_KeyValue(key: request.key, value: request.value)
         if let error = checkPairs([pair]) { response.error = error; return response }
         var command = writeCommand(request.context)
         command.puts = [pair]
@@ -110,12 +103,7 @@ public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
         }
         let (start, end, limit, reverse, regionID) = (request.startKey, request.endKey, Int(request.limit), request.reverse, request.context.regionID)
         switch await driver.read(context: request.context, { core in
-            try core.scan(regionID: regionID, from: start, to: end, limit: limit, reverse: reverse).map { key, value in
-                var pair = Flotilla_V1_KeyValue()
-                pair.key = key
-                pair.value = value
-                return pair
-            }
+            try core.scan(regionID: regionID, from: start, to: end, limit: limit, reverse: reverse).map { Flotilla_V1_KeyValue(key: $0, value: $1) }
         }) {
         case .success(let pairs): response.pairs = pairs
         case .failure(let error): response.error = protocolError(error)
@@ -197,4 +185,12 @@ func protocolError(_ error: Error) -> Flotilla_V1_Error {
         wire.invalidArgument.field = field
     }
     return wire
+}
+
+extension Flotilla_V1_KeyValue {
+    init(key: Data, value: Data) {
+        self.init()
+        self.key = key
+        self.value = value
+    }
 }
