@@ -2167,3 +2167,303 @@ extension Flotilla_V1_RaftTransport.ClientProtocol {
         )
     }
 }
+
+// MARK: - flotilla.v1.StoreAdmin
+
+/// Namespace containing generated types for the "flotilla.v1.StoreAdmin" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Flotilla_V1_StoreAdmin: Sendable {
+    /// Service descriptor for the "flotilla.v1.StoreAdmin" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.StoreAdmin")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "Status" metadata.
+        public enum Status: Sendable {
+            /// Request type for "Status".
+            public typealias Input = Flotilla_V1_StoreStatusRequest
+            /// Response type for "Status".
+            public typealias Output = Flotilla_V1_StoreStatus
+            /// Descriptor for "Status".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.StoreAdmin"),
+                method: "Status",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "flotilla.v1.StoreAdmin" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            Status.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "flotilla.v1.StoreAdmin" service.
+    public static let flotilla_v1_StoreAdmin = GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.StoreAdmin")
+}
+
+// MARK: flotilla.v1.StoreAdmin (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Flotilla_V1_StoreAdmin {
+    /// Streaming variant of the service protocol for the "flotilla.v1.StoreAdmin" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "Status" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_StoreStatusRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_StoreStatus` messages.
+        func status(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_StoreStatusRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_StoreStatus>
+    }
+
+    /// Service protocol for the "flotilla.v1.StoreAdmin" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    public protocol ServiceProtocol: Flotilla_V1_StoreAdmin.StreamingServiceProtocol {
+        /// Handle the "Status" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_StoreStatusRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Flotilla_V1_StoreStatus` message.
+        func status(
+            request: GRPCCore.ServerRequest<Flotilla_V1_StoreStatusRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_StoreStatus>
+    }
+
+    /// Simple service protocol for the "flotilla.v1.StoreAdmin" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    public protocol SimpleServiceProtocol: Flotilla_V1_StoreAdmin.ServiceProtocol {
+        /// Handle the "Status" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_StoreStatusRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Flotilla_V1_StoreStatus` to respond with.
+        func status(
+            request: Flotilla_V1_StoreStatusRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Flotilla_V1_StoreStatus
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Flotilla_V1_StoreAdmin.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Flotilla_V1_StoreAdmin.Method.Status.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_StoreStatusRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_StoreStatus>(),
+            handler: { request, context in
+                try await self.status(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Flotilla_V1_StoreAdmin.ServiceProtocol {
+    public func status(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_StoreStatusRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_StoreStatus> {
+        let response = try await self.status(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
+    public func status(
+        request: GRPCCore.ServerRequest<Flotilla_V1_StoreStatusRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_StoreStatus> {
+        return GRPCCore.ServerResponse<Flotilla_V1_StoreStatus>(
+            message: try await self.status(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: flotilla.v1.StoreAdmin (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Flotilla_V1_StoreAdmin {
+    /// Generated client protocol for the "flotilla.v1.StoreAdmin" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    public protocol ClientProtocol: Sendable {
+        /// Call the "Status" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_StoreStatusRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_StoreStatusRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_StoreStatus` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func status<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_StoreStatusRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_StoreStatusRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_StoreStatus>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_StoreStatus>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "flotilla.v1.StoreAdmin" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "Status" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_StoreStatusRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_StoreStatusRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_StoreStatus` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func status<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_StoreStatusRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_StoreStatusRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_StoreStatus>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_StoreStatus>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Flotilla_V1_StoreAdmin.Method.Status.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Flotilla_V1_StoreAdmin.ClientProtocol {
+    /// Call the "Status" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_StoreStatusRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func status<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_StoreStatusRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_StoreStatus>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.status(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_StoreStatusRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_StoreStatus>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Flotilla_V1_StoreAdmin.ClientProtocol {
+    /// Call the "Status" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func status<Result>(
+        _ message: Flotilla_V1_StoreStatusRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_StoreStatus>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_StoreStatusRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.status(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}

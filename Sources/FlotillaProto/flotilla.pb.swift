@@ -106,6 +106,45 @@ public nonisolated enum Flotilla_V1_ReadConsistency: SwiftProtobuf.Enum, Swift.C
 
 }
 
+/// Column families a snapshot carries.
+public nonisolated enum Flotilla_V1_SnapshotColumn: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// User data of the region's key range.
+  case data // = 0
+
+  /// The region's client sessions (meta column family).
+  case sessions // = 1
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .data
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .data
+    case 1: self = .sessions
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .data: return 0
+    case .sessions: return 1
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Flotilla_V1_SnapshotColumn] = [
+    .data,
+    .sessions,
+  ]
+
+}
+
 public nonisolated enum Flotilla_V1_PeerState: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case normal // = 0
@@ -1098,7 +1137,26 @@ public nonisolated struct Flotilla_V1_RaftTransportDone: Sendable {
   public init() {}
 }
 
-/// A region snapshot, streamed in chunks: the first carries the message, later ones data.
+public nonisolated struct Flotilla_V1_SnapshotPair: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var column: Flotilla_V1_SnapshotColumn = .data
+
+  public var key: Data = Data()
+
+  public var value: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A region snapshot, streamed in chunks (each well under the frame limit). The first chunk
+/// carries the Raft message (its snapshot metadata: index, term, configuration) and the
+/// region descriptor; every chunk carries pairs in key order, data before sessions; the last
+/// one carries the count and checksum of everything sent.
 public nonisolated struct Flotilla_V1_SnapshotChunk: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1113,13 +1171,14 @@ public nonisolated struct Flotilla_V1_SnapshotChunk: @unchecked Sendable {
   /// Clears the value of `message`. Subsequent reads from it will return its default value.
   public mutating func clearMessage() {_uniqueStorage()._message = nil}
 
-  public var data: Data {
-    get {_storage._data}
-    set {_uniqueStorage()._data = newValue}
+  public var pairs: [Flotilla_V1_SnapshotPair] {
+    get {_storage._pairs}
+    set {_uniqueStorage()._pairs = newValue}
   }
 
-  /// Set on the last chunk: CRC32C of all data.
-  public var checksum: UInt32 {
+  /// On the last chunk: FNV-1a (64 bit) over every pair's column, key length, key, value
+  /// length and value, in order.
+  public var checksum: UInt64 {
     get {_storage._checksum}
     set {_uniqueStorage()._checksum = newValue}
   }
@@ -1127,6 +1186,11 @@ public nonisolated struct Flotilla_V1_SnapshotChunk: @unchecked Sendable {
   public var last: Bool {
     get {_storage._last}
     set {_uniqueStorage()._last = newValue}
+  }
+
+  public var pairCount: UInt64 {
+    get {_storage._pairCount}
+    set {_uniqueStorage()._pairCount = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -1146,27 +1210,55 @@ public nonisolated struct Flotilla_V1_SnapshotDone: Sendable {
   public init() {}
 }
 
-public nonisolated struct Flotilla_V1_RegionLocalState: Sendable {
+public nonisolated struct Flotilla_V1_RegionLocalState: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var region: Flotilla_V1_Region {
-    get {_region ?? Flotilla_V1_Region()}
-    set {_region = newValue}
+    get {_storage._region ?? Flotilla_V1_Region()}
+    set {_uniqueStorage()._region = newValue}
   }
   /// Returns true if `region` has been explicitly set.
-  public var hasRegion: Bool {self._region != nil}
+  public var hasRegion: Bool {_storage._region != nil}
   /// Clears the value of `region`. Subsequent reads from it will return its default value.
-  public mutating func clearRegion() {self._region = nil}
+  public mutating func clearRegion() {_uniqueStorage()._region = nil}
 
-  public var state: Flotilla_V1_PeerState = .normal
+  public var state: Flotilla_V1_PeerState {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
+
+  /// The Raft configuration as of the applied index (stored with the apply state).
+  public var confState: Flotilla_V1_ConfState {
+    get {_storage._confState ?? Flotilla_V1_ConfState()}
+    set {_uniqueStorage()._confState = newValue}
+  }
+  /// Returns true if `confState` has been explicitly set.
+  public var hasConfState: Bool {_storage._confState != nil}
+  /// Clears the value of `confState`. Subsequent reads from it will return its default value.
+  public mutating func clearConfState() {_uniqueStorage()._confState = nil}
+
+  /// While APPLYING: the snapshot being installed and the directory holding its SST files.
+  public var applyingSnapshot: Flotilla_V1_SnapshotMetadata {
+    get {_storage._applyingSnapshot ?? Flotilla_V1_SnapshotMetadata()}
+    set {_uniqueStorage()._applyingSnapshot = newValue}
+  }
+  /// Returns true if `applyingSnapshot` has been explicitly set.
+  public var hasApplyingSnapshot: Bool {_storage._applyingSnapshot != nil}
+  /// Clears the value of `applyingSnapshot`. Subsequent reads from it will return its default value.
+  public mutating func clearApplyingSnapshot() {_uniqueStorage()._applyingSnapshot = nil}
+
+  public var applyingDirectory: String {
+    get {_storage._applyingDirectory}
+    set {_uniqueStorage()._applyingDirectory = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _region: Flotilla_V1_Region? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Flotilla_V1_StoreIdent: Sendable {
@@ -1294,6 +1386,83 @@ public nonisolated struct Flotilla_V1_WriteResult: Sendable {
   public init() {}
 }
 
+public nonisolated struct Flotilla_V1_StoreStatusRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Include one RegionStatus per region hosted here.
+  public var includeRegions: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Flotilla_V1_RegionStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var regionID: UInt64 = 0
+
+  /// "leader", "follower", "candidate", "pre-candidate"
+  public var role: String = String()
+
+  public var leaderPeerID: UInt64 = 0
+
+  public var term: UInt64 = 0
+
+  public var appliedIndex: UInt64 = 0
+
+  public var firstLogIndex: UInt64 = 0
+
+  public var lastLogIndex: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Counters since the store process started.
+public nonisolated struct Flotilla_V1_StoreStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var storeID: UInt64 = 0
+
+  public var regions: UInt64 = 0
+
+  public var leaders: UInt64 = 0
+
+  public var turns: UInt64 = 0
+
+  /// Synced RocksDB writes (one per turn with log writes, plus snapshot installs).
+  public var logSyncs: UInt64 = 0
+
+  /// Sum over turns of the regions whose log writes went into the turn's batch.
+  public var regionsInLogBatches: UInt64 = 0
+
+  public var entriesApplied: UInt64 = 0
+
+  public var snapshotsSent: UInt64 = 0
+
+  public var snapshotsReceived: UInt64 = 0
+
+  public var snapshotsInstalled: UInt64 = 0
+
+  public var logsTruncated: UInt64 = 0
+
+  public var pendingRequests: UInt64 = 0
+
+  public var regionStatus: [Flotilla_V1_RegionStatus] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "flotilla.v1"
@@ -1304,6 +1473,10 @@ nonisolated extension Flotilla_V1_PeerRole: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Flotilla_V1_ReadConsistency: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READ_CONSISTENCY_LINEARIZABLE\0\u{1}READ_CONSISTENCY_FOLLOWER\0\u{1}READ_CONSISTENCY_STALE\0")
+}
+
+nonisolated extension Flotilla_V1_SnapshotColumn: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0SNAPSHOT_COLUMN_DATA\0\u{1}SNAPSHOT_COLUMN_SESSIONS\0")
 }
 
 nonisolated extension Flotilla_V1_PeerState: SwiftProtobuf._ProtoNameProviding {
@@ -3048,15 +3221,56 @@ nonisolated extension Flotilla_V1_RaftTransportDone: SwiftProtobuf.Message, Swif
   }
 }
 
+nonisolated extension Flotilla_V1_SnapshotPair: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SnapshotPair"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}column\0\u{1}key\0\u{1}value\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.column) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.key) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.value) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.column != .data {
+      try visitor.visitSingularEnumField(value: self.column, fieldNumber: 1)
+    }
+    if !self.key.isEmpty {
+      try visitor.visitSingularBytesField(value: self.key, fieldNumber: 2)
+    }
+    if !self.value.isEmpty {
+      try visitor.visitSingularBytesField(value: self.value, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_SnapshotPair, rhs: Flotilla_V1_SnapshotPair) -> Bool {
+    if lhs.column != rhs.column {return false}
+    if lhs.key != rhs.key {return false}
+    if lhs.value != rhs.value {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SnapshotChunk"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}data\0\u{1}checksum\0\u{1}last\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}pairs\0\u{1}checksum\0\u{1}last\0\u{3}pair_count\0")
 
   fileprivate class _StorageClass {
     var _message: Flotilla_V1_RaftMessage? = nil
-    var _data: Data = Data()
-    var _checksum: UInt32 = 0
+    var _pairs: [Flotilla_V1_SnapshotPair] = []
+    var _checksum: UInt64 = 0
     var _last: Bool = false
+    var _pairCount: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3068,9 +3282,10 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
 
     init(copying source: _StorageClass) {
       _message = source._message
-      _data = source._data
+      _pairs = source._pairs
       _checksum = source._checksum
       _last = source._last
+      _pairCount = source._pairCount
     }
   }
 
@@ -3090,9 +3305,10 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
         // enabled. https://github.com/apple/swift-protobuf/issues/1034
         switch fieldNumber {
         case 1: try { try decoder.decodeSingularMessageField(value: &_storage._message) }()
-        case 2: try { try decoder.decodeSingularBytesField(value: &_storage._data) }()
-        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._checksum) }()
+        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._pairs) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._checksum) }()
         case 4: try { try decoder.decodeSingularBoolField(value: &_storage._last) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._pairCount) }()
         default: break
         }
       }
@@ -3108,14 +3324,17 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
       try { if let v = _storage._message {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
       } }()
-      if !_storage._data.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._data, fieldNumber: 2)
+      if !_storage._pairs.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._pairs, fieldNumber: 2)
       }
       if _storage._checksum != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._checksum, fieldNumber: 3)
+        try visitor.visitSingularUInt64Field(value: _storage._checksum, fieldNumber: 3)
       }
       if _storage._last != false {
         try visitor.visitSingularBoolField(value: _storage._last, fieldNumber: 4)
+      }
+      if _storage._pairCount != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._pairCount, fieldNumber: 5)
       }
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -3127,9 +3346,10 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
         let _storage = _args.0
         let rhs_storage = _args.1
         if _storage._message != rhs_storage._message {return false}
-        if _storage._data != rhs_storage._data {return false}
+        if _storage._pairs != rhs_storage._pairs {return false}
         if _storage._checksum != rhs_storage._checksum {return false}
         if _storage._last != rhs_storage._last {return false}
+        if _storage._pairCount != rhs_storage._pairCount {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -3160,38 +3380,97 @@ nonisolated extension Flotilla_V1_SnapshotDone: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegionLocalState"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{1}state\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{1}state\0\u{3}conf_state\0\u{3}applying_snapshot\0\u{3}applying_directory\0")
+
+  fileprivate class _StorageClass {
+    var _region: Flotilla_V1_Region? = nil
+    var _state: Flotilla_V1_PeerState = .normal
+    var _confState: Flotilla_V1_ConfState? = nil
+    var _applyingSnapshot: Flotilla_V1_SnapshotMetadata? = nil
+    var _applyingDirectory: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _region = source._region
+      _state = source._state
+      _confState = source._confState
+      _applyingSnapshot = source._applyingSnapshot
+      _applyingDirectory = source._applyingDirectory
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._region) }()
-      case 2: try { try decoder.decodeSingularEnumField(value: &self.state) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._region) }()
+        case 2: try { try decoder.decodeSingularEnumField(value: &_storage._state) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._confState) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._applyingSnapshot) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._applyingDirectory) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._region {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if self.state != .normal {
-      try visitor.visitSingularEnumField(value: self.state, fieldNumber: 2)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._region {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if _storage._state != .normal {
+        try visitor.visitSingularEnumField(value: _storage._state, fieldNumber: 2)
+      }
+      try { if let v = _storage._confState {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
+      try { if let v = _storage._applyingSnapshot {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
+      if !_storage._applyingDirectory.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._applyingDirectory, fieldNumber: 5)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_RegionLocalState, rhs: Flotilla_V1_RegionLocalState) -> Bool {
-    if lhs._region != rhs._region {return false}
-    if lhs.state != rhs.state {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._region != rhs_storage._region {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._confState != rhs_storage._confState {return false}
+        if _storage._applyingSnapshot != rhs_storage._applyingSnapshot {return false}
+        if _storage._applyingDirectory != rhs_storage._applyingDirectory {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3451,6 +3730,186 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
     if lhs.succeeded != rhs.succeeded {return false}
     if lhs.previousExists != rhs.previousExists {return false}
     if lhs.previousValue != rhs.previousValue {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_StoreStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StoreStatusRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}include_regions\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.includeRegions) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.includeRegions != false {
+      try visitor.visitSingularBoolField(value: self.includeRegions, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_StoreStatusRequest, rhs: Flotilla_V1_StoreStatusRequest) -> Bool {
+    if lhs.includeRegions != rhs.includeRegions {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RegionStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}role\0\u{3}leader_peer_id\0\u{1}term\0\u{3}applied_index\0\u{3}first_log_index\0\u{3}last_log_index\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.regionID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.role) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.leaderPeerID) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.term) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.appliedIndex) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.firstLogIndex) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.lastLogIndex) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.regionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.regionID, fieldNumber: 1)
+    }
+    if !self.role.isEmpty {
+      try visitor.visitSingularStringField(value: self.role, fieldNumber: 2)
+    }
+    if self.leaderPeerID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.leaderPeerID, fieldNumber: 3)
+    }
+    if self.term != 0 {
+      try visitor.visitSingularUInt64Field(value: self.term, fieldNumber: 4)
+    }
+    if self.appliedIndex != 0 {
+      try visitor.visitSingularUInt64Field(value: self.appliedIndex, fieldNumber: 5)
+    }
+    if self.firstLogIndex != 0 {
+      try visitor.visitSingularUInt64Field(value: self.firstLogIndex, fieldNumber: 6)
+    }
+    if self.lastLogIndex != 0 {
+      try visitor.visitSingularUInt64Field(value: self.lastLogIndex, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_RegionStatus, rhs: Flotilla_V1_RegionStatus) -> Bool {
+    if lhs.regionID != rhs.regionID {return false}
+    if lhs.role != rhs.role {return false}
+    if lhs.leaderPeerID != rhs.leaderPeerID {return false}
+    if lhs.term != rhs.term {return false}
+    if lhs.appliedIndex != rhs.appliedIndex {return false}
+    if lhs.firstLogIndex != rhs.firstLogIndex {return false}
+    if lhs.lastLogIndex != rhs.lastLogIndex {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StoreStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.storeID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.regions) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.leaders) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.turns) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.logSyncs) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.regionsInLogBatches) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.entriesApplied) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.snapshotsSent) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.snapshotsReceived) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.snapshotsInstalled) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.logsTruncated) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.pendingRequests) }()
+      case 13: try { try decoder.decodeRepeatedMessageField(value: &self.regionStatus) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.storeID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.storeID, fieldNumber: 1)
+    }
+    if self.regions != 0 {
+      try visitor.visitSingularUInt64Field(value: self.regions, fieldNumber: 2)
+    }
+    if self.leaders != 0 {
+      try visitor.visitSingularUInt64Field(value: self.leaders, fieldNumber: 3)
+    }
+    if self.turns != 0 {
+      try visitor.visitSingularUInt64Field(value: self.turns, fieldNumber: 4)
+    }
+    if self.logSyncs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.logSyncs, fieldNumber: 5)
+    }
+    if self.regionsInLogBatches != 0 {
+      try visitor.visitSingularUInt64Field(value: self.regionsInLogBatches, fieldNumber: 6)
+    }
+    if self.entriesApplied != 0 {
+      try visitor.visitSingularUInt64Field(value: self.entriesApplied, fieldNumber: 7)
+    }
+    if self.snapshotsSent != 0 {
+      try visitor.visitSingularUInt64Field(value: self.snapshotsSent, fieldNumber: 8)
+    }
+    if self.snapshotsReceived != 0 {
+      try visitor.visitSingularUInt64Field(value: self.snapshotsReceived, fieldNumber: 9)
+    }
+    if self.snapshotsInstalled != 0 {
+      try visitor.visitSingularUInt64Field(value: self.snapshotsInstalled, fieldNumber: 10)
+    }
+    if self.logsTruncated != 0 {
+      try visitor.visitSingularUInt64Field(value: self.logsTruncated, fieldNumber: 11)
+    }
+    if self.pendingRequests != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pendingRequests, fieldNumber: 12)
+    }
+    if !self.regionStatus.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.regionStatus, fieldNumber: 13)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_StoreStatus, rhs: Flotilla_V1_StoreStatus) -> Bool {
+    if lhs.storeID != rhs.storeID {return false}
+    if lhs.regions != rhs.regions {return false}
+    if lhs.leaders != rhs.leaders {return false}
+    if lhs.turns != rhs.turns {return false}
+    if lhs.logSyncs != rhs.logSyncs {return false}
+    if lhs.regionsInLogBatches != rhs.regionsInLogBatches {return false}
+    if lhs.entriesApplied != rhs.entriesApplied {return false}
+    if lhs.snapshotsSent != rhs.snapshotsSent {return false}
+    if lhs.snapshotsReceived != rhs.snapshotsReceived {return false}
+    if lhs.snapshotsInstalled != rhs.snapshotsInstalled {return false}
+    if lhs.logsTruncated != rhs.logsTruncated {return false}
+    if lhs.pendingRequests != rhs.pendingRequests {return false}
+    if lhs.regionStatus != rhs.regionStatus {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

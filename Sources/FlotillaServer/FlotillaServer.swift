@@ -14,6 +14,11 @@ public struct ServerSettings: Sendable {
     public var dataDirectory: String
     public var tickInterval: Duration = .milliseconds(100)
     public var electionTimeoutTicks = 10
+    /// Log truncation thresholds, request bound and snapshot limits (see `StoreSettings`).
+    public var logGCCountThreshold: UInt64 = 10_000
+    public var logGCSizeThresholdBytes = 32 << 20
+    public var maxPendingRequests = 16_384
+    public var snapshotSendsMax = 4
 
     public init(storeID: UInt64, cluster: ClusterFile, dataDirectory: String) {
         self.storeID = storeID
@@ -42,10 +47,14 @@ public final class FlotillaServer: Sendable {
             throw ConfigError("store \(settings.storeID) is not in the cluster file (stores: \(settings.cluster.stores.map(\.id)))")
         }
         guard let address = HostPort(me.address) else { throw ConfigError("bad address \(me.address)") }
-        let db = try Database(path: settings.dataDirectory, columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
+        let db = try Database(path: settings.dataDirectory + "/db", columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
         try Self.checkIdentity(db: db, clusterID: settings.cluster.clusterID, storeID: settings.storeID, path: settings.dataDirectory)
         let electionTimeoutTicks = settings.electionTimeoutTicks
-        let core = try StoreCore(db: db, storeID: settings.storeID) { peerID in
+        var storeSettings = StoreSettings(snapshotDirectory: settings.dataDirectory + "/snapshots")
+        storeSettings.logGCCountThreshold = settings.logGCCountThreshold
+        storeSettings.logGCSizeThresholdBytes = settings.logGCSizeThresholdBytes
+        storeSettings.maxPendingRequests = settings.maxPendingRequests
+        let core = try StoreCore(db: db, storeID: settings.storeID, settings: storeSettings) { peerID in
             var config = RaftConfig(id: peerID)
             config.electionTimeoutTicks = electionTimeoutTicks
             config.randomSeed = peerID &* 0x9E37_79B9 ^ UInt64(UInt32(truncatingIfNeeded: ProcessInfo.processInfo.processIdentifier))
@@ -55,25 +64,26 @@ public final class FlotillaServer: Sendable {
 
         let links = settings.cluster.stores.filter { $0.id != settings.storeID }.map { PeerStoreLink(storeID: $0.id, queueBatchesMax: 4_096) }
         self.links = links
-        let linksByStore = Dictionary(uniqueKeysWithValues: links.map { ($0.storeID, $0) })
         let clusterID = settings.cluster.clusterID
         let storeID = settings.storeID
-        driver = StoreDriver(core: core, tickInterval: settings.tickInterval, logger: logger, onFailure: onFailure) { messagesByStore in
-            for (destination, messages) in messagesByStore {
-                var batch = Flotilla_V1_RaftMessageBatch()
-                batch.clusterID = clusterID
-                batch.fromStoreID = storeID
-                batch.toStoreID = destination
-                batch.messages = messages
-                linksByStore[destination]?.enqueue(batch)
-            }
-        }
+        var addresses: [UInt64: HostPort] = [:]
+        for store in settings.cluster.stores { addresses[store.id] = HostPort(store.address) }
+        let snapshotSender = SnapshotSender(addresses: addresses, sendsMax: settings.snapshotSendsMax, logger: logger)
+        let outbound = ServerOutbound(clusterID: clusterID, storeID: storeID,
+                                      links: Dictionary(uniqueKeysWithValues: links.map { ($0.storeID, $0) }),
+                                      snapshotSender: snapshotSender)
+        driver = StoreDriver(core: core, tickInterval: settings.tickInterval, logger: logger, onFailure: onFailure, outbound: outbound)
         (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
-        transport = HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port), transportSecurity: .plaintext)
+        var transportConfig = HTTP2ServerTransport.Posix.Config.defaults
+        // Room for the largest request the KV service accepts (a batch of big values).
+        transportConfig.rpc.maxRequestPayloadSize = 64 << 20
+        transport = HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port), transportSecurity: .plaintext,
+                                               config: transportConfig)
         server = GRPCServer(transport: transport, services: [
             KVService(driver: driver),
             RaftTransportService(clusterID: clusterID, storeID: storeID, knownStores: Set(settings.cluster.stores.map(\.id)),
-                                 driver: driver, logger: logger),
+                                 driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory),
+            StoreAdminService(driver: driver, snapshotSender: snapshotSender),
         ])
     }
 
@@ -134,5 +144,46 @@ public final class FlotillaServer: Sendable {
         requestShutdown.yield()
         server.beginGracefulShutdown()
         for link in links { link.finish() }
+    }
+}
+
+/// A store process's outbound traffic: Raft batches to the per-store links, snapshots to the
+/// snapshot sender.
+struct ServerOutbound: StoreOutbound {
+    let clusterID: UInt64
+    let storeID: UInt64
+    let links: [UInt64: PeerStoreLink]
+    let snapshotSender: SnapshotSender
+
+    func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) {
+        for (destination, messages) in messagesByStore {
+            var batch = Flotilla_V1_RaftMessageBatch()
+            batch.clusterID = clusterID
+            batch.fromStoreID = storeID
+            batch.toStoreID = destination
+            batch.messages = messages
+            links[destination]?.enqueue(batch)
+        }
+    }
+
+    func sendSnapshot(_ snapshot: OutgoingSnapshot) {
+        snapshotSender.send(snapshot)
+    }
+}
+
+/// Store status for operators and benchmarks: counters of the store loop, and per region
+/// its Raft role, term, applied index and log bounds.
+struct StoreAdminService: Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
+    let driver: StoreDriver
+    let snapshotSender: SnapshotSender
+
+    func status(request: Flotilla_V1_StoreStatusRequest, context: ServerContext) async throws -> Flotilla_V1_StoreStatus {
+        switch await driver.status(includeRegions: request.includeRegions) {
+        case .success(var status):
+            status.snapshotsSent = UInt64(snapshotSender.sentCount.load(ordering: .relaxed))
+            return status
+        case .failure(let error):
+            throw RPCError(code: .unavailable, message: error.description)
+        }
     }
 }

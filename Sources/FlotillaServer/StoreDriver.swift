@@ -5,6 +5,24 @@ import Raft
 import RaftStore
 import Synchronization
 
+/// Where a store loop's output goes: Raft messages to the links of other stores, snapshots to
+/// a sender that streams them. Both must return at once (they queue).
+public protocol StoreOutbound: Sendable {
+    func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]])
+    func sendSnapshot(_ snapshot: OutgoingSnapshot)
+}
+
+/// Counters of a store loop since it started.
+public struct StoreLoopCounters: Sendable {
+    public var turns: UInt64 = 0
+    public var logSyncs: UInt64 = 0
+    public var regionsInLogBatches: UInt64 = 0
+    public var entriesApplied: UInt64 = 0
+    public var snapshotsReceived: UInt64 = 0
+    public var snapshotsInstalled: UInt64 = 0
+    public var logsTruncated: UInt64 = 0
+}
+
 /// Runs a `StoreCore` on its own thread: the store loop. Requests and Raft messages arrive
 /// from any thread through a bounded inbox; each loop turn drains it, ticks on schedule, runs
 /// the core's turn (one synced log batch for every ready region), hands messages to the
@@ -15,6 +33,8 @@ public final class StoreDriver: Sendable {
         case raft(Flotilla_V1_RaftMessageBatch)
         case write(Flotilla_V1_WriteCommand, Flotilla_V1_RequestContext, @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
         case read(Flotilla_V1_RequestContext, ReadAction)
+        case snapshot(ReceivedSnapshot)
+        case status(includeRegions: Bool, @Sendable (Flotilla_V1_StoreStatus) -> Void)
     }
 
     /// Runs on the store thread once a read may be served (or fails with the reason).
@@ -33,7 +53,7 @@ public final class StoreDriver: Sendable {
     private let inboxEventsMax: Int
     private let tickInterval: Duration
     private let requestTimeout: Duration
-    private let send: @Sendable ([UInt64: [Flotilla_V1_RaftMessage]]) -> Void
+    private let outbound: any StoreOutbound
     private let logger: Logger
     private let onFailure: @Sendable (Error) -> Void
     /// The core is touched only by the store thread, which also releases it (closing RocksDB)
@@ -41,15 +61,14 @@ public final class StoreDriver: Sendable {
     private nonisolated(unsafe) var core: StoreCore?
 
     public init(core: StoreCore, tickInterval: Duration, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
-                logger: Logger, onFailure: @escaping @Sendable (Error) -> Void,
-                send: @escaping @Sendable ([UInt64: [Flotilla_V1_RaftMessage]]) -> Void) {
+                logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, outbound: any StoreOutbound) {
         self.onFailure = onFailure
         self.core = core
         self.tickInterval = tickInterval
         self.requestTimeout = requestTimeout
         self.inboxEventsMax = inboxEventsMax
         self.logger = logger
-        self.send = send
+        self.outbound = outbound
     }
 
     /// Starts the store thread.
@@ -85,6 +104,25 @@ public final class StoreDriver: Sendable {
         if !enqueue(.raft(batch)) { logger.warning("inbox full: dropped a Raft batch", metadata: ["from_store": "\(batch.fromStoreID)"]) }
     }
 
+    /// Hands a fully received snapshot to the store; its files are removed when the store
+    /// does not take it.
+    public func deliverSnapshot(_ snapshot: ReceivedSnapshot) {
+        if !enqueue(.snapshot(snapshot)) {
+            logger.warning("inbox full: dropped a snapshot", metadata: ["region_id": "\(snapshot.header.regionID)"])
+            try? FileManager.default.removeItem(atPath: snapshot.directory)
+        }
+    }
+
+    /// The store's counters and, with `includeRegions`, every region's Raft state.
+    public func status(includeRegions: Bool) async -> Result<Flotilla_V1_StoreStatus, StoreRequestError> {
+        await withCheckedContinuation { continuation in
+            let once = Once(continuation)
+            if !enqueue(.status(includeRegions: includeRegions, { once.resume(.success($0)) })) {
+                once.resume(.failure(.serverIsBusy(reason: "store inbox full")))
+            }
+        }
+    }
+
     public func write(_ command: Flotilla_V1_WriteCommand, context: Flotilla_V1_RequestContext) async -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
         await withCheckedContinuation { continuation in
             let once = Once(continuation)
@@ -117,6 +155,7 @@ public final class StoreDriver: Sendable {
         let clock = ContinuousClock()
         var nextTick = clock.now + tickInterval
         var tickCount = 0
+        var counters = StoreLoopCounters()
         while true {
             let (events, stopping) = inbox.withLock { inbox in
                 defer { inbox.events.removeAll(keepingCapacity: true) }
@@ -141,6 +180,14 @@ public final class StoreDriver: Sendable {
                     } catch {
                         action.run(.failure(error))
                     }
+                case .snapshot(let received):
+                    counters.snapshotsReceived += 1
+                    if !core.stepSnapshot(received) {
+                        logger.info("snapshot not taken", metadata: ["region_id": "\(received.header.regionID)"])
+                        try? FileManager.default.removeItem(atPath: received.directory)
+                    }
+                case .status(let includeRegions, let reply):
+                    reply(Self.status(of: core, counters: counters, includeRegions: includeRegions))
                 }
             }
             if clock.now >= nextTick {
@@ -157,7 +204,14 @@ public final class StoreDriver: Sendable {
             }
             do {
                 let output = try core.runTurn()
-                if !output.messagesByStore.isEmpty { send(output.messagesByStore) }
+                counters.turns += 1
+                counters.logSyncs += UInt64(output.logSyncs)
+                counters.regionsInLogBatches += UInt64(output.regionsInLogBatch)
+                counters.entriesApplied += UInt64(output.entriesApplied)
+                counters.snapshotsInstalled += UInt64(output.snapshotsInstalled)
+                counters.logsTruncated += UInt64(output.logsTruncated)
+                if !output.messagesByStore.isEmpty { outbound.send(output.messagesByStore) }
+                for snapshot in output.snapshotsToSend { outbound.sendSnapshot(snapshot) }
                 for (id, result) in output.completedWrites { pendingWrites.removeValue(forKey: id)?.complete(result) }
                 for read in output.readyReads { pendingReads.removeValue(forKey: read.id)?.action.run(.success(core)) }
                 for read in output.failedReads { pendingReads.removeValue(forKey: read.id)?.action.run(.failure(read.error)) }
@@ -184,6 +238,40 @@ public final class StoreDriver: Sendable {
         }
         for pending in pendingWrites.values { pending.complete(.failure(.serverIsBusy(reason: "store stopping"))) }
         for pending in pendingReads.values { pending.action.run(.failure(.serverIsBusy(reason: "store stopping"))) }
+    }
+}
+
+extension StoreDriver {
+    static func status(of core: StoreCore, counters: StoreLoopCounters, includeRegions: Bool) -> Flotilla_V1_StoreStatus {
+        var status = Flotilla_V1_StoreStatus()
+        status.storeID = core.storeID
+        status.turns = counters.turns
+        status.logSyncs = counters.logSyncs
+        status.regionsInLogBatches = counters.regionsInLogBatches
+        status.entriesApplied = counters.entriesApplied
+        status.snapshotsReceived = counters.snapshotsReceived
+        status.snapshotsInstalled = counters.snapshotsInstalled
+        status.logsTruncated = counters.logsTruncated
+        status.pendingRequests = UInt64(core.pendingRequestCount)
+        let regionIDs = core.regionIDs
+        status.regions = UInt64(regionIDs.count)
+        for regionID in regionIDs {
+            guard let raft = core.raftStatus(regionID) else { continue }
+            if raft.role == .leader { status.leaders += 1 }
+            guard includeRegions else { continue }
+            var region = Flotilla_V1_RegionStatus()
+            region.regionID = regionID
+            region.role = "\(raft.role)"
+            region.leaderPeerID = raft.leader
+            region.term = raft.term
+            region.appliedIndex = raft.applied
+            if let bounds = core.logBounds(regionID) {
+                region.firstLogIndex = bounds.first
+                region.lastLogIndex = bounds.last
+            }
+            status.regionStatus.append(region)
+        }
+        return status
     }
 }
 

@@ -30,10 +30,14 @@ public enum ConfChangeTransition: UInt8, Sendable, Equatable {
 public struct ConfChangeV2: Sendable, Equatable {
     public var changes: [ConfChangeSingle]
     public var transition: ConfChangeTransition
+    /// Opaque to Raft; the application's description of the change (a store puts the new
+    /// peers' addresses here).
+    public var context: [UInt8]
 
-    public init(changes: [ConfChangeSingle] = [], transition: ConfChangeTransition = .auto) {
+    public init(changes: [ConfChangeSingle] = [], transition: ConfChangeTransition = .auto, context: [UInt8] = []) {
         self.changes = changes
         self.transition = transition
+        self.context = context
     }
 
     /// The change that leaves a joint configuration.
@@ -41,13 +45,15 @@ public struct ConfChangeV2: Sendable, Equatable {
 
     public var isLeaveJoint: Bool { changes.isEmpty }
 
-    /// A compact binary form for log entries: transition, count, then (kind, id) pairs.
+    /// A compact binary form for log entries: transition, count, (kind, id) pairs, then the
+    /// context.
     public func encoded() -> [UInt8] {
         var bytes: [UInt8] = [transition.rawValue, UInt8(truncatingIfNeeded: changes.count >> 8), UInt8(truncatingIfNeeded: changes.count)]
         for change in changes {
             bytes.append(change.kind.rawValue)
             withUnsafeBytes(of: change.nodeID.bigEndian) { bytes.append(contentsOf: $0) }
         }
+        bytes.append(contentsOf: context)
         return bytes
     }
 
@@ -55,7 +61,7 @@ public struct ConfChangeV2: Sendable, Equatable {
     public init?(decoding bytes: [UInt8]) {
         guard bytes.count >= 3, let transition = ConfChangeTransition(rawValue: bytes[0]) else { return nil }
         let count = Int(bytes[1]) << 8 | Int(bytes[2])
-        guard bytes.count == 3 + count * 9 else { return nil }
+        guard bytes.count >= 3 + count * 9 else { return nil }
         var changes: [ConfChangeSingle] = []
         for item in 0..<count {
             let base = 3 + item * 9
@@ -64,7 +70,7 @@ public struct ConfChangeV2: Sendable, Equatable {
             for byte in bytes[(base + 1)...(base + 8)] { id = id << 8 | UInt64(byte) }
             changes.append(ConfChangeSingle(kind, id))
         }
-        self.init(changes: changes, transition: transition)
+        self.init(changes: changes, transition: transition, context: Array(bytes[(3 + count * 9)...]))
     }
 }
 

@@ -28,6 +28,10 @@ public struct RaftConfig: Sendable {
     public var maxApplyBytesPerReady = 16 << 20
     /// Seed of the election timeout randomization (mixed with `id`).
     public var randomSeed: UInt64 = 0
+    /// On restart: the last index the application had applied (and whose configuration the
+    /// storage's `initialState().confState` is). Committed entries are handed out after it.
+    /// 0: everything after the storage's first index is handed out again.
+    public var appliedIndex: UInt64 = 0
 
     public init(id: NodeID) {
         precondition(id != noNode, "node id 0 is reserved")

@@ -67,6 +67,10 @@ public struct RaftNode {
             precondition(hardState.commit <= log.lastIndex, "commit \(hardState.commit) beyond the persisted log \(log.lastIndex)")
             log.commit(to: hardState.commit)
         }
+        if config.appliedIndex > log.applied {
+            precondition(config.appliedIndex <= log.committed, "applied \(config.appliedIndex) beyond commit \(log.committed)")
+            log.applied(to: config.appliedIndex)
+        }
         lastReadyHardState = hardState
         lastReadySoftState = SoftState(leader: noNode, role: .follower)
         resetRandomizedElectionTimeout()

@@ -113,10 +113,14 @@ public final class RegionRaftStorage: RaftLogStorage {
         return result
     }
 
-    /// The region's snapshot metadata. Its data is produced by the store's snapshot generator
-    /// from a RocksDB snapshot of the region's key range when it is sent.
+    /// What a snapshot taken now would hold: the store moves it to the applied index, term and
+    /// configuration after every apply (the data is then exactly that state).
+    public var snapshotPoint = SnapshotMetadata(index: 0, term: 0, confState: ConfState())
+
+    /// The region's snapshot metadata (`snapshotPoint`). Its data is read by the store from a
+    /// RocksDB snapshot of the region's key range when the message is sent.
     public func snapshot() -> Raft.Snapshot {
-        Raft.Snapshot(metadata: SnapshotMetadata(index: truncatedIndex, term: truncatedTerm, confState: confState))
+        Raft.Snapshot(metadata: snapshotPoint)
     }
 
     // MARK: Writes, staged into a shared batch
@@ -165,6 +169,7 @@ public final class RegionRaftStorage: RaftLogStorage {
             truncatedTerm = snapshot.term
             lastIndex = snapshot.index
             confState = snapshot.confState
+            snapshotPoint = snapshot
             cache = []
         }
         if let first = staged.entries.first, let last = staged.entries.last {

@@ -33,19 +33,64 @@ public enum StoreRequestError: Error, Equatable, Sendable, CustomStringConvertib
     }
 }
 
-/// What one store-loop turn produced: messages to send (grouped by destination store), writes
-/// and reads that completed, and what the group commit did.
+/// Limits and thresholds of one store. Every queue has a bound.
+public struct StoreSettings: Sendable {
+    /// Where received snapshots are staged as SST files until they are installed.
+    public var snapshotDirectory: String
+    /// A region's log is truncated once it holds more applied entries than this...
+    public var logGCCountThreshold: UInt64 = 10_000
+    /// ...or more bytes of entries than this (approximate: counted as entries are written).
+    public var logGCSizeThresholdBytes = 32 << 20
+    /// Writes and reads in flight over all regions; beyond it requests get `serverIsBusy`.
+    public var maxPendingRequests = 16_384
+    /// A client's session in a region expires once this many entries were applied in the
+    /// region without the client writing there (checked at every multiple of
+    /// `sessionSweepIntervalEntries`, identically on every replica).
+    public var sessionExpiryEntries: UInt64 = 1_000_000
+    public var sessionSweepIntervalEntries: UInt64 = 4_096
+    /// Snapshot chunks carry at most about this many bytes of pairs.
+    public var snapshotChunkBytes = 1 << 20
+    /// Crash tests only: fail the turn at this point, as a process crash there would.
+    public var injectedFault: StoreFault?
+
+    public init(snapshotDirectory: String) {
+        self.snapshotDirectory = snapshotDirectory
+    }
+}
+
+/// A point where crash tests make a store turn fail, leaving RocksDB as a crash would.
+public enum StoreFault: Sendable, Equatable {
+    /// After the `applying` marker of a snapshot is synced, before its files are ingested.
+    case afterSnapshotMarker
+    /// After the snapshot's files are ingested, before the region is marked normal.
+    case afterSnapshotIngest
+}
+
+/// The error a turn fails with at an injected fault.
+public struct InjectedFault: Error, Sendable {
+    public let fault: StoreFault
+}
+
+/// What one store-loop turn produced: messages to send (grouped by destination store),
+/// snapshots to stream, writes and reads that completed, and what the group commit did.
 public struct StoreTurnOutput {
     public var messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]] = [:]
+    /// Snapshots to stream to other stores (each from a RocksDB snapshot taken this turn).
+    public var snapshotsToSend: [OutgoingSnapshot] = []
     public var completedWrites: [(id: ProposalID, result: Result<Flotilla_V1_WriteResult, StoreRequestError>)] = []
-    /// Reads whose region has applied their read index: serve them now with `read(...)`.
+    /// Reads whose region has applied their read index: serve them now with `get`/`scan`.
     public var readyReads: [(id: ProposalID, regionID: UInt64)] = []
-    /// Reads that can no longer be confirmed here (leadership moved).
+    /// Reads that can no longer be confirmed here (leadership moved, the peer was removed).
     public var failedReads: [(id: ProposalID, error: StoreRequestError)] = []
     /// Regions whose log writes went into this turn's single synced batch.
     public var regionsInLogBatch = 0
-    /// Synced writes this turn (0 or 1).
+    /// Synced writes this turn (the log batch, plus one per installed snapshot).
     public var logSyncs = 0
+    /// Committed entries applied this turn.
+    public var entriesApplied = 0
+    /// Snapshots installed and logs truncated this turn.
+    public var snapshotsInstalled = 0
+    public var logsTruncated = 0
 }
 
 /// One region replica on this store.
@@ -54,47 +99,82 @@ final class RegionPeer {
     let peerID: UInt64
     var raft: RaftNode
     let storage: RegionRaftStorage
-    /// Entries up to here changed the data already (before a restart): replay skips them.
-    var persistedApplied: UInt64
+    /// The region's range and data are here (bootstrapped, opened or restored from a
+    /// snapshot). A peer created by a message from a new leader is not, until its snapshot.
+    var isInitialized: Bool
+    /// The configuration as of the applied index (persisted with it).
+    var appliedConfState: ConfState
+    /// This peer was removed from the region by an applied membership change.
+    var isRemoved = false
     var pendingWrites: [UInt64: (term: UInt64, id: ProposalID)] = [:]
     var readsAwaitingIndex: [[UInt8]: ProposalID] = [:]
     var readsAwaitingApply: [(index: UInt64, id: ProposalID)] = []
     var sessions: [UInt64: Flotilla_V1_ClientSession] = [:]
+    /// Peers learnt from messages (a new peer's region descriptor arrives with its snapshot).
+    var knownPeers: [UInt64: Flotilla_V1_Peer] = [:]
+    /// A snapshot received and stepped into Raft, waiting for Raft to hand it out to install.
+    var receivedSnapshot: ReceivedSnapshot?
+    /// Approximate bytes of log entries written since the last truncation.
+    var logBytesSinceTruncation = 0
 
-    init(region: Flotilla_V1_Region, peerID: UInt64, raft: RaftNode, storage: RegionRaftStorage, persistedApplied: UInt64) {
+    init(region: Flotilla_V1_Region, peerID: UInt64, raft: RaftNode, storage: RegionRaftStorage,
+         isInitialized: Bool, appliedConfState: ConfState) {
         self.region = region
         self.peerID = peerID
         self.raft = raft
         self.storage = storage
-        self.persistedApplied = persistedApplied
+        self.isInitialized = isInitialized
+        self.appliedConfState = appliedConfState
+    }
+
+    func peer(withID id: UInt64) -> Flotilla_V1_Peer? { region.peer(withID: id) ?? knownPeers[id] }
+
+    var leaderPeer: Flotilla_V1_Peer? { raft.leader == noNode ? nil : peer(withID: raft.leader) }
+
+    var localState: Flotilla_V1_RegionLocalState {
+        var state = Flotilla_V1_RegionLocalState()
+        state.region = region
+        state.state = .normal
+        state.confState = Flotilla_V1_ConfState(appliedConfState)
+        return state
     }
 }
 
 /// One node's multi-Raft engine as a synchronous state machine: regions' Raft cores, the group
-/// commit of their logs, and the apply of committed commands to user data. The caller feeds it
-/// ticks, messages and requests, runs `runTurn()` and sends what it returns; sockets, timers and
-/// threads live outside.
+/// commit of their logs, the apply of committed commands to user data, snapshots and log
+/// truncation. The caller feeds it ticks, messages, snapshots and requests, runs `runTurn()`
+/// and carries out what it returns; sockets, timers and threads live outside.
 ///
 /// Guarantees: every turn writes the log entries and hard states of all ready regions in one
-/// synced batch; committed commands are applied with the apply state and client sessions in one
-/// atomic batch, so after a crash data and applied index agree; a retried (client, sequence)
-/// gets the first reply and is not applied twice.
+/// synced batch; committed commands are applied with the apply state, region state and client
+/// sessions in one atomic batch, so after a crash data and applied index agree; a retried
+/// (client, sequence) gets the first reply and is not applied twice; a snapshot is installed
+/// under an `applying` marker that a restart completes.
 public final class StoreCore {
     public let storeID: UInt64
     let db: Database
-    private let dataCF: ColumnFamily
-    private let metaCF: ColumnFamily
-    private let makeRaftConfig: @Sendable (UInt64) -> RaftConfig
+    let settings: StoreSettings
+    let dataCF: ColumnFamily
+    let metaCF: ColumnFamily
+    let makeRaftConfig: @Sendable (UInt64) -> RaftConfig
     var peers: [UInt64: RegionPeer] = [:]
     private var nextProposal: UInt64 = 1
+    /// Writes and reads accepted and not yet completed, over all regions.
+    var pendingRequests = 0
+    /// Peers with stale reads to serve on the next turn.
+    var peersWithImmediateReads: Set<UInt64> = []
 
-    /// Opens the store's regions from `db` (every non-tombstone `RegionLocalState`).
-    public init(db: Database, storeID: UInt64, raftConfig: @escaping @Sendable (UInt64) -> RaftConfig) throws {
+    /// Opens the store's regions from `db`: every normal `RegionLocalState`, finishing any
+    /// snapshot install a crash interrupted, and removes staged snapshots no region refers to.
+    public init(db: Database, storeID: UInt64, settings: StoreSettings,
+                raftConfig: @escaping @Sendable (UInt64) -> RaftConfig) throws {
         self.db = db
         self.storeID = storeID
+        self.settings = settings
         self.makeRaftConfig = raftConfig
         dataCF = db.defaultColumnFamily
         metaCF = try db.columnFamily(StoreKeys.metaColumnFamily)
+        try FileManager.default.createDirectory(atPath: settings.snapshotDirectory, withIntermediateDirectories: true)
         let iterator = db.makeIterator(in: metaCF, lowerBound: [StoreKeys.regionStatePrefix],
                                        upperBound: [StoreKeys.regionStatePrefix + 1])
         iterator.seekToFirst()
@@ -104,59 +184,80 @@ public final class StoreCore {
             iterator.next()
         }
         try iterator.checkError()
-        for state in states where state.state == .normal {
-            try openPeer(state.region)
+        var directoriesInUse: Set<String> = []
+        for var state in states {
+            if state.state == .applying {
+                directoriesInUse.insert(state.applyingDirectory)
+                try finishSnapshotInstall(state)
+                state.state = .normal
+            }
+            if state.state == .normal { try openPeer(state) }
         }
+        try removeStagedSnapshots(except: directoriesInUse)
     }
 
-    /// Regions hosted here, by id.
-    public var regionIDs: [UInt64] { peers.keys.sorted() }
+    /// Regions hosted here, by id (initialized peers only).
+    public var regionIDs: [UInt64] { peers.filter { $0.value.isInitialized }.keys.sorted() }
 
-    public func region(_ id: UInt64) -> Flotilla_V1_Region? { peers[id]?.region }
+    public func region(_ id: UInt64) -> Flotilla_V1_Region? { peers[id].flatMap { $0.isInitialized ? $0.region : nil } }
 
     /// The Raft role and leader of a region's replica here.
     public func raftStatus(_ regionID: UInt64) -> (role: Role, leader: UInt64, term: UInt64, applied: UInt64)? {
         peers[regionID].map { ($0.raft.role, $0.raft.leader, $0.raft.term, $0.raft.appliedIndex) }
     }
 
-    private func openPeer(_ region: Flotilla_V1_Region) throws {
+    /// A region's log bounds here: first index still held and last index.
+    public func logBounds(_ regionID: UInt64) -> (first: UInt64, last: UInt64)? {
+        peers[regionID].map { ($0.storage.firstIndex, $0.storage.lastIndex) }
+    }
+
+    /// Requests accepted and not yet completed.
+    public var pendingRequestCount: Int { pendingRequests }
+
+    private func openPeer(_ state: Flotilla_V1_RegionLocalState) throws {
+        let region = state.region
         guard let me = region.peer(onStore: storeID) else {
             throw StoreCorruption(region: region.id, what: "stored region has no peer on store \(storeID)")
         }
-        let storage = try RegionRaftStorage(db: db, regionID: region.id, confState: region.confState)
+        let confState = state.hasConfState ? state.confState.core : region.confState
+        let storage = try RegionRaftStorage(db: db, regionID: region.id, confState: confState)
         let applyState = try db.get(StoreKeys.applyState(region: region.id), in: metaCF)
             .map { bytes throws(StoreCorruption) in try StoredValues.decodeApplyState(bytes, region: region.id) }
+        let applied = applyState?.applied ?? 0
+        guard applied <= storage.hardState.commit || applied == storage.truncatedIndex else {
+            throw StoreCorruption(region: region.id, what: "applied \(applied) beyond commit \(storage.hardState.commit)")
+        }
         var config = makeRaftConfig(me.id)
         config.id = me.id
-        let raft = RaftNode(config: config, storage: storage)
-        peers[region.id] = RegionPeer(region: region, peerID: me.id, raft: raft, storage: storage,
-                                      persistedApplied: applyState?.applied ?? 0)
+        config.appliedIndex = applied
+        let peer = RegionPeer(region: region, peerID: me.id, raft: RaftNode(config: config, storage: storage),
+                              storage: storage, isInitialized: true, appliedConfState: confState)
+        peer.storage.snapshotPoint = SnapshotMetadata(index: applied, term: (try? storage.term(at: applied)) ?? 0, confState: confState)
+        peers[region.id] = peer
     }
 
     /// Creates a region replica from its descriptor, as every founding store of a static
-    /// cluster does: the region state, and log entry 1 adding the initial members, committed.
-    /// Does nothing when the region exists already.
+    /// cluster does: the region state and a log that starts after index 1, as if restored
+    /// from a snapshot holding the initial members and no data. A peer added later has an
+    /// empty log, so the leader always sends it a snapshot. Does nothing when the region exists.
     public func bootstrapRegion(_ region: Flotilla_V1_Region) throws {
         guard peers[region.id] == nil else { return }
         guard region.peer(onStore: storeID) != nil else {
             throw StoreRequestError.invalidArgument(field: "region.peers", reason: "no peer on store \(storeID)")
         }
+        let confState = region.confState
         var localState = Flotilla_V1_RegionLocalState()
         localState.region = region
         localState.state = .normal
-        let changes = region.peers.sorted { $0.id < $1.id }.map { peer in
-            ConfChangeSingle(peer.role == .voter ? .addVoter : .addLearner, peer.id)
-        }
-        let storage = try RegionRaftStorage(db: db, regionID: region.id, confState: ConfState())
-        var ready = Ready()
-        ready.entriesToPersist = [Entry(term: 1, index: 1, kind: .confChange, data: ConfChangeV2(changes: changes).encoded())]
-        ready.hardState = HardState(term: 1, vote: noNode, commit: 1)
+        localState.confState = Flotilla_V1_ConfState(confState)
+        let raftCF = try db.columnFamily(StoreKeys.raftColumnFamily)
         let batch = db.makeWriteBatch()
-        let staged = storage.stage(ready, into: batch)
+        batch.put(StoreKeys.hardState(region: region.id), StoredValues.encode(HardState(term: 1, vote: noNode, commit: 1)), in: raftCF)
+        batch.put(StoreKeys.applyState(region: region.id),
+                  StoredValues.encodeApplyState(applied: 1, truncatedIndex: 1, truncatedTerm: 1), in: metaCF)
         batch.put(StoreKeys.regionState(region: region.id), try localState.serializedBytes(), in: metaCF)
         try db.write(batch, sync: true)
-        storage.commit(staged)
-        try openPeer(region)
+        try openPeer(localState)
     }
 
     // MARK: Events
@@ -166,19 +267,63 @@ public final class StoreCore {
         for peer in peers.values { peer.raft.tick() }
     }
 
-    /// Delivers a Raft message from another store. Messages for unknown regions or peers are
-    /// dropped (peer creation for new members arrives with membership changes).
+    /// Delivers a Raft message from another store. A message for a region this store does not
+    /// have creates an (uninitialized) peer when it comes from a leader to a new member;
+    /// others, and snapshots (which arrive through `stepSnapshot`), are dropped.
     @discardableResult
     public func step(_ message: Flotilla_V1_RaftMessage) -> Bool {
-        guard let peer = peers[message.regionID], message.toPeer.id == peer.peerID,
-              let core = message.message.core else { return false }
+        guard let core = message.message.core, core.kind != .installSnapshot else { return false }
+        guard let peer = peers[message.regionID] ?? createPeer(for: message, kind: core.kind),
+              message.toPeer.id == peer.peerID else { return false }
+        if message.fromPeer.id != 0 { peer.knownPeers[message.fromPeer.id] = message.fromPeer }
         peer.raft.step(core)
         return true
     }
 
+    /// Delivers a snapshot received in full (its SST files staged in `received.directory`).
+    /// Returns false when it is not for a peer here; the caller then removes the files.
+    public func stepSnapshot(_ received: ReceivedSnapshot) -> Bool {
+        let message = received.header
+        guard let core = message.message.core, core.kind == .installSnapshot, core.snapshot != nil,
+              let peer = peers[message.regionID] ?? createPeer(for: message, kind: core.kind),
+              message.toPeer.id == peer.peerID, !peer.isRemoved else { return false }
+        if message.fromPeer.id != 0 { peer.knownPeers[message.fromPeer.id] = message.fromPeer }
+        if let previous = peer.receivedSnapshot { removeStagedSnapshot(previous.directory) }
+        peer.receivedSnapshot = received
+        peer.raft.step(core)
+        return true
+    }
+
+    /// A peer for a region this store does not have, when `message` is a leader's message to
+    /// a member on this store and the region was not removed from here at a later epoch.
+    private func createPeer(for message: Flotilla_V1_RaftMessage, kind: MessageKind) -> RegionPeer? {
+        guard message.regionID != 0, message.toPeer.storeID == storeID, message.toPeer.id != 0,
+              [.appendEntries, .heartbeat, .installSnapshot].contains(kind) else { return nil }
+        if let stored = try? db.get(StoreKeys.regionState(region: message.regionID), in: metaCF),
+           let state = try? Flotilla_V1_RegionLocalState(serializedBytes: stored),
+           state.state == .tombstone, state.region.epoch.confVer >= message.epoch.confVer {
+            return nil
+        }
+        guard let storage = try? RegionRaftStorage(db: db, regionID: message.regionID, confState: ConfState()),
+              storage.lastIndex == 0 else { return nil }
+        var region = Flotilla_V1_Region()
+        region.id = message.regionID
+        region.epoch = message.epoch
+        region.peers = [message.toPeer, message.fromPeer]
+        var config = makeRaftConfig(message.toPeer.id)
+        config.id = message.toPeer.id
+        let peer = RegionPeer(region: region, peerID: message.toPeer.id, raft: RaftNode(config: config, storage: storage),
+                              storage: storage, isInitialized: false, appliedConfState: ConfState())
+        peers[region.id] = peer
+        return peer
+    }
+
+    // MARK: Requests
+
     /// Proposes a client write to a region this store leads.
     public func proposeWrite(_ command: Flotilla_V1_WriteCommand, context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> ProposalID {
         let peer = try leaderPeer(for: context)
+        try admitRequest()
         try validate(command, in: peer.region)
         let data: [UInt8]
         do { data = try command.serializedBytes() } catch {
@@ -190,16 +335,55 @@ public final class StoreCore {
         } catch {
             throw mapRaftError(error, peer: peer)
         }
-        let id = makeProposalID()
-        peer.pendingWrites[index] = (peer.raft.term, id)
-        return id
+        return trackWrite(peer: peer, index: index)
     }
 
-    /// Starts a linearizable read of a region; it appears in `readyReads` once the region has
-    /// applied the confirmed read index.
-    public func proposeRead(context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> ProposalID {
+    /// Proposes a membership change of a region this store leads: each change names the peer
+    /// (id, store, role) it adds, promotes, demotes or removes. Completes like a write once
+    /// applied. Several changes at once go through a joint configuration.
+    public func proposeMembershipChange(regionID: UInt64, changes: [(kind: ConfChangeKind, peer: Flotilla_V1_Peer)]) throws(StoreRequestError) -> ProposalID {
+        var context = Flotilla_V1_RequestContext()
+        context.regionID = regionID
         let peer = try leaderPeer(for: context)
+        guard !changes.isEmpty else { throw .invalidArgument(field: "changes", reason: "empty") }
+        var announced = Flotilla_V1_Region()
+        announced.peers = changes.map(\.peer)
+        let encodedContext: [UInt8]
+        do { encodedContext = try announced.serializedBytes() } catch {
+            throw .invalidArgument(field: "changes", reason: "cannot be encoded: \(error)")
+        }
+        let change = ConfChangeV2(changes: changes.map { ConfChangeSingle($0.kind, $0.peer.id) }, context: encodedContext)
+        if let invalid = Result(catching: { () throws(RaftError) in try peer.appliedConfState.applying(change) }).failureDescription {
+            throw .invalidArgument(field: "changes", reason: invalid)
+        }
+        try admitRequest()
+        let index: UInt64
+        do {
+            index = try peer.raft.proposeConfChange(change)
+        } catch {
+            throw mapRaftError(error, peer: peer)
+        }
+        return trackWrite(peer: peer, index: index)
+    }
+
+    /// Starts a read of a region. Linearizable reads need the leader (lease or ReadIndex);
+    /// follower reads ask the leader for its read index from any replica; stale reads are
+    /// served by any replica from what it applied. The read appears in `readyReads` once
+    /// the replica has applied far enough.
+    public func proposeRead(context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> ProposalID {
+        let peer: RegionPeer
+        switch context.readConsistency {
+        case .linearizable, .UNRECOGNIZED: peer = try leaderPeer(for: context)
+        case .follower, .stale: peer = try initializedPeer(for: context)
+        }
+        try admitRequest()
         let id = makeProposalID()
+        if context.readConsistency == .stale {
+            peer.readsAwaitingApply.append((0, id))
+            peersWithImmediateReads.insert(peer.region.id)
+            pendingRequests += 1
+            return id
+        }
         var readContext: [UInt8] = []
         StoreKeys.appendBigEndian(id.value, to: &readContext)
         do {
@@ -208,12 +392,13 @@ public final class StoreCore {
             throw mapRaftError(error, peer: peer)
         }
         peer.readsAwaitingIndex[readContext] = id
+        pendingRequests += 1
         return id
     }
 
     /// Reads `key` from the region's applied data. Call for reads in `readyReads`.
     public func get(_ key: Data, regionID: UInt64) throws -> Data? {
-        guard let peer = peers[regionID] else { throw StoreRequestError.regionNotFound(regionID: regionID) }
+        guard let peer = peers[regionID], peer.isInitialized else { throw StoreRequestError.regionNotFound(regionID: regionID) }
         guard peer.region.contains(key) else { throw StoreRequestError.keyNotInRegion(key: key, region: peer.region) }
         return try db.get([UInt8](key), in: dataCF).map { Data($0) }
     }
@@ -221,7 +406,7 @@ public final class StoreCore {
     /// Up to `limit` pairs of the region in [start, end) (an empty end: the region's end),
     /// ascending or, with `reverse`, descending. The range is clipped to the region.
     public func scan(regionID: UInt64, from start: Data, to end: Data, limit: Int, reverse: Bool) throws -> [(Data, Data)] {
-        guard let peer = peers[regionID] else { throw StoreRequestError.regionNotFound(regionID: regionID) }
+        guard let peer = peers[regionID], peer.isInitialized else { throw StoreRequestError.regionNotFound(regionID: regionID) }
         let region = peer.region
         let lower = start.lexicographicallyPrecedes(region.startKey) ? region.startKey : start
         var upper: Data? = end.isEmpty ? nil : end
@@ -233,9 +418,9 @@ public final class StoreCore {
 
     /// Every key the region holds here, in order (for checks and tools; not a client API).
     public func keys(in regionID: UInt64) throws -> [[UInt8]] {
-        guard let peer = peers[regionID] else { throw StoreRequestError.regionNotFound(regionID: regionID) }
+        guard let peer = peers[regionID], peer.isInitialized else { throw StoreRequestError.regionNotFound(regionID: regionID) }
         let iterator = db.makeIterator(in: dataCF, lowerBound: [UInt8](peer.region.startKey),
-                                       upperBound: peer.region.endKey.isEmpty ? nil : [UInt8](peer.region.endKey))
+                                       upperBound: StoreKeys.dataUpperBound(peer.region))
         iterator.seekToFirst()
         var keys: [[UInt8]] = []
         while iterator.isValid { keys.append(iterator.key); iterator.next() }
@@ -243,11 +428,45 @@ public final class StoreCore {
         return keys
     }
 
-    private func leaderPeer(for context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> RegionPeer {
-        guard let peer = peers[context.regionID] else { throw .regionNotFound(regionID: context.regionID) }
+    /// A digest of the region's replicated state here: its applied index, key count and an
+    /// FNV-1a checksum over its data and client sessions. Replicas that applied the same
+    /// index must agree.
+    public func regionDigest(_ regionID: UInt64) throws -> RegionDigest {
+        guard let peer = peers[regionID], peer.isInitialized else { throw StoreRequestError.regionNotFound(regionID: regionID) }
+        let reader = SnapshotReader(db: db, snapshot: db.makeSnapshot(), region: peer.region, header: Flotilla_V1_RaftMessage(),
+                                    chunkBytes: settings.snapshotChunkBytes)
+        var keys = 0
+        while let chunk = try reader.nextChunk() {
+            keys += chunk.pairs.filter { $0.column == .data }.count
+        }
+        return RegionDigest(regionID: regionID, appliedIndex: peer.raft.appliedIndex, keyCount: keys, checksum: reader.checksum.value)
+    }
+
+    private func initializedPeer(for context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> RegionPeer {
+        guard let peer = peers[context.regionID], peer.isInitialized, !peer.isRemoved else {
+            throw .regionNotFound(regionID: context.regionID)
+        }
         if context.hasEpoch && context.epoch != peer.region.epoch { throw .epochNotMatch(current: peer.region) }
-        guard peer.raft.role == .leader else { throw .notLeader(regionID: peer.region.id, leader: peer.region.peer(withID: peer.raft.leader)) }
         return peer
+    }
+
+    private func leaderPeer(for context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> RegionPeer {
+        let peer = try initializedPeer(for: context)
+        guard peer.raft.role == .leader else { throw .notLeader(regionID: peer.region.id, leader: peer.leaderPeer) }
+        return peer
+    }
+
+    private func admitRequest() throws(StoreRequestError) {
+        guard pendingRequests < settings.maxPendingRequests else {
+            throw .serverIsBusy(reason: "\(pendingRequests) requests in flight on store \(storeID) (limit \(settings.maxPendingRequests))")
+        }
+    }
+
+    private func trackWrite(peer: RegionPeer, index: UInt64) -> ProposalID {
+        let id = makeProposalID()
+        peer.pendingWrites[index] = (peer.raft.term, id)
+        pendingRequests += 1
+        return id
     }
 
     private func makeProposalID() -> ProposalID {
@@ -257,9 +476,11 @@ public final class StoreCore {
 
     private func mapRaftError(_ error: RaftError, peer: RegionPeer) -> StoreRequestError {
         switch error {
-        case .notLeader(let leader): .notLeader(regionID: peer.region.id, leader: peer.region.peer(withID: leader))
+        case .notLeader: .notLeader(regionID: peer.region.id, leader: peer.leaderPeer)
         case .leaderTransferInProgress: .serverIsBusy(reason: "leader transfer in progress")
         case .uncommittedLimitExceeded(let limit): .serverIsBusy(reason: "more than \(limit) bytes proposed and not committed")
+        case .confChangePending: .serverIsBusy(reason: "another membership change of region \(peer.region.id) is in progress")
+        case .invalidConfChange(let reason): .invalidArgument(field: "changes", reason: reason)
         default: .proposalDropped
         }
     }
@@ -269,9 +490,11 @@ public final class StoreCore {
         guard kinds.filter({ $0 }).count == 1 else {
             throw .invalidArgument(field: "command", reason: "exactly one of puts, deletes, delete_range, compare_and_swap must be set")
         }
-        for key in command.puts.map(\.key) + command.deletes + (command.hasCompareAndSwap ? [command.compareAndSwap.key] : [])
-        where !region.contains(key) {
-            throw .keyNotInRegion(key: key, region: region)
+        for key in command.puts.map(\.key) + command.deletes + (command.hasCompareAndSwap ? [command.compareAndSwap.key] : []) {
+            guard key.count <= StoreKeys.dataKeyBytesMax else {
+                throw .invalidArgument(field: "key", reason: "\(key.count) bytes, more than \(StoreKeys.dataKeyBytesMax)")
+            }
+            guard region.contains(key) else { throw .keyNotInRegion(key: key, region: region) }
         }
         if command.hasDeleteRange {
             let range = command.deleteRange
@@ -283,5 +506,28 @@ public final class StoreCore {
                 throw .keyNotInRegion(key: range.startKey, region: region)
             }
         }
+    }
+}
+
+/// A region replica's replicated state in brief, to compare replicas.
+public struct RegionDigest: Sendable, Equatable, CustomStringConvertible {
+    public let regionID: UInt64
+    public let appliedIndex: UInt64
+    public let keyCount: Int
+    public let checksum: UInt64
+
+    public var description: String {
+        "region \(regionID) applied \(appliedIndex) keys \(keyCount) checksum \(String(checksum, radix: 16))"
+    }
+}
+
+extension Result where Failure == RaftError {
+    init(catching body: () throws(RaftError) -> Success) {
+        do { self = .success(try body()) } catch { self = .failure(error) }
+    }
+
+    var failureDescription: String? {
+        if case .failure(let error) = self { return "\(error)" }
+        return nil
     }
 }

@@ -1,3 +1,4 @@
+import FlotillaProto
 import Raft
 
 /// The key layout of a store's RocksDB (see docs/architecture.md):
@@ -53,6 +54,31 @@ public enum StoreKeys {
         var key: [UInt8] = [regionStatePrefix]
         appendBigEndian(region, to: &key)
         return key
+    }
+
+    /// Meta CF: the first key of a region's client sessions.
+    public static func sessionsStart(region: UInt64) -> [UInt8] {
+        var key: [UInt8] = [sessionPrefix]
+        appendBigEndian(region, to: &key)
+        return key
+    }
+
+    /// Meta CF: the first key after a region's client sessions.
+    public static func sessionsEnd(region: UInt64) -> [UInt8] {
+        var key: [UInt8] = [sessionPrefix]
+        appendBigEndian(region, to: &key)
+        key.append(0xFF)
+        appendBigEndian(UInt64.max, to: &key)
+        return key
+    }
+
+    /// The longest user key a store accepts.
+    public static let dataKeyBytesMax = 8 << 10
+
+    /// Default CF: the exclusive upper bound of a region's user keys. For the last region (an
+    /// empty end key) a key above every valid user key (longer than `dataKeyBytesMax`).
+    public static func dataUpperBound(_ region: Flotilla_V1_Region) -> [UInt8] {
+        region.endKey.isEmpty ? [UInt8](repeating: 0xFF, count: dataKeyBytesMax + 1) : [UInt8](region.endKey)
     }
 
     /// Meta CF: a client's session in a region.

@@ -5,8 +5,9 @@ import RocksDB
 
 extension StoreCore {
     /// One turn of the store loop: collect every region's Ready, write all their log entries
-    /// and hard states in one batch with one sync, hand out their messages, then apply
-    /// committed commands (data, apply state and sessions in one atomic batch).
+    /// and hard states in one batch with one sync, install received snapshots, hand out their
+    /// messages and snapshots to send, apply committed commands (data, apply state, region
+    /// state and sessions in one atomic batch), then truncate logs past their thresholds.
     public func runTurn() throws -> StoreTurnOutput {
         var output = StoreTurnOutput()
         var readies: [(peer: RegionPeer, ready: Ready, staged: RegionRaftStorage.StagedWrite)] = []
@@ -14,30 +15,34 @@ extension StoreCore {
         for regionID in peers.keys.sorted() {
             guard let peer = peers[regionID], peer.raft.hasReady else { continue }
             let ready = peer.raft.ready()
+            if let snapshot = ready.snapshotToInstall {
+                try stageSnapshotInstall(snapshot.metadata, peer: peer, into: logBatch)
+            }
             readies.append((peer, ready, peer.storage.stage(ready, into: logBatch)))
             if !ready.entriesToPersist.isEmpty || ready.hardState != nil || ready.snapshotToInstall != nil {
                 output.regionsInLogBatch += 1
             }
+            peer.logBytesSinceTruncation += ready.entriesToPersist.reduce(0) { $0 + $1.sizeBytes }
         }
-        guard !readies.isEmpty else { return output }
         if logBatch.count > 0 {
             try db.write(logBatch, sync: true)
             output.logSyncs = 1
         }
-        for item in readies { item.peer.storage.commit(item.staged) }
+        for item in readies {
+            item.peer.storage.commit(item.staged)
+            if item.ready.snapshotToInstall != nil {
+                try completeSnapshotInstall(item.peer, output: &output)
+            } else if let received = item.peer.receivedSnapshot {
+                // Raft did not take it (it had the entries already): drop the files.
+                removeStagedSnapshot(received.directory)
+                item.peer.receivedSnapshot = nil
+            }
+        }
 
         // Messages: everything is persisted now, so both kinds may go.
         for item in readies {
             for message in item.ready.messagesNow + item.ready.messagesAfterPersist {
-                guard let to = item.peer.region.peer(withID: message.to),
-                      let from = item.peer.region.peer(withID: message.from) else { continue }
-                var wire = Flotilla_V1_RaftMessage()
-                wire.regionID = item.peer.region.id
-                wire.fromPeer = from
-                wire.toPeer = to
-                wire.epoch = item.peer.region.epoch
-                wire.message = Flotilla_V1_RaftCoreMessage(message)
-                output.messagesByStore[to.storeID, default: []].append(wire)
+                addOutgoing(message, from: item.peer, to: &output)
             }
         }
 
@@ -48,16 +53,45 @@ extension StoreCore {
         }
         if applyBatch.count > 0 { try db.write(applyBatch, sync: false) }
         for item in readies {
-            item.peer.raft.advance(item.ready)
+            let peer = item.peer
             if let last = item.ready.committedEntries.last {
-                item.peer.persistedApplied = max(item.peer.persistedApplied, last.index)
+                peer.storage.snapshotPoint = SnapshotMetadata(index: last.index, term: last.term, confState: peer.appliedConfState)
             }
+            peer.raft.advance(item.ready)
             if item.ready.softState.map({ $0.role != .leader }) == true {
-                failPendingAfterLosingLeadership(item.peer, output: &output)
+                failPending(peer, error: .notLeader(regionID: peer.region.id, leader: peer.leaderPeer), output: &output)
             }
-            serveReads(item.peer, output: &output)
+            serveReads(peer, output: &output)
         }
+        for regionID in peersWithImmediateReads.sorted() {
+            if let peer = peers[regionID] { serveReads(peer, output: &output) }
+        }
+        peersWithImmediateReads = []
+        try destroyRemovedPeers(readies.map(\.peer), output: &output)
+        try truncateLogs(readies.map(\.peer), output: &output)
+        pendingRequests -= output.completedWrites.count + output.readyReads.count + output.failedReads.count
+        precondition(pendingRequests >= 0, "pending request count went negative")
         return output
+    }
+
+    private func addOutgoing(_ message: Message, from peer: RegionPeer, to output: inout StoreTurnOutput) {
+        guard let to = peer.peer(withID: message.to), let from = peer.peer(withID: message.from) else { return }
+        var wire = Flotilla_V1_RaftMessage()
+        wire.regionID = peer.region.id
+        wire.fromPeer = from
+        wire.toPeer = to
+        wire.epoch = peer.region.epoch
+        wire.message = Flotilla_V1_RaftCoreMessage(message)
+        if message.kind == .installSnapshot {
+            // The data is read from a RocksDB snapshot taken now: nothing was applied since
+            // Raft took the snapshot point, so data and metadata are the same state.
+            wire.region = peer.region
+            output.snapshotsToSend.append(OutgoingSnapshot(
+                reader: SnapshotReader(db: db, snapshot: db.makeSnapshot(), region: peer.region, header: wire,
+                                       chunkBytes: settings.snapshotChunkBytes)))
+            return
+        }
+        output.messagesByStore[to.storeID, default: []].append(wire)
     }
 
     private func apply(_ ready: Ready, to peer: RegionPeer, batch: WriteBatch, output: inout StoreTurnOutput) throws {
@@ -67,28 +101,62 @@ extension StoreCore {
             }
         }
         guard let last = ready.committedEntries.last else { return }
+        var regionStateChanged = false
         for entry in ready.committedEntries {
             let pending = peer.pendingWrites.removeValue(forKey: entry.index)
             if let pending, pending.term != entry.term {
                 output.completedWrites.append((pending.id, .failure(.proposalDropped)))
             }
-            // Entries applied before a restart are replayed through Raft but change no data.
-            guard entry.index > peer.persistedApplied, entry.kind == .normal, !entry.data.isEmpty else { continue }
-            let command = try Flotilla_V1_WriteCommand(serializedBytes: entry.data)
-            let result = try applyCommand(command, peer: peer, index: entry.index, batch: batch)
+            var result = Flotilla_V1_WriteResult()
+            result.succeeded = true
+            switch entry.kind {
+            case .normal where !entry.data.isEmpty:
+                let command = try Flotilla_V1_WriteCommand(serializedBytes: entry.data)
+                result = try applyCommand(command, peer: peer, index: entry.index, batch: batch)
+            case .confChange:
+                regionStateChanged = applyMembershipChange(entry, peer: peer) || regionStateChanged
+            default:
+                break
+            }
+            if entry.index % settings.sessionSweepIntervalEntries == 0 {
+                try expireSessions(peer: peer, at: entry.index, batch: batch)
+            }
             if let pending, pending.term == entry.term {
                 output.completedWrites.append((pending.id, .success(result)))
             }
         }
-        let truncated = (peer.storage.truncatedIndex, peer.storage.truncatedTerm)
+        output.entriesApplied += ready.committedEntries.count
+        if regionStateChanged {
+            batch.put(StoreKeys.regionState(region: peer.region.id), try peer.localState.serializedBytes(), in: metaCF)
+        }
         batch.put(StoreKeys.applyState(region: peer.region.id),
-                  StoredValues.encodeApplyState(applied: last.index, truncatedIndex: truncated.0, truncatedTerm: truncated.1),
-                  in: try db.columnFamily(StoreKeys.metaColumnFamily))
+                  StoredValues.encodeApplyState(applied: last.index, truncatedIndex: peer.storage.truncatedIndex,
+                                                truncatedTerm: peer.storage.truncatedTerm),
+                  in: metaCF)
+    }
+
+    /// Applies a committed membership change to the region descriptor (peers, conf_ver) the
+    /// same way Raft applies it to its configuration. Returns whether anything changed.
+    private func applyMembershipChange(_ entry: Entry, peer: RegionPeer) -> Bool {
+        guard let change = ConfChangeV2(decoding: entry.data),
+              let next = try? peer.appliedConfState.applying(change) else { return false }
+        let announced = (try? Flotilla_V1_Region(serializedBytes: change.context))?.peers ?? []
+        peer.appliedConfState = next
+        let voters = next.voters.union(next.votersOutgoing)
+        peer.region.peers = next.allNodes.sorted().compactMap { id in
+            guard var described = peer.region.peer(withID: id) ?? announced.first(where: { $0.id == id }) ?? peer.knownPeers[id] else {
+                return nil
+            }
+            described.role = voters.contains(id) ? .voter : .learner
+            return described
+        }
+        peer.region.epoch.confVer += 1
+        if !next.allNodes.contains(peer.peerID) { peer.isRemoved = true }
+        return true
     }
 
     /// Applies one command, or answers a retry from the client's session.
     private func applyCommand(_ command: Flotilla_V1_WriteCommand, peer: RegionPeer, index: UInt64, batch: WriteBatch) throws -> Flotilla_V1_WriteResult {
-        let metaCF = try db.columnFamily(StoreKeys.metaColumnFamily)
         var session: Flotilla_V1_ClientSession? = nil
         if command.clientID != 0 {
             session = try loadSession(peer: peer, client: command.clientID)
@@ -104,16 +172,8 @@ extension StoreCore {
         } else if !command.deletes.isEmpty {
             for key in command.deletes { batch.delete([UInt8](key)) }
         } else if command.hasDeleteRange {
-            let end = command.deleteRange.endKey.isEmpty ? peer.region.endKey : command.deleteRange.endKey
-            if end.isEmpty {
-                // To the end of the key space: delete up to the largest possible key, then it.
-                let iterator = db.makeIterator(lowerBound: [UInt8](command.deleteRange.startKey))
-                iterator.seekToFirst()
-                while iterator.isValid { batch.delete(iterator.key); iterator.next() }
-                try iterator.checkError()
-            } else {
-                batch.deleteRange(from: [UInt8](command.deleteRange.startKey), to: [UInt8](end))
-            }
+            let end = command.deleteRange.endKey.isEmpty ? StoreKeys.dataUpperBound(peer.region) : [UInt8](command.deleteRange.endKey)
+            batch.deleteRange(from: [UInt8](command.deleteRange.startKey), to: end)
         } else if command.hasCompareAndSwap {
             // The comparison must see earlier commands of this batch: write them first.
             if batch.count > 0 {
@@ -142,20 +202,44 @@ extension StoreCore {
 
     private func loadSession(peer: RegionPeer, client: UInt64) throws -> Flotilla_V1_ClientSession {
         if let cached = peer.sessions[client] { return cached }
-        let stored = try db.get(StoreKeys.session(region: peer.region.id, client: client), in: try db.columnFamily(StoreKeys.metaColumnFamily))
+        let stored = try db.get(StoreKeys.session(region: peer.region.id, client: client), in: metaCF)
         let session = try stored.map { try Flotilla_V1_ClientSession(serializedBytes: $0) } ?? Flotilla_V1_ClientSession()
         peer.sessions[client] = session
         return session
     }
 
-    private func failPendingAfterLosingLeadership(_ peer: RegionPeer, output: inout StoreTurnOutput) {
+    /// Deletes the sessions of clients that wrote nothing in the region for
+    /// `sessionExpiryEntries` entries. Runs at fixed indexes, so every replica expires the
+    /// same sessions at the same point of the log. A write retried after its session expired
+    /// is treated as new.
+    private func expireSessions(peer: RegionPeer, at index: UInt64, batch: WriteBatch) throws {
+        guard index > settings.sessionExpiryEntries else { return }
+        let horizon = index - settings.sessionExpiryEntries
+        let regionID = peer.region.id
+        var sessions = peer.sessions
+        let iterator = db.makeIterator(in: metaCF, lowerBound: StoreKeys.sessionsStart(region: regionID),
+                                       upperBound: StoreKeys.sessionsEnd(region: regionID))
+        iterator.seekToFirst()
+        while iterator.isValid {
+            let key = iterator.key
+            let client = StoreKeys.readBigEndian(key, at: 9)
+            if sessions[client] == nil { sessions[client] = try Flotilla_V1_ClientSession(serializedBytes: iterator.value) }
+            iterator.next()
+        }
+        try iterator.checkError()
+        for (client, session) in sessions where session.lastUsedIndex < horizon && session.lastSequence > 0 {
+            batch.delete(StoreKeys.session(region: regionID, client: client), in: metaCF)
+            peer.sessions[client] = nil
+        }
+    }
+
+    func failPending(_ peer: RegionPeer, error: StoreRequestError, output: inout StoreTurnOutput) {
         // Writes may still commit under the next leader, but this store can no longer tell
         // when; the client retries with the same sequence and the session answers.
         for (_, pending) in peer.pendingWrites.sorted(by: { $0.key < $1.key }) {
-            output.completedWrites.append((pending.id, .failure(.notLeader(regionID: peer.region.id, leader: peer.region.peer(withID: peer.raft.leader)))))
+            output.completedWrites.append((pending.id, .failure(error)))
         }
         peer.pendingWrites = [:]
-        let error = StoreRequestError.notLeader(regionID: peer.region.id, leader: peer.region.peer(withID: peer.raft.leader))
         for id in peer.readsAwaitingIndex.values.sorted() { output.failedReads.append((id, error)) }
         peer.readsAwaitingIndex = [:]
     }
@@ -168,5 +252,71 @@ extension StoreCore {
             if read.index <= applied { output.readyReads.append((read.id, peer.region.id)) } else { waiting.append(read) }
         }
         peer.readsAwaitingApply = waiting
+    }
+
+    // MARK: Log truncation
+
+    /// Truncates the logs of regions holding more applied entries (or bytes) than the
+    /// thresholds. A leader keeps what its followers still need unless the log grew past
+    /// twice the threshold (a follower that far behind gets a snapshot instead).
+    private func truncateLogs(_ candidates: [RegionPeer], output: inout StoreTurnOutput) throws {
+        let batch = db.makeWriteBatch()
+        var truncations: [(peer: RegionPeer, index: UInt64, term: UInt64)] = []
+        for peer in candidates where peer.isInitialized {
+            let applied = peer.raft.appliedIndex
+            let truncated = peer.storage.truncatedIndex
+            guard applied > truncated else { continue }
+            let overCount = applied - truncated > settings.logGCCountThreshold
+            let overSize = peer.logBytesSinceTruncation > settings.logGCSizeThresholdBytes
+            guard overCount || overSize else { continue }
+            var target = applied
+            if peer.raft.role == .leader {
+                let needed = peer.raft.replicationStates.filter { $0.key != peer.peerID && $0.value.state != .snapshot }
+                    .map(\.value.match).min() ?? applied
+                let overHard = applied - truncated > 2 * settings.logGCCountThreshold
+                    || peer.logBytesSinceTruncation > 2 * settings.logGCSizeThresholdBytes
+                if !overHard { target = min(target, needed) }
+            }
+            guard target > truncated else { continue }
+            let (index, term) = try peer.storage.stageCompaction(upTo: target, applied: applied, into: batch)
+            truncations.append((peer, index, term))
+        }
+        guard !truncations.isEmpty else { return }
+        try db.write(batch, sync: false)
+        for truncation in truncations {
+            let peer = truncation.peer
+            let before = peer.storage.lastIndex - peer.storage.truncatedIndex
+            let kept = peer.storage.lastIndex - truncation.index
+            peer.storage.commitCompaction(index: truncation.index, term: truncation.term)
+            peer.logBytesSinceTruncation = before == 0 ? 0 : Int(Double(peer.logBytesSinceTruncation) * Double(kept) / Double(before))
+        }
+        output.logsTruncated += truncations.count
+    }
+
+    // MARK: Removed peers
+
+    /// Destroys replicas removed from their region once they no longer lead: a tombstone
+    /// (so old messages do not recreate them), and their log, state, sessions and data gone.
+    private func destroyRemovedPeers(_ candidates: [RegionPeer], output: inout StoreTurnOutput) throws {
+        for peer in candidates where peer.isRemoved && peer.raft.role != .leader {
+            let regionID = peer.region.id
+            failPending(peer, error: .regionNotFound(regionID: regionID), output: &output)
+            for read in peer.readsAwaitingApply { output.failedReads.append((read.id, .regionNotFound(regionID: regionID))) }
+            peer.readsAwaitingApply = []
+            var tombstone = peer.localState
+            tombstone.state = .tombstone
+            let raftCF = try db.columnFamily(StoreKeys.raftColumnFamily)
+            let batch = db.makeWriteBatch()
+            batch.put(StoreKeys.regionState(region: regionID), try tombstone.serializedBytes(), in: metaCF)
+            batch.deleteRange(from: StoreKeys.logEntry(region: regionID, index: 0), to: StoreKeys.logEnd(region: regionID), in: raftCF)
+            batch.delete(StoreKeys.hardState(region: regionID), in: raftCF)
+            batch.delete(StoreKeys.applyState(region: regionID), in: metaCF)
+            batch.deleteRange(from: StoreKeys.sessionsStart(region: regionID), to: StoreKeys.sessionsEnd(region: regionID), in: metaCF)
+            batch.deleteRange(from: [UInt8](peer.region.startKey), to: StoreKeys.dataUpperBound(peer.region), in: dataCF)
+            try db.write(batch, sync: true)
+            output.logSyncs += 1
+            if let received = peer.receivedSnapshot { removeStagedSnapshot(received.directory) }
+            peers[regionID] = nil
+        }
     }
 }

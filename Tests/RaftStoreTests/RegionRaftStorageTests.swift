@@ -119,7 +119,7 @@ struct RegionRaftStorageTests {
         try store.reopen()
         let storage = try RegionRaftStorage(db: store.db, regionID: 9, confState: conf)
         #expect(storage.firstIndex == 7 && storage.lastIndex == 10)
-        #expect(storage.snapshot().metadata.index == 6 && storage.snapshot().metadata.term == 3)
+        #expect(storage.truncatedIndex == 6 && storage.truncatedTerm == 3)
         #expect(try storage.entries(from: 7, to: 11, maxBytes: .max) == entries(7...10, term: 3))
     }
 

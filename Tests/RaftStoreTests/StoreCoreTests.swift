@@ -17,10 +17,18 @@ final class InProcessCluster {
     var readyReads: [ProposalID: UInt64] = [:]
     var maxRegionsInOneBatch = 0
     var turnsWithSync = 0
+    var snapshotsInstalled: [UInt64: Int] = [:]
+    var snapshotsSent = 0
+    var logsTruncated = 0
+    var settings: (UInt64, inout StoreSettings) -> Void
 
-    /// `splitKeys` cut the key space into regions; every region has a peer on every store.
-    init(storeCount: Int, splitKeys: [String]) throws {
+    /// `splitKeys` cut the key space into regions; every region has a peer on each of the
+    /// first `replicas` stores (all by default).
+    init(storeCount: Int, splitKeys: [String], replicas: Int? = nil,
+         settings: @escaping (UInt64, inout StoreSettings) -> Void = { _, _ in }) throws {
+        self.settings = settings
         storeIDs = (1...UInt64(storeCount)).map { $0 }
+        let regionStores = storeIDs.prefix(replicas ?? storeCount)
         let bounds = [Data()] + splitKeys.map { Data($0.utf8) } + [Data()]
         var regions: [Flotilla_V1_Region] = []
         for position in 0..<(bounds.count - 1) {
@@ -30,7 +38,7 @@ final class InProcessCluster {
             region.endKey = bounds[position + 1]
             region.epoch.confVer = 1
             region.epoch.version = 1
-            region.peers = storeIDs.map { storeID in
+            region.peers = regionStores.map { storeID in
                 var peer = Flotilla_V1_Peer()
                 peer.id = region.id * 100 + storeID
                 peer.storeID = storeID
@@ -43,13 +51,18 @@ final class InProcessCluster {
         for storeID in storeIDs {
             paths[storeID] = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-cluster-\(UUID().uuidString)").path
             try open(storeID)
-            for region in regions { try stores[storeID]?.bootstrapRegion(region) }
+            if regionStores.contains(storeID) {
+                for region in regions { try stores[storeID]?.bootstrapRegion(region) }
+            }
         }
     }
 
     func open(_ storeID: UInt64) throws {
-        let db = try Database(path: paths[storeID] ?? "", columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
-        stores[storeID] = try StoreCore(db: db, storeID: storeID) { id in
+        let path = paths[storeID] ?? ""
+        let db = try Database(path: path + "/db", columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
+        var storeSettings = StoreSettings(snapshotDirectory: path + "/snapshots")
+        settings(storeID, &storeSettings)
+        stores[storeID] = try StoreCore(db: db, storeID: storeID, settings: storeSettings) { id in
             var config = RaftConfig(id: id)
             config.randomSeed = id
             return config
@@ -74,12 +87,41 @@ final class InProcessCluster {
             let output = try store.runTurn()
             maxRegionsInOneBatch = max(maxRegionsInOneBatch, output.regionsInLogBatch)
             turnsWithSync += output.logSyncs
+            snapshotsInstalled[storeID, default: 0] += output.snapshotsInstalled
+            logsTruncated += output.logsTruncated
             for (id, result) in output.completedWrites { completed[id] = result }
             for read in output.readyReads { readyReads[read.id] = read.regionID }
+            for read in output.failedReads { readyReads[read.id] = 0 }
             for (destination, messages) in output.messagesByStore where !down.contains(destination) {
                 for message in messages { stores[destination]?.step(message) }
             }
+            for snapshot in output.snapshotsToSend where !down.contains(snapshot.toStoreID) {
+                try deliver(snapshot)
+            }
         }
+    }
+
+    /// Streams a snapshot chunk by chunk into the destination's staging directory, as the
+    /// transport does, and hands it to the destination store.
+    func deliver(_ snapshot: OutgoingSnapshot) throws {
+        guard let destination = stores[snapshot.toStoreID], let path = paths[snapshot.toStoreID] else { return }
+        var builder: SnapshotBuilder?
+        while let chunk = try snapshot.reader.nextChunk() {
+            if let builder { try builder.add(chunk) } else {
+                builder = try SnapshotBuilder(firstChunk: chunk, stagingDirectory: path + "/snapshots")
+            }
+        }
+        guard let received = try builder?.finish() else { return }
+        snapshotsSent += 1
+        if !destination.stepSnapshot(received) { builder?.abandon() }
+    }
+
+    func digests(_ regionID: UInt64) -> [UInt64: RegionDigest] {
+        var result: [UInt64: RegionDigest] = [:]
+        for storeID in storeIDs {
+            if let digest = try? stores[storeID]?.regionDigest(regionID) { result[storeID] = digest }
+        }
+        return result
     }
 
     func rounds(_ count: Int) throws { for _ in 0..<count { try round() } }

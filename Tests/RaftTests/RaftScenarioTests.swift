@@ -214,6 +214,8 @@ struct RaftScenarioTests {
     @Test func confChangeEncodingAndValidation() throws {
         let change = ConfChangeV2(changes: [.init(.addVoter, 4), .init(.addLearner, 9), .init(.remove, 1)], transition: .jointExplicit)
         #expect(ConfChangeV2(decoding: change.encoded()) == change)
+        let withContext = ConfChangeV2(changes: [.init(.addLearner, 7)], context: [1, 2, 3])
+        #expect(ConfChangeV2(decoding: withContext.encoded()) == withContext, "the application's context survives")
         #expect(ConfChangeV2(decoding: [9, 0, 0]) == nil, "unknown transition")
         #expect(ConfChangeV2(decoding: [0, 0, 2, 0]) == nil, "truncated")
         let conf = ConfState(voters: [1, 2, 3])
