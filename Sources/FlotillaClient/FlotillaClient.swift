@@ -34,15 +34,20 @@ public final class FlotillaClient: Sendable {
         public init(id: UInt64, host: String, port: Int) { self.id = id; self.host = host; self.port = port }
     }
 
-    private let regions: [Flotilla_V1_Region]
+    /// The region map, sorted by start key; epochs and peers are refreshed from
+    /// EpochNotMatch answers.
+    private let regions: Mutex<[Flotilla_V1_Region]>
     private let clients: [UInt64: GRPCClient<HTTP2ClientTransport.Posix>]
     private let leaders = Mutex<[UInt64: UInt64]>([:])  // region id → store id
     private let sequence = Atomic<UInt64>(0)
+    /// Sequences of writes sent and not yet answered (or given up on): the lowest tells the
+    /// stores which replies they may forget.
+    private let writesInFlight = Mutex<Set<UInt64>>([])
     public let clientID: UInt64
     public let requestTimeout: Duration
 
     public init(stores: [Store], regions: [Flotilla_V1_Region], requestTimeout: Duration = .seconds(10)) throws {
-        self.regions = regions.sorted { $0.startKey.lexicographicallyPrecedes($1.startKey) }
+        self.regions = Mutex(regions.sorted { $0.startKey.lexicographicallyPrecedes($1.startKey) })
         var clients: [UInt64: GRPCClient<HTTP2ClientTransport.Posix>] = [:]
         // A restarted store must be reachable again within a second, not after the default
         // channel backoff (up to minutes): the client's own retry loop paces attempts.
@@ -69,23 +74,24 @@ public final class FlotillaClient: Sendable {
     // MARK: Operations
 
     public func put(_ key: Data, _ value: Data) async throws {
-        let nextSequence = sequence.add(1, ordering: .relaxed).newValue
+        let nextSequence = beginWrite()
+        defer { endWrite(nextSequence) }
         _ = try await routed(key: key) { kv, context in
             var request = Flotilla_V1_PutRequest()
-            request.context = context
-            request.context.clientID = self.clientID
-            request.context.sequence = nextSequence
+            request.context = self.writeContext(context, sequence: nextSequence)
             request.key = key
             request.value = value
             return try await kv.put(request).error.nonEmpty
         }
     }
 
-    public func get(_ key: Data) async throws -> Data? {
+    /// Reads `key`: linearizable by default; `.follower` or `.stale` let a follower serve it.
+    public func get(_ key: Data, consistency: Flotilla_V1_ReadConsistency = .linearizable) async throws -> Data? {
         var found: Data? = nil
-        _ = try await routed(key: key) { kv, context in
+        _ = try await routed(key: key, anyReplica: consistency != .linearizable) { kv, context in
             var request = Flotilla_V1_GetRequest()
             request.context = context
+            request.context.readConsistency = consistency
             request.key = key
             let response = try await kv.get(request)
             found = response.found ? response.value : nil
@@ -95,12 +101,11 @@ public final class FlotillaClient: Sendable {
     }
 
     public func delete(_ key: Data) async throws {
-        let nextSequence = sequence.add(1, ordering: .relaxed).newValue
+        let nextSequence = beginWrite()
+        defer { endWrite(nextSequence) }
         _ = try await routed(key: key) { kv, context in
             var request = Flotilla_V1_DeleteRequest()
-            request.context = context
-            request.context.clientID = self.clientID
-            request.context.sequence = nextSequence
+            request.context = self.writeContext(context, sequence: nextSequence)
             request.key = key
             return try await kv.delete(request).error.nonEmpty
         }
@@ -109,13 +114,12 @@ public final class FlotillaClient: Sendable {
     /// Sets `key` to `newValue` if it currently holds `expected` (nil: absent). Returns whether
     /// it did, and the value it found.
     public func compareAndSwap(_ key: Data, expected: Data?, newValue: Data) async throws -> (succeeded: Bool, previous: Data?) {
-        let nextSequence = sequence.add(1, ordering: .relaxed).newValue
+        let nextSequence = beginWrite()
+        defer { endWrite(nextSequence) }
         var outcome: (Bool, Data?) = (false, nil)
         _ = try await routed(key: key) { kv, context in
             var request = Flotilla_V1_CompareAndSwapRequest()
-            request.context = context
-            request.context.clientID = self.clientID
-            request.context.sequence = nextSequence
+            request.context = self.writeContext(context, sequence: nextSequence)
             request.key = key
             request.expectExists = expected != nil
             request.expectedValue = expected ?? Data()
@@ -125,6 +129,110 @@ public final class FlotillaClient: Sendable {
             return response.error.nonEmpty
         }
         return outcome
+    }
+
+    /// Writes every pair: one BatchPut per region, the regions in parallel. Each region's part
+    /// is atomic; the whole is not (a failure names what may be partly written).
+    public func batchPut(_ pairs: [(key: Data, value: Data)]) async throws {
+        let groups = try groupByRegion(pairs.map(\.key))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (_, positions) in groups {
+                let part = positions.map { pairs[$0] }
+                group.addTask {
+                    let nextSequence = self.beginWrite()
+                    defer { self.endWrite(nextSequence) }
+                    _ = try await self.routed(key: part[0].key) { kv, context in
+                        var request = Flotilla_V1_BatchPutRequest()
+                        request.context = self.writeContext(context, sequence: nextSequence)
+                        request.pairs = part.map { pair in
+                            var keyValue = Flotilla_V1_KeyValue()
+                            keyValue.key = pair.key
+                            keyValue.value = pair.value
+                            return keyValue
+                        }
+                        return try await kv.batchPut(request).error.nonEmpty
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    /// Reads every key (linearizable): one BatchGet per region, in parallel. The result has
+    /// the keys that exist.
+    public func batchGet(_ keys: [Data]) async throws -> [Data: Data] {
+        let groups = try groupByRegion(keys)
+        return try await withThrowingTaskGroup(of: [Flotilla_V1_KeyValue].self) { group in
+            for (_, positions) in groups {
+                let part = positions.map { keys[$0] }
+                group.addTask {
+                    var pairs: [Flotilla_V1_KeyValue] = []
+                    _ = try await self.routed(key: part[0]) { kv, context in
+                        var request = Flotilla_V1_BatchGetRequest()
+                        request.context = context
+                        request.keys = part
+                        let response = try await kv.batchGet(request)
+                        pairs = response.pairs
+                        return response.error.nonEmpty
+                    }
+                    return pairs
+                }
+            }
+            var result: [Data: Data] = [:]
+            for try await pairs in group { for pair in pairs { result[pair.key] = pair.value } }
+            return result
+        }
+    }
+
+    /// A store's status: counters of its store loop and, with `includeRegions`, the Raft
+    /// state of each region it hosts.
+    public func storeStatus(_ storeID: UInt64, includeRegions: Bool = false) async throws -> Flotilla_V1_StoreStatus {
+        guard let client = clients[storeID] else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
+        var request = Flotilla_V1_StoreStatusRequest()
+        request.includeRegions = includeRegions
+        var options = CallOptions.defaults
+        options.timeout = requestTimeout
+        options.waitForReady = false
+        do {
+            return try await Flotilla_V1_StoreAdmin.Client(wrapping: client).status(request, options: options)
+        } catch {
+            throw FlotillaClientError.unavailable("store \(storeID): \(error)")
+        }
+    }
+
+    /// The ids of the stores this client knows.
+    public var storeIDs: [UInt64] { clients.keys.sorted() }
+
+    private func beginWrite() -> UInt64 {
+        writesInFlight.withLock { inFlight in
+            let next = sequence.add(1, ordering: .relaxed).newValue
+            inFlight.insert(next)
+            return next
+        }
+    }
+
+    private func endWrite(_ sequence: UInt64) {
+        _ = writesInFlight.withLock { $0.remove(sequence) }
+    }
+
+    /// The request context of a write: its (client, sequence) tag and the lowest sequence
+    /// still in flight, computed per attempt.
+    private func writeContext(_ routed: Flotilla_V1_RequestContext, sequence: UInt64) -> Flotilla_V1_RequestContext {
+        var context = routed
+        context.clientID = clientID
+        context.sequence = sequence
+        context.firstIncompleteSequence = writesInFlight.withLock { $0.min() } ?? sequence
+        return context
+    }
+
+    /// Positions of `keys` by the region holding them.
+    private func groupByRegion(_ keys: [Data]) throws -> [UInt64: [Int]] {
+        var groups: [UInt64: [Int]] = [:]
+        for (position, key) in keys.enumerated() {
+            guard let region = region(for: key) else { throw FlotillaClientError.noRoute("no region holds a key") }
+            groups[region.id, default: []].append(position)
+        }
+        return groups
     }
 
     /// Up to `limit` pairs in [start, end) across region boundaries, in key order.
@@ -158,21 +266,42 @@ public final class FlotillaClient: Sendable {
     // MARK: Routing
 
     private func region(for key: Data) -> Flotilla_V1_Region? {
-        regions.last { !key.lexicographicallyPrecedes($0.startKey) && ($0.endKey.isEmpty || key.lexicographicallyPrecedes($0.endKey)) }
+        regions.withLock { regions in
+            regions.last { !key.lexicographicallyPrecedes($0.startKey) && ($0.endKey.isEmpty || key.lexicographicallyPrecedes($0.endKey)) }
+        }
+    }
+
+    /// Takes the stores' newer descriptors (epoch, peers) of regions whose range is unchanged.
+    /// Returns whether any was newer.
+    private func refresh(from current: [Flotilla_V1_Region]) -> Bool {
+        regions.withLock { regions in
+            var changed = false
+            for update in current {
+                guard let position = regions.firstIndex(where: { $0.id == update.id }),
+                      regions[position].startKey == update.startKey, regions[position].endKey == update.endKey,
+                      update.epoch.confVer > regions[position].epoch.confVer || update.epoch.version > regions[position].epoch.version
+                else { continue }
+                regions[position] = update
+                changed = true
+            }
+            return changed
+        }
     }
 
     /// Sends to the region's leader, following NotLeader hints and retrying retryable errors
     /// with jittered exponential backoff until the request timeout.
-    private func routed(key: Data, _ call: (Flotilla_V1_KV.Client<HTTP2ClientTransport.Posix>, Flotilla_V1_RequestContext) async throws -> Flotilla_V1_Error?) async throws -> Void {
-        guard let region = region(for: key) else { throw FlotillaClientError.noRoute("no region holds the key") }
+    private func routed(key: Data, anyReplica: Bool = false, _ call: (Flotilla_V1_KV.Client<HTTP2ClientTransport.Posix>, Flotilla_V1_RequestContext) async throws -> Flotilla_V1_Error?) async throws -> Void {
+        guard var region = region(for: key) else { throw FlotillaClientError.noRoute("no region holds the key") }
         let deadline = ContinuousClock.now + requestTimeout
         var backoffMilliseconds = 10
         var attempt = 0
         var lastProblem = "no attempt"
         while ContinuousClock.now < deadline {
             let storeIDs = region.peers.map(\.storeID)
-            let known = leaders.withLock { $0[region.id] }
-            let storeID = known ?? storeIDs[attempt % storeIDs.count]
+            let regionID = region.id
+            let known = leaders.withLock { $0[regionID] }
+            // Reads any replica may serve go round the replicas, starting from a random one.
+            let storeID = anyReplica ? storeIDs[(attempt + Int(clientID % 7)) % storeIDs.count] : known ?? storeIDs[attempt % storeIDs.count]
             attempt += 1
             guard let client = clients[storeID] else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
             var context = Flotilla_V1_RequestContext()
@@ -180,7 +309,7 @@ public final class FlotillaClient: Sendable {
             context.epoch = region.epoch
             do {
                 guard let error = try await call(Flotilla_V1_KV.Client(wrapping: client), context) else {
-                    leaders.withLock { $0[region.id] = storeID }
+                    if !anyReplica { leaders.withLock { $0[region.id] = storeID } }
                     return
                 }
                 lastProblem = error.message
@@ -190,7 +319,14 @@ public final class FlotillaClient: Sendable {
                     if notLeader.hasLeader { continue }  // go straight to the named leader
                 case .serverIsBusy, .proposalDropped, .timeout, .regionNotFound:
                     leaders.withLock { $0[region.id] = nil }
-                case .invalidArgument, .keyNotInRegion, .epochNotMatch, .none:
+                case .epochNotMatch(let stale):
+                    // Membership changed: take the newer descriptor and go again.
+                    guard refresh(from: stale.currentRegions), let refreshed = self.region(for: key), refreshed.id == region.id else {
+                        throw FlotillaClientError.rejected(error.message)
+                    }
+                    region = refreshed
+                    continue
+                case .invalidArgument, .keyNotInRegion, .none:
                     throw FlotillaClientError.rejected(error.message)
                 }
             } catch let error as FlotillaClientError {

@@ -276,6 +276,10 @@ public nonisolated struct Flotilla_V1_RequestContext: Sendable {
   /// 0: the server's default.
   public var timeoutMs: UInt32 = 0
 
+  /// For writes: the client's lowest sequence still waiting for an answer (this request's
+  /// included). Replies below it are forgotten; writes below it are never applied again.
+  public var firstIncompleteSequence: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1275,15 +1279,34 @@ public nonisolated struct Flotilla_V1_StoreIdent: Sendable {
   public init() {}
 }
 
-/// The reply a retried write gets instead of being applied again.
+/// A reply kept for a write the client may still retry.
+public nonisolated struct Flotilla_V1_SessionReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: UInt64 = 0
+
+  public var reply: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// What a region remembers of one client, so a retried write gets its first reply instead of
+/// being applied again. A client may have many writes in flight: the replies of all of them
+/// are kept until the client reports (first_incomplete_sequence) that it has their answers.
 public nonisolated struct Flotilla_V1_ClientSession: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var lastSequence: UInt64 = 0
+  /// Replies of writes at or above acked_below, by sequence (ascending).
+  public var replies: [Flotilla_V1_SessionReply] = []
 
-  public var lastReply: Data = Data()
+  /// The client has the answers of every write below this: they are never applied again.
+  public var ackedBelow: UInt64 = 0
 
   /// Applied index at which the session was last used (sessions expire by applied index,
   /// the same on every replica).
@@ -1339,6 +1362,9 @@ public nonisolated struct Flotilla_V1_WriteCommand: Sendable {
 
   public var sequence: UInt64 = 0
 
+  /// The client's lowest sequence still waiting for an answer (this one included).
+  public var firstIncompleteSequence: UInt64 = 0
+
   public var puts: [Flotilla_V1_KeyValue] = []
 
   public var deletes: [Data] = []
@@ -1380,6 +1406,10 @@ public nonisolated struct Flotilla_V1_WriteResult: Sendable {
   public var previousExists: Bool = false
 
   public var previousValue: Data = Data()
+
+  /// The client had already been answered for this (client, sequence) and said so: a late
+  /// duplicate, not applied again.
+  public var staleDuplicate: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1614,7 +1644,7 @@ nonisolated extension Flotilla_V1_Region: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Flotilla_V1_RequestContext: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RequestContext"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}epoch\0\u{3}client_id\0\u{1}sequence\0\u{3}read_consistency\0\u{3}timeout_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}epoch\0\u{3}client_id\0\u{1}sequence\0\u{3}read_consistency\0\u{3}timeout_ms\0\u{3}first_incomplete_sequence\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1628,6 +1658,7 @@ nonisolated extension Flotilla_V1_RequestContext: SwiftProtobuf.Message, SwiftPr
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
       case 5: try { try decoder.decodeSingularEnumField(value: &self.readConsistency) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.firstIncompleteSequence) }()
       default: break
       }
     }
@@ -1656,6 +1687,9 @@ nonisolated extension Flotilla_V1_RequestContext: SwiftProtobuf.Message, SwiftPr
     if self.timeoutMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 6)
     }
+    if self.firstIncompleteSequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.firstIncompleteSequence, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1666,6 +1700,7 @@ nonisolated extension Flotilla_V1_RequestContext: SwiftProtobuf.Message, SwiftPr
     if lhs.sequence != rhs.sequence {return false}
     if lhs.readConsistency != rhs.readConsistency {return false}
     if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.firstIncompleteSequence != rhs.firstIncompleteSequence {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3511,9 +3546,9 @@ nonisolated extension Flotilla_V1_StoreIdent: SwiftProtobuf.Message, SwiftProtob
   }
 }
 
-nonisolated extension Flotilla_V1_ClientSession: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".ClientSession"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}last_sequence\0\u{3}last_reply\0\u{3}last_used_index\0")
+nonisolated extension Flotilla_V1_SessionReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SessionReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}reply\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3521,8 +3556,43 @@ nonisolated extension Flotilla_V1_ClientSession: SwiftProtobuf.Message, SwiftPro
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.lastSequence) }()
-      case 2: try { try decoder.decodeSingularBytesField(value: &self.lastReply) }()
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.reply) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    if !self.reply.isEmpty {
+      try visitor.visitSingularBytesField(value: self.reply, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_SessionReply, rhs: Flotilla_V1_SessionReply) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.reply != rhs.reply {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_ClientSession: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClientSession"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}replies\0\u{3}acked_below\0\u{3}last_used_index\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.replies) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.ackedBelow) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.lastUsedIndex) }()
       default: break
       }
@@ -3530,11 +3600,11 @@ nonisolated extension Flotilla_V1_ClientSession: SwiftProtobuf.Message, SwiftPro
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.lastSequence != 0 {
-      try visitor.visitSingularUInt64Field(value: self.lastSequence, fieldNumber: 1)
+    if !self.replies.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.replies, fieldNumber: 1)
     }
-    if !self.lastReply.isEmpty {
-      try visitor.visitSingularBytesField(value: self.lastReply, fieldNumber: 2)
+    if self.ackedBelow != 0 {
+      try visitor.visitSingularUInt64Field(value: self.ackedBelow, fieldNumber: 2)
     }
     if self.lastUsedIndex != 0 {
       try visitor.visitSingularUInt64Field(value: self.lastUsedIndex, fieldNumber: 3)
@@ -3543,8 +3613,8 @@ nonisolated extension Flotilla_V1_ClientSession: SwiftProtobuf.Message, SwiftPro
   }
 
   public static func ==(lhs: Flotilla_V1_ClientSession, rhs: Flotilla_V1_ClientSession) -> Bool {
-    if lhs.lastSequence != rhs.lastSequence {return false}
-    if lhs.lastReply != rhs.lastReply {return false}
+    if lhs.replies != rhs.replies {return false}
+    if lhs.ackedBelow != rhs.ackedBelow {return false}
     if lhs.lastUsedIndex != rhs.lastUsedIndex {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
@@ -3638,7 +3708,7 @@ nonisolated extension Flotilla_V1_CompareAndSwapOp: SwiftProtobuf.Message, Swift
 
 nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WriteCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_id\0\u{1}sequence\0\u{1}puts\0\u{1}deletes\0\u{3}delete_range\0\u{3}compare_and_swap\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_id\0\u{1}sequence\0\u{1}puts\0\u{1}deletes\0\u{3}delete_range\0\u{3}compare_and_swap\0\u{3}first_incomplete_sequence\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3652,6 +3722,7 @@ nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProt
       case 4: try { try decoder.decodeRepeatedBytesField(value: &self.deletes) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._deleteRange) }()
       case 6: try { try decoder.decodeSingularMessageField(value: &self._compareAndSwap) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.firstIncompleteSequence) }()
       default: break
       }
     }
@@ -3680,12 +3751,16 @@ nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProt
     try { if let v = self._compareAndSwap {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     } }()
+    if self.firstIncompleteSequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.firstIncompleteSequence, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_WriteCommand, rhs: Flotilla_V1_WriteCommand) -> Bool {
     if lhs.clientID != rhs.clientID {return false}
     if lhs.sequence != rhs.sequence {return false}
+    if lhs.firstIncompleteSequence != rhs.firstIncompleteSequence {return false}
     if lhs.puts != rhs.puts {return false}
     if lhs.deletes != rhs.deletes {return false}
     if lhs._deleteRange != rhs._deleteRange {return false}
@@ -3697,7 +3772,7 @@ nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WriteResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}succeeded\0\u{3}previous_exists\0\u{3}previous_value\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}succeeded\0\u{3}previous_exists\0\u{3}previous_value\0\u{3}stale_duplicate\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3708,6 +3783,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
       case 1: try { try decoder.decodeSingularBoolField(value: &self.succeeded) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.previousExists) }()
       case 3: try { try decoder.decodeSingularBytesField(value: &self.previousValue) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.staleDuplicate) }()
       default: break
       }
     }
@@ -3723,6 +3799,9 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
     if !self.previousValue.isEmpty {
       try visitor.visitSingularBytesField(value: self.previousValue, fieldNumber: 3)
     }
+    if self.staleDuplicate != false {
+      try visitor.visitSingularBoolField(value: self.staleDuplicate, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3730,6 +3809,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
     if lhs.succeeded != rhs.succeeded {return false}
     if lhs.previousExists != rhs.previousExists {return false}
     if lhs.previousValue != rhs.previousValue {return false}
+    if lhs.staleDuplicate != rhs.staleDuplicate {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -57,6 +57,7 @@ public final class FlotillaServer: Sendable {
         let core = try StoreCore(db: db, storeID: settings.storeID, settings: storeSettings) { peerID in
             var config = RaftConfig(id: peerID)
             config.electionTimeoutTicks = electionTimeoutTicks
+            config.heartbeatIntervalTicks = 2
             config.randomSeed = peerID &* 0x9E37_79B9 ^ UInt64(UInt32(truncatingIfNeeded: ProcessInfo.processInfo.processIdentifier))
             return config
         }

@@ -8,7 +8,7 @@ import RaftStore
 public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
     let driver: StoreDriver
     /// Largest key accepted, in bytes.
-    let keyBytesMax = 8 << 10
+    let keyBytesMax = StoreKeys.dataKeyBytesMax
     /// Largest value accepted, in bytes.
     let valueBytesMax = 8 << 20
     /// Most pairs in one batch request.
@@ -138,6 +138,7 @@ public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
         var command = Flotilla_V1_WriteCommand()
         command.clientID = context.clientID
         command.sequence = context.sequence
+        command.firstIncompleteSequence = context.firstIncompleteSequence
         return command
     }
 

@@ -48,6 +48,9 @@ public struct StoreSettings: Sendable {
     /// `sessionSweepIntervalEntries`, identically on every replica).
     public var sessionExpiryEntries: UInt64 = 1_000_000
     public var sessionSweepIntervalEntries: UInt64 = 4_096
+    /// Replies a session keeps for one client's writes in flight; beyond it the oldest are
+    /// forgotten (and their writes, if retried, reported as stale duplicates).
+    public var sessionRepliesMax = 1_024
     /// Snapshot chunks carry at most about this many bytes of pairs.
     public var snapshotChunkBytes = 1 << 20
     /// Crash tests only: fail the turn at this point, as a process crash there would.

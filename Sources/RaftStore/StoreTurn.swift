@@ -122,7 +122,9 @@ extension StoreCore {
                 try expireSessions(peer: peer, at: entry.index, batch: batch)
             }
             if let pending, pending.term == entry.term {
-                output.completedWrites.append((pending.id, .success(result)))
+                output.completedWrites.append((pending.id, result.staleDuplicate
+                    ? .failure(.invalidArgument(field: "context.sequence", reason: "this write was answered before and its reply forgotten; it was not applied again"))
+                    : .success(result)))
             }
         }
         output.entriesApplied += ready.committedEntries.count
@@ -155,15 +157,23 @@ extension StoreCore {
         return true
     }
 
-    /// Applies one command, or answers a retry from the client's session.
+    /// Applies one command, or answers a retry from the client's session (Raft thesis §6.3,
+    /// with many writes of a client in flight at once).
     private func applyCommand(_ command: Flotilla_V1_WriteCommand, peer: RegionPeer, index: UInt64, batch: WriteBatch) throws -> Flotilla_V1_WriteResult {
         var session: Flotilla_V1_ClientSession? = nil
         if command.clientID != 0 {
-            session = try loadSession(peer: peer, client: command.clientID)
-            if let known = session, command.sequence <= known.lastSequence {
-                // A retry: the first reply, not a second application.
-                return (try? Flotilla_V1_WriteResult(serializedBytes: known.lastReply)) ?? Flotilla_V1_WriteResult()
+            let known = try loadSession(peer: peer, client: command.clientID)
+            if command.sequence < known.ackedBelow {
+                // The client has had this write's answer and moved on: a late duplicate.
+                var stale = Flotilla_V1_WriteResult()
+                stale.staleDuplicate = true
+                return stale
             }
+            if let kept = known.replies.first(where: { $0.sequence == command.sequence }) {
+                // A retry: the first reply, not a second application.
+                return (try? Flotilla_V1_WriteResult(serializedBytes: kept.reply)) ?? Flotilla_V1_WriteResult()
+            }
+            session = known
         }
         var result = Flotilla_V1_WriteResult()
         result.succeeded = true
@@ -191,8 +201,21 @@ extension StoreCore {
             }
         }
         if var session {
-            session.lastSequence = command.sequence
-            session.lastReply = try result.serializedData()
+            if command.firstIncompleteSequence > 0 {
+                session.ackedBelow = max(session.ackedBelow, min(command.firstIncompleteSequence, command.sequence))
+            }
+            var reply = Flotilla_V1_SessionReply()
+            reply.sequence = command.sequence
+            reply.reply = try result.serializedData()
+            var replies = session.replies.filter { $0.sequence >= session.ackedBelow }
+            replies.insert(reply, at: replies.firstIndex { $0.sequence > command.sequence } ?? replies.endIndex)
+            if replies.count > settings.sessionRepliesMax {
+                // Bounded: forget the oldest replies; their writes are never applied again.
+                let dropped = replies.count - settings.sessionRepliesMax
+                session.ackedBelow = replies[dropped - 1].sequence + 1
+                replies.removeFirst(dropped)
+            }
+            session.replies = replies
             session.lastUsedIndex = index
             peer.sessions[command.clientID] = session
             batch.put(StoreKeys.session(region: peer.region.id, client: command.clientID), try session.serializedBytes(), in: metaCF)
@@ -227,7 +250,7 @@ extension StoreCore {
             iterator.next()
         }
         try iterator.checkError()
-        for (client, session) in sessions where session.lastUsedIndex < horizon && session.lastSequence > 0 {
+        for (client, session) in sessions where session.lastUsedIndex < horizon {
             batch.delete(StoreKeys.session(region: regionID, client: client), in: metaCF)
             peer.sessions[client] = nil
         }

@@ -103,3 +103,38 @@ struct KV: AsyncParsableCommand {
         }
     }
 }
+
+/// `flotillactl status`: each store's counters (turns, syncs, regions per batch, snapshots,
+/// log truncations) and, with `--regions`, every region's Raft state.
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show each store's status.")
+    @OptionGroup var connection: KV.Connection
+    @Flag(help: "Also list every region's role, term, applied index and log bounds.")
+    var regions = false
+
+    func run() async throws {
+        let includeRegions = regions
+        let lines = try await connection.withClient { client in
+            var lines: [String] = []
+            for storeID in client.storeIDs {
+                do {
+                    let status = try await client.storeStatus(storeID, includeRegions: includeRegions)
+                    let perBatch = status.logSyncs == 0 ? 0 : Double(status.regionsInLogBatches) / Double(status.logSyncs)
+                    lines.append("store \(storeID): regions \(status.regions) leaders \(status.leaders) turns \(status.turns) "
+                                 + "log_syncs \(status.logSyncs) regions_per_batch \(String(format: "%.1f", perBatch)) "
+                                 + "entries_applied \(status.entriesApplied) snapshots sent/received/installed "
+                                 + "\(status.snapshotsSent)/\(status.snapshotsReceived)/\(status.snapshotsInstalled) "
+                                 + "logs_truncated \(status.logsTruncated) pending \(status.pendingRequests)")
+                    for region in status.regionStatus {
+                        lines.append("  region \(region.regionID): \(region.role) leader \(region.leaderPeerID) term \(region.term) "
+                                     + "applied \(region.appliedIndex) log [\(region.firstLogIndex), \(region.lastLogIndex)]")
+                    }
+                } catch {
+                    lines.append("store \(storeID): \(error)")
+                }
+            }
+            return lines
+        }
+        for line in lines { print(line) }
+    }
+}

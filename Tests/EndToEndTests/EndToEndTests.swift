@@ -89,5 +89,18 @@ struct EndToEndTests {
         #expect(orderStatus != 0 && order.contains("strictly increasing"))
         let (tickStatus, tick) = try run(["--store-id", "1", "--cluster-file", root + "/order.json", "--data-dir", root + "/d", "--tick-interval-ms", "1"])
         #expect(tickStatus != 0 && tick.contains("--tick-interval-ms"))
+        // The TOML config file: typos and wrong types are named, flags override the file.
+        try "store-id = 1\ntick-interval = 50\n".write(toFile: root + "/typo.toml", atomically: true, encoding: .utf8)
+        let (typoStatus, typo) = try run(["--config", root + "/typo.toml"])
+        #expect(typoStatus == 2 && typo.contains("unknown key 'tick-interval'"), "\(typo)")
+        try "store-id = \"one\"\n".write(toFile: root + "/type.toml", atomically: true, encoding: .utf8)
+        let (typeStatus, type) = try run(["--config", root + "/type.toml"])
+        #expect(typeStatus == 2 && type.contains("'store-id'") && type.contains("must be an integer"), "\(type)")
+        try "store-id = 1\n[limits\n".write(toFile: root + "/broken.toml", atomically: true, encoding: .utf8)
+        let (brokenStatus, broken) = try run(["--config", root + "/broken.toml"])
+        #expect(brokenStatus == 2 && broken.contains("not valid TOML") && broken.contains("line 2"), "\(broken)")
+        try "store-id = 1\ncluster-file = \"order.json\"\n".write(toFile: root + "/partial.toml", atomically: true, encoding: .utf8)
+        let (partialStatus, partial) = try run(["--config", root + "/partial.toml"])
+        #expect(partialStatus == 2 && partial.contains("no data directory"), "\(partial)")
     }
 }

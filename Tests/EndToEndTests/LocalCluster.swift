@@ -1,6 +1,9 @@
 import FlotillaClient
 import FlotillaServer
 import Foundation
+import Raft
+import RaftStore
+import RocksDB
 
 /// Real `flotilla-server` processes on loopback with ephemeral ports, each with its own data
 /// dir, started and stopped by the test.
@@ -10,13 +13,17 @@ final class LocalCluster {
     let clusterPath: String
     var processes: [UInt64: Process] = [:]
     var logs: [UInt64: String] = [:]
+    let tickMilliseconds: Int
+    let extraArguments: [String]
 
     static var serverBinary: String {
         let testBinary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         return URL(fileURLWithPath: testBinary).deletingLastPathComponent().appendingPathComponent("flotilla-server").path
     }
 
-    init(storeCount: Int, splitKeys: [String]) throws {
+    init(storeCount: Int, splitKeys: [String], tickMilliseconds: Int = 50, extraArguments: [String] = []) throws {
+        self.tickMilliseconds = tickMilliseconds
+        self.extraArguments = extraArguments
         root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-e2e-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let stores = try (1...UInt64(storeCount)).map { id in
@@ -48,12 +55,25 @@ final class LocalCluster {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
+    /// Starts a store from a TOML config file (as an operator would), with the log level and
+    /// `extraArguments` as flags.
     func start(_ storeID: UInt64) throws {
+        let configPath = root + "/store-\(storeID).toml"
+        let config = """
+            # store \(storeID) of an end-to-end test cluster
+            store-id = \(storeID)
+            cluster-file = "cluster.json"
+            data-dir = "store-\(storeID)"
+            tick-interval-ms = \(tickMilliseconds)
+
+            [limits]
+            snapshot-sends-max = 8
+            """
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.serverBinary)
-        process.arguments = ["--store-id", "\(storeID)", "--cluster-file", clusterPath,
-                             "--data-dir", root + "/store-\(storeID)", "--tick-interval-ms", "50", "--log-level",
-                             ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"]
+        process.arguments = ["--config", configPath, "--log-level",
+                             ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"] + extraArguments
         let log = root + "/store-\(storeID).log"
         _ = FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
@@ -76,6 +96,22 @@ final class LocalCluster {
             HostPort(store.address).map { FlotillaClient.Store(id: store.id, host: $0.host, port: $0.port) }
         }
         return try FlotillaClient(stores: stores, regions: cluster.initialRegions(), requestTimeout: timeout)
+    }
+
+    /// Stops every store (SIGTERM: a clean shutdown).
+    func stopAll() {
+        for storeID in processes.keys.sorted() { kill(storeID, signal: SIGTERM) }
+    }
+
+    /// Every region's digest in a stopped store's data dir, read offline.
+    func offlineDigests(_ storeID: UInt64) throws -> [UInt64: RegionDigest] {
+        precondition(processes[storeID] == nil, "store \(storeID) is running")
+        let path = root + "/store-\(storeID)"
+        let db = try Database(path: path + "/db", columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
+        let core = try StoreCore(db: db, storeID: storeID, settings: StoreSettings(snapshotDirectory: path + "/snapshots")) { RaftConfig(id: $0) }
+        var digests: [UInt64: RegionDigest] = [:]
+        for regionID in core.regionIDs { digests[regionID] = try core.regionDigest(regionID) }
+        return digests
     }
 
     func log(_ storeID: UInt64) -> String {

@@ -232,6 +232,30 @@ struct StoreCoreTests {
         #expect(!second.succeeded && second.previousValue == Data("1".utf8))
     }
 
+    @Test func oneClientsConcurrentWritesApplyInAnyOrderAndRetriesStillApplyOnce() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        func tagged(_ command: Flotilla_V1_WriteCommand, firstIncomplete: UInt64) -> Flotilla_V1_WriteCommand {
+            var command = command
+            command.firstIncompleteSequence = firstIncomplete
+            return command
+        }
+        // Sequences 1 and 2 in flight; 2 reaches the log first. Both must apply.
+        #expect(try cluster.write(tagged(InProcessCluster.put("b", "2", client: 8, sequence: 2), firstIncomplete: 1), key: "b").get().succeeded)
+        #expect(try cluster.write(tagged(InProcessCluster.put("a", "1", client: 8, sequence: 1), firstIncomplete: 1), key: "a").get().succeeded)
+        let leader = try #require(cluster.leader(of: 1))
+        #expect(try cluster.stores[leader]?.get(Data("a".utf8), regionID: 1) == Data("1".utf8), "a lower sequence arriving later is not mistaken for a retry")
+        // A retry of 1 (still unanswered as far as the client knows) is answered, not reapplied.
+        _ = try cluster.write(InProcessCluster.put("later", "x"), key: "later")
+        _ = try cluster.write(tagged(InProcessCluster.put("a", "overwritten?", client: 8, sequence: 1), firstIncomplete: 1), key: "a")
+        #expect(try cluster.stores[leader]?.get(Data("a".utf8), regionID: 1) == Data("1".utf8))
+        // The client reports it has every answer below 3: a late copy of 1 is refused.
+        #expect(try cluster.write(tagged(InProcessCluster.put("c", "3", client: 8, sequence: 3), firstIncomplete: 3), key: "c").get().succeeded)
+        let late = try cluster.write(tagged(InProcessCluster.put("a", "late", client: 8, sequence: 1), firstIncomplete: 1), key: "a")
+        if case .failure(.invalidArgument(let field, _)) = late { #expect(field == "context.sequence") } else { Issue.record("expected a stale-duplicate refusal, got \(late)") }
+        #expect(try cluster.stores[leader]?.get(Data("a".utf8), regionID: 1) == Data("1".utf8))
+    }
+
     @Test func restartedStoreReplaysItsLogAndCatchesUp() throws {
         let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["m"])
         try cluster.rounds(40)

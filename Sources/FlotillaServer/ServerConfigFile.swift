@@ -1,0 +1,127 @@
+import Foundation
+import TOMLKit
+
+/// A store's TOML configuration file. Every setting may also be given as a flag, which wins.
+/// Unknown keys and wrongly typed values are errors (a typo must not be silently ignored).
+///
+///     store-id = 1
+///     cluster-file = "cluster.json"      # relative to this file
+///     data-dir = "/var/lib/flotilla/1"   # relative to this file
+///     tick-interval-ms = 100
+///     election-timeout-ticks = 10
+///     log-level = "info"
+///
+///     [raft-log-gc]
+///     count-threshold = 10000
+///     size-threshold-bytes = 33554432
+///
+///     [limits]
+///     max-pending-requests = 16384
+///     snapshot-sends-max = 4
+public struct ServerConfigFile: Sendable, Equatable {
+    public var storeID: UInt64?
+    public var clusterFile: String?
+    public var dataDirectory: String?
+    public var tickIntervalMilliseconds: Int?
+    public var electionTimeoutTicks: Int?
+    public var logLevel: String?
+    public var logGCCountThreshold: UInt64?
+    public var logGCSizeThresholdBytes: Int?
+    public var maxPendingRequests: Int?
+    public var snapshotSendsMax: Int?
+
+    public init() {}
+
+    /// Reads and checks the file at `path`.
+    public static func load(path: String) throws(ConfigError) -> ServerConfigFile {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw ConfigError("cannot read config file \(path): \(error.localizedDescription)")
+        }
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent()
+        return try parse(text, source: path, relativeTo: base)
+    }
+
+    /// Parses TOML text; `source` names it in errors, relative paths resolve against `base`.
+    public static func parse(_ text: String, source: String, relativeTo base: URL? = nil) throws(ConfigError) -> ServerConfigFile {
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
+            throw ConfigError("config file \(source) is not valid TOML: \(error.description) at line \(error.source.begin.line), column \(error.source.begin.column)")
+        } catch {
+            throw ConfigError("config file \(source) is not valid TOML: \(error)")
+        }
+        var reader = Reader(source: source)
+        var config = ServerConfigFile()
+        config.storeID = try reader.unsigned(table, "store-id")
+        config.clusterFile = try reader.path(table, "cluster-file", base: base)
+        config.dataDirectory = try reader.path(table, "data-dir", base: base)
+        config.tickIntervalMilliseconds = try reader.integer(table, "tick-interval-ms")
+        config.electionTimeoutTicks = try reader.integer(table, "election-timeout-ticks")
+        config.logLevel = try reader.string(table, "log-level")
+        if let gc = try reader.section(table, "raft-log-gc") {
+            config.logGCCountThreshold = try reader.unsigned(gc, "count-threshold", section: "raft-log-gc")
+            config.logGCSizeThresholdBytes = try reader.integer(gc, "size-threshold-bytes", section: "raft-log-gc")
+            try reader.rejectUnknown(gc, section: "raft-log-gc")
+        }
+        if let limits = try reader.section(table, "limits") {
+            config.maxPendingRequests = try reader.integer(limits, "max-pending-requests", section: "limits")
+            config.snapshotSendsMax = try reader.integer(limits, "snapshot-sends-max", section: "limits")
+            try reader.rejectUnknown(limits, section: "limits")
+        }
+        try reader.rejectUnknown(table, section: nil)
+        return config
+    }
+
+    /// Reads typed values and remembers which keys were read, to reject the others.
+    private struct Reader {
+        let source: String
+        var known: [String: Set<String>] = [:]
+
+        private func name(_ key: String, _ section: String?) -> String {
+            section.map { "'\(key)' in [\($0)]" } ?? "'\(key)'"
+        }
+
+        private mutating func value(_ table: TOMLTable, _ key: String, section: String?) -> TOMLValueConvertible? {
+            known[section ?? "", default: []].insert(key)
+            return table[key]
+        }
+
+        mutating func integer(_ table: TOMLTable, _ key: String, section: String? = nil) throws(ConfigError) -> Int? {
+            guard let value = value(table, key, section: section) else { return nil }
+            guard let integer = value.int else { throw ConfigError("\(name(key, section)) in \(source) must be an integer") }
+            return integer
+        }
+
+        mutating func unsigned(_ table: TOMLTable, _ key: String, section: String? = nil) throws(ConfigError) -> UInt64? {
+            guard let integer = try integer(table, key, section: section) else { return nil }
+            guard integer >= 0 else { throw ConfigError("\(name(key, section)) in \(source) must not be negative") }
+            return UInt64(integer)
+        }
+
+        mutating func string(_ table: TOMLTable, _ key: String, section: String? = nil) throws(ConfigError) -> String? {
+            guard let value = value(table, key, section: section) else { return nil }
+            guard let string = value.string else { throw ConfigError("\(name(key, section)) in \(source) must be a string") }
+            return string
+        }
+
+        mutating func path(_ table: TOMLTable, _ key: String, base: URL?) throws(ConfigError) -> String? {
+            guard let path = try string(table, key) else { return nil }
+            guard !path.hasPrefix("/"), let base else { return path }
+            return base.appendingPathComponent(path).path
+        }
+
+        mutating func section(_ table: TOMLTable, _ key: String) throws(ConfigError) -> TOMLTable? {
+            guard let value = value(table, key, section: nil) else { return nil }
+            guard let section = value.table else { throw ConfigError("'\(key)' in \(source) must be a table ([\(key)])") }
+            return section
+        }
+
+        func rejectUnknown(_ table: TOMLTable, section: String?) throws(ConfigError) {
+            let allowed = known[section ?? "", default: []]
+            if let unknown = table.keys.sorted().first(where: { !allowed.contains($0) }) {
+                let known = allowed.sorted().joined(separator: ", ")
+                throw ConfigError("unknown key \(name(unknown, section)) in \(source) (known: \(known))")
+            }
+        }
+    }
+}
