@@ -56,10 +56,11 @@ struct StoreFaultTests {
                 }
                 try await group.waitForAll()
             }
-            // Lose store 3; every region keeps serving, and its logs move past the truncation
-            // threshold while store 3 is away.
+            // Lose store 3; every region keeps serving, and its logs grow past twice the
+            // truncation threshold while store 3 is away (leaders then stop keeping entries
+            // for it).
             cluster.kill(3)
-            for round in 0..<30 {
+            for round in 0..<50 {
                 try await client.batchPut((0..<64).map { region in (Self.key(region: region, round % 4), Data("v2-\(round)".utf8)) })
             }
             let statusBefore = try await client.storeStatus(1)
@@ -86,7 +87,7 @@ struct StoreFaultTests {
             let values = try await client.batchGet(keys)
             for key in keys {
                 let index = Int(String(decoding: key.suffix(5), as: UTF8.self)) ?? -1
-                let lastRound = (0..<30).last { $0 % 4 == index } ?? -1
+                let lastRound = (0..<50).last { $0 % 4 == index } ?? -1
                 #expect(values[key] == Data("v2-\(lastRound)".utf8), "\(String(decoding: key, as: UTF8.self))")
             }
         }
