@@ -155,7 +155,9 @@ struct StoreFaultTests {
         let digests = try (1...3).map { try cluster.offlineDigests(UInt64($0)) }
         for regionID in digests[0].keys.sorted() {
             let replicas = digests.map { $0[regionID] }
-            #expect(Set(replicas.map { $0?.checksum }).count == 1 && Set(replicas.map { $0?.appliedIndex }).count == 1,
+            // Applied indexes may differ by the empty entry of an election among the stores
+            // still running while the cluster stops; the data and sessions may not.
+            #expect(Set(replicas.map { $0?.checksum }).count == 1 && Set(replicas.map { $0?.keyCount }).count == 1,
                     "region \(regionID) replicas differ: \(replicas.map { $0.map(\.description) ?? "missing" }) (seed \(seed))")
         }
         #expect(digests.allSatisfy { $0.count == 16 })
