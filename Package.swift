@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "FlotillaProto", targets: ["FlotillaProto"]),
         .executable(name: "flotillactl", targets: ["flotillactl"]),
         .executable(name: "flotilla-server", targets: ["flotilla-server"]),
+        .executable(name: "flotilla-bench", targets: ["flotilla-bench"]),
         .library(name: "FlotillaClient", targets: ["FlotillaClient"]),
     ],
     dependencies: [
@@ -27,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // System library over Debian's librocksdb-dev (rocksdb/c.h).
@@ -100,6 +102,21 @@ let package = Package(
                 "RocksDB", "FlotillaClient", "FlotillaServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            swiftSettings: strictSettings
+        ),
+        // The load-test harness: YCSB-style workloads against Flotilla or etcd (Benchmarks/).
+        .executableTarget(
+            name: "flotilla-bench",
+            dependencies: [
+                "FlotillaClient", "FlotillaProto", "FlotillaServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Benchmarks/flotilla-bench",
             swiftSettings: strictSettings
         ),
         // Child process for the storage crash test: writes synced batches and reports each

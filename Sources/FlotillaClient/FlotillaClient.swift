@@ -4,6 +4,16 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Synchronization
 
+/// Counts retries of the requests made in a task that binds it (`FlotillaClient.$retryObserver`),
+/// so a caller can attribute retries to its own operations.
+public final class RetryObserver: Sendable {
+    private let count = Atomic<Int>(0)
+    public init() {}
+    public func add() { count.add(1, ordering: .relaxed) }
+    /// Retries since the last call, and resets the count.
+    public func take() -> Int { count.exchange(0, ordering: .relaxed) }
+}
+
 /// What the client could not do, after its retries.
 public enum FlotillaClientError: Error, CustomStringConvertible, Sendable {
     /// The server answered with an error that retrying does not fix (bad input).
@@ -40,6 +50,9 @@ public final class FlotillaClient: Sendable {
     private let clients: [UInt64: GRPCClient<HTTP2ClientTransport.Posix>]
     private let leaders = Mutex<[UInt64: UInt64]>([:])  // region id → store id
     private let sequence = Atomic<UInt64>(0)
+    private let retries = Atomic<Int>(0)
+    /// Retries of requests made in this task are also counted here, when bound.
+    @TaskLocal public static var retryObserver: RetryObserver?
     /// Sequences of writes sent and not yet answered (or given up on): the lowest tells the
     /// stores which replies they may forget.
     private let writesInFlight = Mutex<Set<UInt64>>([])
@@ -200,6 +213,9 @@ public final class FlotillaClient: Sendable {
         }
     }
 
+    /// Attempts beyond the first, over all requests so far.
+    public var retryCount: Int { retries.load(ordering: .relaxed) }
+
     /// The ids of the stores this client knows.
     public var storeIDs: [UInt64] { clients.keys.sorted() }
 
@@ -303,6 +319,10 @@ public final class FlotillaClient: Sendable {
             // Reads any replica may serve go round the replicas, starting from a random one.
             let storeID = anyReplica ? storeIDs[(attempt + Int(clientID % 7)) % storeIDs.count] : known ?? storeIDs[attempt % storeIDs.count]
             attempt += 1
+            if attempt > 1 {
+                retries.add(1, ordering: .relaxed)
+                Self.retryObserver?.add()
+            }
             guard let client = clients[storeID] else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
             var context = Flotilla_V1_RequestContext()
             context.regionID = region.id

@@ -203,7 +203,8 @@ public final class StoreDriver: Sendable {
                 nextTick = clock.now + tickInterval
             }
             do {
-                let output = try core.runTurn()
+                let outbound = self.outbound
+                let output = try core.runTurn(sendBeforeSync: { outbound.send($0) })
                 counters.turns += 1
                 counters.logSyncs += UInt64(output.logSyncs)
                 counters.regionsInLogBatches += UInt64(output.regionsInLogBatch)
@@ -216,7 +217,7 @@ public final class StoreDriver: Sendable {
                 for read in output.readyReads { pendingReads.removeValue(forKey: read.id)?.action.run(.success(core)) }
                 for read in output.failedReads { pendingReads.removeValue(forKey: read.id)?.action.run(.failure(read.error)) }
                 // More work may be ready right away (e.g. commits after this turn's sync).
-                if output.logSyncs > 0 || !output.completedWrites.isEmpty { continue }
+                if core.hasPendingWork { continue }
             } catch {
                 // A failed write to the store's own disk: nothing acknowledged can be trusted
                 // to be durable from here, so stop rather than limp on (as TiKV does).

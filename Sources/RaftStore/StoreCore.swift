@@ -166,6 +166,9 @@ public final class StoreCore {
     var pendingRequests = 0
     /// Peers with stale reads to serve on the next turn.
     var peersWithImmediateReads: Set<UInt64> = []
+    /// Regions that may have a Ready: touched by an event since their last turn, or left with
+    /// work by it. A turn looks at these only, not at every region.
+    var touchedRegions: Set<UInt64> = []
 
     /// Opens the store's regions from `db`: every normal `RegionLocalState`, finishing any
     /// snapshot install a crash interrupted, and removes staged snapshots no region refers to.
@@ -214,6 +217,9 @@ public final class StoreCore {
         peers[regionID].map { ($0.storage.firstIndex, $0.storage.lastIndex) }
     }
 
+    /// Whether a turn would do anything now (a region may have a Ready, or reads wait).
+    public var hasPendingWork: Bool { !touchedRegions.isEmpty || !peersWithImmediateReads.isEmpty }
+
     /// Requests accepted and not yet completed.
     public var pendingRequestCount: Int { pendingRequests }
 
@@ -237,6 +243,7 @@ public final class StoreCore {
                               storage: storage, isInitialized: true, appliedConfState: confState)
         peer.storage.snapshotPoint = SnapshotMetadata(index: applied, term: (try? storage.term(at: applied)) ?? 0, confState: confState)
         peers[region.id] = peer
+        touchedRegions.insert(region.id)
     }
 
     /// Creates a region replica from its descriptor, as every founding store of a static
@@ -268,6 +275,7 @@ public final class StoreCore {
     /// Advances every region's logical clock by one tick.
     public func tick() {
         for peer in peers.values { peer.raft.tick() }
+        touchedRegions.formUnion(peers.keys)
     }
 
     /// Delivers a Raft message from another store. A message for a region this store does not
@@ -280,6 +288,7 @@ public final class StoreCore {
               message.toPeer.id == peer.peerID else { return false }
         if message.fromPeer.id != 0 { peer.knownPeers[message.fromPeer.id] = message.fromPeer }
         peer.raft.step(core)
+        touchedRegions.insert(peer.region.id)
         return true
     }
 
@@ -294,6 +303,7 @@ public final class StoreCore {
         if let previous = peer.receivedSnapshot { removeStagedSnapshot(previous.directory) }
         peer.receivedSnapshot = received
         peer.raft.step(core)
+        touchedRegions.insert(peer.region.id)
         return true
     }
 
@@ -318,6 +328,7 @@ public final class StoreCore {
         let peer = RegionPeer(region: region, peerID: message.toPeer.id, raft: RaftNode(config: config, storage: storage),
                               storage: storage, isInitialized: false, appliedConfState: ConfState())
         peers[region.id] = peer
+        touchedRegions.insert(region.id)
         return peer
     }
 
@@ -338,6 +349,7 @@ public final class StoreCore {
         } catch {
             throw mapRaftError(error, peer: peer)
         }
+        touchedRegions.insert(peer.region.id)
         return trackWrite(peer: peer, index: index)
     }
 
@@ -366,6 +378,7 @@ public final class StoreCore {
         } catch {
             throw mapRaftError(error, peer: peer)
         }
+        touchedRegions.insert(peer.region.id)
         return trackWrite(peer: peer, index: index)
     }
 
@@ -394,6 +407,7 @@ public final class StoreCore {
         } catch {
             throw mapRaftError(error, peer: peer)
         }
+        touchedRegions.insert(peer.region.id)
         peer.readsAwaitingIndex[readContext] = id
         pendingRequests += 1
         return id

@@ -8,25 +8,47 @@ extension StoreCore {
     /// and hard states in one batch with one sync, install received snapshots, hand out their
     /// messages and snapshots to send, apply committed commands (data, apply state, region
     /// state and sessions in one atomic batch), then truncate logs past their thresholds.
-    public func runTurn() throws -> StoreTurnOutput {
+    ///
+    /// With `sendBeforeSync`, leaders' appends and heartbeats (which Raft allows to go before
+    /// the leader's own write) are handed to it before the sync, so followers persist in
+    /// parallel with the leader; without it, every message is in the output.
+    ///
+    /// The batch is synced when it holds entries, a snapshot marker, or a term or vote
+    /// change; a batch that only moves commit indexes is written without a sync (a commit
+    /// index lost in a crash is learnt again from the leader; RocksDB recovers a prefix of
+    /// its log, so an applied index never survives without the commit before it).
+    public func runTurn(sendBeforeSync: (([UInt64: [Flotilla_V1_RaftMessage]]) -> Void)? = nil) throws -> StoreTurnOutput {
         var output = StoreTurnOutput()
         var readies: [(peer: RegionPeer, ready: Ready, staged: RegionRaftStorage.StagedWrite)] = []
         let logBatch = db.makeWriteBatch()
-        for regionID in peers.keys.sorted() {
+        var mustSync = false
+        let candidates = touchedRegions.sorted()
+        touchedRegions = []
+        for regionID in candidates {
             guard let peer = peers[regionID], peer.raft.hasReady else { continue }
             let ready = peer.raft.ready()
             if let snapshot = ready.snapshotToInstall {
                 try stageSnapshotInstall(snapshot.metadata, peer: peer, into: logBatch)
             }
-            readies.append((peer, ready, peer.storage.stage(ready, into: logBatch)))
-            if !ready.entriesToPersist.isEmpty || ready.hardState != nil || ready.snapshotToInstall != nil {
+            if !ready.entriesToPersist.isEmpty || ready.snapshotToInstall != nil
+                || ready.hardState.map({ $0.term != peer.storage.hardState.term || $0.vote != peer.storage.hardState.vote }) == true {
+                mustSync = true
                 output.regionsInLogBatch += 1
             }
+            readies.append((peer, ready, peer.storage.stage(ready, into: logBatch)))
             peer.logBytesSinceTruncation += ready.entriesToPersist.reduce(0) { $0 + $1.sizeBytes }
         }
+        if let sendBeforeSync {
+            var early = StoreTurnOutput()
+            for item in readies {
+                for message in item.ready.messagesNow { addOutgoing(message, from: item.peer, to: &early) }
+            }
+            if !early.messagesByStore.isEmpty { sendBeforeSync(early.messagesByStore) }
+            output.snapshotsToSend += early.snapshotsToSend
+        }
         if logBatch.count > 0 {
-            try db.write(logBatch, sync: true)
-            output.logSyncs = 1
+            try db.write(logBatch, sync: mustSync)
+            if mustSync { output.logSyncs = 1 }
         }
         for item in readies {
             item.peer.storage.commit(item.staged)
@@ -41,9 +63,10 @@ extension StoreCore {
 
         // Messages: everything is persisted now, so both kinds may go.
         for item in readies {
-            for message in item.ready.messagesNow + item.ready.messagesAfterPersist {
-                addOutgoing(message, from: item.peer, to: &output)
+            if sendBeforeSync == nil {
+                for message in item.ready.messagesNow { addOutgoing(message, from: item.peer, to: &output) }
             }
+            for message in item.ready.messagesAfterPersist { addOutgoing(message, from: item.peer, to: &output) }
         }
 
         // Apply.
@@ -62,6 +85,8 @@ extension StoreCore {
                 failPending(peer, error: .notLeader(regionID: peer.region.id, leader: peer.leaderPeer), output: &output)
             }
             serveReads(peer, output: &output)
+            // Advancing may leave more to do (a leader commits once its own write is done).
+            if peer.raft.hasReady { touchedRegions.insert(peer.region.id) }
         }
         for regionID in peersWithImmediateReads.sorted() {
             if let peer = peers[regionID] { serveReads(peer, output: &output) }

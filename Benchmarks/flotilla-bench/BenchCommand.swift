@@ -1,0 +1,334 @@
+import ArgumentParser
+import FlotillaClient
+import FlotillaProto
+import FlotillaServer
+import Foundation
+
+/// `flotilla-bench`: YCSB-style load tests against Flotilla and, with the same workloads, etcd.
+@main
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "flotilla-bench",
+        abstract: "Load-test Flotilla (or etcd) with YCSB-style workloads.",
+        discussion: """
+            Load the records first (`load`), then run a workload (`run`) as often as you like.
+            With --embedded, `run` starts a local cluster of real flotilla-server processes, loads
+            it, runs and stops it. `compare` prints two results side by side.
+            """,
+        subcommands: [Load.self, Run.self, Compare.self]
+    )
+}
+
+/// Where the load goes.
+struct TargetOptions: ParsableArguments {
+    @Option(name: .customLong("cluster-file"), help: "A running Flotilla cluster: its JSON cluster file.")
+    var clusterFile: String?
+
+    @Flag(help: "Start a local Flotilla cluster of real processes for this run, and stop it after.")
+    var embedded = false
+
+    @Option(name: .customLong("embedded-stores"), help: "Stores of the embedded cluster.")
+    var embeddedStores = 3
+
+    @Option(name: .customLong("embedded-regions"), help: "Regions of the embedded cluster (split evenly over the key space).")
+    var embeddedRegions = 64
+
+    @Option(name: .customLong("server-binary"), help: "flotilla-server to start with --embedded (default: next to flotilla-bench).")
+    var serverBinary: String?
+
+    @Option(name: .customLong("etcd"), help: "etcd endpoints, host:port[,host:port…] (v3 gRPC API).")
+    var etcdEndpoints: String?
+
+    @Option(name: .customLong("timeout-ms"), help: "Per-request timeout of the Flotilla client, retries included.")
+    var timeoutMilliseconds = 10_000
+
+    func validate() throws {
+        let chosen = [clusterFile != nil, embedded, etcdEndpoints != nil].filter { $0 }.count
+        guard chosen == 1 else { throw ValidationError("choose exactly one target: --cluster-file, --embedded or --etcd") }
+        if let etcdEndpoints {
+            for endpoint in etcdEndpoints.split(separator: ",") where HostPort(String(endpoint)) == nil {
+                throw ValidationError("--etcd: '\(endpoint)' is not host:port")
+            }
+        }
+        guard (1...64).contains(embeddedStores) else { throw ValidationError("--embedded-stores must be 1 to 64") }
+        guard (1...65_536).contains(embeddedRegions) else { throw ValidationError("--embedded-regions must be 1 to 65536") }
+        guard timeoutMilliseconds > 0 else { throw ValidationError("--timeout-ms must be positive") }
+    }
+
+    /// Connects to (or starts) the target and runs `body` with it; stops what it started.
+    func withTarget<T: Sendable>(keySpace: KeySpace, _ body: @Sendable (any BenchTarget, FlotillaClient?) async throws -> T) async throws -> T {
+        var embeddedCluster: EmbeddedCluster?
+        let target: any BenchTarget
+        var flotilla: FlotillaClient?
+        if let etcdEndpoints {
+            target = try EtcdTarget(endpoints: etcdEndpoints.split(separator: ",").compactMap { HostPort(String($0)) })
+        } else {
+            let cluster: ClusterFile
+            if embedded {
+                let started = try EmbeddedCluster(stores: embeddedStores, splitKeys: keySpace.splitKeys(regions: embeddedRegions),
+                                                  serverBinary: serverBinary)
+                embeddedCluster = started
+                cluster = started.cluster
+            } else {
+                do { cluster = try ClusterFile.load(path: clusterFile ?? "") } catch { throw ValidationError(error.description) }
+            }
+            let stores = cluster.stores.compactMap { store in
+                HostPort(store.address).map { FlotillaClient.Store(id: store.id, host: $0.host, port: $0.port) }
+            }
+            let client = try FlotillaClient(stores: stores, regions: cluster.initialRegions(), requestTimeout: .milliseconds(timeoutMilliseconds))
+            flotilla = client
+            target = FlotillaTarget(client: client)
+        }
+        let connections = Task { try await target.run() }
+        defer {
+            target.close()
+            connections.cancel()
+            embeddedCluster?.stop()
+        }
+        if let embeddedCluster { try await embeddedCluster.waitUntilServing(target: target) }
+        return try await body(target, flotilla)
+    }
+}
+
+/// What to run and how hard.
+struct WorkloadOptions: ParsableArguments {
+    @Option(help: "YCSB core workload a, b, c, d, e, f, or write-only.")
+    var workload = "a"
+
+    @Option(name: .customLong("read-proportion"), help: "Custom mix: share of reads (replaces the workload's mix with the proportions given).")
+    var readProportion: Double?
+    @Option(name: .customLong("update-proportion"), help: "Custom mix: share of updates.")
+    var updateProportion: Double?
+    @Option(name: .customLong("insert-proportion"), help: "Custom mix: share of inserts.")
+    var insertProportion: Double?
+    @Option(name: .customLong("scan-proportion"), help: "Custom mix: share of scans.")
+    var scanProportion: Double?
+    @Option(name: .customLong("rmw-proportion"), help: "Custom mix: share of read-modify-writes (compare-and-swap).")
+    var readModifyWriteProportion: Double?
+
+    @Option(help: "Key distribution: uniform, zipfian (θ 0.99) or latest (default: the workload's).")
+    var distribution: KeyDistribution?
+
+    @Option(help: "Records loaded (and chosen from).")
+    var records: UInt64 = 100_000
+
+    @Option(name: .customLong("value-size"), help: "Bytes per value.")
+    var valueSize = 100
+
+    @Option(name: .customLong("key-prefix"), help: "Prefix of every key.")
+    var keyPrefix = "user"
+
+    @Option(help: "Concurrent clients (in flight at once).")
+    var concurrency = 64
+
+    @Option(help: "Seconds to measure (after the warm-up); default 30 unless --operations is given.")
+    var duration: Double?
+
+    @Option(help: "Stop after this many operations (warm-up included).")
+    var operations: Int?
+
+    @Option(help: "Warm-up seconds, not measured.")
+    var warmup: Double = 5
+
+    @Option(help: "Open loop: issue this many operations per second; latencies count from when each was due.")
+    var rate: Double?
+
+    @Option(help: "Seed of the key and operation choices.")
+    var seed: UInt64 = 1
+
+    @Option(name: .customLong("max-scan-length"), help: "Scans read 1 to this many records.")
+    var maxScanLength = 100
+
+    @Option(help: "Write the whole result (parameters, machine, figures) to this JSON file.")
+    var json: String?
+
+    @Option(help: "A label for this run in tables and JSON.")
+    var label: String?
+
+    @Flag(help: "No live line every second.")
+    var quiet = false
+
+    func validate() throws {
+        guard WorkloadMix.named(workload) != nil else {
+            throw ValidationError("--workload '\(workload)' is not one of \(WorkloadMix.namedWorkloads.joined(separator: ", "))")
+        }
+        let custom = [readProportion, updateProportion, insertProportion, scanProportion, readModifyWriteProportion].compactMap { $0 }
+        guard custom.allSatisfy({ $0 >= 0 }) else { throw ValidationError("proportions must not be negative") }
+        guard custom.isEmpty || custom.reduce(0, +) > 0 else { throw ValidationError("the custom proportions add up to 0") }
+        guard records > 0 else { throw ValidationError("--records must be positive") }
+        guard (0...(8 << 20)).contains(valueSize) else { throw ValidationError("--value-size must be 0 to 8 MiB") }
+        guard (1...100_000).contains(concurrency) else { throw ValidationError("--concurrency must be 1 to 100000") }
+        if let duration { guard duration > 0 else { throw ValidationError("--duration must be positive") } }
+        if let operations { guard operations > 0 else { throw ValidationError("--operations must be positive") } }
+        guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
+        if let rate { guard rate > 0 else { throw ValidationError("--rate must be positive") } }
+        guard maxScanLength > 0 else { throw ValidationError("--max-scan-length must be positive") }
+    }
+
+    var mix: WorkloadMix {
+        var mix = WorkloadMix.named(workload) ?? WorkloadMix(proportions: [.read: 1], distribution: .uniform)
+        let custom: [(OperationKind, Double?)] = [(.read, readProportion), (.update, updateProportion), (.insert, insertProportion),
+                                                  (.scan, scanProportion), (.readModifyWrite, readModifyWriteProportion)]
+        if custom.contains(where: { $0.1 != nil }) {
+            mix.proportions = [:]
+            for (kind, share) in custom { if let share, share > 0 { mix.proportions[kind] = share } }
+        }
+        if let distribution { mix.distribution = distribution }
+        mix.maxScanLength = maxScanLength
+        return mix
+    }
+
+    var workloadName: String {
+        [readProportion, updateProportion, insertProportion, scanProportion, readModifyWriteProportion].contains { $0 != nil } ? "custom" : workload
+    }
+
+    var keySpace: KeySpace { KeySpace(prefix: keyPrefix) }
+
+    func plan(liveLine: Bool) -> RunPlan {
+        RunPlan(mix: mix, keySpace: keySpace, recordCount: records, valueSizeBytes: valueSize, concurrency: concurrency,
+                duration: operations != nil && duration == nil ? nil : .milliseconds(Int((duration ?? 30) * 1_000)),
+                operationCount: operations, warmup: .milliseconds(Int(warmup * 1_000)), rateOpsPerSecond: rate, seed: seed,
+                liveLine: liveLine)
+    }
+
+    var parameters: RunParameters {
+        let mix = self.mix
+        return RunParameters(workload: workloadName, proportions: Dictionary(uniqueKeysWithValues: mix.proportions.map { ($0.key.rawValue, $0.value) }),
+                             distribution: mix.distribution, recordCount: records, valueSizeBytes: valueSize, keyPrefix: keyPrefix,
+                             concurrency: concurrency, durationSeconds: operations != nil && duration == nil ? nil : (duration ?? 30),
+                             operationCount: operations, warmupSeconds: warmup, rateOpsPerSecond: rate, seed: seed,
+                             maxScanLength: maxScanLength)
+    }
+}
+
+struct Load: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write the records a workload reads.")
+    @OptionGroup var target: TargetOptions
+    @OptionGroup var workload: WorkloadOptions
+
+    func run() async throws {
+        let plan = workload.plan(liveLine: false)
+        let elapsed = try await target.withTarget(keySpace: workload.keySpace) { target, _ in
+            try await WorkloadRunner(target: target, plan: plan).load()
+        }
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        print("loaded \(workload.records) records of \(workload.valueSize) bytes in \(String(format: "%.1f", seconds)) s "
+              + "(\(Format.rate(Double(workload.records) / max(seconds, 1e-9))) records/s)")
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a workload and report throughput and latency.")
+    @OptionGroup var target: TargetOptions
+    @OptionGroup var workload: WorkloadOptions
+
+    func run() async throws {
+        let plan = workload.plan(liveLine: !workload.quiet)
+        let parameters = workload.parameters
+        let embedded = target.embedded
+        let label = workload.label
+        let result = try await target.withTarget(keySpace: workload.keySpace) { target, flotilla in
+            let runner = WorkloadRunner(target: target, plan: plan)
+            if embedded { _ = try await runner.load() }
+            let before = try await Self.storeStatuses(flotilla)
+            let startedAt = Date()
+            let recorder = Recorder()
+            let measured = await runner.run(recorder: recorder)
+            let after = try await Self.storeStatuses(flotilla)
+            let seconds = Double(measured.components.seconds) + Double(measured.components.attoseconds) / 1e18
+            var operations: [String: OperationResult] = [:]
+            for (kind, stats) in recorder.snapshot { operations[kind.rawValue] = OperationResult(stats, seconds: seconds) }
+            let stores = Self.activity(before: before, after: after, seconds: seconds)
+            return BenchResult(target: target.name, label: label, commandLine: CommandLine.arguments, parameters: parameters,
+                               machine: .current, startedAt: startedAt, measuredSeconds: seconds,
+                               throughputOpsPerSecond: Double(operations.values.reduce(0) { $0 + $1.count }) / max(seconds, 1e-9),
+                               operations: operations, totalErrors: operations.values.reduce(0) { $0 + $1.errors },
+                               totalRetries: operations.values.reduce(0) { $0 + $1.retries }, stores: stores)
+        }
+        print(Format.table(result))
+        if let path = workload.json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            encoder.dateEncodingStrategy = .iso8601
+            try encoder.encode(result).write(to: URL(fileURLWithPath: path))
+            print("wrote \(path)")
+        }
+        if result.totalErrors > 0 && result.operations.values.allSatisfy({ $0.count == 0 }) {
+            throw ExitCode(1)  // nothing succeeded
+        }
+    }
+
+    static func storeStatuses(_ client: FlotillaClient?) async throws -> [UInt64: Flotilla_V1_StoreStatus] {
+        guard let client else { return [:] }
+        var statuses: [UInt64: Flotilla_V1_StoreStatus] = [:]
+        for storeID in client.storeIDs {
+            statuses[storeID] = try? await client.storeStatus(storeID)
+        }
+        return statuses
+    }
+
+    static func activity(before: [UInt64: Flotilla_V1_StoreStatus], after: [UInt64: Flotilla_V1_StoreStatus], seconds: Double) -> [StoreActivity]? {
+        guard !after.isEmpty else { return nil }
+        return after.keys.sorted().compactMap { storeID in
+            guard let end = after[storeID], let start = before[storeID], end.turns >= start.turns else { return nil }
+            let syncs = Double(end.logSyncs - start.logSyncs)
+            return StoreActivity(storeID: storeID, logSyncsPerSecond: syncs / max(seconds, 1e-9),
+                                 regionsPerLogBatch: syncs > 0 ? Double(end.regionsInLogBatches - start.regionsInLogBatches) / syncs : 0,
+                                 entriesAppliedPerSecond: Double(end.entriesApplied - start.entriesApplied) / max(seconds, 1e-9),
+                                 leaders: end.leaders)
+        }
+    }
+}
+
+/// Prints results side by side with the ratio of the first to the second for every figure.
+struct Compare: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print results side by side with their ratios.")
+    @Argument(help: "Result JSON files written by `run --json`, in pairs: first, second, first, second, …")
+    var results: [String]
+
+    @Option(help: "Write the table (Markdown) to this file too.")
+    var markdown: String?
+
+    func validate() throws {
+        guard !results.isEmpty, results.count % 2 == 0 else { throw ValidationError("give result files in pairs (first, second)") }
+    }
+
+    func run() async throws {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        var rows: [String] = ["| workload | operation | figure | A | B | A/B |", "|---|---|---|---:|---:|---:|"]
+        var names: (String, String) = ("A", "B")
+        for pair in stride(from: 0, to: results.count, by: 2) {
+            let first: BenchResult
+            let second: BenchResult
+            do {
+                first = try decoder.decode(BenchResult.self, from: Data(contentsOf: URL(fileURLWithPath: results[pair])))
+                second = try decoder.decode(BenchResult.self, from: Data(contentsOf: URL(fileURLWithPath: results[pair + 1])))
+            } catch {
+                throw ValidationError("cannot read \(results[pair]) / \(results[pair + 1]): \(error)")
+            }
+            names = (first.label ?? first.target, second.label ?? second.target)
+            let workload = first.parameters.workload
+            rows.append("| \(workload) | all | ops/s | \(Format.rate(first.throughputOpsPerSecond)) | \(Format.rate(second.throughputOpsPerSecond)) | "
+                        + "\(ratio(first.throughputOpsPerSecond, second.throughputOpsPerSecond)) |")
+            for kind in OperationKind.allCases {
+                guard let a = first.operations[kind.rawValue], let b = second.operations[kind.rawValue] else { continue }
+                rows.append("| \(workload) | \(kind.rawValue) | ops/s | \(Format.rate(a.throughputOpsPerSecond)) | \(Format.rate(b.throughputOpsPerSecond)) | "
+                            + "\(ratio(a.throughputOpsPerSecond, b.throughputOpsPerSecond)) |")
+                for (figure, x, y) in [("p50", a.p50Microseconds, b.p50Microseconds), ("p99", a.p99Microseconds, b.p99Microseconds),
+                                       ("p99.9", a.p999Microseconds, b.p999Microseconds)] {
+                    rows.append("| \(workload) | \(kind.rawValue) | \(figure) | \(Format.latency(x)) | \(Format.latency(y)) | \(ratio(Double(x), Double(y))) |")
+                }
+                if a.errors + b.errors > 0 {
+                    rows.append("| \(workload) | \(kind.rawValue) | errors | \(a.errors) | \(b.errors) | |")
+                }
+            }
+        }
+        rows[0] = "| workload | operation | figure | \(names.0) | \(names.1) | \(names.0)/\(names.1) |"
+        let table = rows.joined(separator: "\n")
+        print(table)
+        if let markdown { try (table + "\n").write(toFile: markdown, atomically: true, encoding: .utf8) }
+    }
+
+    func ratio(_ a: Double, _ b: Double) -> String { b > 0 ? String(format: "%.2f×", a / b) : "—" }
+}

@@ -1,0 +1,80 @@
+import FlotillaServer
+import Foundation
+
+/// A local Flotilla cluster of real `flotilla-server` processes on loopback, started for one
+/// benchmark run and stopped (SIGTERM) after it; its data lives in a temporary directory that
+/// is removed.
+final class EmbeddedCluster: @unchecked Sendable {
+    let cluster: ClusterFile
+    let root: String
+    private var processes: [Process] = []
+
+    init(stores: Int, splitKeys: [String], serverBinary: String?) throws {
+        let binary = serverBinary ?? URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
+            .deletingLastPathComponent().appendingPathComponent("flotilla-server").path
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw EmbeddedClusterError("no flotilla-server at \(binary); build it (swift build -c release --product flotilla-server) or pass --server-binary")
+        }
+        root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-bench-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let ports = try (0..<stores).map { _ in try Self.freePort() }
+        cluster = ClusterFile(clusterID: 7, stores: (0..<stores).map { ClusterFile.Store(id: UInt64($0 + 1), address: "127.0.0.1:\(ports[$0])") },
+                              splitKeys: splitKeys)
+        let clusterPath = root + "/cluster.json"
+        try JSONEncoder().encode(cluster).write(to: URL(fileURLWithPath: clusterPath))
+        for store in cluster.stores {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["--store-id", "\(store.id)", "--cluster-file", clusterPath, "--data-dir", root + "/store-\(store.id)",
+                                 "--log-level", "warning"]
+            let log = root + "/store-\(store.id).log"
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+            process.standardOutput = handle
+            process.standardError = handle
+            try process.run()
+            processes.append(process)
+        }
+    }
+
+    /// Waits until a write to every region succeeds (every region elected a leader).
+    func waitUntilServing(target: any BenchTarget) async throws {
+        let bounds = [""] + cluster.splitKeys
+        for bound in bounds {
+            try await target.write(Data((bound + "~probe").utf8), Data("1".utf8))
+        }
+    }
+
+    func stop() {
+        for process in processes where process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+        }
+        for process in processes { process.waitUntilExit() }
+        processes = []
+        try? FileManager.default.removeItem(atPath: root)
+    }
+
+    /// A port the kernel just handed out on 127.0.0.1, released for a server to bind.
+    static func freePort() throws -> Int {
+        let socketFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard socketFD >= 0 else { throw EmbeddedClusterError("socket() failed") }
+        defer { close(socketFD) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketFD, $0, length) }
+        }
+        guard bound == 0 else { throw EmbeddedClusterError("bind() failed") }
+        _ = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socketFD, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+struct EmbeddedClusterError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
