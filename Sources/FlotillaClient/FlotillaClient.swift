@@ -48,6 +48,10 @@ public final class FlotillaClient: Sendable {
     /// EpochNotMatch answers.
     private let regions: Mutex<[Flotilla_V1_Region]>
     private let clients: [UInt64: GRPCClient<HTTP2ClientTransport.Posix>]
+    /// One command stream per store: every KV request goes through these.
+    private let channels: [UInt64: CommandChannel]
+    /// One attempt at one store waits at most this long before the request is tried again.
+    private let attemptTimeout: Duration
     private let leaders = Mutex<[UInt64: UInt64]>([:])  // region id → store id
     private let sequence = Atomic<UInt64>(0)
     private let retries = Atomic<Int>(0)
@@ -71,6 +75,8 @@ public final class FlotillaClient: Sendable {
                                                                        transportSecurity: .plaintext, config: config))
         }
         self.clients = clients
+        channels = Dictionary(uniqueKeysWithValues: clients.map { ($0.key, CommandChannel(storeID: $0.key, client: $0.value)) })
+        attemptTimeout = min(requestTimeout, .seconds(3))
         self.requestTimeout = requestTimeout
         clientID = UInt64.random(in: 1...UInt64.max)
     }
@@ -79,10 +85,14 @@ public final class FlotillaClient: Sendable {
     public func run() async throws {
         try await withThrowingDiscardingTaskGroup { group in
             for client in clients.values { group.addTask { try await client.runConnections() } }
+            for channel in channels.values { group.addTask { await channel.run() } }
         }
     }
 
-    public func close() { for client in clients.values { client.beginGracefulShutdown() } }
+    public func close() {
+        for channel in channels.values { channel.close() }
+        for client in clients.values { client.beginGracefulShutdown() }
+    }
 
     // MARK: Operations
 
@@ -306,7 +316,7 @@ public final class FlotillaClient: Sendable {
 
     /// Sends to the region's leader, following NotLeader hints and retrying retryable errors
     /// with jittered exponential backoff until the request timeout.
-    private func routed(key: Data, anyReplica: Bool = false, _ call: (Flotilla_V1_KV.Client<HTTP2ClientTransport.Posix>, Flotilla_V1_RequestContext) async throws -> Flotilla_V1_Error?) async throws -> Void {
+    private func routed(key: Data, anyReplica: Bool = false, _ call: (StoreKV, Flotilla_V1_RequestContext) async throws -> Flotilla_V1_Error?) async throws -> Void {
         guard var region = region(for: key) else { throw FlotillaClientError.noRoute("no region holds the key") }
         let deadline = ContinuousClock.now + requestTimeout
         var backoffMilliseconds = 10
@@ -323,12 +333,13 @@ public final class FlotillaClient: Sendable {
                 retries.add(1, ordering: .relaxed)
                 Self.retryObserver?.add()
             }
-            guard let client = clients[storeID] else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
+            guard let channel = channels[storeID] else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
             var context = Flotilla_V1_RequestContext()
             context.regionID = region.id
             context.epoch = region.epoch
             do {
-                guard let error = try await call(Flotilla_V1_KV.Client(wrapping: client), context) else {
+                let attemptDeadline = min(deadline, ContinuousClock.now + attemptTimeout)
+                guard let error = try await call(StoreKV(channel: channel, deadline: attemptDeadline), context) else {
                     if !anyReplica { leaders.withLock { $0[region.id] = storeID } }
                     return
                 }
@@ -366,4 +377,47 @@ public final class FlotillaClient: Sendable {
 extension Flotilla_V1_Error {
     /// nil when no error is set.
     var nonEmpty: Flotilla_V1_Error? { detail == nil && message.isEmpty ? nil : self }
+}
+
+/// One attempt's view of a store: the KV operations over its command stream, each answered
+/// by `deadline`.
+struct StoreKV: Sendable {
+    let channel: CommandChannel
+    let deadline: ContinuousClock.Instant
+
+    func get(_ request: Flotilla_V1_GetRequest) async throws -> Flotilla_V1_GetResponse {
+        try await call({ $0.get = request }) { if case .get(let response) = $0 { response } else { nil } }
+    }
+
+    func batchGet(_ request: Flotilla_V1_BatchGetRequest) async throws -> Flotilla_V1_BatchGetResponse {
+        try await call({ $0.batchGet = request }) { if case .batchGet(let response) = $0 { response } else { nil } }
+    }
+
+    func put(_ request: Flotilla_V1_PutRequest) async throws -> Flotilla_V1_PutResponse {
+        try await call({ $0.put = request }) { if case .put(let response) = $0 { response } else { nil } }
+    }
+
+    func batchPut(_ request: Flotilla_V1_BatchPutRequest) async throws -> Flotilla_V1_BatchPutResponse {
+        try await call({ $0.batchPut = request }) { if case .batchPut(let response) = $0 { response } else { nil } }
+    }
+
+    func delete(_ request: Flotilla_V1_DeleteRequest) async throws -> Flotilla_V1_DeleteResponse {
+        try await call({ $0.delete = request }) { if case .delete(let response) = $0 { response } else { nil } }
+    }
+
+    func scan(_ request: Flotilla_V1_ScanRequest) async throws -> Flotilla_V1_ScanResponse {
+        try await call({ $0.scan = request }) { if case .scan(let response) = $0 { response } else { nil } }
+    }
+
+    func compareAndSwap(_ request: Flotilla_V1_CompareAndSwapRequest) async throws -> Flotilla_V1_CompareAndSwapResponse {
+        try await call({ $0.compareAndSwap = request }) { if case .compareAndSwap(let response) = $0 { response } else { nil } }
+    }
+
+    private func call<Response>(_ fill: (inout Flotilla_V1_CommandRequestItem) -> Void,
+                                _ extract: (Flotilla_V1_CommandResponseItem.OneOf_Response?) -> Response?) async throws -> Response {
+        let answer = try await channel.call(deadline: deadline, fill)
+        if let response = extract(answer.response) { return response }
+        if case .error(let error) = answer.response { throw FlotillaClientError.rejected(error.message) }
+        throw CommandChannelError(description: "store \(channel.storeID) answered with another operation")
+    }
 }

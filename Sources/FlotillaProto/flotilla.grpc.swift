@@ -23,6 +23,19 @@ public enum Flotilla_V1_KV: Sendable {
     public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.KV")
     /// Namespace for method metadata.
     public enum Method: Sendable {
+        /// Namespace for "Commands" metadata.
+        public enum Commands: Sendable {
+            /// Request type for "Commands".
+            public typealias Input = Flotilla_V1_CommandRequest
+            /// Response type for "Commands".
+            public typealias Output = Flotilla_V1_CommandResponse
+            /// Descriptor for "Commands".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.KV"),
+                method: "Commands",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Namespace for "Get" metadata.
         public enum Get: Sendable {
             /// Request type for "Get".
@@ -129,6 +142,7 @@ public enum Flotilla_V1_KV: Sendable {
         }
         /// Descriptors for all methods in the "flotilla.v1.KV" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            Commands.descriptor,
             Get.descriptor,
             BatchGet.descriptor,
             Put.descriptor,
@@ -163,6 +177,27 @@ extension Flotilla_V1_KV {
     /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
     /// or ``SimpleServiceProtocol`` instead.
     public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "Commands" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One long-lived stream per client and store carrying the requests below, many per
+        /// > message: requests that arrive while the previous message is being written travel
+        /// > together, and the answers come back as they complete, also coalesced. Each request is
+        /// > handled exactly as its unary RPC.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_CommandRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_CommandResponse` messages.
+        func commands(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_CommandRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_CommandResponse>
+
         /// Handle the "Get" method.
         ///
         /// - Parameters:
@@ -284,6 +319,27 @@ extension Flotilla_V1_KV {
     /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
     /// use ``StreamingServiceProtocol``.
     public protocol ServiceProtocol: Flotilla_V1_KV.StreamingServiceProtocol {
+        /// Handle the "Commands" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One long-lived stream per client and store carrying the requests below, many per
+        /// > message: requests that arrive while the previous message is being written travel
+        /// > together, and the answers come back as they complete, also coalesced. Each request is
+        /// > handled exactly as its unary RPC.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_CommandRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_CommandResponse` messages.
+        func commands(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_CommandRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_CommandResponse>
+
         /// Handle the "Get" method.
         ///
         /// - Parameters:
@@ -403,6 +459,28 @@ extension Flotilla_V1_KV {
     /// doesn't provide access to request or response metadata. If you need access to these
     /// then use ``ServiceProtocol`` instead.
     public protocol SimpleServiceProtocol: Flotilla_V1_KV.ServiceProtocol {
+        /// Handle the "Commands" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One long-lived stream per client and store carrying the requests below, many per
+        /// > message: requests that arrive while the previous message is being written travel
+        /// > together, and the answers come back as they complete, also coalesced. Each request is
+        /// > handled exactly as its unary RPC.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Flotilla_V1_CommandRequest` messages.
+        ///   - response: A response stream of `Flotilla_V1_CommandResponse` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func commands(
+            request: GRPCCore.RPCAsyncSequence<Flotilla_V1_CommandRequest, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Flotilla_V1_CommandResponse>,
+            context: GRPCCore.ServerContext
+        ) async throws
+
         /// Handle the "Get" method.
         ///
         /// - Parameters:
@@ -521,6 +599,17 @@ extension Flotilla_V1_KV {
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Flotilla_V1_KV.StreamingServiceProtocol {
     public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Flotilla_V1_KV.Method.Commands.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_CommandRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_CommandResponse>(),
+            handler: { request, context in
+                try await self.commands(
+                    request: request,
+                    context: context
+                )
+            }
+        )
         router.registerHandler(
             forMethod: Flotilla_V1_KV.Method.Get.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_GetRequest>(),
@@ -707,6 +796,23 @@ extension Flotilla_V1_KV.ServiceProtocol {
 // Default implementation of methods from 'ServiceProtocol'.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Flotilla_V1_KV.SimpleServiceProtocol {
+    public func commands(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_CommandRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_CommandResponse> {
+        return GRPCCore.StreamingServerResponse<Flotilla_V1_CommandResponse>(
+            metadata: [:],
+            producer: { writer in
+                try await self.commands(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
     public func get(
         request: GRPCCore.ServerRequest<Flotilla_V1_GetRequest>,
         context: GRPCCore.ServerContext
@@ -821,6 +927,32 @@ extension Flotilla_V1_KV {
     /// You don't need to implement this protocol directly, use the generated
     /// implementation, ``Client``.
     public protocol ClientProtocol: Sendable {
+        /// Call the "Commands" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One long-lived stream per client and store carrying the requests below, many per
+        /// > message: requests that arrive while the previous message is being written travel
+        /// > together, and the answers come back as they complete, also coalesced. Each request is
+        /// > handled exactly as its unary RPC.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Flotilla_V1_CommandRequest` messages.
+        ///   - serializer: A serializer for `Flotilla_V1_CommandRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_CommandResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func commands<Result>(
+            request: GRPCCore.StreamingClientRequest<Flotilla_V1_CommandRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_CommandRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_CommandResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_CommandResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
         /// Call the "Get" method.
         ///
         /// - Parameters:
@@ -988,6 +1120,41 @@ extension Flotilla_V1_KV {
         ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
         public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
             self.client = client
+        }
+
+        /// Call the "Commands" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One long-lived stream per client and store carrying the requests below, many per
+        /// > message: requests that arrive while the previous message is being written travel
+        /// > together, and the answers come back as they complete, also coalesced. Each request is
+        /// > handled exactly as its unary RPC.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Flotilla_V1_CommandRequest` messages.
+        ///   - serializer: A serializer for `Flotilla_V1_CommandRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_CommandResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func commands<Result>(
+            request: GRPCCore.StreamingClientRequest<Flotilla_V1_CommandRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_CommandRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_CommandResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_CommandResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Flotilla_V1_KV.Method.Commands.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
         }
 
         /// Call the "Get" method.
@@ -1235,6 +1402,36 @@ extension Flotilla_V1_KV {
 // Helpers providing default arguments to 'ClientProtocol' methods.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Flotilla_V1_KV.ClientProtocol {
+    /// Call the "Commands" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One long-lived stream per client and store carrying the requests below, many per
+    /// > message: requests that arrive while the previous message is being written travel
+    /// > together, and the answers come back as they complete, also coalesced. Each request is
+    /// > handled exactly as its unary RPC.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Flotilla_V1_CommandRequest` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func commands<Result>(
+        request: GRPCCore.StreamingClientRequest<Flotilla_V1_CommandRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_CommandResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.commands(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_CommandRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_CommandResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Get" method.
     ///
     /// - Parameters:
@@ -1439,6 +1636,41 @@ extension Flotilla_V1_KV.ClientProtocol {
 // Helpers providing sugared APIs for 'ClientProtocol' methods.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Flotilla_V1_KV.ClientProtocol {
+    /// Call the "Commands" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One long-lived stream per client and store carrying the requests below, many per
+    /// > message: requests that arrive while the previous message is being written travel
+    /// > together, and the answers come back as they complete, also coalesced. Each request is
+    /// > handled exactly as its unary RPC.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func commands<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Flotilla_V1_CommandRequest>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_CommandResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Flotilla_V1_CommandRequest>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.commands(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Get" method.
     ///
     /// - Parameters:

@@ -892,6 +892,224 @@ public nonisolated struct Flotilla_V1_CompareAndSwapResponse: Sendable {
   fileprivate var _error: Flotilla_V1_Error? = nil
 }
 
+/// Many requests in one message of a long-lived stream (see KV.Commands).
+public nonisolated struct Flotilla_V1_CommandRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var items: [Flotilla_V1_CommandRequestItem] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Flotilla_V1_CommandRequestItem: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Chosen by the client, unique among its requests in flight on the stream.
+  public var id: UInt64 = 0
+
+  public var request: Flotilla_V1_CommandRequestItem.OneOf_Request? = nil
+
+  public var get: Flotilla_V1_GetRequest {
+    get {
+      if case .get(let v)? = request {return v}
+      return Flotilla_V1_GetRequest()
+    }
+    set {request = .get(newValue)}
+  }
+
+  public var batchGet: Flotilla_V1_BatchGetRequest {
+    get {
+      if case .batchGet(let v)? = request {return v}
+      return Flotilla_V1_BatchGetRequest()
+    }
+    set {request = .batchGet(newValue)}
+  }
+
+  public var put: Flotilla_V1_PutRequest {
+    get {
+      if case .put(let v)? = request {return v}
+      return Flotilla_V1_PutRequest()
+    }
+    set {request = .put(newValue)}
+  }
+
+  public var batchPut: Flotilla_V1_BatchPutRequest {
+    get {
+      if case .batchPut(let v)? = request {return v}
+      return Flotilla_V1_BatchPutRequest()
+    }
+    set {request = .batchPut(newValue)}
+  }
+
+  public var delete: Flotilla_V1_DeleteRequest {
+    get {
+      if case .delete(let v)? = request {return v}
+      return Flotilla_V1_DeleteRequest()
+    }
+    set {request = .delete(newValue)}
+  }
+
+  public var deleteRange: Flotilla_V1_DeleteRangeRequest {
+    get {
+      if case .deleteRange(let v)? = request {return v}
+      return Flotilla_V1_DeleteRangeRequest()
+    }
+    set {request = .deleteRange(newValue)}
+  }
+
+  public var scan: Flotilla_V1_ScanRequest {
+    get {
+      if case .scan(let v)? = request {return v}
+      return Flotilla_V1_ScanRequest()
+    }
+    set {request = .scan(newValue)}
+  }
+
+  public var compareAndSwap: Flotilla_V1_CompareAndSwapRequest {
+    get {
+      if case .compareAndSwap(let v)? = request {return v}
+      return Flotilla_V1_CompareAndSwapRequest()
+    }
+    set {request = .compareAndSwap(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Request: Equatable, Sendable {
+    case get(Flotilla_V1_GetRequest)
+    case batchGet(Flotilla_V1_BatchGetRequest)
+    case put(Flotilla_V1_PutRequest)
+    case batchPut(Flotilla_V1_BatchPutRequest)
+    case delete(Flotilla_V1_DeleteRequest)
+    case deleteRange(Flotilla_V1_DeleteRangeRequest)
+    case scan(Flotilla_V1_ScanRequest)
+    case compareAndSwap(Flotilla_V1_CompareAndSwapRequest)
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct Flotilla_V1_CommandResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var items: [Flotilla_V1_CommandResponseItem] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Flotilla_V1_CommandResponseItem: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The id of the request this answers.
+  public var id: UInt64 = 0
+
+  public var response: Flotilla_V1_CommandResponseItem.OneOf_Response? = nil
+
+  public var get: Flotilla_V1_GetResponse {
+    get {
+      if case .get(let v)? = response {return v}
+      return Flotilla_V1_GetResponse()
+    }
+    set {response = .get(newValue)}
+  }
+
+  public var batchGet: Flotilla_V1_BatchGetResponse {
+    get {
+      if case .batchGet(let v)? = response {return v}
+      return Flotilla_V1_BatchGetResponse()
+    }
+    set {response = .batchGet(newValue)}
+  }
+
+  public var put: Flotilla_V1_PutResponse {
+    get {
+      if case .put(let v)? = response {return v}
+      return Flotilla_V1_PutResponse()
+    }
+    set {response = .put(newValue)}
+  }
+
+  public var batchPut: Flotilla_V1_BatchPutResponse {
+    get {
+      if case .batchPut(let v)? = response {return v}
+      return Flotilla_V1_BatchPutResponse()
+    }
+    set {response = .batchPut(newValue)}
+  }
+
+  public var delete: Flotilla_V1_DeleteResponse {
+    get {
+      if case .delete(let v)? = response {return v}
+      return Flotilla_V1_DeleteResponse()
+    }
+    set {response = .delete(newValue)}
+  }
+
+  public var deleteRange: Flotilla_V1_DeleteRangeResponse {
+    get {
+      if case .deleteRange(let v)? = response {return v}
+      return Flotilla_V1_DeleteRangeResponse()
+    }
+    set {response = .deleteRange(newValue)}
+  }
+
+  public var scan: Flotilla_V1_ScanResponse {
+    get {
+      if case .scan(let v)? = response {return v}
+      return Flotilla_V1_ScanResponse()
+    }
+    set {response = .scan(newValue)}
+  }
+
+  public var compareAndSwap: Flotilla_V1_CompareAndSwapResponse {
+    get {
+      if case .compareAndSwap(let v)? = response {return v}
+      return Flotilla_V1_CompareAndSwapResponse()
+    }
+    set {response = .compareAndSwap(newValue)}
+  }
+
+  /// The request named no operation.
+  public var error: Flotilla_V1_Error {
+    get {
+      if case .error(let v)? = response {return v}
+      return Flotilla_V1_Error()
+    }
+    set {response = .error(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Response: Equatable, Sendable {
+    case get(Flotilla_V1_GetResponse)
+    case batchGet(Flotilla_V1_BatchGetResponse)
+    case put(Flotilla_V1_PutResponse)
+    case batchPut(Flotilla_V1_BatchPutResponse)
+    case delete(Flotilla_V1_DeleteResponse)
+    case deleteRange(Flotilla_V1_DeleteRangeResponse)
+    case scan(Flotilla_V1_ScanResponse)
+    case compareAndSwap(Flotilla_V1_CompareAndSwapResponse)
+    /// The request named no operation.
+    case error(Flotilla_V1_Error)
+
+  }
+
+  public init() {}
+}
+
 public nonisolated struct Flotilla_V1_RaftEntry: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -2821,6 +3039,431 @@ nonisolated extension Flotilla_V1_CompareAndSwapResponse: SwiftProtobuf.Message,
     if lhs.succeeded != rhs.succeeded {return false}
     if lhs.previousExists != rhs.previousExists {return false}
     if lhs.previousValue != rhs.previousValue {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_CommandRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CommandRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}items\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.items) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.items.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.items, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_CommandRequest, rhs: Flotilla_V1_CommandRequest) -> Bool {
+    if lhs.items != rhs.items {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_CommandRequestItem: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CommandRequestItem"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}get\0\u{3}batch_get\0\u{1}put\0\u{3}batch_put\0\u{1}delete\0\u{3}delete_range\0\u{1}scan\0\u{3}compare_and_swap\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 2: try {
+        var v: Flotilla_V1_GetRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .get(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .get(v)
+        }
+      }()
+      case 3: try {
+        var v: Flotilla_V1_BatchGetRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .batchGet(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .batchGet(v)
+        }
+      }()
+      case 4: try {
+        var v: Flotilla_V1_PutRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .put(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .put(v)
+        }
+      }()
+      case 5: try {
+        var v: Flotilla_V1_BatchPutRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .batchPut(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .batchPut(v)
+        }
+      }()
+      case 6: try {
+        var v: Flotilla_V1_DeleteRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .delete(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .delete(v)
+        }
+      }()
+      case 7: try {
+        var v: Flotilla_V1_DeleteRangeRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .deleteRange(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .deleteRange(v)
+        }
+      }()
+      case 8: try {
+        var v: Flotilla_V1_ScanRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .scan(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .scan(v)
+        }
+      }()
+      case 9: try {
+        var v: Flotilla_V1_CompareAndSwapRequest?
+        var hadOneofValue = false
+        if let current = self.request {
+          hadOneofValue = true
+          if case .compareAndSwap(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.request = .compareAndSwap(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.id != 0 {
+      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
+    }
+    switch self.request {
+    case .get?: try {
+      guard case .get(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .batchGet?: try {
+      guard case .batchGet(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .put?: try {
+      guard case .put(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .batchPut?: try {
+      guard case .batchPut(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .delete?: try {
+      guard case .delete(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .deleteRange?: try {
+      guard case .deleteRange(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
+    case .scan?: try {
+      guard case .scan(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    }()
+    case .compareAndSwap?: try {
+      guard case .compareAndSwap(let v)? = self.request else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_CommandRequestItem, rhs: Flotilla_V1_CommandRequestItem) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.request != rhs.request {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_CommandResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CommandResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}items\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.items) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.items.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.items, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_CommandResponse, rhs: Flotilla_V1_CommandResponse) -> Bool {
+    if lhs.items != rhs.items {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_CommandResponseItem: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CommandResponseItem"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}get\0\u{3}batch_get\0\u{1}put\0\u{3}batch_put\0\u{1}delete\0\u{3}delete_range\0\u{1}scan\0\u{3}compare_and_swap\0\u{1}error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 2: try {
+        var v: Flotilla_V1_GetResponse?
+        var hadOneofValue = false
+        if let current = self.response {
+          hadOneofValue = true
+          if case .get(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.response = .get(v)
+        }
+      }()
+      case 3: try {
+        var v: Flotilla_V1_BatchGetResponse?
+        var hadOneofValue = false
+        if let current = self.response {
+          hadOneofValue = true
+          if case .batchGet(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.response = .batchGet(v)
+        }
+      }()
+      case 4: try {
+        var v: Flotilla_V1_PutResponse?
+        var hadOneofValue = false
+        if let current = self.response {
+          hadOneofValue = true
+          if case .put(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.response = .put(v)
+        }
+      }()
+      case 5: try {
+        var v: Flotilla_V1_BatchPutResponse?
+        var hadOneofValue = false
+        if let current = self.response {
+          hadOneofValue = true
+          if case .batchPut(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.response = .batchPut(v)
+        }
+      }()
+      case 6: try {
+        var v: Flotilla_V1_DeleteResponse?
+        var hadOneofValue = false
+        if let current = self.response {
+          hadOneofValue = true
+          if case .delete(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.response = .delete(v)
+        }
+      }()
+      case 7: try {
+        var v: Flotilla_V1_DeleteRangeResponse?
+        var hadOneofValue = false
+        if let current = self.response {
+          hadOneofValue = true
+          if case .deleteRange(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.response = .deleteRange(v)
+        }
+      }()
+      case 8: try {
+        var v: Flotilla_V1_ScanResponse?
+        var hadOneofValue = false
+        if let current = self.response {
+          hadOneofValue = true
+          if case .scan(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.response = .scan(v)
+        }
+      }()
+      case 9: try {
+        var v: Flotilla_V1_CompareAndSwapResponse?
+        var hadOneofValue = false
+        if let current = self.response {
+          hadOneofValue = true
+          if case .compareAndSwap(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.response = .compareAndSwap(v)
+        }
+      }()
+      case 10: try {
+        var v: Flotilla_V1_Error?
+        var hadOneofValue = false
+        if let current = self.response {
+          hadOneofValue = true
+          if case .error(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.response = .error(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.id != 0 {
+      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
+    }
+    switch self.response {
+    case .get?: try {
+      guard case .get(let v)? = self.response else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .batchGet?: try {
+      guard case .batchGet(let v)? = self.response else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .put?: try {
+      guard case .put(let v)? = self.response else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .batchPut?: try {
+      guard case .batchPut(let v)? = self.response else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .delete?: try {
+      guard case .delete(let v)? = self.response else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .deleteRange?: try {
+      guard case .deleteRange(let v)? = self.response else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
+    case .scan?: try {
+      guard case .scan(let v)? = self.response else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    }()
+    case .compareAndSwap?: try {
+      guard case .compareAndSwap(let v)? = self.response else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case .error?: try {
+      guard case .error(let v)? = self.response else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_CommandResponseItem, rhs: Flotilla_V1_CommandResponseItem) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.response != rhs.response {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

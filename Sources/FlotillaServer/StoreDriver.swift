@@ -125,26 +125,37 @@ public final class StoreDriver: Sendable {
 
     public func write(_ command: Flotilla_V1_WriteCommand, context: Flotilla_V1_RequestContext) async -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
         await withCheckedContinuation { continuation in
-            let once = Once(continuation)
-            if !enqueue(.write(command, context, { once.resume($0) })) {
-                once.resume(.failure(.serverIsBusy(reason: "store inbox full")))
-            }
+            submitWrite(command, context: context) { continuation.resume(returning: $0) }
         }
     }
 
-    /// Confirms a linearizable read of the region, then runs `body` on the store thread.
+    /// Submits a write; `complete` runs once (on the store thread, or at once when refused).
+    public func submitWrite(_ command: Flotilla_V1_WriteCommand, context: Flotilla_V1_RequestContext,
+                            complete: @escaping @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void) {
+        if !enqueue(.write(command, context, complete)) {
+            complete(.failure(.serverIsBusy(reason: "store inbox full")))
+        }
+    }
+
+    /// Confirms a read of the region (as its consistency asks), then runs `body` on the store thread.
     public func read<Response: Sendable>(context: Flotilla_V1_RequestContext,
                                          _ body: @escaping @Sendable (StoreCore) throws -> Response) async -> Result<Response, Error> {
         await withCheckedContinuation { continuation in
-            let once = Once(continuation)
-            let action = ReadAction { outcome in
-                switch outcome {
-                case .success(let core): once.resume(Result { try body(core) })
-                case .failure(let error): once.resume(.failure(error))
-                }
-            }
-            if !enqueue(.read(context, action)) { once.resume(.failure(StoreRequestError.serverIsBusy(reason: "store inbox full"))) }
+            submitRead(context: context, body) { continuation.resume(returning: $0) }
         }
+    }
+
+    /// Submits a read; `complete` runs once with what `body` returned or the reason it could not run.
+    public func submitRead<Response: Sendable>(context: Flotilla_V1_RequestContext,
+                                               _ body: @escaping @Sendable (StoreCore) throws -> Response,
+                                               complete: @escaping @Sendable (Result<Response, Error>) -> Void) {
+        let action = ReadAction { outcome in
+            switch outcome {
+            case .success(let core): complete(Result { try body(core) })
+            case .failure(let error): complete(.failure(error))
+            }
+        }
+        if !enqueue(.read(context, action)) { complete(.failure(StoreRequestError.serverIsBusy(reason: "store inbox full"))) }
     }
 
     // MARK: The loop
