@@ -15,7 +15,7 @@ struct BenchCommand: AsyncParsableCommand {
             With --embedded, `run` starts a local cluster of real flotilla-server processes, loads
             it, runs and stops it. `compare` prints two results side by side.
             """,
-        subcommands: [Load.self, Run.self, Compare.self]
+        subcommands: [Load.self, Run.self, Compare.self, MakeClusterFile.self]
     )
 }
 
@@ -331,4 +331,36 @@ struct Compare: AsyncParsableCommand {
     }
 
     func ratio(_ a: Double, _ b: Double) -> String { b > 0 ? String(format: "%.2f×", a / b) : "—" }
+}
+
+/// Writes a cluster file whose regions split the benchmark's key space evenly, for starting
+/// flotilla-server processes by hand or from scripts (ops/load-test).
+struct MakeClusterFile: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cluster-file",
+                                                    abstract: "Print a cluster file with regions split over the benchmark keys.")
+    @Option(help: "Number of stores (ids 1…N, ports base-port+1…).")
+    var stores = 3
+    @Option(help: "Number of regions.")
+    var regions = 64
+    @Option(name: .customLong("base-port"), help: "Store i listens on 127.0.0.1:(base-port + i).")
+    var basePort: Int
+    @Option(name: .customLong("key-prefix"), help: "Prefix of the benchmark keys.")
+    var keyPrefix = "user"
+    @Option(name: .customLong("cluster-id"))
+    var clusterID: UInt64 = 1
+
+    func validate() throws {
+        guard (1...64).contains(stores) else { throw ValidationError("--stores must be 1 to 64") }
+        guard (1...65_536).contains(regions) else { throw ValidationError("--regions must be 1 to 65536") }
+        guard (1...(65_535 - stores)).contains(basePort) else { throw ValidationError("--base-port out of range") }
+    }
+
+    func run() throws {
+        let file = ClusterFile(clusterID: clusterID,
+                               stores: (1...stores).map { ClusterFile.Store(id: UInt64($0), address: "127.0.0.1:\(basePort + $0)") },
+                               splitKeys: KeySpace(prefix: keyPrefix).splitKeys(regions: regions))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        print(String(decoding: try encoder.encode(file), as: UTF8.self))
+    }
 }
