@@ -236,9 +236,11 @@ struct Run: AsyncParsableCommand {
             let measured = await runner.run(recorder: recorder)
             let after = try await Self.storeStatuses(flotilla)
             let seconds = Double(measured.components.seconds) + Double(measured.components.attoseconds) / 1e18
+            // Store counters cover the warm-up too: their rates are over the whole run.
+            let storeSeconds = Date().timeIntervalSince(startedAt)
             var operations: [String: OperationResult] = [:]
             for (kind, stats) in recorder.snapshot { operations[kind.rawValue] = OperationResult(stats, seconds: seconds) }
-            let stores = Self.activity(before: before, after: after, seconds: seconds)
+            let stores = Self.activity(before: before, after: after, seconds: storeSeconds)
             return BenchResult(target: target.name, label: label, commandLine: CommandLine.arguments, parameters: parameters,
                                machine: .current, startedAt: startedAt, measuredSeconds: seconds,
                                throughputOpsPerSecond: Double(operations.values.reduce(0) { $0 + $1.count }) / max(seconds, 1e-9),

@@ -63,7 +63,9 @@ public final class FlotillaServer: Sendable {
         }
         for region in settings.cluster.initialRegions() { try core.bootstrapRegion(region) }
 
-        let links = settings.cluster.stores.filter { $0.id != settings.storeID }.map { PeerStoreLink(storeID: $0.id, queueBatchesMax: 4_096) }
+        let links = settings.cluster.stores.filter { $0.id != settings.storeID }.map {
+            PeerStoreLink(storeID: $0.id, clusterID: settings.cluster.clusterID, fromStoreID: settings.storeID, queueMessagesMax: 65_536)
+        }
         self.links = links
         let clusterID = settings.cluster.clusterID
         let storeID = settings.storeID
@@ -157,14 +159,7 @@ struct ServerOutbound: StoreOutbound {
     let snapshotSender: SnapshotSender
 
     func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) {
-        for (destination, messages) in messagesByStore {
-            var batch = Flotilla_V1_RaftMessageBatch()
-            batch.clusterID = clusterID
-            batch.fromStoreID = storeID
-            batch.toStoreID = destination
-            batch.messages = messages
-            links[destination]?.enqueue(batch)
-        }
+        for (destination, messages) in messagesByStore { links[destination]?.enqueue(messages) }
     }
 
     func sendSnapshot(_ snapshot: OutgoingSnapshot) {

@@ -149,42 +149,97 @@ final class SnapshotSender: Sendable {
 }
 
 /// Outbound Raft traffic to one peer store: one long-lived gRPC stream at a time, fed from a
-/// bounded queue that belongs to that connection. Between connections (the peer is down or
-/// restarting) batches are dropped, as are batches beyond the queue bound: Raft retransmits.
+/// bounded queue that belongs to that connection; everything queued while a frame is being
+/// written goes out in the next frame. Between connections (the peer is down or restarting)
+/// messages are dropped, as are messages beyond the queue bound: Raft retransmits.
 /// Reconnects with jittered exponential backoff; drops are counted and logged.
 final class PeerStoreLink: Sendable {
     let storeID: UInt64
-    private let queueBatchesMax: Int
-    /// The queue of the current connection, if one is up.
-    private let current = Mutex<AsyncStream<Flotilla_V1_RaftMessageBatch>.Continuation?>(nil)
+    private let clusterID: UInt64
+    private let fromStoreID: UInt64
+    private let queueMessagesMax: Int
     private let dropped = Atomic<Int>(0)
     private let finished = Atomic<Bool>(false)
 
-    init(storeID: UInt64, queueBatchesMax: Int) {
-        self.storeID = storeID
-        self.queueBatchesMax = queueBatchesMax
+    private struct Queue {
+        var messages: [Flotilla_V1_RaftMessage] = []
+        /// Messages are accepted only while a connection is up.
+        var connected = false
+        var writer: CheckedContinuation<[Flotilla_V1_RaftMessage]?, Never>?
     }
 
-    func enqueue(_ batch: Flotilla_V1_RaftMessageBatch) {
-        let result = current.withLock { $0?.yield(batch) }
-        switch result {
-        case .enqueued?: break
-        default: dropped.add(1, ordering: .relaxed)
+    /// The current connection's queue: everything queued while the previous frame was being
+    /// written goes out as one frame.
+    private let queue = Mutex(Queue())
+
+    init(storeID: UInt64, clusterID: UInt64, fromStoreID: UInt64, queueMessagesMax: Int) {
+        self.storeID = storeID
+        self.clusterID = clusterID
+        self.fromStoreID = fromStoreID
+        self.queueMessagesMax = queueMessagesMax
+    }
+
+    func enqueue(_ messages: [Flotilla_V1_RaftMessage]) {
+        let (writer, frame) = queue.withLock { queue -> (CheckedContinuation<[Flotilla_V1_RaftMessage]?, Never>?, [Flotilla_V1_RaftMessage]) in
+            guard queue.connected, queue.messages.count + messages.count <= queueMessagesMax else {
+                dropped.add(messages.count, ordering: .relaxed)
+                return (nil, [])
+            }
+            queue.messages += messages
+            guard let writer = queue.writer else { return (nil, []) }
+            queue.writer = nil
+            defer { queue.messages = [] }
+            return (writer, queue.messages)
         }
+        writer?.resume(returning: frame)
     }
 
     func finish() {
         finished.store(true, ordering: .relaxed)
-        current.withLock { $0?.finish() }
+        disconnect()
+    }
+
+    private func connect() {
+        queue.withLock { $0.connected = true }
+    }
+
+    /// Closes the current connection's queue: what it holds is dropped (Raft retransmits).
+    private func disconnect() {
+        let writer = queue.withLock { queue -> CheckedContinuation<[Flotilla_V1_RaftMessage]?, Never>? in
+            queue.connected = false
+            dropped.add(queue.messages.count, ordering: .relaxed)
+            queue.messages = []
+            defer { queue.writer = nil }
+            return queue.writer
+        }
+        writer?.resume(returning: nil)
+    }
+
+    /// The next frame's messages (waits for some); nil when the connection's queue closed.
+    private func nextFrame() async -> [Flotilla_V1_RaftMessage]? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let immediate = queue.withLock { queue -> [Flotilla_V1_RaftMessage]?? in
+                    if !queue.connected || Task.isCancelled { return .some(nil) }
+                    if !queue.messages.isEmpty {
+                        defer { queue.messages = [] }
+                        return .some(queue.messages)
+                    }
+                    queue.writer = continuation
+                    return .none
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            self.disconnect()
+        }
     }
 
     /// Connects and streams until `finish()`; reconnects after failures.
     func run(address: HostPort, logger: Logger) async {
         var backoffMilliseconds = 50
         while !Task.isCancelled && !finished.load(ordering: .relaxed) {
-            let (queue, continuation) = AsyncStream.makeStream(of: Flotilla_V1_RaftMessageBatch.self,
-                                                               bufferingPolicy: .bufferingOldest(queueBatchesMax))
-            current.withLock { $0 = continuation }
+            connect()
             do {
                 // Our own backoff decides when to retry: the channel's is kept short, and a
                 // stream fails at once instead of waiting for a peer that is down.
@@ -194,12 +249,17 @@ final class PeerStoreLink: Sendable {
                                                                transportSecurity: .plaintext, config: config)
                 var options = CallOptions.defaults
                 options.waitForReady = false
-                let storeID = self.storeID
+                let (storeID, clusterID, fromStoreID) = (self.storeID, self.clusterID, self.fromStoreID)
                 try await withGRPCClient(transport: transport) { client in
                     let raft = Flotilla_V1_RaftTransport.Client(wrapping: client)
                     _ = try await raft.raft(request: StreamingClientRequest { writer in
-                        for await batch in queue {
-                            logger.trace("sending Raft batch", metadata: ["to_store": "\(storeID)", "messages": "\(batch.messages.count)"])
+                        while let messages = await self.nextFrame() {
+                            var batch = Flotilla_V1_RaftMessageBatch()
+                            batch.clusterID = clusterID
+                            batch.fromStoreID = fromStoreID
+                            batch.toStoreID = storeID
+                            batch.messages = messages
+                            logger.trace("sending Raft batch", metadata: ["to_store": "\(storeID)", "messages": "\(messages.count)"])
                             try await writer.write(batch)
                         }
                     }, options: options)
@@ -207,10 +267,10 @@ final class PeerStoreLink: Sendable {
                 backoffMilliseconds = 50
             } catch {
                 let drops = dropped.exchange(0, ordering: .relaxed)
-                logger.info("Raft link down, reconnecting", metadata: ["to_store": "\(storeID)", "error": "\(error)", "dropped_batches": "\(drops)"])
+                logger.info("Raft link down, reconnecting", metadata: ["to_store": "\(storeID)", "error": "\(error)", "dropped_messages": "\(drops)"])
             }
             // This connection's queue is closed whatever happened to it; the next one is new.
-            current.withLock { $0?.finish(); $0 = nil }
+            disconnect()
             if finished.load(ordering: .relaxed) { return }
             let jitter = Int.random(in: 0...backoffMilliseconds / 2)
             try? await Task.sleep(for: .milliseconds(backoffMilliseconds + jitter))
