@@ -26,6 +26,11 @@ public struct RaftConfig: Sendable {
     public var maxUncommittedBytes = 64 << 20
     /// Maximum bytes of committed entries handed out in one `Ready`.
     public var maxApplyBytesPerReady = 16 << 20
+    /// When the leader's commit index moves, tell every follower at once (an empty append if
+    /// there is nothing new to send). false: the new commit index travels with the next append
+    /// or heartbeat, which under load halves the messages per entry (followers then apply a
+    /// little later; the leader, and so clients, are not delayed).
+    public var broadcastCommit = true
     /// Seed of the election timeout randomization (mixed with `id`).
     public var randomSeed: UInt64 = 0
     /// On restart: the last index the application had applied (and whose configuration the

@@ -70,7 +70,7 @@ extension RaftNode {
             if role == .leader {
                 // The leader counts itself toward a quorum only once its own write is done.
                 if progress[id]?.maybeUpdate(log.stableLastIndex) == true, maybeCommit() {
-                    broadcastAppend()
+                    broadcastCommitted()
                 }
             }
         }

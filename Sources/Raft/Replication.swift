@@ -18,6 +18,18 @@ extension RaftNode {
         }
     }
 
+    /// After the commit index moved: appends to every follower, or with `broadcastCommit`
+    /// off only to those that have new entries to receive.
+    mutating func broadcastCommitted() {
+        if config.broadcastCommit {
+            broadcastAppend()
+            return
+        }
+        for nodeID in followerIDs {
+            _ = sendAppend(to: nodeID, sendIfEmpty: false)
+        }
+    }
+
     /// Sends the next append (or a snapshot, when the follower needs compacted entries).
     /// Returns whether a message was sent.
     @discardableResult

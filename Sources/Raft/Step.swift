@@ -217,7 +217,7 @@ extension RaftNode {
         }
         progress[from] = pr
         if maybeCommit() {
-            broadcastAppend()
+            broadcastCommitted()
         } else if wasPaused {
             sendAppend(to: from)
         }

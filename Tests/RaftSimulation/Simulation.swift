@@ -144,6 +144,8 @@ public struct Simulation {
         let protections = Int((seed / 8) % 4)
         config.preVote = protections & 1 == 0
         config.checkQuorum = protections & 2 == 0
+        // And whether a new commit index is sent at once or with the next append or heartbeat.
+        config.broadcastCommit = (seed / 32) % 2 == 0
         config.randomSeed = seed
         return RaftNode(config: config, storage: storage)
     }
