@@ -152,7 +152,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["FlotillaClient", "FlotillaServer", "flotilla-server", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
+            dependencies: ["FlotillaClient", "FlotillaServer", "flotilla-server", "flotilla-bench", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
                            .product(name: "GRPCCore", package: "grpc-swift-2"),
                            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")],
             swiftSettings: strictSettings

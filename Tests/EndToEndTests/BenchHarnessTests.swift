@@ -1,0 +1,101 @@
+import FlotillaServer
+import Foundation
+import Testing
+
+/// `flotilla-bench` as a user runs it: against an embedded Flotilla cluster and a local etcd.
+@Suite("End to end: the bench harness", .serialized)
+struct BenchHarnessTests {
+    static var benchBinary: String {
+        URL(fileURLWithPath: LocalCluster.serverBinary).deletingLastPathComponent().appendingPathComponent("flotilla-bench").path
+    }
+
+    /// Runs flotilla-bench; returns its exit status and output.
+    func bench(_ arguments: [String]) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.benchBinary)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    /// Every operation type, so each target's five operations are exercised.
+    static let everyOperation = ["--read-proportion", "1", "--update-proportion", "1", "--insert-proportion", "1",
+                                 "--scan-proportion", "1", "--rmw-proportion", "1"]
+
+    func checkResult(_ path: String, operations: Int, target: String) throws {
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        #expect(json["target"] as? String == target)
+        let results = try #require(json["operations"] as? [String: [String: Any]])
+        #expect(Set(results.keys) == ["read", "update", "insert", "scan", "read-modify-write"], "\(results.keys)")
+        let counts = results.values.compactMap { $0["count"] as? Int }
+        let errors = results.values.compactMap { $0["errors"] as? Int }
+        #expect(counts.reduce(0, +) + errors.reduce(0, +) == operations, "every operation is counted once")
+        #expect(errors.reduce(0, +) == 0, "\(results)")
+        #expect(results.values.allSatisfy { ($0["p99Microseconds"] as? Int ?? 0) > 0 })
+        let machine = try #require(json["machine"] as? [String: Any])
+        #expect((machine["cores"] as? Int ?? 0) > 0)
+        let parameters = try #require(json["parameters"] as? [String: Any])
+        #expect(parameters["recordCount"] as? Int == 300 && parameters["concurrency"] as? Int == 8)
+    }
+
+    @Test func runsEveryOperationAgainstAnEmbeddedClusterAndWritesTheResult() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-bench-test-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let (status, output) = try bench(["run", "--embedded", "--embedded-regions", "8", "--records", "300", "--operations", "400",
+                                          "--warmup", "0", "--concurrency", "8", "--quiet", "--json", root + "/result.json"] + Self.everyOperation)
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("regions per log batch"), "store activity is reported: \(output)")
+        try checkResult(root + "/result.json", operations: 400, target: "flotilla")
+        let (compareStatus, table) = try bench(["compare", root + "/result.json", root + "/result.json"])
+        #expect(compareStatus == 0 && table.contains("1.00×"), "\(table)")
+    }
+
+    @Test func runsTheSameWorkloadAgainstEtcd() throws {
+        let etcd = "/usr/bin/etcd"
+        try #require(FileManager.default.isExecutableFile(atPath: etcd), "etcd-server is installed by ops/setup (ops/test)")
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-bench-etcd-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let (clientPort, peerPort) = (try LocalCluster.freePort(), try LocalCluster.freePort())
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: etcd)
+        server.arguments = ["--name", "bench", "--data-dir", root + "/data",
+                            "--listen-client-urls", "http://127.0.0.1:\(clientPort)", "--advertise-client-urls", "http://127.0.0.1:\(clientPort)",
+                            "--listen-peer-urls", "http://127.0.0.1:\(peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(peerPort)",
+                            "--initial-cluster", "bench=http://127.0.0.1:\(peerPort)", "--log-level", "error", "--logger", "zap"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer {
+            server.terminate()
+            server.waitUntilExit()
+        }
+        let target = ["--etcd", "127.0.0.1:\(clientPort)", "--records", "300", "--concurrency", "8"]
+        var loaded = (Int32(-1), "")
+        for _ in 0..<50 {  // etcd takes a moment to elect itself
+            loaded = try bench(["load"] + target)
+            if loaded.0 == 0 { break }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        #expect(loaded.0 == 0 && loaded.1.contains("loaded 300 records"), "\(loaded.1)")
+        let (status, output) = try bench(["run", "--operations", "400", "--warmup", "0", "--quiet", "--json", root + "/etcd.json"]
+                                         + target + Self.everyOperation)
+        #expect(status == 0, "\(output)")
+        try checkResult(root + "/etcd.json", operations: 400, target: "etcd")
+    }
+
+    @Test func badArgumentsAreRejectedClearly() throws {
+        let (workloadStatus, workload) = try bench(["run", "--embedded", "--workload", "z"])
+        #expect(workloadStatus != 0 && workload.contains("--workload 'z' is not one of"), "\(workload)")
+        let (targetStatus, target) = try bench(["run", "--workload", "a"])
+        #expect(targetStatus != 0 && target.contains("choose exactly one target"), "\(target)")
+        let (endpointStatus, endpoint) = try bench(["run", "--etcd", "nowhere"])
+        #expect(endpointStatus != 0 && endpoint.contains("is not host:port"), "\(endpoint)")
+    }
+}
