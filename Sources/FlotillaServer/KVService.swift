@@ -309,6 +309,8 @@ func protocolError(_ error: Error) -> Flotilla_V1_Error {
         wire.serverIsBusy.backoffMs = 20
     case .proposalDropped:
         wire.proposalDropped = Flotilla_V1_ProposalDropped()
+    case .timeout:
+        wire.timeout = Flotilla_V1_Timeout()
     case .invalidArgument(let field, _):
         wire.invalidArgument.field = field
     }

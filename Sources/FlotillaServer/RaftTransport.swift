@@ -188,8 +188,7 @@ final class PeerStoreLink: Sendable {
             queue.messages += messages
             guard let writer = queue.writer else { return (nil, []) }
             queue.writer = nil
-            defer { queue.messages = [] }
-            return (writer, queue.messages)
+            return (writer, Self.takeFrame(&queue.messages))
         }
         writer?.resume(returning: frame)
     }
@@ -215,16 +214,36 @@ final class PeerStoreLink: Sendable {
         writer?.resume(returning: nil)
     }
 
+    /// Frames stay well under the receiver's 64 MiB message limit: about this many bytes of
+    /// entries at most (one message always goes, whatever its size).
+    static let frameBytesMax = 16 << 20
+
+    /// The first queued messages that fit in one frame, removed from the queue.
+    private static func takeFrame(_ messages: inout [Flotilla_V1_RaftMessage]) -> [Flotilla_V1_RaftMessage] {
+        var bytes = 0
+        var count = 0
+        for message in messages {
+            let size = 96 + message.message.context.count + message.message.entries.reduce(0) { $0 + $1.data.count + 24 }
+            if count > 0 && bytes + size > frameBytesMax { break }
+            bytes += size
+            count += 1
+        }
+        if count == messages.count {
+            defer { messages = [] }
+            return messages
+        }
+        let frame = Array(messages.prefix(count))
+        messages.removeFirst(count)
+        return frame
+    }
+
     /// The next frame's messages (waits for some); nil when the connection's queue closed.
     private func nextFrame() async -> [Flotilla_V1_RaftMessage]? {
         await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let immediate = queue.withLock { queue -> [Flotilla_V1_RaftMessage]?? in
                     if !queue.connected || Task.isCancelled { return .some(nil) }
-                    if !queue.messages.isEmpty {
-                        defer { queue.messages = [] }
-                        return .some(queue.messages)
-                    }
+                    if !queue.messages.isEmpty { return .some(Self.takeFrame(&queue.messages)) }
                     queue.writer = continuation
                     return .none
                 }

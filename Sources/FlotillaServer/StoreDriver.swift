@@ -239,11 +239,11 @@ public final class StoreDriver: Sendable {
             let now = clock.now
             for (id, pending) in pendingWrites where pending.deadline <= now {
                 pendingWrites[id] = nil
-                pending.complete(.failure(.serverIsBusy(reason: "timed out waiting for the write to commit")))
+                pending.complete(.failure(.timeout(reason: "the write did not commit within \(self.requestTimeout)")))
             }
             for (id, pending) in pendingReads where pending.deadline <= now {
                 pendingReads[id] = nil
-                pending.action.run(.failure(.serverIsBusy(reason: "timed out waiting for the read index")))
+                pending.action.run(.failure(StoreRequestError.timeout(reason: "the read was not confirmed within \(self.requestTimeout)")))
             }
             let waitNanoseconds = max(0, (nextTick - clock.now).components.attoseconds / 1_000_000_000 + (nextTick - clock.now).components.seconds * 1_000_000_000)
             _ = wakeUp.wait(timeout: .now() + .nanoseconds(Int(waitNanoseconds)))

@@ -62,6 +62,13 @@ public final class RegionRaftStorage: RaftLogStorage {
         }
     }
 
+    /// Raises the commit index read at open to `index` (an applied index: committed, and in
+    /// the log). The next hard state write persists it.
+    public func recoverCommit(atLeast index: UInt64) {
+        precondition(index <= lastIndex, "region \(regionID): commit \(index) beyond last index \(lastIndex)")
+        if hardState.commit < index { hardState.commit = index }
+    }
+
     // MARK: RaftLogStorage
 
     public func initialState() -> (hardState: HardState, confState: ConfState) { (hardState, confState) }

@@ -18,6 +18,8 @@ public enum StoreRequestError: Error, Equatable, Sendable, CustomStringConvertib
     case keyNotInRegion(key: Data, region: Flotilla_V1_Region)
     case serverIsBusy(reason: String)
     case proposalDropped
+    /// The store could not finish the request within its deadline (its outcome is unknown for a write).
+    case timeout(reason: String)
     case invalidArgument(field: String, reason: String)
 
     public var description: String {
@@ -28,6 +30,7 @@ public enum StoreRequestError: Error, Equatable, Sendable, CustomStringConvertib
         case .keyNotInRegion(let key, let region): "key \(key.map { String(format: "%02x", $0) }.joined()) is outside region \(region.id)"
         case .serverIsBusy(let reason): "server is busy: \(reason)"
         case .proposalDropped: "the proposal was dropped (leadership changed before it committed)"
+        case .timeout(let reason): "timed out: \(reason)"
         case .invalidArgument(let field, let reason): "invalid \(field): \(reason)"
         }
     }
@@ -169,6 +172,8 @@ public final class StoreCore {
     /// Regions that may have a Ready: touched by an event since their last turn, or left with
     /// work by it. A turn looks at these only, not at every region.
     var touchedRegions: Set<UInt64> = []
+    /// Writes each turn's log batch while the store thread applies.
+    let logWriter: LogWriter
 
     /// Opens the store's regions from `db`: every normal `RegionLocalState`, finishing any
     /// snapshot install a crash interrupted, and removes staged snapshots no region refers to.
@@ -180,6 +185,7 @@ public final class StoreCore {
         self.makeRaftConfig = raftConfig
         dataCF = db.defaultColumnFamily
         metaCF = try db.columnFamily(StoreKeys.metaColumnFamily)
+        logWriter = LogWriter(db: db)
         try FileManager.default.createDirectory(atPath: settings.snapshotDirectory, withIntermediateDirectories: true)
         let iterator = db.makeIterator(in: metaCF, lowerBound: [StoreKeys.regionStatePrefix],
                                        upperBound: [StoreKeys.regionStatePrefix + 1])
@@ -233,9 +239,13 @@ public final class StoreCore {
         let applyState = try db.get(StoreKeys.applyState(region: region.id), in: metaCF)
             .map { bytes throws(StoreCorruption) in try StoredValues.decodeApplyState(bytes, region: region.id) }
         let applied = applyState?.applied ?? 0
-        guard applied <= storage.hardState.commit || applied == storage.truncatedIndex else {
-            throw StoreCorruption(region: region.id, what: "applied \(applied) beyond commit \(storage.hardState.commit)")
+        // Applying overlaps the log write that may carry the commit index of what is applied;
+        // after a machine crash the apply can survive without it. Applied entries were
+        // committed and are in the log: the commit index is at least the applied index.
+        guard applied <= storage.lastIndex else {
+            throw StoreCorruption(region: region.id, what: "applied \(applied) beyond the last log index \(storage.lastIndex)")
         }
+        storage.recoverCommit(atLeast: applied)
         var config = makeRaftConfig(me.id)
         config.id = me.id
         config.appliedIndex = applied

@@ -13,6 +13,9 @@ extension StoreCore {
     /// the leader's own write) are handed to it before the sync, so followers persist in
     /// parallel with the leader; without it, every message is in the output.
     ///
+    /// Applying committed entries overlaps the log write (they were persisted by earlier
+    /// turns): the write runs on a log-writer thread meanwhile.
+    ///
     /// The batch is synced when it holds entries, a snapshot marker, or a term or vote
     /// change; a batch that only moves commit indexes is written without a sync (a commit
     /// index lost in a crash is learnt again from the leader; RocksDB recovers a prefix of
@@ -38,18 +41,35 @@ extension StoreCore {
             readies.append((peer, ready, peer.storage.stage(ready, into: logBatch)))
             peer.logBytesSinceTruncation += ready.entriesToPersist.reduce(0) { $0 + $1.sizeBytes }
         }
+        // Leaders' appends and heartbeats may go before their own write. They are converted
+        // (and snapshots read) now, before this turn applies anything, so a snapshot's data is
+        // exactly the state its metadata names.
+        var early = StoreTurnOutput()
+        for item in readies {
+            for message in item.ready.messagesNow { addOutgoing(message, from: item.peer, to: &early) }
+        }
+        output.snapshotsToSend += early.snapshotsToSend
         if let sendBeforeSync {
-            var early = StoreTurnOutput()
-            for item in readies {
-                for message in item.ready.messagesNow { addOutgoing(message, from: item.peer, to: &early) }
-            }
             if !early.messagesByStore.isEmpty { sendBeforeSync(early.messagesByStore) }
-            output.snapshotsToSend += early.snapshotsToSend
+        } else {
+            output.messagesByStore = early.messagesByStore
         }
-        if logBatch.count > 0 {
-            try db.write(logBatch, sync: mustSync)
-            if mustSync { output.logSyncs = 1 }
+
+        // The log write runs on the log writer while this thread applies: committed entries
+        // were persisted by earlier turns, so applying them does not wait for this write.
+        let logWrite = logBatch.count > 0 ? logWriter.start(logBatch, sync: mustSync) : nil
+        let applyBatch = db.makeWriteBatch()
+        do {
+            for item in readies {
+                try apply(item.ready, to: item.peer, batch: applyBatch, output: &output)
+            }
+            if applyBatch.count > 0 { try db.write(applyBatch, sync: false) }
+        } catch {
+            _ = try? logWrite?.wait()
+            throw error
         }
+        try logWrite?.wait()
+        if logWrite != nil && mustSync { output.logSyncs = 1 }
         for item in readies {
             item.peer.storage.commit(item.staged)
             if item.ready.snapshotToInstall != nil {
@@ -61,20 +81,11 @@ extension StoreCore {
             }
         }
 
-        // Messages: everything is persisted now, so both kinds may go.
+        // Messages that had to wait for the write.
         for item in readies {
-            if sendBeforeSync == nil {
-                for message in item.ready.messagesNow { addOutgoing(message, from: item.peer, to: &output) }
-            }
             for message in item.ready.messagesAfterPersist { addOutgoing(message, from: item.peer, to: &output) }
         }
 
-        // Apply.
-        let applyBatch = db.makeWriteBatch()
-        for item in readies {
-            try apply(item.ready, to: item.peer, batch: applyBatch, output: &output)
-        }
-        if applyBatch.count > 0 { try db.write(applyBatch, sync: false) }
         for item in readies {
             let peer = item.peer
             if let last = item.ready.committedEntries.last {
