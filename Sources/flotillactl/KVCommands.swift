@@ -126,8 +126,8 @@ struct Status: AsyncParsableCommand {
                                  + "\(status.snapshotsSent)/\(status.snapshotsReceived)/\(status.snapshotsInstalled) "
                                  + "logs_truncated \(status.logsTruncated) pending \(status.pendingRequests)")
                     for region in status.regionStatus {
-                        lines.append("  region \(region.regionID): \(region.role) leader \(region.leaderPeerID) term \(region.term) "
-                                     + "applied \(region.appliedIndex) log [\(region.firstLogIndex), \(region.lastLogIndex)]")
+                        lines.append("  region \(region.regionID): \(region.role), leader peer \(region.leaderPeerID), term \(region.term), "
+                                     + "applied \(region.appliedIndex), log [\(region.firstLogIndex), \(region.lastLogIndex)]")
                     }
                 } catch {
                     lines.append("store \(storeID): \(error)")
