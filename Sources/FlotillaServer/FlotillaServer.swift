@@ -74,8 +74,7 @@ public final class FlotillaServer: Sendable {
         var addresses: [UInt64: HostPort] = [:]
         for store in settings.cluster.stores { addresses[store.id] = HostPort(store.address) }
         let snapshotSender = SnapshotSender(addresses: addresses, sendsMax: settings.snapshotSendsMax, logger: logger)
-        let outbound = ServerOutbound(clusterID: clusterID, storeID: storeID,
-                                      links: Dictionary(uniqueKeysWithValues: links.map { ($0.storeID, $0) }),
+        let outbound = ServerOutbound(links: Dictionary(uniqueKeysWithValues: links.map { ($0.storeID, $0) }),
                                       snapshotSender: snapshotSender)
         driver = StoreDriver(core: core, tickInterval: settings.tickInterval, logger: logger, onFailure: onFailure, outbound: outbound)
         (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
@@ -155,8 +154,6 @@ public final class FlotillaServer: Sendable {
 /// A store process's outbound traffic: Raft batches to the per-store links, snapshots to the
 /// snapshot sender.
 struct ServerOutbound: StoreOutbound {
-    let clusterID: UInt64
-    let storeID: UInt64
     let links: [UInt64: PeerStoreLink]
     let snapshotSender: SnapshotSender
 
