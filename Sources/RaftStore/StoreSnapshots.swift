@@ -9,7 +9,8 @@ public struct SnapshotChecksum: Sendable, Equatable {
 
     public init() {}
 
-    mutating func add(_ pair: Flotilla_V1_SnapshotPair) {
+    /// Adds one pair, in stream order.
+    public mutating func add(_ pair: Flotilla_V1_SnapshotPair) {
         add(byte: UInt8(truncatingIfNeeded: pair.column.rawValue))
         add(length: pair.key.count)
         for byte in pair.key { add(byte: byte) }

@@ -195,6 +195,42 @@ struct StoreFaultTests {
         #expect(stored == Data("first".utf8), "applied once")
     }
 
+    @Test func commandStreamAnswersBadRequestsWithTypedErrors() async throws {
+        let cluster = try LocalCluster(storeCount: 1, splitKeys: [])
+        try await withClient(cluster) { client in try await client.put(Data("warm".utf8), Data("up".utf8)) }
+        let address = try #require(HostPort(cluster.cluster.stores[0].address))
+        let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: address.host, port: address.port), transportSecurity: .plaintext)
+        let answers = try await withGRPCClient(transport: transport) { grpc in
+            try await Flotilla_V1_KV.Client(wrapping: grpc).commands(request: StreamingClientRequest { writer in
+                var empty = Flotilla_V1_CommandRequestItem()
+                empty.id = 7
+                var oversized = Flotilla_V1_CommandRequestItem()
+                oversized.id = 8
+                var put = Flotilla_V1_PutRequest()
+                put.context.regionID = 1
+                put.key = Data(repeating: 1, count: 9_000)
+                oversized.put = put
+                var unknownRegion = Flotilla_V1_CommandRequestItem()
+                unknownRegion.id = 9
+                var get = Flotilla_V1_GetRequest()
+                get.context.regionID = 77
+                get.key = Data("k".utf8)
+                unknownRegion.get = get
+                var message = Flotilla_V1_CommandRequest()
+                message.items = [empty, oversized, unknownRegion]
+                try await writer.write(message)
+            }) { response in
+                var items: [UInt64: Flotilla_V1_CommandResponseItem] = [:]
+                for try await message in response.messages { for item in message.items { items[item.id] = item } }
+                return items
+            }
+        }
+        #expect(answers.count == 3, "every request is answered once the client ends the stream: \(answers)")
+        if case .error(let error)? = answers[7]?.response { #expect(error.invalidArgument.field == "request") } else { Issue.record("\(String(describing: answers[7]))") }
+        if case .put(let put)? = answers[8]?.response { #expect(put.error.invalidArgument.field == "key", "\(put)") } else { Issue.record("\(String(describing: answers[8]))") }
+        if case .get(let get)? = answers[9]?.response { #expect(get.error.regionNotFound.regionID == 77, "\(get)") } else { Issue.record("\(String(describing: answers[9]))") }
+    }
+
     @Test func thousandRegionsOnThreeStoresStartAndServe() async throws {
         let splits = (1..<1_000).map { String(format: "t%04d", $0) }
         let cluster = try LocalCluster(storeCount: 3, splitKeys: splits, tickMilliseconds: 100)

@@ -205,3 +205,86 @@ struct StoreSnapshotTests {
         _ = try leader.proposeWrite(InProcessCluster.put("c", "1"), context: cluster.context(1))
     }
 }
+
+@Suite("Snapshot streams: what a receiver refuses")
+struct SnapshotStreamTests {
+    func header(region: UInt64 = 5, start: String = "b", end: String = "m") -> Flotilla_V1_SnapshotChunk {
+        var chunk = Flotilla_V1_SnapshotChunk()
+        chunk.message.regionID = region
+        chunk.message.region.id = region
+        chunk.message.region.startKey = Data(start.utf8)
+        chunk.message.region.endKey = Data(end.utf8)
+        chunk.message.message.snapshot.index = 10
+        chunk.message.message.snapshot.term = 2
+        return chunk
+    }
+
+    func pair(_ key: String, _ column: Flotilla_V1_SnapshotColumn = .data) -> Flotilla_V1_SnapshotPair {
+        var pair = Flotilla_V1_SnapshotPair()
+        pair.column = column
+        pair.key = Data(key.utf8)
+        pair.value = Data("v".utf8)
+        return pair
+    }
+
+    func staging() throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-snapshot-stream-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    func refusal(_ body: () throws -> Void) -> String {
+        do { try body() } catch let error as SnapshotTransferError { return error.reason } catch { return "other error: \(error)" }
+        return "accepted"
+    }
+
+    @Test func badStreamsAreRefusedWithTheReason() throws {
+        let root = try staging()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        #expect(refusal { _ = try SnapshotBuilder(firstChunk: Flotilla_V1_SnapshotChunk(), stagingDirectory: root) }
+            .contains("first chunk must carry"))
+        var outside = header()
+        outside.pairs = [pair("z")]
+        #expect(refusal { _ = try SnapshotBuilder(firstChunk: outside, stagingDirectory: root) }.contains("outside region 5"))
+        var unordered = header()
+        unordered.pairs = [pair("d"), pair("c")]
+        #expect(refusal { _ = try SnapshotBuilder(firstChunk: unordered, stagingDirectory: root) }.contains("writing the SST file failed"))
+        let builder = try SnapshotBuilder(firstChunk: header(), stagingDirectory: root)
+        var last = Flotilla_V1_SnapshotChunk()
+        last.pairs = [pair("c")]
+        last.last = true
+        last.pairCount = 2  // the sender claims more than arrived
+        #expect(refusal { try builder.add(last) }.contains("received 1 pairs"))
+        builder.abandon()
+        #expect(!FileManager.default.fileExists(atPath: builder.directory), "abandoned files are removed")
+        let unfinished = try SnapshotBuilder(firstChunk: header(), stagingDirectory: root)
+        #expect(refusal { _ = try unfinished.finish() }.contains("ended before the last chunk"))
+        unfinished.abandon()
+    }
+
+    @Test func aWholeStreamBecomesSSTFiles() throws {
+        let root = try staging()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var first = header()
+        first.pairs = [pair("c"), pair("d")]
+        let builder = try SnapshotBuilder(firstChunk: first, stagingDirectory: root)
+        var last = Flotilla_V1_SnapshotChunk()
+        var sessionKey = StoreKeys.sessionsStart(region: 5)
+        sessionKey.append(contentsOf: [0, 0, 0, 0, 0, 0, 0, 9])
+        var session = Flotilla_V1_SnapshotPair()
+        session.column = .sessions
+        session.key = Data(sessionKey)
+        session.value = Data([1])
+        last.pairs = [session]
+        last.last = true
+        last.pairCount = 3
+        var checksum = SnapshotChecksum()
+        for item in first.pairs + last.pairs { checksum.add(item) }
+        last.checksum = checksum.value
+        try builder.add(last)
+        let received = try builder.finish()
+        #expect(FileManager.default.fileExists(atPath: received.directory + "/data.sst"))
+        #expect(FileManager.default.fileExists(atPath: received.directory + "/sessions.sst"))
+        #expect(refusal { try builder.add(last) }.contains("after the last one"))
+    }
+}
