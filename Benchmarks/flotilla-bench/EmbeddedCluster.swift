@@ -17,7 +17,7 @@ final class EmbeddedCluster: @unchecked Sendable {
         }
         root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-bench-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let ports = try (0..<stores).map { _ in try Self.freePort() }
+        let ports = try (0..<stores).map { _ in try freeLoopbackPort() }
         cluster = ClusterFile(clusterID: 7, stores: (0..<stores).map { ClusterFile.Store(id: UInt64($0 + 1), address: "127.0.0.1:\(ports[$0])") },
                               splitKeys: splitKeys)
         let clusterPath = root + "/cluster.json"
@@ -52,25 +52,6 @@ final class EmbeddedCluster: @unchecked Sendable {
         for process in processes { process.waitUntilExit() }
         processes = []
         try? FileManager.default.removeItem(atPath: root)
-    }
-
-    /// A port the kernel just handed out on 127.0.0.1, released for a server to bind.
-    static func freePort() throws -> Int {
-        let socketFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard socketFD >= 0 else { throw EmbeddedClusterError("socket() failed") }
-        defer { close(socketFD) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketFD, $0, length) }
-        }
-        guard bound == 0 else { throw EmbeddedClusterError("bind() failed") }
-        _ = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socketFD, $0, &length) }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }
 

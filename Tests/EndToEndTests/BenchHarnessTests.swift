@@ -97,5 +97,15 @@ struct BenchHarnessTests {
         #expect(targetStatus != 0 && target.contains("choose exactly one target"), "\(target)")
         let (endpointStatus, endpoint) = try bench(["run", "--etcd", "nowhere"])
         #expect(endpointStatus != 0 && endpoint.contains("is not host:port"), "\(endpoint)")
+        let (pairStatus, pair) = try bench(["compare", "one.json"])
+        #expect(pairStatus != 0 && pair.contains("in pairs"), "\(pair)")
+        let (missingStatus, missing) = try bench(["compare", "/nonexistent/a.json", "/nonexistent/b.json"])
+        #expect(missingStatus != 0 && missing.contains("cannot read /nonexistent/a.json"), "\(missing)")
+        let (storesStatus, stores) = try bench(["cluster-file", "--stores", "0", "--base-port", "20000"])
+        #expect(storesStatus != 0 && stores.contains("--stores must be 1 to 64"), "\(stores)")
+        let (clusterStatus, cluster) = try bench(["cluster-file", "--stores", "3", "--regions", "4", "--base-port", "20000"])
+        let file = try JSONDecoder().decode(ClusterFile.self, from: Data(cluster.utf8))
+        #expect(clusterStatus == 0 && file.stores.count == 3 && file.splitKeys.count == 3, "\(cluster)")
+        try file.validate()
     }
 }
