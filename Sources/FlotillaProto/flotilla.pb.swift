@@ -1613,6 +1613,20 @@ public nonisolated struct Flotilla_V1_WriteCommand: Sendable {
   fileprivate var _compareAndSwap: Flotilla_V1_CompareAndSwapOp? = nil
 }
 
+/// The payload of a normal Raft entry: client writes a leader received for the region between
+/// two store turns, proposed together and applied in this order, each with its own result.
+public nonisolated struct Flotilla_V1_CommandBatch: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var commands: [Flotilla_V1_WriteCommand] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// What applying a WriteCommand produced; kept in the client's session for retries.
 public nonisolated struct Flotilla_V1_WriteResult: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -4408,6 +4422,36 @@ nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProt
     if lhs.deletes != rhs.deletes {return false}
     if lhs._deleteRange != rhs._deleteRange {return false}
     if lhs._compareAndSwap != rhs._compareAndSwap {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_CommandBatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CommandBatch"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}commands\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.commands) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.commands.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.commands, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_CommandBatch, rhs: Flotilla_V1_CommandBatch) -> Bool {
+    if lhs.commands != rhs.commands {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

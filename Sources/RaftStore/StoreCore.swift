@@ -54,6 +54,10 @@ public struct StoreSettings: Sendable {
     /// Replies a session keeps for one client's writes in flight; beyond it the oldest are
     /// forgotten (and their writes, if retried, reported as stale duplicates).
     public var sessionRepliesMax = 1_024
+    /// Client writes a leader proposes in one Raft entry: every write queued for a region
+    /// since the last turn goes into as few entries as these bounds allow.
+    public var commandsPerEntryMax = 1_024
+    public var entryBytesMax = 1 << 20
     /// Snapshot chunks carry at most about this many bytes of pairs.
     public var snapshotChunkBytes = 1 << 20
     /// Crash tests only: fail the turn at this point, as a process crash there would.
@@ -112,7 +116,12 @@ final class RegionPeer {
     var appliedConfState: ConfState
     /// This peer was removed from the region by an applied membership change.
     var isRemoved = false
-    var pendingWrites: [UInt64: (term: UInt64, id: ProposalID)] = [:]
+    /// Client writes accepted since the last turn, encoded, in arrival order: the next turn
+    /// proposes them together.
+    var queuedWrites: [(command: [UInt8], id: ProposalID)] = []
+    /// Proposed entries not yet applied, by index: the term they were proposed in and the
+    /// requests they carry (one per command of a batch, or the membership change).
+    var pendingWrites: [UInt64: (term: UInt64, ids: [ProposalID])] = [:]
     var readsAwaitingIndex: [[UInt8]: ProposalID] = [:]
     var readsAwaitingApply: [(index: UInt64, id: ProposalID)] = []
     var sessions: [UInt64: Flotilla_V1_ClientSession] = [:]
@@ -167,6 +176,8 @@ public final class StoreCore {
     private var nextProposal: UInt64 = 1
     /// Writes and reads accepted and not yet completed, over all regions.
     var pendingRequests = 0
+    /// Queued writes that could not be proposed (leadership moved): reported by the next turn.
+    var refusedQueuedWrites: [(id: ProposalID, error: StoreRequestError)] = []
     /// Peers with stale reads to serve on the next turn.
     var peersWithImmediateReads: Set<UInt64> = []
     /// Regions that may have a Ready: touched by an event since their last turn, or left with
@@ -344,7 +355,10 @@ public final class StoreCore {
 
     // MARK: Requests
 
-    /// Proposes a client write to a region this store leads.
+    /// Accepts a client write to a region this store leads. The next turn proposes it, with
+    /// every other write the region received meanwhile, in one Raft entry (TiKV batches its
+    /// proposals the same way): the log write, the replication messages and the apply state
+    /// are paid once per entry, not once per write.
     public func proposeWrite(_ command: Flotilla_V1_WriteCommand, context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> ProposalID {
         let peer = try leaderPeer(for: context)
         try admitRequest()
@@ -353,14 +367,42 @@ public final class StoreCore {
         do { data = try command.serializedBytes() } catch {
             throw .invalidArgument(field: "command", reason: "cannot be encoded: \(error)")
         }
-        let index: UInt64
-        do {
-            index = try peer.raft.propose(data)
-        } catch {
-            throw mapRaftError(error, peer: peer)
-        }
+        let id = makeProposalID()
+        peer.queuedWrites.append((data, id))
+        pendingRequests += 1
         touchedRegions.insert(peer.region.id)
-        return trackWrite(peer: peer, index: index)
+        return id
+    }
+
+    /// Proposes the region's queued writes as `CommandBatch` entries (bounded by
+    /// `commandsPerEntryMax` and `entryBytesMax`; a larger command goes alone). Writes Raft
+    /// refuses are reported by the next turn.
+    func proposeQueuedWrites(_ peer: RegionPeer) {
+        guard !peer.queuedWrites.isEmpty else { return }
+        let queued = peer.queuedWrites
+        peer.queuedWrites = []
+        var start = 0
+        while start < queued.count {
+            var end = start
+            var bytes = 0
+            while end < queued.count, end - start < settings.commandsPerEntryMax,
+                  end == start || bytes + queued[end].command.count + 11 <= settings.entryBytesMax {
+                bytes += queued[end].command.count + 11
+                end += 1
+            }
+            var entry: [UInt8] = []
+            entry.reserveCapacity(bytes)
+            for item in queued[start..<end] { CommandBatchEncoding.append(item.command, to: &entry) }
+            let ids = queued[start..<end].map(\.id)
+            do {
+                let index = try peer.raft.propose(entry)
+                peer.pendingWrites[index] = (peer.raft.term, ids)
+            } catch {
+                let refusal = mapRaftError(error, peer: peer)
+                refusedQueuedWrites += ids.map { ($0, refusal) }
+            }
+            start = end
+        }
     }
 
     /// Proposes a membership change of a region this store leads: each change names the peer
@@ -382,6 +424,8 @@ public final class StoreCore {
             throw .invalidArgument(field: "changes", reason: invalid)
         }
         try admitRequest()
+        // Writes accepted before the change are proposed before it.
+        proposeQueuedWrites(peer)
         let index: UInt64
         do {
             index = try peer.raft.proposeConfChange(change)
@@ -491,7 +535,7 @@ public final class StoreCore {
 
     private func trackWrite(peer: RegionPeer, index: UInt64) -> ProposalID {
         let id = makeProposalID()
-        peer.pendingWrites[index] = (peer.raft.term, id)
+        peer.pendingWrites[index] = (peer.raft.term, [id])
         pendingRequests += 1
         return id
     }
@@ -556,5 +600,23 @@ extension Result where Failure == RaftError {
     var failureDescription: String? {
         if case .failure(let error) = self { return "\(error)" }
         return nil
+    }
+}
+
+/// `CommandBatch` written by hand from commands already encoded: a repeated message field is
+/// the concatenation of (tag, length, bytes) per element, so the batch costs one copy.
+enum CommandBatchEncoding {
+    /// Field 1, wire type 2 (length-delimited).
+    static let commandsTag: UInt8 = 0x0A
+
+    static func append(_ command: [UInt8], to entry: inout [UInt8]) {
+        entry.append(commandsTag)
+        var length = UInt64(command.count)
+        while length >= 0x80 {
+            entry.append(UInt8(truncatingIfNeeded: length) | 0x80)
+            length >>= 7
+        }
+        entry.append(UInt8(length))
+        entry.append(contentsOf: command)
     }
 }

@@ -28,7 +28,9 @@ extension StoreCore {
         let candidates = touchedRegions.sorted()
         touchedRegions = []
         for regionID in candidates {
-            guard let peer = peers[regionID], peer.raft.hasReady else { continue }
+            guard let peer = peers[regionID] else { continue }
+            proposeQueuedWrites(peer)
+            guard peer.raft.hasReady else { continue }
             let ready = peer.raft.ready()
             if let snapshot = ready.snapshotToInstall {
                 try stageSnapshotInstall(snapshot.metadata, peer: peer, into: logBatch)
@@ -41,6 +43,8 @@ extension StoreCore {
             readies.append((peer, ready, peer.storage.stage(ready, into: logBatch)))
             peer.logBytesSinceTruncation += ready.entriesToPersist.reduce(0) { $0 + $1.sizeBytes }
         }
+        output.completedWrites += refusedQueuedWrites.map { ($0.id, .failure($0.error)) }
+        refusedQueuedWrites = []
         // Leaders' appends and heartbeats may go before their own write. They are converted
         // (and snapshots read) now, before this turn applies anything, so a snapshot's data is
         // exactly the state its metadata names.
@@ -58,12 +62,12 @@ extension StoreCore {
         // The log write runs on the log writer while this thread applies: committed entries
         // were persisted by earlier turns, so applying them does not wait for this write.
         let logWrite = logBatch.count > 0 ? logWriter.start(logBatch, sync: mustSync) : nil
-        let applyBatch = db.makeWriteBatch()
+        var applyBatch = ApplyBatch(db.makeWriteBatch())
         do {
             for item in readies {
-                try apply(item.ready, to: item.peer, batch: applyBatch, output: &output)
+                try apply(item.ready, to: item.peer, batch: &applyBatch, output: &output)
             }
-            if applyBatch.count > 0 { try db.write(applyBatch, sync: false) }
+            if applyBatch.batch.count > 0 { try db.write(applyBatch.batch, sync: false) }
         } catch {
             _ = try? logWrite?.wait()
             throw error
@@ -130,7 +134,7 @@ extension StoreCore {
         output.messagesByStore[to.storeID, default: []].append(wire)
     }
 
-    private func apply(_ ready: Ready, to peer: RegionPeer, batch: WriteBatch, output: inout StoreTurnOutput) throws {
+    private func apply(_ ready: Ready, to peer: RegionPeer, batch: inout ApplyBatch, output: inout StoreTurnOutput) throws {
         for readState in ready.readStates {
             if let id = peer.readsAwaitingIndex.removeValue(forKey: readState.context) {
                 peer.readsAwaitingApply.append((readState.index, id))
@@ -138,39 +142,58 @@ extension StoreCore {
         }
         guard let last = ready.committedEntries.last else { return }
         var regionStateChanged = false
+        var sessionsWritten: Set<UInt64> = []
         for entry in ready.committedEntries {
             let pending = peer.pendingWrites.removeValue(forKey: entry.index)
+            // Proposed here in another term: the entry at this index is someone else's.
+            let mine = pending.flatMap { $0.term == entry.term ? $0.ids : nil } ?? []
             if let pending, pending.term != entry.term {
-                output.completedWrites.append((pending.id, .failure(.proposalDropped)))
+                output.completedWrites += pending.ids.map { ($0, .failure(.proposalDropped)) }
             }
-            var result = Flotilla_V1_WriteResult()
-            result.succeeded = true
+            var results: [Flotilla_V1_WriteResult] = []
             switch entry.kind {
             case .normal where !entry.data.isEmpty:
-                let command = try Flotilla_V1_WriteCommand(serializedBytes: entry.data)
-                result = try applyCommand(command, peer: peer, index: entry.index, batch: batch)
+                let commands = try Flotilla_V1_CommandBatch(serializedBytes: entry.data).commands
+                results.reserveCapacity(commands.count)
+                for command in commands {
+                    results.append(try applyCommand(command, peer: peer, index: entry.index, batch: &batch,
+                                                    sessionsWritten: &sessionsWritten))
+                }
             case .confChange:
                 regionStateChanged = applyMembershipChange(entry, peer: peer) || regionStateChanged
             default:
                 break
             }
             if entry.index % settings.sessionSweepIntervalEntries == 0 {
-                try expireSessions(peer: peer, at: entry.index, batch: batch)
+                try expireSessions(peer: peer, at: entry.index, batch: batch.batch)
             }
-            if let pending, pending.term == entry.term {
-                output.completedWrites.append((pending.id, result.staleDuplicate
+            guard !mine.isEmpty else { continue }
+            if results.isEmpty {
+                var done = Flotilla_V1_WriteResult()
+                done.succeeded = true
+                output.completedWrites += mine.map { ($0, .success(done)) }
+                continue
+            }
+            precondition(results.count == mine.count, "entry \(entry.index) of region \(peer.region.id) carries \(results.count) commands, proposed with \(mine.count)")
+            for (id, result) in zip(mine, results) {
+                output.completedWrites.append((id, result.staleDuplicate
                     ? .failure(.invalidArgument(field: "context.sequence", reason: "this write was answered before and its reply forgotten; it was not applied again"))
                     : .success(result)))
             }
         }
+        // A session touched by many writes of this turn is written once.
+        for client in sessionsWritten.sorted() {
+            guard let session = peer.sessions[client] else { continue }
+            batch.batch.put(StoreKeys.session(region: peer.region.id, client: client), try session.serializedBytes(), in: metaCF)
+        }
         output.entriesApplied += ready.committedEntries.count
         if regionStateChanged {
-            batch.put(StoreKeys.regionState(region: peer.region.id), try peer.localState.serializedBytes(), in: metaCF)
+            batch.batch.put(StoreKeys.regionState(region: peer.region.id), try peer.localState.serializedBytes(), in: metaCF)
         }
-        batch.put(StoreKeys.applyState(region: peer.region.id),
-                  StoredValues.encodeApplyState(applied: last.index, truncatedIndex: peer.storage.truncatedIndex,
-                                                truncatedTerm: peer.storage.truncatedTerm),
-                  in: metaCF)
+        batch.batch.put(StoreKeys.applyState(region: peer.region.id),
+                        StoredValues.encodeApplyState(applied: last.index, truncatedIndex: peer.storage.truncatedIndex,
+                                                      truncatedTerm: peer.storage.truncatedTerm),
+                        in: metaCF)
     }
 
     /// Applies a committed membership change to the region descriptor (peers, conf_ver) the
@@ -194,8 +217,10 @@ extension StoreCore {
     }
 
     /// Applies one command, or answers a retry from the client's session (Raft thesis §6.3,
-    /// with many writes of a client in flight at once).
-    private func applyCommand(_ command: Flotilla_V1_WriteCommand, peer: RegionPeer, index: UInt64, batch: WriteBatch) throws -> Flotilla_V1_WriteResult {
+    /// with many writes of a client in flight at once). The session changes in memory; the
+    /// caller writes the sessions named in `sessionsWritten` once the entries are applied.
+    private func applyCommand(_ command: Flotilla_V1_WriteCommand, peer: RegionPeer, index: UInt64, batch: inout ApplyBatch,
+                              sessionsWritten: inout Set<UInt64>) throws -> Flotilla_V1_WriteResult {
         var session: Flotilla_V1_ClientSession? = nil
         if command.clientID != 0 {
             let known = try loadSession(peer: peer, client: command.clientID)
@@ -214,26 +239,22 @@ extension StoreCore {
         var result = Flotilla_V1_WriteResult()
         result.succeeded = true
         if !command.puts.isEmpty {
-            for pair in command.puts { batch.put([UInt8](pair.key), [UInt8](pair.value)) }
+            for pair in command.puts { batch.put(pair.key, pair.value) }
         } else if !command.deletes.isEmpty {
-            for key in command.deletes { batch.delete([UInt8](key)) }
+            for key in command.deletes { batch.delete(key) }
         } else if command.hasDeleteRange {
             let end = command.deleteRange.endKey.isEmpty ? StoreKeys.dataUpperBound(peer.region) : [UInt8](command.deleteRange.endKey)
             batch.deleteRange(from: [UInt8](command.deleteRange.startKey), to: end)
         } else if command.hasCompareAndSwap {
-            // The comparison must see earlier commands of this batch: write them first.
-            if batch.count > 0 {
-                try db.write(batch, sync: false)
-                batch.clear()
-            }
+            // The comparison sees the commands before it in this turn's (unwritten) batch.
             let cas = command.compareAndSwap
-            let current = try db.get([UInt8](cas.key))
+            let current = try batch.value(of: cas.key, in: db)
             result.previousExists = current != nil
-            result.previousValue = Data(current ?? [])
-            let matches = cas.expectExists ? current.map { Data($0) == cas.expectedValue } ?? false : current == nil
+            result.previousValue = current ?? Data()
+            let matches = cas.expectExists ? current == cas.expectedValue : current == nil
             result.succeeded = matches
             if matches {
-                if cas.deleteKey { batch.delete([UInt8](cas.key)) } else { batch.put([UInt8](cas.key), [UInt8](cas.newValue)) }
+                if cas.deleteKey { batch.delete(cas.key) } else { batch.put(cas.key, cas.newValue) }
             }
         }
         if var session {
@@ -254,7 +275,7 @@ extension StoreCore {
             session.replies = replies
             session.lastUsedIndex = index
             peer.sessions[command.clientID] = session
-            batch.put(StoreKeys.session(region: peer.region.id, client: command.clientID), try session.serializedBytes(), in: metaCF)
+            sessionsWritten.insert(command.clientID)
         }
         return result
     }
@@ -296,9 +317,11 @@ extension StoreCore {
         // Writes may still commit under the next leader, but this store can no longer tell
         // when; the client retries with the same sequence and the session answers.
         for (_, pending) in peer.pendingWrites.sorted(by: { $0.key < $1.key }) {
-            output.completedWrites.append((pending.id, .failure(error)))
+            output.completedWrites += pending.ids.map { ($0, .failure(error)) }
         }
         peer.pendingWrites = [:]
+        output.completedWrites += peer.queuedWrites.map { ($0.id, .failure(error)) }
+        peer.queuedWrites = []
         for id in peer.readsAwaitingIndex.values.sorted() { output.failedReads.append((id, error)) }
         peer.readsAwaitingIndex = [:]
     }
@@ -377,5 +400,46 @@ extension StoreCore {
             if let received = peer.receivedSnapshot { removeStagedSnapshot(received.directory) }
             peers[regionID] = nil
         }
+    }
+}
+
+/// The batch a turn applies committed commands into, with what it has written so far so that
+/// a compare-and-swap sees earlier commands of the same turn: the batch is written to RocksDB
+/// only at the end, atomically with the apply state, so a crash never keeps half a turn.
+struct ApplyBatch {
+    let batch: WriteBatch
+    /// Keys written by this batch: their value, or nil once deleted.
+    private var written: [Data: Data?] = [:]
+    /// Ranges deleted by this batch (keys written after the deletion are in `written`).
+    private var deletedRanges: [(start: [UInt8], end: [UInt8])] = []
+
+    init(_ batch: WriteBatch) { self.batch = batch }
+
+    mutating func put(_ key: Data, _ value: Data) {
+        batch.put([UInt8](key), [UInt8](value))
+        written[key] = .some(value)
+    }
+
+    mutating func delete(_ key: Data) {
+        batch.delete([UInt8](key))
+        written[key] = .some(nil)
+    }
+
+    mutating func deleteRange(from start: [UInt8], to end: [UInt8]) {
+        batch.deleteRange(from: start, to: end)
+        written = written.filter { key, _ in !Self.contains(start, end, [UInt8](key)) }
+        deletedRanges.append((start, end))
+    }
+
+    /// The key's value as of everything in this batch, over what `db` holds.
+    func value(of key: Data, in db: Database) throws -> Data? {
+        if let known = written[key] { return known }
+        let bytes = [UInt8](key)
+        if deletedRanges.contains(where: { Self.contains($0.start, $0.end, bytes) }) { return nil }
+        return try db.get(bytes).map { Data($0) }
+    }
+
+    private static func contains(_ start: [UInt8], _ end: [UInt8], _ key: [UInt8]) -> Bool {
+        !key.lexicographicallyPrecedes(start) && key.lexicographicallyPrecedes(end)
     }
 }

@@ -212,6 +212,90 @@ struct StoreCoreTests {
         #expect(cluster.maxRegionsInOneBatch > 1, "one turn wrote several regions' logs in one batch (\(cluster.maxRegionsInOneBatch); before: \(before))")
     }
 
+    @Test func writesQueuedBetweenTurnsShareOneEntryAndEachGetsItsOwnResult() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        let leaderID = try #require(cluster.leader(of: 1))
+        let leader = try #require(cluster.stores[leaderID])
+        let lastBefore = try #require(leader.logBounds(1)).last
+        func cas(_ key: String, expect: String?, new: String?, client: UInt64, sequence: UInt64) -> Flotilla_V1_WriteCommand {
+            var command = Flotilla_V1_WriteCommand()
+            command.clientID = client
+            command.sequence = sequence
+            command.compareAndSwap.key = Data(key.utf8)
+            command.compareAndSwap.expectExists = expect != nil
+            command.compareAndSwap.expectedValue = Data((expect ?? "").utf8)
+            if let new { command.compareAndSwap.newValue = Data(new.utf8) } else { command.compareAndSwap.deleteKey = true }
+            return command
+        }
+        var wipe = Flotilla_V1_WriteCommand()
+        wipe.deleteRange.startKey = Data("k".utf8)
+        wipe.deleteRange.endKey = Data("l".utf8)
+        // Each comparison must see the commands before it in the same entry (not yet in RocksDB).
+        let commands: [(Flotilla_V1_WriteCommand, succeeded: Bool, previous: String?)] = [
+            (cas("k1", expect: nil, new: "1", client: 5, sequence: 1), true, nil),
+            (cas("k1", expect: "1", new: "2", client: 5, sequence: 2), true, "1"),
+            (cas("k1", expect: "1", new: "3", client: 6, sequence: 1), false, "2"),
+            // A retry of (5, 1) in the same entry: its first reply, not a second application.
+            (cas("k1", expect: nil, new: "1", client: 5, sequence: 1), true, nil),
+            (InProcessCluster.put("k2", "x"), true, nil),
+            (wipe, true, nil),
+            (cas("k2", expect: nil, new: "y", client: 6, sequence: 2), true, nil),
+            (cas("k2", expect: "y", new: nil, client: 6, sequence: 3), true, "y"),
+            (cas("k1", expect: nil, new: "4", client: 6, sequence: 4), true, nil),
+        ]
+        let ids = try commands.map { try leader.proposeWrite($0.0, context: cluster.context(1)) }
+        for _ in 0..<20 where ids.contains(where: { cluster.completed[$0] == nil }) { try cluster.round(tick: false) }
+        for (position, (id, expected)) in zip(ids, commands).enumerated() {
+            let result = try #require(try cluster.completed[id]?.get(), "command \(position) completed")
+            #expect(result.succeeded == expected.succeeded, "command \(position)")
+            #expect(result.previousExists == (expected.previous != nil), "command \(position)")
+            #expect(result.previousValue == Data((expected.previous ?? "").utf8), "command \(position)")
+        }
+        #expect(try #require(leader.logBounds(1)).last == lastBefore + 1, "nine writes, one entry")
+        #expect(try leader.get(Data("k1".utf8), regionID: 1) == Data("4".utf8))
+        #expect(try leader.get(Data("k2".utf8), regionID: 1) == nil)
+        try cluster.rounds(5)
+        let digests = cluster.digests(1)
+        #expect(digests.count == 3 && Set(digests.values.map(\.checksum)).count == 1, "replicas agree: \(digests)")
+        // The entry is bounded: more writes than an entry may carry take several entries.
+        let small = try InProcessCluster(storeCount: 3, splitKeys: []) { _, settings in settings.commandsPerEntryMax = 4 }
+        try small.rounds(40)
+        let smallLeader = try #require(small.leader(of: 1).flatMap { small.stores[$0] })
+        let start = try #require(smallLeader.logBounds(1)).last
+        let smallIDs = try (0..<10).map { try smallLeader.proposeWrite(InProcessCluster.put("key\($0)", "v"), context: small.context(1)) }
+        for _ in 0..<20 where smallIDs.contains(where: { small.completed[$0] == nil }) { try small.round(tick: false) }
+        #expect(smallIDs.allSatisfy { (try? small.completed[$0]?.get().succeeded) == true })
+        #expect(try #require(smallLeader.logBounds(1)).last == start + 3, "10 writes at most 4 per entry: 3 entries")
+    }
+
+    @Test func writesQueuedAtALeaderThatStepsDownFailWithNotLeader() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        let leaderID = try #require(cluster.leader(of: 1))
+        let leader = try #require(cluster.stores[leaderID])
+        let id = try leader.proposeWrite(InProcessCluster.put("a", "1"), context: cluster.context(1))
+        // A message of a later term arrives before the turn that would propose the write.
+        let term = try #require(leader.raftStatus(1)).term
+        var message = Flotilla_V1_RaftMessage()
+        message.regionID = 1
+        let other = try #require(cluster.regions[0].peers.first { $0.storeID != leaderID })
+        message.fromPeer = other
+        message.toPeer = try #require(cluster.regions[0].peers.first { $0.storeID == leaderID })
+        message.epoch = cluster.regions[0].epoch
+        message.message.kind = UInt32(MessageKind.heartbeat.rawValue)
+        message.message.from = other.id
+        message.message.to = message.toPeer.id
+        message.message.term = term + 1
+        #expect(leader.step(message))
+        try cluster.round(tick: false)
+        guard case .failure(.notLeader)? = cluster.completed[id] else {
+            Issue.record("expected notLeader, got \(String(describing: cluster.completed[id]))")
+            return
+        }
+        #expect(leader.pendingRequestCount == 0)
+    }
+
     @Test func retriedWriteGetsTheFirstReplyAndIsAppliedOnce() throws {
         let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
         try cluster.rounds(40)
