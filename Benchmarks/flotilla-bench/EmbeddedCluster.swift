@@ -45,11 +45,12 @@ final class EmbeddedCluster: @unchecked Sendable {
         }
     }
 
-    func stop() {
+    /// Stops the stores (SIGTERM) and waits for them without blocking a thread.
+    func stop() async {
         for process in processes where process.isRunning {
             kill(process.processIdentifier, SIGTERM)
         }
-        for process in processes { process.waitUntilExit() }
+        while processes.contains(where: \.isRunning) { try? await Task.sleep(for: .milliseconds(20)) }
         processes = []
         try? FileManager.default.removeItem(atPath: root)
     }

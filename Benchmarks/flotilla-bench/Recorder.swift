@@ -30,19 +30,27 @@ final class Recorder: Sendable {
     func record(_ kind: OperationKind, latencyMicroseconds: UInt64, error: String?, retries: Int, conflict: Bool = false) {
         state.withLock { state in
             guard state.recording else { return }
-            var stats = state.byKind[kind] ?? OperationStats()
-            if let error {
-                stats.errors += 1
-                stats.lastError = error
+            // Mutated in place: a copy of the stats would copy the histogram's counts on
+            // every operation (copy-on-write of a shared buffer).
+            Self.update(&state.byKind[kind, default: OperationStats()], latencyMicroseconds: latencyMicroseconds,
+                        error: error, retries: retries, conflict: conflict)
+            if error != nil {
                 state.intervalErrors += 1
             } else {
-                _ = stats.latency.record(max(1, latencyMicroseconds))
                 _ = state.interval.record(max(1, latencyMicroseconds))
             }
-            stats.retries += retries
-            if conflict { stats.conflicts += 1 }
-            state.byKind[kind] = stats
         }
+    }
+
+    private static func update(_ stats: inout OperationStats, latencyMicroseconds: UInt64, error: String?, retries: Int, conflict: Bool) {
+        if let error {
+            stats.errors += 1
+            stats.lastError = error
+        } else {
+            _ = stats.latency.record(max(1, latencyMicroseconds))
+        }
+        stats.retries += retries
+        if conflict { stats.conflicts += 1 }
     }
 
     /// The last interval's completed operations, errors, p50 and p99 (µs); starts a new one.

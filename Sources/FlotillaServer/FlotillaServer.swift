@@ -110,12 +110,15 @@ public final class FlotillaServer: Sendable {
     /// Serves until `shutDown()`; prints the listening address once bound.
     public func run(onListening: @escaping @Sendable (String) -> Void) async throws {
         driver.start()
-        defer { driver.stop() }
         do {
             try await serve(onListening: onListening)
         } catch is ShutdownGraceElapsed {
             logger.info("stopped after the shutdown grace period")
+        } catch {
+            await driver.stop()
+            throw error
         }
+        await driver.stop()
     }
 
     /// Thrown to end serving when peers keep their Raft streams open past the grace period.

@@ -45,6 +45,10 @@ public final class StoreDriver: Sendable {
     struct Inbox {
         var events: [Event] = []
         var stopping = false
+        /// The store thread found the inbox empty and waits (or is about to): the next event
+        /// wakes it. Events arriving while it works are picked up by its next turn unsignalled,
+        /// so a burst of requests costs one wake-up, not one per request.
+        var storeThreadWaiting = false
     }
 
     private let inbox = Mutex(Inbox())
@@ -82,21 +86,28 @@ public final class StoreDriver: Sendable {
         thread.start()
     }
 
-    /// Stops the loop after the current turn and waits for it.
-    public func stop() {
-        inbox.withLock { $0.stopping = true }
+    /// Stops the loop after the current turn and waits for it (on a thread of its own, so
+    /// no event loop blocks while the last turn finishes).
+    public func stop() async {
+        inbox.withLock { $0.stopping = true; $0.storeThreadWaiting = false }
         wakeUp.signal()
-        stopped.wait()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread { [stopped] in
+                stopped.wait()
+                continuation.resume()
+            }
+        }
     }
 
     /// Queues an event; false when the inbox is full (the caller answers ServerIsBusy).
     func enqueue(_ event: Event) -> Bool {
-        let accepted = inbox.withLock { inbox -> Bool in
-            guard inbox.events.count < inboxEventsMax, !inbox.stopping else { return false }
+        let (accepted, wake) = inbox.withLock { inbox -> (Bool, Bool) in
+            guard inbox.events.count < inboxEventsMax, !inbox.stopping else { return (false, false) }
             inbox.events.append(event)
-            return true
+            defer { inbox.storeThreadWaiting = false }
+            return (true, inbox.storeThreadWaiting)
         }
-        if accepted { wakeUp.signal() }
+        if wake { wakeUp.signal() }
         return accepted
     }
 
@@ -215,7 +226,9 @@ public final class StoreDriver: Sendable {
             }
             do {
                 let outbound = self.outbound
-                let output = try core.runTurn(sendBeforeSync: { outbound.send($0) })
+                let output = try core.runTurn(sendBeforeSync: { outbound.send($0) }, completeBeforeSync: { completed in
+                    for (id, result) in completed { pendingWrites.removeValue(forKey: id)?.complete(result) }
+                })
                 counters.turns += 1
                 counters.logSyncs += UInt64(output.logSyncs)
                 counters.regionsInLogBatches += UInt64(output.regionsInLogBatch)
@@ -245,8 +258,15 @@ public final class StoreDriver: Sendable {
                 pendingReads[id] = nil
                 pending.action.run(.failure(StoreRequestError.timeout(reason: "the read was not confirmed within \(self.requestTimeout)")))
             }
-            let waitNanoseconds = max(0, (nextTick - clock.now).components.attoseconds / 1_000_000_000 + (nextTick - clock.now).components.seconds * 1_000_000_000)
+            let idle = inbox.withLock { inbox -> Bool in
+                inbox.storeThreadWaiting = inbox.events.isEmpty && !inbox.stopping
+                return inbox.storeThreadWaiting
+            }
+            guard idle else { continue }
+            let untilTick = nextTick - clock.now
+            let waitNanoseconds = max(0, untilTick.components.attoseconds / 1_000_000_000 + untilTick.components.seconds * 1_000_000_000)
             _ = wakeUp.wait(timeout: .now() + .nanoseconds(Int(waitNanoseconds)))
+            inbox.withLock { $0.storeThreadWaiting = false }
         }
         for pending in pendingWrites.values { pending.complete(.failure(.serverIsBusy(reason: "store stopping"))) }
         for pending in pendingReads.values { pending.action.run(.failure(.serverIsBusy(reason: "store stopping"))) }

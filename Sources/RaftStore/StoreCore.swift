@@ -183,8 +183,6 @@ public final class StoreCore {
     /// Regions that may have a Ready: touched by an event since their last turn, or left with
     /// work by it. A turn looks at these only, not at every region.
     var touchedRegions: Set<UInt64> = []
-    /// Writes each turn's log batch while the store thread applies.
-    let logWriter: LogWriter
 
     /// Opens the store's regions from `db`: every normal `RegionLocalState`, finishing any
     /// snapshot install a crash interrupted, and removes staged snapshots no region refers to.
@@ -196,7 +194,6 @@ public final class StoreCore {
         self.makeRaftConfig = raftConfig
         dataCF = db.defaultColumnFamily
         metaCF = try db.columnFamily(StoreKeys.metaColumnFamily)
-        logWriter = LogWriter(db: db)
         try FileManager.default.createDirectory(atPath: settings.snapshotDirectory, withIntermediateDirectories: true)
         let iterator = db.makeIterator(in: metaCF, lowerBound: [StoreKeys.regionStatePrefix],
                                        upperBound: [StoreKeys.regionStatePrefix + 1])

@@ -20,7 +20,12 @@ extension StoreCore {
     /// change; a batch that only moves commit indexes is written without a sync (a commit
     /// index lost in a crash is learnt again from the leader; RocksDB recovers a prefix of
     /// its log, so an applied index never survives without the commit before it).
-    public func runTurn(sendBeforeSync: (([UInt64: [Flotilla_V1_RaftMessage]]) -> Void)? = nil) throws -> StoreTurnOutput {
+    ///
+    /// With `completeBeforeSync`, writes answered by this turn's apply are handed to it as
+    /// soon as the apply batch is written, before the turn waits for its own log write (they
+    /// were committed by earlier turns; this write carries only newer entries).
+    public func runTurn(sendBeforeSync: (([UInt64: [Flotilla_V1_RaftMessage]]) -> Void)? = nil,
+                        completeBeforeSync: (([(id: ProposalID, result: Result<Flotilla_V1_WriteResult, StoreRequestError>)]) -> Void)? = nil) throws -> StoreTurnOutput {
         var output = StoreTurnOutput()
         var readies: [(peer: RegionPeer, ready: Ready, staged: RegionRaftStorage.StagedWrite)] = []
         let logBatch = db.makeWriteBatch()
@@ -59,21 +64,21 @@ extension StoreCore {
             output.messagesByStore = early.messagesByStore
         }
 
-        // The log write runs on the log writer while this thread applies: committed entries
-        // were persisted by earlier turns, so applying them does not wait for this write.
-        let logWrite = logBatch.count > 0 ? logWriter.start(logBatch, sync: mustSync) : nil
+        // Committed entries were persisted by earlier turns: they are applied (and their
+        // writes answered) before this turn's log write, which then syncs on this thread.
         var applyBatch = ApplyBatch(db.makeWriteBatch())
-        do {
-            for item in readies {
-                try apply(item.ready, to: item.peer, batch: &applyBatch, output: &output)
-            }
-            if applyBatch.batch.count > 0 { try db.write(applyBatch.batch, sync: false) }
-        } catch {
-            _ = try? logWrite?.wait()
-            throw error
+        for item in readies {
+            try apply(item.ready, to: item.peer, batch: &applyBatch, output: &output)
         }
-        try logWrite?.wait()
-        if logWrite != nil && mustSync { output.logSyncs = 1 }
+        if applyBatch.batch.count > 0 { try db.write(applyBatch.batch, sync: false) }
+        if let completeBeforeSync, !output.completedWrites.isEmpty {
+            pendingRequests -= output.completedWrites.count
+            completeBeforeSync(output.completedWrites)
+            output.completedWrites = []
+        }
+        let logWrite: Bool = logBatch.count > 0
+        if logWrite { try db.write(logBatch, sync: mustSync) }
+        if logWrite && mustSync { output.logSyncs = 1 }
         for item in readies {
             item.peer.storage.commit(item.staged)
             if item.ready.snapshotToInstall != nil {

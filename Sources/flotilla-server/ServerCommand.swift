@@ -2,6 +2,8 @@ import ArgumentParser
 import FlotillaServer
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 
 /// `flotilla-server`: one Flotilla store.
 @main
@@ -10,6 +12,22 @@ struct ServerCommand: AsyncParsableCommand {
         commandName: "flotilla-server",
         abstract: "Run one Flotilla store (a node hosting region replicas)."
     )
+
+    /// Runs Swift Concurrency's tasks on NIO's event loops (the threads gRPC does its I/O
+    /// on) instead of a separate pool: a request no longer hops between the two.
+    static func main() async {
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 
     @Option(name: .customLong("config"), help: "TOML config file; flags given here override it.")
     var configFile: String?
