@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
+import NIOPosix
 import RaftStore
 import Synchronization
 
@@ -63,19 +64,21 @@ public struct RaftTransportService: Flotilla_V1_RaftTransport.SimpleServiceProto
         defer { receiving.value.subtract(1, ordering: .relaxed) }
         var builder: SnapshotBuilder?
         do {
+            // SST files are written on NIO's blocking-I/O pool, never on an event loop.
             for try await chunk in request {
                 if let builder {
-                    try builder.add(chunk)
+                    try await NIOThreadPool.singleton.runIfActive { try builder.add(chunk) }
                     continue
                 }
                 let header = chunk.message
                 guard header.toPeer.storeID == storeID, knownStores.contains(header.fromPeer.storeID) else {
                     throw SnapshotTransferError(reason: "snapshot from store \(header.fromPeer.storeID) to store \(header.toPeer.storeID) does not belong here (store \(storeID))")
                 }
-                builder = try SnapshotBuilder(firstChunk: chunk, stagingDirectory: snapshotDirectory)
+                let directory = snapshotDirectory
+                builder = try await NIOThreadPool.singleton.runIfActive { try SnapshotBuilder(firstChunk: chunk, stagingDirectory: directory) }
             }
             guard let builder else { throw SnapshotTransferError(reason: "empty stream") }
-            let received = try builder.finish()
+            let received = try await NIOThreadPool.singleton.runIfActive { try builder.finish() }
             logger.info("received snapshot", metadata: ["region_id": "\(received.header.regionID)",
                                                         "index": "\(received.header.message.snapshot.index)"])
             driver.deliverSnapshot(received)
@@ -140,7 +143,9 @@ final class SnapshotSender: Sendable {
         try await withGRPCClient(transport: transport) { client in
             let raft = Flotilla_V1_RaftTransport.Client(wrapping: client)
             _ = try await raft.snapshot(request: StreamingClientRequest { writer in
-                while let chunk = try snapshot.reader.nextChunk() {
+                // Chunks are read from RocksDB on NIO's blocking-I/O pool, not on an event loop.
+                let reader = snapshot.reader
+                while let chunk = try await NIOThreadPool.singleton.runIfActive({ try reader.nextChunk() }) {
                     try await writer.write(chunk)
                 }
             }, options: options)

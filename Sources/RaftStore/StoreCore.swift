@@ -247,8 +247,8 @@ public final class StoreCore {
         let applyState = try db.get(StoreKeys.applyState(region: region.id), in: metaCF)
             .map { bytes throws(StoreCorruption) in try StoredValues.decodeApplyState(bytes, region: region.id) }
         let applied = applyState?.applied ?? 0
-        // Applying overlaps the log write that may carry the commit index of what is applied;
-        // after a machine crash the apply can survive without it. Applied entries were
+        // A turn writes its apply before the log write that may carry the commit index of
+        // what it applied; after a machine crash the apply can survive without it. Applied entries were
         // committed and are in the log: the commit index is at least the applied index.
         guard applied <= storage.lastIndex else {
             throw StoreCorruption(region: region.id, what: "applied \(applied) beyond the last log index \(storage.lastIndex)")

@@ -135,7 +135,8 @@ public struct SnapshotTransferError: Error, Sendable, CustomStringConvertible {
 
 /// Builds the SST files of a snapshot from the chunks of a stream, checking every pair
 /// against the region and the final count and checksum. Never holds the snapshot in memory.
-public final class SnapshotBuilder {
+/// Used by one task at a time (it may move between threads, e.g. to a blocking-I/O pool).
+public final class SnapshotBuilder: @unchecked Sendable {
     public let header: Flotilla_V1_RaftMessage
     public let directory: String
     private var dataWriter: SSTFileWriter?
