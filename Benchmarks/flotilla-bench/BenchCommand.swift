@@ -306,7 +306,13 @@ struct Run: AsyncParsableCommand {
 
 /// Prints results side by side with the ratio of the first to the second for every figure.
 struct Compare: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print results side by side with their ratios.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print results side by side with their ratios.",
+        discussion: """
+            Consecutive pairs of the same workload are rounds of one comparison (ops/load-test
+            --rounds): each figure is the median over the rounds, and the ratio of every round
+            is listed.
+            """)
     @Argument(help: "Result JSON files written by `run --json`, in pairs: first, second, first, second, …")
     var results: [String]
 
@@ -320,8 +326,8 @@ struct Compare: AsyncParsableCommand {
     func run() async throws {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
-        var rows: [String] = ["| workload | operation | figure | A | B | A/B |", "|---|---|---|---:|---:|---:|"]
-        var names: (String, String) = ("A", "B")
+        // Pairs, grouped into rounds of the same workload when consecutive.
+        var groups: [[(BenchResult, BenchResult)]] = []
         for pair in stride(from: 0, to: results.count, by: 2) {
             let first: BenchResult
             let second: BenchResult
@@ -331,30 +337,62 @@ struct Compare: AsyncParsableCommand {
             } catch {
                 throw ValidationError("cannot read \(results[pair]) / \(results[pair + 1]): \(error)")
             }
+            if let last = groups.last?.last, last.0.parameters.workload == first.parameters.workload {
+                groups[groups.count - 1].append((first, second))
+            } else {
+                groups.append([(first, second)])
+            }
+        }
+        var rows: [String] = []
+        var names: (String, String) = ("A", "B")
+        for rounds in groups {
+            let (first, second) = rounds[0]
             names = (first.label ?? first.target, second.label ?? second.target)
             let workload = first.parameters.workload
-            rows.append("| \(workload) | all | ops/s | \(Format.rate(first.throughputOpsPerSecond)) | \(Format.rate(second.throughputOpsPerSecond)) | "
-                        + "\(ratio(first.throughputOpsPerSecond, second.throughputOpsPerSecond)) |")
+            let a = rounds.map(\.0.throughputOpsPerSecond)
+            let b = rounds.map(\.1.throughputOpsPerSecond)
+            rows.append("| \(workload) | all | ops/s | \(Format.rate(Self.median(a))) | \(Format.rate(Self.median(b))) | \(ratio(Self.median(a), Self.median(b))) |")
+            if rounds.count > 1 {
+                rows.append("| \(workload) | all | ops/s by round | \(a.map(Format.rate).joined(separator: " / ")) | \(b.map(Format.rate).joined(separator: " / ")) | "
+                            + "\(zip(a, b).map { ratio($0, $1) }.joined(separator: " / ")) |")
+            }
             for kind in OperationKind.allCases {
-                guard let a = first.operations[kind.rawValue], let b = second.operations[kind.rawValue] else { continue }
-                rows.append("| \(workload) | \(kind.rawValue) | ops/s | \(Format.rate(a.throughputOpsPerSecond)) | \(Format.rate(b.throughputOpsPerSecond)) | "
-                            + "\(ratio(a.throughputOpsPerSecond, b.throughputOpsPerSecond)) |")
-                for (figure, x, y) in [("p50", a.p50Microseconds, b.p50Microseconds), ("p99", a.p99Microseconds, b.p99Microseconds),
-                                       ("p99.9", a.p999Microseconds, b.p999Microseconds)] {
-                    rows.append("| \(workload) | \(kind.rawValue) | \(figure) | \(Format.latency(x)) | \(Format.latency(y)) | \(ratio(Double(x), Double(y))) |")
+                let pairs = rounds.compactMap { round -> (OperationResult, OperationResult)? in
+                    guard let x = round.0.operations[kind.rawValue], let y = round.1.operations[kind.rawValue] else { return nil }
+                    return (x, y)
                 }
-                if a.errors + b.errors > 0 {
-                    rows.append("| \(workload) | \(kind.rawValue) | errors | \(a.errors) | \(b.errors) | |")
+                guard !pairs.isEmpty else { continue }
+                let opsA = Self.median(pairs.map(\.0.throughputOpsPerSecond))
+                let opsB = Self.median(pairs.map(\.1.throughputOpsPerSecond))
+                rows.append("| \(workload) | \(kind.rawValue) | ops/s | \(Format.rate(opsA)) | \(Format.rate(opsB)) | \(ratio(opsA, opsB)) |")
+                let figures: [(String, KeyPath<OperationResult, UInt64>)] = [("p50", \.p50Microseconds), ("p99", \.p99Microseconds), ("p99.9", \.p999Microseconds)]
+                for (figure, path) in figures {
+                    let x = Self.median(pairs.map { Double($0.0[keyPath: path]) })
+                    let y = Self.median(pairs.map { Double($0.1[keyPath: path]) })
+                    rows.append("| \(workload) | \(kind.rawValue) | \(figure) | \(Format.latency(UInt64(x))) | \(Format.latency(UInt64(y))) | \(ratio(x, y)) |")
+                }
+                let errorsA = pairs.map(\.0.errors).reduce(0, +)
+                let errorsB = pairs.map(\.1.errors).reduce(0, +)
+                if errorsA + errorsB > 0 {
+                    rows.append("| \(workload) | \(kind.rawValue) | errors | \(errorsA) | \(errorsB) | |")
                 }
             }
         }
-        rows[0] = "| workload | operation | figure | \(names.0) | \(names.1) | \(names.0)/\(names.1) |"
-        let table = rows.joined(separator: "\n")
+        let header = ["| workload | operation | figure | \(names.0) | \(names.1) | \(names.0)/\(names.1) |", "|---|---|---|---:|---:|---:|"]
+        let table = (header + rows).joined(separator: "\n")
         print(table)
         if let markdown { try (table + "\n").write(toFile: markdown, atomically: true, encoding: .utf8) }
     }
 
     func ratio(_ a: Double, _ b: Double) -> String { b > 0 ? String(format: "%.2f×", a / b) : "—" }
+
+    /// The middle value (the mean of the two middle ones for an even count).
+    static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return 0 }
+        let middle = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+    }
 }
 
 /// Writes a cluster file whose regions split the benchmark's key space evenly, for starting

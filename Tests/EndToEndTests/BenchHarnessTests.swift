@@ -54,6 +54,10 @@ struct BenchHarnessTests {
         try checkResult(root + "/result.json", operations: 400, target: "flotilla")
         let (compareStatus, table) = try bench(["compare", root + "/result.json", root + "/result.json"])
         #expect(compareStatus == 0 && table.contains("1.00×"), "\(table)")
+        // Three rounds of the same workload: medians, and every round's ratio listed.
+        let rounds = Array(repeating: root + "/result.json", count: 6)
+        let (roundsStatus, roundsTable) = try bench(["compare"] + rounds)
+        #expect(roundsStatus == 0 && roundsTable.contains("ops/s by round") && roundsTable.contains("1.00× / 1.00× / 1.00×"), "\(roundsTable)")
     }
 
     @Test func runsTheSameWorkloadAgainstEtcd() throws {
