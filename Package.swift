@@ -88,14 +88,23 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Entry point shared by the server and the bench: commands run on NIO's event loops.
+        .target(
+            name: "FlotillaCommandLine",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .executableTarget(
             name: "flotilla-server",
             dependencies: [
                 "FlotillaServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                "FlotillaCommandLine",
             ],
             swiftSettings: strictSettings
         ),
@@ -119,8 +128,7 @@ let package = Package(
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                "FlotillaCommandLine",
             ],
             path: "Benchmarks/flotilla-bench",
             swiftSettings: strictSettings

@@ -1,29 +1,16 @@
 import ArgumentParser
 import FlotillaClient
+import FlotillaCommandLine
 import FlotillaProto
 import FlotillaServer
 import Foundation
-import NIOCore
-import NIOPosix
 
 /// `flotilla-bench`: YCSB-style load tests against Flotilla and, with the same workloads, etcd.
 @main
 struct BenchCommand: AsyncParsableCommand {
     /// Runs Swift Concurrency's tasks on NIO's event loops, where the gRPC clients do their
     /// I/O, instead of a separate pool (fewer thread hops per operation, for every target).
-    static func main() async {
-        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-        do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? any AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            exit(withError: error)
-        }
-    }
+    static func main() async { await mainOnEventLoops() }
 
     static let configuration = CommandConfiguration(
         commandName: "flotilla-bench",

@@ -1,9 +1,8 @@
 import ArgumentParser
+import FlotillaCommandLine
 import FlotillaServer
 import Foundation
 import Logging
-import NIOCore
-import NIOPosix
 
 /// `flotilla-server`: one Flotilla store.
 @main
@@ -15,19 +14,7 @@ struct ServerCommand: AsyncParsableCommand {
 
     /// Runs Swift Concurrency's tasks on NIO's event loops (the threads gRPC does its I/O
     /// on) instead of a separate pool: a request no longer hops between the two.
-    static func main() async {
-        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-        do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? any AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            exit(withError: error)
-        }
-    }
+    static func main() async { await mainOnEventLoops() }
 
     @Option(name: .customLong("config"), help: "TOML config file; flags given here override it.")
     var configFile: String?
