@@ -11,16 +11,7 @@ struct BenchHarnessTests {
 
     /// Runs flotilla-bench; returns its exit status and output.
     func bench(_ arguments: [String]) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.benchBinary)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, text)
+        try LocalCluster.runToEnd(Self.benchBinary, arguments)
     }
 
     /// Every operation type, so each target's five operations are exercised.
@@ -111,5 +102,12 @@ struct BenchHarnessTests {
         let file = try JSONDecoder().decode(ClusterFile.self, from: Data(cluster.utf8))
         #expect(clusterStatus == 0 && file.stores.count == 3 && file.splitKeys.count == 3, "\(cluster)")
         try file.validate()
+        // ops/load-test refuses bad arguments before it installs, builds or starts anything.
+        let loadTest = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("ops/load-test").path
+        let (roundsStatus, rounds) = try LocalCluster.runToEnd("/bin/bash", [loadTest, "--rounds", "0"])
+        #expect(roundsStatus == 2 && rounds.contains("--rounds must be a positive integer, got '0'"), "\(rounds)")
+        let (unknownStatus, unknown) = try LocalCluster.runToEnd("/bin/bash", [loadTest, "--fast"])
+        #expect(unknownStatus == 2 && unknown.contains("unknown argument '--fast'"), "\(unknown)")
     }
 }

@@ -64,18 +64,7 @@ struct EndToEndTests {
     }
 
     @Test func badFlagsAndBadClusterFilesAreRejectedClearly() async throws {
-        func run(_ arguments: [String]) throws -> (Int32, String) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: LocalCluster.serverBinary)
-            process.arguments = arguments
-            let output = Pipe()
-            process.standardError = output
-            process.standardOutput = output
-            try process.run()
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            return (process.terminationStatus, text)
-        }
+        func run(_ arguments: [String]) throws -> (Int32, String) { try LocalCluster.runToEnd(LocalCluster.serverBinary, arguments) }
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-flags-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: root) }

@@ -38,6 +38,21 @@ final class LocalCluster {
     /// A free loopback port for a server of the test to bind.
     static func freePort() throws -> Int { try freeLoopbackPort() }
 
+    /// Runs a binary to its end as a user would; returns its exit status and its output
+    /// (stdout and stderr together).
+    static func runToEnd(_ binary: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
     /// Starts a store from a TOML config file (as an operator would), with the log level and
     /// `extraArguments` as flags.
     func start(_ storeID: UInt64) throws {
