@@ -38,6 +38,8 @@ let package = Package(
             pkgConfig: "rocksdb",
             providers: [.apt(["librocksdb-dev"])]
         ),
+        // epoll and eventfd for the store thread's Raft sockets (Linux).
+        .systemLibrary(name: "CLinuxEvents"),
         // Safe Swift engine API over the C API.
         .target(
             name: "RocksDB",
@@ -79,7 +81,7 @@ let package = Package(
         .target(
             name: "FlotillaServer",
             dependencies: [
-                "RaftStore", "Raft", "RocksDB", "FlotillaProto",
+                "RaftStore", "Raft", "RocksDB", "FlotillaProto", "CLinuxEvents",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "Logging", package: "swift-log"),
@@ -169,6 +171,11 @@ let package = Package(
             dependencies: ["FlotillaClient", "FlotillaServer", "flotilla-server", "flotilla-bench", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
                            .product(name: "GRPCCore", package: "grpc-swift-2"),
                            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "FlotillaServerTests",
+            dependencies: ["FlotillaServer", "FlotillaProto", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -387,11 +387,11 @@ struct Compare: AsyncParsableCommand {
 struct MakeClusterFile: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cluster-file",
                                                     abstract: "Print a cluster file with regions split over the benchmark keys.")
-    @Option(help: "Number of stores (ids 1…N, ports base-port+1…).")
+    @Option(help: "Number of stores (ids 1…N, ports base-port+1…, Raft ports base-port+101…).")
     var stores = 3
     @Option(help: "Number of regions.")
     var regions = 64
-    @Option(name: .customLong("base-port"), help: "Store i listens on 127.0.0.1:(base-port + i).")
+    @Option(name: .customLong("base-port"), help: "Store i serves on 127.0.0.1:(base-port + i), Raft on 127.0.0.1:(base-port + 100 + i).")
     var basePort: Int
     @Option(name: .customLong("key-prefix"), help: "Prefix of the benchmark keys.")
     var keyPrefix = "user"
@@ -401,12 +401,13 @@ struct MakeClusterFile: ParsableCommand {
     func validate() throws {
         guard (1...64).contains(stores) else { throw ValidationError("--stores must be 1 to 64") }
         guard (1...65_536).contains(regions) else { throw ValidationError("--regions must be 1 to 65536") }
-        guard (1...(65_535 - stores)).contains(basePort) else { throw ValidationError("--base-port out of range") }
+        guard (1...(65_435 - stores)).contains(basePort) else { throw ValidationError("--base-port must be 1 to \(65_435 - stores)") }
     }
 
     func run() throws {
         let file = ClusterFile(clusterID: clusterID,
-                               stores: (1...stores).map { ClusterFile.Store(id: UInt64($0), address: "127.0.0.1:\(basePort + $0)") },
+                               stores: (1...stores).map { ClusterFile.Store(id: UInt64($0), address: "127.0.0.1:\(basePort + $0)",
+                                                                                      raftAddress: "127.0.0.1:\(basePort + 100 + $0)") },
                                splitKeys: KeySpace(prefix: keyPrefix).splitKeys(regions: regions))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -1913,19 +1913,6 @@ public enum Flotilla_V1_RaftTransport: Sendable {
     public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.RaftTransport")
     /// Namespace for method metadata.
     public enum Method: Sendable {
-        /// Namespace for "Raft" metadata.
-        public enum Raft: Sendable {
-            /// Request type for "Raft".
-            public typealias Input = Flotilla_V1_RaftMessageBatch
-            /// Response type for "Raft".
-            public typealias Output = Flotilla_V1_RaftTransportDone
-            /// Descriptor for "Raft".
-            public static let descriptor = GRPCCore.MethodDescriptor(
-                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.RaftTransport"),
-                method: "Raft",
-                type: .clientStreaming
-            )
-        }
         /// Namespace for "Snapshot" metadata.
         public enum Snapshot: Sendable {
             /// Request type for "Snapshot".
@@ -1941,7 +1928,6 @@ public enum Flotilla_V1_RaftTransport: Sendable {
         }
         /// Descriptors for all methods in the "flotilla.v1.RaftTransport" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
-            Raft.descriptor,
             Snapshot.descriptor
         ]
     }
@@ -1968,21 +1954,11 @@ extension Flotilla_V1_RaftTransport {
     ///
     /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
     /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Region snapshots between stores (Raft messages go over the raw Raft transport).
     public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
-        /// Handle the "Raft" method.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request of `Flotilla_V1_RaftMessageBatch` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A streaming response of `Flotilla_V1_RaftTransportDone` messages.
-        func raft(
-            request: GRPCCore.StreamingServerRequest<Flotilla_V1_RaftMessageBatch>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RaftTransportDone>
-
         /// Handle the "Snapshot" method.
         ///
         /// - Parameters:
@@ -2005,21 +1981,11 @@ extension Flotilla_V1_RaftTransport {
     /// trailing response metadata. If you don't need these then consider using
     /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
     /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Region snapshots between stores (Raft messages go over the raw Raft transport).
     public protocol ServiceProtocol: Flotilla_V1_RaftTransport.StreamingServiceProtocol {
-        /// Handle the "Raft" method.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request of `Flotilla_V1_RaftMessageBatch` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A response containing a single `Flotilla_V1_RaftTransportDone` message.
-        func raft(
-            request: GRPCCore.StreamingServerRequest<Flotilla_V1_RaftMessageBatch>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_RaftTransportDone>
-
         /// Handle the "Snapshot" method.
         ///
         /// - Parameters:
@@ -2040,21 +2006,11 @@ extension Flotilla_V1_RaftTransport {
     /// This is the highest level protocol for the service. The API is the easiest to use but
     /// doesn't provide access to request or response metadata. If you need access to these
     /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Region snapshots between stores (Raft messages go over the raw Raft transport).
     public protocol SimpleServiceProtocol: Flotilla_V1_RaftTransport.ServiceProtocol {
-        /// Handle the "Raft" method.
-        ///
-        /// - Parameters:
-        ///   - request: A stream of `Flotilla_V1_RaftMessageBatch` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A `Flotilla_V1_RaftTransportDone` to respond with.
-        func raft(
-            request: GRPCCore.RPCAsyncSequence<Flotilla_V1_RaftMessageBatch, any Swift.Error>,
-            context: GRPCCore.ServerContext
-        ) async throws -> Flotilla_V1_RaftTransportDone
-
         /// Handle the "Snapshot" method.
         ///
         /// - Parameters:
@@ -2076,17 +2032,6 @@ extension Flotilla_V1_RaftTransport {
 extension Flotilla_V1_RaftTransport.StreamingServiceProtocol {
     public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
         router.registerHandler(
-            forMethod: Flotilla_V1_RaftTransport.Method.Raft.descriptor,
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_RaftMessageBatch>(),
-            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_RaftTransportDone>(),
-            handler: { request, context in
-                try await self.raft(
-                    request: request,
-                    context: context
-                )
-            }
-        )
-        router.registerHandler(
             forMethod: Flotilla_V1_RaftTransport.Method.Snapshot.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_SnapshotChunk>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_SnapshotDone>(),
@@ -2103,17 +2048,6 @@ extension Flotilla_V1_RaftTransport.StreamingServiceProtocol {
 // Default implementation of streaming methods from 'StreamingServiceProtocol'.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Flotilla_V1_RaftTransport.ServiceProtocol {
-    public func raft(
-        request: GRPCCore.StreamingServerRequest<Flotilla_V1_RaftMessageBatch>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RaftTransportDone> {
-        let response = try await self.raft(
-            request: request,
-            context: context
-        )
-        return GRPCCore.StreamingServerResponse(single: response)
-    }
-
     public func snapshot(
         request: GRPCCore.StreamingServerRequest<Flotilla_V1_SnapshotChunk>,
         context: GRPCCore.ServerContext
@@ -2129,19 +2063,6 @@ extension Flotilla_V1_RaftTransport.ServiceProtocol {
 // Default implementation of methods from 'ServiceProtocol'.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Flotilla_V1_RaftTransport.SimpleServiceProtocol {
-    public func raft(
-        request: GRPCCore.StreamingServerRequest<Flotilla_V1_RaftMessageBatch>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_RaftTransportDone> {
-        return GRPCCore.ServerResponse<Flotilla_V1_RaftTransportDone>(
-            message: try await self.raft(
-                request: request.messages,
-                context: context
-            ),
-            metadata: [:]
-        )
-    }
-
     public func snapshot(
         request: GRPCCore.StreamingServerRequest<Flotilla_V1_SnapshotChunk>,
         context: GRPCCore.ServerContext
@@ -2164,26 +2085,11 @@ extension Flotilla_V1_RaftTransport {
     ///
     /// You don't need to implement this protocol directly, use the generated
     /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Region snapshots between stores (Raft messages go over the raw Raft transport).
     public protocol ClientProtocol: Sendable {
-        /// Call the "Raft" method.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request producing `Flotilla_V1_RaftMessageBatch` messages.
-        ///   - serializer: A serializer for `Flotilla_V1_RaftMessageBatch` messages.
-        ///   - deserializer: A deserializer for `Flotilla_V1_RaftTransportDone` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        func raft<Result>(
-            request: GRPCCore.StreamingClientRequest<Flotilla_V1_RaftMessageBatch>,
-            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_RaftMessageBatch>,
-            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_RaftTransportDone>,
-            options: GRPCCore.CallOptions,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_RaftTransportDone>) async throws -> Result
-        ) async throws -> Result where Result: Sendable
-
         /// Call the "Snapshot" method.
         ///
         /// - Parameters:
@@ -2209,6 +2115,10 @@ extension Flotilla_V1_RaftTransport {
     /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
     /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
     /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Region snapshots between stores (Raft messages go over the raw Raft transport).
     public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
         private let client: GRPCCore.GRPCClient<Transport>
 
@@ -2218,36 +2128,6 @@ extension Flotilla_V1_RaftTransport {
         ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
         public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
             self.client = client
-        }
-
-        /// Call the "Raft" method.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request producing `Flotilla_V1_RaftMessageBatch` messages.
-        ///   - serializer: A serializer for `Flotilla_V1_RaftMessageBatch` messages.
-        ///   - deserializer: A deserializer for `Flotilla_V1_RaftTransportDone` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        public func raft<Result>(
-            request: GRPCCore.StreamingClientRequest<Flotilla_V1_RaftMessageBatch>,
-            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_RaftMessageBatch>,
-            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_RaftTransportDone>,
-            options: GRPCCore.CallOptions = .defaults,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_RaftTransportDone>) async throws -> Result = { response in
-                try response.message
-            }
-        ) async throws -> Result where Result: Sendable {
-            try await self.client.clientStreaming(
-                request: request,
-                descriptor: Flotilla_V1_RaftTransport.Method.Raft.descriptor,
-                serializer: serializer,
-                deserializer: deserializer,
-                options: options,
-                onResponse: handleResponse
-            )
         }
 
         /// Call the "Snapshot" method.
@@ -2285,31 +2165,6 @@ extension Flotilla_V1_RaftTransport {
 // Helpers providing default arguments to 'ClientProtocol' methods.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Flotilla_V1_RaftTransport.ClientProtocol {
-    /// Call the "Raft" method.
-    ///
-    /// - Parameters:
-    ///   - request: A streaming request producing `Flotilla_V1_RaftMessageBatch` messages.
-    ///   - options: Options to apply to this RPC.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func raft<Result>(
-        request: GRPCCore.StreamingClientRequest<Flotilla_V1_RaftMessageBatch>,
-        options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_RaftTransportDone>) async throws -> Result = { response in
-            try response.message
-        }
-    ) async throws -> Result where Result: Sendable {
-        try await self.raft(
-            request: request,
-            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_RaftMessageBatch>(),
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_RaftTransportDone>(),
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
     /// Call the "Snapshot" method.
     ///
     /// - Parameters:
@@ -2339,36 +2194,6 @@ extension Flotilla_V1_RaftTransport.ClientProtocol {
 // Helpers providing sugared APIs for 'ClientProtocol' methods.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Flotilla_V1_RaftTransport.ClientProtocol {
-    /// Call the "Raft" method.
-    ///
-    /// - Parameters:
-    ///   - metadata: Additional metadata to send, defaults to empty.
-    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
-    ///   - producer: A closure producing request messages to send to the server. Returning
-    ///       from the closure closes the request stream.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func raft<Result>(
-        metadata: GRPCCore.Metadata = [:],
-        options: GRPCCore.CallOptions = .defaults,
-        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Flotilla_V1_RaftMessageBatch>) async throws -> Void,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_RaftTransportDone>) async throws -> Result = { response in
-            try response.message
-        }
-    ) async throws -> Result where Result: Sendable {
-        let request = GRPCCore.StreamingClientRequest<Flotilla_V1_RaftMessageBatch>(
-            metadata: metadata,
-            producer: producer
-        )
-        return try await self.raft(
-            request: request,
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
     /// Call the "Snapshot" method.
     ///
     /// - Parameters:

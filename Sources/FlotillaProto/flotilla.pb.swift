@@ -1330,7 +1330,9 @@ public nonisolated struct Flotilla_V1_RaftMessage: Sendable {
   fileprivate var _message: Flotilla_V1_RaftCoreMessage? = nil
 }
 
-/// Messages of many regions from one store to another, coalesced into one frame.
+/// Messages of many regions from one store to another, coalesced into one frame of the Raft
+/// transport: a TCP connection from the sending store to the receiver's raft address carrying
+/// frames of a 4-byte big-endian length and this message (at most 64 MiB each).
 public nonisolated struct Flotilla_V1_RaftMessageBatch: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1343,16 +1345,6 @@ public nonisolated struct Flotilla_V1_RaftMessageBatch: Sendable {
   public var toStoreID: UInt64 = 0
 
   public var messages: [Flotilla_V1_RaftMessage] = []
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public init() {}
-}
-
-public nonisolated struct Flotilla_V1_RaftTransportDone: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -3889,25 +3881,6 @@ nonisolated extension Flotilla_V1_RaftMessageBatch: SwiftProtobuf.Message, Swift
     if lhs.fromStoreID != rhs.fromStoreID {return false}
     if lhs.toStoreID != rhs.toStoreID {return false}
     if lhs.messages != rhs.messages {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension Flotilla_V1_RaftTransportDone: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".RaftTransportDone"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    // Load everything into unknown fields
-    while try decoder.nextFieldNumber() != nil {}
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: Flotilla_V1_RaftTransportDone, rhs: Flotilla_V1_RaftTransportDone) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

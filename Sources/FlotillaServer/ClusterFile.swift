@@ -4,16 +4,20 @@ import Foundation
 /// driver takes over bootstrapping): the stores and their addresses, and the keys at which the
 /// key space is split into the initial regions. JSON:
 ///
-///     {"clusterID": 1, "stores": [{"id": 1, "address": "127.0.0.1:20161"}, …], "splitKeys": ["g", "n"]}
+///     {"clusterID": 1, "stores": [{"id": 1, "address": "127.0.0.1:20161",
+///                                  "raftAddress": "127.0.0.1:20171"}, …], "splitKeys": ["g", "n"]}
 public struct ClusterFile: Codable, Sendable, Equatable {
     public struct Store: Codable, Sendable, Equatable {
         public var id: UInt64
-        /// host:port the store serves both the KV and the Raft transport on.
+        /// host:port of the store's gRPC services: KV, admin, snapshots.
         public var address: String
+        /// host:port of the store's Raft transport (plain TCP frames between stores).
+        public var raftAddress: String
 
-        public init(id: UInt64, address: String) {
+        public init(id: UInt64, address: String, raftAddress: String) {
             self.id = id
             self.address = address
+            self.raftAddress = raftAddress
         }
     }
 
@@ -47,8 +51,17 @@ public struct ClusterFile: Codable, Sendable, Equatable {
         guard !stores.isEmpty else { throw ConfigError("the cluster file names no stores") }
         guard Set(stores.map(\.id)).count == stores.count else { throw ConfigError("store ids repeat") }
         guard !stores.contains(where: { $0.id == 0 }) else { throw ConfigError("store id 0 is reserved") }
-        for store in stores where HostPort(store.address) == nil {
-            throw ConfigError("store \(store.id) has address '\(store.address)', expected host:port")
+        for store in stores {
+            guard HostPort(store.address) != nil else {
+                throw ConfigError("store \(store.id) has address '\(store.address)', expected host:port")
+            }
+            guard HostPort(store.raftAddress) != nil else {
+                throw ConfigError("store \(store.id) has raftAddress '\(store.raftAddress)', expected host:port")
+            }
+        }
+        let endpoints = stores.flatMap { [$0.address, $0.raftAddress] }
+        if let repeated = endpoints.first(where: { endpoint in endpoints.filter { $0 == endpoint }.count > 1 }) {
+            throw ConfigError("address \(repeated) is given twice: every store's address and raftAddress must differ")
         }
         for (first, second) in zip(splitKeys, splitKeys.dropFirst()) where !(Data(first.utf8).lexicographicallyPrecedes(Data(second.utf8))) {
             throw ConfigError("split keys must be strictly increasing: '\(first)' then '\(second)'")

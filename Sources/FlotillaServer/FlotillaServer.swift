@@ -27,11 +27,13 @@ public struct ServerSettings: Sendable {
     }
 }
 
-/// A running store: its RocksDB, store loop, Raft links to the other stores and gRPC server.
+/// A running store: its RocksDB, store loop (which also runs the Raft transport to the other
+/// stores) and gRPC server.
 public final class FlotillaServer: Sendable {
     public let settings: ServerSettings
     private let driver: StoreDriver
-    private let links: [PeerStoreLink]
+    /// Where the Raft transport listens (the kernel's port when the cluster file says 0).
+    public let raftListeningAddress: String
     private let server: GRPCServer<HTTP2ServerTransport.Posix>
     private let transport: HTTP2ServerTransport.Posix
     private let logger: Logger
@@ -47,6 +49,7 @@ public final class FlotillaServer: Sendable {
             throw ConfigError("store \(settings.storeID) is not in the cluster file (stores: \(settings.cluster.stores.map(\.id)))")
         }
         guard let address = HostPort(me.address) else { throw ConfigError("bad address \(me.address)") }
+        guard let raftAddress = HostPort(me.raftAddress) else { throw ConfigError("bad raftAddress \(me.raftAddress)") }
         let db = try Database(path: settings.dataDirectory + "/db", columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
         try Self.checkIdentity(db: db, clusterID: settings.cluster.clusterID, storeID: settings.storeID, path: settings.dataDirectory)
         let electionTimeoutTicks = settings.electionTimeoutTicks
@@ -65,18 +68,19 @@ public final class FlotillaServer: Sendable {
         }
         for region in settings.cluster.initialRegions() { try core.bootstrapRegion(region) }
 
-        let links = settings.cluster.stores.filter { $0.id != settings.storeID }.map {
-            PeerStoreLink(storeID: $0.id, clusterID: settings.cluster.clusterID, fromStoreID: settings.storeID, queueMessagesMax: 65_536)
-        }
-        self.links = links
         let clusterID = settings.cluster.clusterID
         let storeID = settings.storeID
         var addresses: [UInt64: HostPort] = [:]
-        for store in settings.cluster.stores { addresses[store.id] = HostPort(store.address) }
+        var raftPeers: [UInt64: HostPort] = [:]
+        for store in settings.cluster.stores {
+            addresses[store.id] = HostPort(store.address)
+            if store.id != storeID { raftPeers[store.id] = HostPort(store.raftAddress) }
+        }
+        let network = try RaftSocketTransport(listen: raftAddress, clusterID: clusterID, storeID: storeID, peers: raftPeers, logger: logger)
+        raftListeningAddress = "\(raftAddress.host):\(network.listeningPort)"
         let snapshotSender = SnapshotSender(addresses: addresses, sendsMax: settings.snapshotSendsMax, logger: logger)
-        let outbound = ServerOutbound(links: Dictionary(uniqueKeysWithValues: links.map { ($0.storeID, $0) }),
-                                      snapshotSender: snapshotSender)
-        driver = StoreDriver(core: core, tickInterval: settings.tickInterval, logger: logger, onFailure: onFailure, outbound: outbound)
+        driver = StoreDriver(core: core, network: network, tickInterval: settings.tickInterval, logger: logger, onFailure: onFailure,
+                             snapshots: snapshotSender)
         (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
         var transportConfig = HTTP2ServerTransport.Posix.Config.defaults
         // Room for the largest request the KV service accepts (a batch of big values).
@@ -85,8 +89,8 @@ public final class FlotillaServer: Sendable {
                                                config: transportConfig)
         server = GRPCServer(transport: transport, services: [
             KVService(driver: driver),
-            RaftTransportService(clusterID: clusterID, storeID: storeID, knownStores: Set(settings.cluster.stores.map(\.id)),
-                                 driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory),
+            SnapshotTransferService(storeID: storeID, knownStores: Set(settings.cluster.stores.map(\.id)),
+                                    driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory),
             StoreAdminService(driver: driver, snapshotSender: snapshotSender),
         ])
     }
@@ -126,18 +130,13 @@ public final class FlotillaServer: Sendable {
 
     private func serve(onListening: @escaping @Sendable (String) -> Void) async throws {
         try await withThrowingDiscardingTaskGroup { group in
-            // Peers' Raft streams never end by themselves: after a short grace period for
-            // in-flight client requests, stop waiting for them.
+            // Streams that never end by themselves (clients' command streams, snapshots):
+            // after a short grace period for in-flight requests, stop waiting for them.
             group.addTask {
                 for await _ in self.shutdownRequested {
                     try await Task.sleep(for: .milliseconds(500))
                     throw ShutdownGraceElapsed()
                 }
-            }
-            for link in links {
-                guard let target = settings.cluster.stores.first(where: { $0.id == link.storeID }).flatMap({ HostPort($0.address) }) else { continue }
-                let logger = self.logger
-                group.addTask { await link.run(address: target, logger: logger) }
             }
             group.addTask { try await self.server.serve() }
             if let address = try await transport.listeningAddress.ipv4 {
@@ -146,26 +145,11 @@ public final class FlotillaServer: Sendable {
         }
     }
 
-    /// Stops accepting requests, closes the Raft links and lets `run()` return.
+    /// Stops accepting requests and lets `run()` return (the store loop closes the Raft
+    /// sockets as it stops).
     public func shutDown() {
         requestShutdown.yield()
         server.beginGracefulShutdown()
-        for link in links { link.finish() }
-    }
-}
-
-/// A store process's outbound traffic: Raft batches to the per-store links, snapshots to the
-/// snapshot sender.
-struct ServerOutbound: StoreOutbound {
-    let links: [UInt64: PeerStoreLink]
-    let snapshotSender: SnapshotSender
-
-    func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) {
-        for (destination, messages) in messagesByStore { links[destination]?.enqueue(messages) }
-    }
-
-    func sendSnapshot(_ snapshot: OutgoingSnapshot) {
-        snapshotSender.send(snapshot)
     }
 }
 

@@ -5,10 +5,9 @@ import Raft
 import RaftStore
 import Synchronization
 
-/// Where a store loop's output goes: Raft messages to the links of other stores, snapshots to
-/// a sender that streams them. Both must return at once (they queue).
-public protocol StoreOutbound: Sendable {
-    func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]])
+/// Where a store loop's snapshots go: a sender that streams them. Must return at once (it
+/// queues). Raft messages go through the store thread's own `RaftSocketTransport`.
+protocol SnapshotOutbound: Sendable {
     func sendSnapshot(_ snapshot: OutgoingSnapshot)
 }
 
@@ -23,14 +22,14 @@ public struct StoreLoopCounters: Sendable {
     public var logsTruncated: UInt64 = 0
 }
 
-/// Runs a `StoreCore` on its own thread: the store loop. Requests and Raft messages arrive
-/// from any thread through a bounded inbox; each loop turn drains it, ticks on schedule, runs
-/// the core's turn (one synced log batch for every ready region), hands messages to the
-/// transport and completes requests. Nothing here blocks an event loop: callers await.
+/// Runs a `StoreCore` on its own thread: the store loop. Requests arrive from any thread
+/// through a bounded inbox, Raft messages from the store thread's own sockets; each loop turn
+/// takes both, ticks on schedule, runs the core's turn (one synced log batch for every ready
+/// region), writes messages to the sockets and completes requests. Nothing here blocks an
+/// event loop: callers await.
 public final class StoreDriver: Sendable {
     /// A request waiting in the inbox or in flight.
     enum Event: Sendable {
-        case raft(Flotilla_V1_RaftMessageBatch)
         case write(Flotilla_V1_WriteCommand, Flotilla_V1_RequestContext, @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
         case read(Flotilla_V1_RequestContext, ReadAction)
         case snapshot(ReceivedSnapshot)
@@ -52,33 +51,39 @@ public final class StoreDriver: Sendable {
     }
 
     private let inbox = Mutex(Inbox())
-    private let wakeUp = DispatchSemaphore(value: 0)
+    private let wakeup: StoreThreadWakeup
     private let stopped = DispatchSemaphore(value: 0)
     private let inboxEventsMax: Int
     private let tickInterval: Duration
     private let requestTimeout: Duration
-    private let outbound: any StoreOutbound
+    private let snapshots: any SnapshotOutbound
     private let logger: Logger
     private let onFailure: @Sendable (Error) -> Void
     /// The core is touched only by the store thread, which also releases it (closing RocksDB)
     /// before `stop()` returns: closing during process exit races RocksDB's static teardown.
     private nonisolated(unsafe) var core: StoreCore?
+    /// The Raft sockets, likewise used only by the store thread, which closes them at the end.
+    private nonisolated(unsafe) var network: RaftSocketTransport?
 
-    public init(core: StoreCore, tickInterval: Duration, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
-                logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, outbound: any StoreOutbound) {
+    init(core: StoreCore, network: RaftSocketTransport, tickInterval: Duration, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
+         logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, snapshots: any SnapshotOutbound) {
         self.onFailure = onFailure
         self.core = core
+        self.network = network
+        self.wakeup = network.wakeup
         self.tickInterval = tickInterval
         self.requestTimeout = requestTimeout
         self.inboxEventsMax = inboxEventsMax
         self.logger = logger
-        self.outbound = outbound
+        self.snapshots = snapshots
     }
 
     /// Starts the store thread.
     public func start() {
         let thread = Thread { [self] in
-            if let core = self.core { self.loop(core) }
+            if let core = self.core, let network = self.network { self.loop(core, network: network) }
+            self.network?.closeAll()
+            self.network = nil
             self.core = nil
             self.stopped.signal()
         }
@@ -90,7 +95,7 @@ public final class StoreDriver: Sendable {
     /// no event loop blocks while the last turn finishes).
     public func stop() async {
         inbox.withLock { $0.stopping = true; $0.storeThreadWaiting = false }
-        wakeUp.signal()
+        wakeup.wake()
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             Thread.detachNewThread { [stopped] in
                 stopped.wait()
@@ -107,12 +112,8 @@ public final class StoreDriver: Sendable {
             defer { inbox.storeThreadWaiting = false }
             return (true, inbox.storeThreadWaiting)
         }
-        if wake { wakeUp.signal() }
+        if wake { wakeup.wake() }
         return accepted
-    }
-
-    public func deliver(_ batch: Flotilla_V1_RaftMessageBatch) {
-        if !enqueue(.raft(batch)) { logger.warning("inbox full: dropped a Raft batch", metadata: ["from_store": "\(batch.fromStoreID)"]) }
     }
 
     /// Hands a fully received snapshot to the store; its files are removed when the store
@@ -171,14 +172,19 @@ public final class StoreDriver: Sendable {
 
     // MARK: The loop
 
-    private func loop(_ core: StoreCore) {
+    private func loop(_ core: StoreCore, network: RaftSocketTransport) {
         var pendingWrites: [ProposalID: (deadline: ContinuousClock.Instant, complete: @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)] = [:]
         var pendingReads: [ProposalID: (deadline: ContinuousClock.Instant, action: ReadAction)] = [:]
         let clock = ContinuousClock()
         var nextTick = clock.now + tickInterval
         var tickCount = 0
         var counters = StoreLoopCounters()
+        let deliver = { (batch: Flotilla_V1_RaftMessageBatch) in
+            for message in batch.messages { core.step(message) }
+        }
         while true {
+            // Frames that arrived while the last turn ran (no waiting).
+            network.wait(timeoutMilliseconds: 0, deliver: deliver)
             let (events, stopping) = inbox.withLock { inbox in
                 defer { inbox.events.removeAll(keepingCapacity: true) }
                 return (inbox.events, inbox.stopping)
@@ -186,8 +192,6 @@ public final class StoreDriver: Sendable {
             if stopping { break }
             for event in events {
                 switch event {
-                case .raft(let batch):
-                    for message in batch.messages { core.step(message) }
                 case .write(let command, let context, let complete):
                     do {
                         let id = try core.proposeWrite(command, context: context)
@@ -225,8 +229,7 @@ public final class StoreDriver: Sendable {
                 nextTick = clock.now + tickInterval
             }
             do {
-                let outbound = self.outbound
-                let output = try core.runTurn(sendBeforeSync: { outbound.send($0) }, completeBeforeSync: { completed in
+                let output = try core.runTurn(sendBeforeSync: { network.send($0) }, completeBeforeSync: { completed in
                     for (id, result) in completed { pendingWrites.removeValue(forKey: id)?.complete(result) }
                 })
                 counters.turns += 1
@@ -235,8 +238,8 @@ public final class StoreDriver: Sendable {
                 counters.entriesApplied += UInt64(output.entriesApplied)
                 counters.snapshotsInstalled += UInt64(output.snapshotsInstalled)
                 counters.logsTruncated += UInt64(output.logsTruncated)
-                if !output.messagesByStore.isEmpty { outbound.send(output.messagesByStore) }
-                for snapshot in output.snapshotsToSend { outbound.sendSnapshot(snapshot) }
+                if !output.messagesByStore.isEmpty { network.send(output.messagesByStore) }
+                for snapshot in output.snapshotsToSend { snapshots.sendSnapshot(snapshot) }
                 for (id, result) in output.completedWrites { pendingWrites.removeValue(forKey: id)?.complete(result) }
                 for read in output.readyReads { pendingReads.removeValue(forKey: read.id)?.action.run(.success(core)) }
                 for read in output.failedReads { pendingReads.removeValue(forKey: read.id)?.action.run(.failure(read.error)) }
@@ -264,8 +267,8 @@ public final class StoreDriver: Sendable {
             }
             guard idle else { continue }
             let untilTick = nextTick - clock.now
-            let waitNanoseconds = max(0, untilTick.components.attoseconds / 1_000_000_000 + untilTick.components.seconds * 1_000_000_000)
-            _ = wakeUp.wait(timeout: .now() + .nanoseconds(Int(waitNanoseconds)))
+            let waitMilliseconds = max(0, untilTick.components.seconds * 1_000 + (untilTick.components.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+            network.wait(timeoutMilliseconds: Int32(min(waitMilliseconds, 60_000)), deliver: deliver)
             inbox.withLock { $0.storeThreadWaiting = false }
         }
         for pending in pendingWrites.values { pending.complete(.failure(.serverIsBusy(reason: "store stopping"))) }

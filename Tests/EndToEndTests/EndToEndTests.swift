@@ -47,7 +47,7 @@ struct EndToEndTests {
         cluster.kill(1, signal: SIGTERM)
         // Point store id 9 at store 1's data dir (with a cluster file that names store 9).
         var other = cluster.cluster
-        other.stores = [ClusterFile.Store(id: 9, address: cluster.cluster.stores[0].address)]
+        other.stores = [ClusterFile.Store(id: 9, address: cluster.cluster.stores[0].address, raftAddress: cluster.cluster.stores[0].raftAddress)]
         let otherPath = cluster.root + "/other.json"
         try JSONEncoder().encode(other).write(to: URL(fileURLWithPath: otherPath))
         let process = Process()
@@ -70,12 +70,18 @@ struct EndToEndTests {
         defer { try? FileManager.default.removeItem(atPath: root) }
         let (missingStatus, missing) = try run(["--store-id", "1", "--cluster-file", root + "/absent.json", "--data-dir", root + "/d"])
         #expect(missingStatus != 0 && missing.contains("cannot read cluster file"))
-        try #"{"clusterID": 1, "stores": [{"id": 1, "address": "nowhere"}], "splitKeys": []}"#.write(toFile: root + "/bad.json", atomically: true, encoding: .utf8)
+        try #"{"clusterID": 1, "stores": [{"id": 1, "address": "nowhere", "raftAddress": "127.0.0.1:2"}], "splitKeys": []}"#.write(toFile: root + "/bad.json", atomically: true, encoding: .utf8)
         let (badStatus, bad) = try run(["--store-id", "1", "--cluster-file", root + "/bad.json", "--data-dir", root + "/d"])
         #expect(badStatus != 0 && bad.contains("expected host:port"))
-        try #"{"clusterID": 1, "stores": [{"id": 1, "address": "127.0.0.1:1"}], "splitKeys": ["m", "c"]}"#.write(toFile: root + "/order.json", atomically: true, encoding: .utf8)
+        try #"{"clusterID": 1, "stores": [{"id": 1, "address": "127.0.0.1:1", "raftAddress": "127.0.0.1:2"}], "splitKeys": ["m", "c"]}"#.write(toFile: root + "/order.json", atomically: true, encoding: .utf8)
         let (orderStatus, order) = try run(["--store-id", "1", "--cluster-file", root + "/order.json", "--data-dir", root + "/d"])
         #expect(orderStatus != 0 && order.contains("strictly increasing"))
+        try #"{"clusterID": 1, "stores": [{"id": 1, "address": "127.0.0.1:1"}], "splitKeys": []}"#.write(toFile: root + "/noraft.json", atomically: true, encoding: .utf8)
+        let (noRaftStatus, noRaft) = try run(["--store-id", "1", "--cluster-file", root + "/noraft.json", "--data-dir", root + "/d"])
+        #expect(noRaftStatus != 0 && noRaft.contains("raftAddress"), "\(noRaft)")
+        try #"{"clusterID": 1, "stores": [{"id": 1, "address": "127.0.0.1:1", "raftAddress": "127.0.0.1:1"}], "splitKeys": []}"#.write(toFile: root + "/twice.json", atomically: true, encoding: .utf8)
+        let (twiceStatus, twice) = try run(["--store-id", "1", "--cluster-file", root + "/twice.json", "--data-dir", root + "/d"])
+        #expect(twiceStatus != 0 && twice.contains("address 127.0.0.1:1 is given twice"), "\(twice)")
         let (tickStatus, tick) = try run(["--store-id", "1", "--cluster-file", root + "/order.json", "--data-dir", root + "/d", "--tick-interval-ms", "1"])
         #expect(tickStatus != 0 && tick.contains("--tick-interval-ms"))
         // The TOML config file: typos and wrong types are named, flags override the file.

@@ -27,7 +27,7 @@ final class LocalCluster {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-e2e-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let stores = try (1...UInt64(storeCount)).map { id in
-            ClusterFile.Store(id: id, address: "127.0.0.1:\(try Self.freePort())")
+            ClusterFile.Store(id: id, address: "127.0.0.1:\(try Self.freePort())", raftAddress: "127.0.0.1:\(try Self.freePort())")
         }
         cluster = ClusterFile(clusterID: 42, stores: stores, splitKeys: splitKeys)
         clusterPath = root + "/cluster.json"

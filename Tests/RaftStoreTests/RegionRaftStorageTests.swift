@@ -16,8 +16,11 @@ final class ScratchStore {
 
     /// Closes and reopens the database, as a restarted store would.
     func reopen() throws {
-        db = try Database(path: path + "-unused-\(UUID().uuidString)")  // release the old handle first
+        // An empty placeholder database takes the old handle's place, so the old one closes first.
+        let placeholderPath = path + "-placeholder-\(UUID().uuidString)"
+        db = try Database(path: placeholderPath)
         db = try Database(path: path, columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
+        try? FileManager.default.removeItem(atPath: placeholderPath)
     }
 
     deinit { try? FileManager.default.removeItem(atPath: path) }

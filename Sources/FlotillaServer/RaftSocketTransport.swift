@@ -1,0 +1,478 @@
+import CLinuxEvents
+import FlotillaProto
+import Foundation
+import Logging
+
+/// Wakes a store thread waiting in `RaftSocketTransport.wait`: an eventfd that any thread may
+/// signal. Signals coalesce: many before the store thread looks cost it one wake-up.
+final class StoreThreadWakeup: Sendable {
+    let fd: Int32
+
+    init() throws(ConfigError) {
+        fd = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
+        guard fd >= 0 else { throw ConfigError("eventfd() failed: \(String(cString: strerror(errno)))") }
+    }
+
+    func wake() {
+        var one: UInt64 = 1
+        _ = withUnsafeBytes(of: &one) { write(fd, $0.baseAddress, 8) }
+    }
+
+    /// Resets the eventfd after a wake-up (store thread).
+    func reset() {
+        var count: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &count) { read(fd, $0.baseAddress, 8) }
+    }
+
+    deinit { close(fd) }
+}
+
+/// Bounds of the Raft transport.
+struct RaftTransportLimits: Sendable {
+    /// Largest frame accepted from a peer; a longer one closes the connection.
+    var receivedFrameBytesMax = 64 << 20
+    /// Outgoing messages are cut into frames of about this many bytes (one message always
+    /// goes, whatever its size, up to `receivedFrameBytesMax`).
+    var sentFrameBytesTarget = 16 << 20
+    /// Bytes queued for one peer that the kernel has not taken yet; messages beyond are
+    /// dropped (Raft retransmits).
+    var queuedBytesMax = 64 << 20
+    /// Bytes read from one connection per poll, so one busy peer cannot hold the store thread.
+    var readBytesPerPollMax = 8 << 20
+    /// Reconnect backoff after a failed or lost outgoing connection, doubled up to the max.
+    var reconnectBackoffMilliseconds = 50
+    var reconnectBackoffMillisecondsMax = 1_000
+}
+
+/// Store-to-store Raft traffic over plain TCP, run by the store thread itself: no event loop
+/// and no HTTP/2 between a region's messages and the socket, so a message costs no thread
+/// hand-off on either side. Each store connects once to every other store's raft address and
+/// writes frames (4-byte big-endian length, then a `RaftMessageBatch` of many regions'
+/// messages); it reads frames from the connections other stores opened to it. The store
+/// thread sleeps in `wait`, on the sockets and on a `StoreThreadWakeup` for its inbox.
+///
+/// Guarantees: a frame from another cluster, for another store, from an unknown store,
+/// undecodable or over the size limit closes its connection with a logged reason and is never
+/// delivered; messages to a peer that is down, or beyond the queue bound, are dropped and
+/// counted (Raft retransmits them); nothing blocks — connects, reads and writes are
+/// non-blocking. Not thread-safe: only the store thread calls it (the wake-up is separate).
+final class RaftSocketTransport {
+    private final class Connection {
+        let fd: Int32
+        /// The store this store connected to; nil for a connection a peer opened.
+        let outboundStoreID: UInt64?
+        var connecting: Bool
+        var input: [UInt8] = []
+        var inputStart = 0
+        var output: [UInt8] = []
+        var outputStart = 0
+        /// Messages in `output` (counted as dropped if the connection closes before it drains).
+        var outputMessages = 0
+        var writeInterest = false
+
+        init(fd: Int32, outboundStoreID: UInt64?, connecting: Bool) {
+            self.fd = fd
+            self.outboundStoreID = outboundStoreID
+            self.connecting = connecting
+        }
+
+        var queuedBytes: Int { output.count - outputStart }
+    }
+
+    private struct PeerLink {
+        let address: sockaddr_in
+        let description: String
+        var connectionFD: Int32?
+        var nextConnectAt: ContinuousClock.Instant
+        var backoffMilliseconds: Int
+        /// The link was up since the last failure (the next failure is logged).
+        var wasUp = true
+    }
+
+    let wakeup: StoreThreadWakeup
+    /// The port the transport listens on (the configured one, or the kernel's pick for 0).
+    let listeningPort: Int
+    private let clusterID: UInt64
+    private let storeID: UInt64
+    private let knownStores: Set<UInt64>
+    private let limits: RaftTransportLimits
+    private let logger: Logger
+    private let epollFD: Int32
+    private let listenFD: Int32
+    private var connections: [Int32: Connection] = [:]
+    private var links: [UInt64: PeerLink] = [:]
+    private let clock = ContinuousClock()
+    private var readScratch = [UInt8](repeating: 0, count: 256 << 10)
+    private var events = [epoll_event](repeating: epoll_event(), count: 64)
+    private var closed = false
+
+    /// Messages dropped since the start: peer down or queue full.
+    private(set) var droppedMessages = 0
+    private(set) var framesSent = 0
+    private(set) var framesReceived = 0
+
+    /// Binds `listen` and prepares links to `peers` (addresses resolved now, once).
+    /// - Throws: `ConfigError` naming the address that cannot be resolved or bound.
+    init(listen: HostPort, clusterID: UInt64, storeID: UInt64, peers: [UInt64: HostPort],
+         limits: RaftTransportLimits = RaftTransportLimits(), logger: Logger) throws(ConfigError) {
+        self.clusterID = clusterID
+        self.storeID = storeID
+        self.knownStores = Set(peers.keys)
+        self.limits = limits
+        self.logger = logger
+        let now = clock.now
+        for (peerStoreID, address) in peers {
+            links[peerStoreID] = PeerLink(address: try Self.resolve(address), description: address.description,
+                                          connectionFD: nil, nextConnectAt: now, backoffMilliseconds: limits.reconnectBackoffMilliseconds)
+        }
+        wakeup = try StoreThreadWakeup()
+        let bindAddress = try Self.resolve(listen)
+        let socketFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard socketFD >= 0 else { throw ConfigError("cannot open the Raft listening socket: \(String(cString: strerror(errno)))") }
+        var reuse: Int32 = 1
+        setsockopt(socketFD, SOL_SOCKET, SO_REUSEADDR, &reuse, socklen_t(MemoryLayout<Int32>.size))
+        var address = bindAddress
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketFD, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, Glibc.listen(socketFD, 128) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(socketFD)
+            throw ConfigError("cannot listen for Raft traffic on \(listen): \(reason)")
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socketFD, $0, &length) }
+        }
+        listeningPort = Int(UInt16(bigEndian: address.sin_port))
+        listenFD = socketFD
+        epollFD = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard epollFD >= 0 else {
+            close(socketFD)
+            throw ConfigError("epoll_create1() failed: \(String(cString: strerror(errno)))")
+        }
+        register(listenFD, events: EPOLLIN.rawValue, operation: EPOLL_CTL_ADD)
+        register(wakeup.fd, events: EPOLLIN.rawValue, operation: EPOLL_CTL_ADD)
+    }
+
+    deinit { closeAll() }
+
+    /// Closes every socket; the transport is unusable afterwards.
+    func closeAll() {
+        guard !closed else { return }
+        closed = true
+        for connection in connections.values { close(connection.fd) }
+        connections = [:]
+        close(listenFD)
+        close(epollFD)
+    }
+
+    // MARK: Sending
+
+    /// Queues each store's messages as frames and writes what the kernel takes now; the rest
+    /// goes out as the socket drains (during `wait`).
+    func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) {
+        for (destination, messages) in messagesByStore where !messages.isEmpty {
+            guard links[destination] != nil else { continue }
+            connectIfDue(destination)
+            guard let fd = links[destination]?.connectionFD, let connection = connections[fd] else {
+                droppedMessages += messages.count
+                continue
+            }
+            var start = 0
+            while start < messages.count {
+                let end = Self.frameEnd(messages, from: start, bytesTarget: limits.sentFrameBytesTarget)
+                var batch = Flotilla_V1_RaftMessageBatch()
+                batch.clusterID = clusterID
+                batch.fromStoreID = storeID
+                batch.toStoreID = destination
+                batch.messages = Array(messages[start..<end])
+                let count = end - start
+                start = end
+                let payload: [UInt8]
+                do { payload = try batch.serializedBytes() } catch {
+                    logger.error("cannot encode a Raft frame", metadata: ["to_store": "\(destination)", "error": "\(error)"])
+                    droppedMessages += count
+                    continue
+                }
+                guard payload.count <= limits.receivedFrameBytesMax, connection.queuedBytes + payload.count + 4 <= limits.queuedBytesMax else {
+                    droppedMessages += count
+                    continue
+                }
+                let length = UInt32(payload.count)
+                connection.output.append(contentsOf: [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)])
+                connection.output.append(contentsOf: payload)
+                connection.outputMessages += count
+                framesSent += 1
+            }
+            if !connection.connecting { flush(connection) }
+        }
+    }
+
+    /// The end of the frame that starts at `start`: messages up to about `bytesTarget` bytes.
+    static func frameEnd(_ messages: [Flotilla_V1_RaftMessage], from start: Int, bytesTarget: Int) -> Int {
+        var bytes = 0
+        var end = start
+        while end < messages.count {
+            let message = messages[end]
+            let size = 96 + message.message.context.count + message.message.entries.reduce(0) { $0 + $1.data.count + 24 }
+            if end > start && bytes + size > bytesTarget { break }
+            bytes += size
+            end += 1
+        }
+        return end
+    }
+
+    /// Writes queued bytes until the kernel's buffer is full; watches for writability then.
+    private func flush(_ connection: Connection) {
+        while connection.outputStart < connection.output.count {
+            let written = connection.output.withUnsafeBytes { buffer -> Int in
+                guard let base = buffer.baseAddress else { return 0 }
+                return Glibc.send(connection.fd, base + connection.outputStart, buffer.count - connection.outputStart, Int32(MSG_NOSIGNAL))
+            }
+            if written > 0 {
+                connection.outputStart += written
+                continue
+            }
+            if written < 0 && errno == EINTR { continue }
+            if written < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                setWriteInterest(connection, true)
+                return
+            }
+            drop(connection, reason: written < 0 ? String(cString: strerror(errno)) : "send returned 0")
+            return
+        }
+        connection.output.removeAll(keepingCapacity: connection.output.capacity <= 1 << 20)
+        connection.outputStart = 0
+        connection.outputMessages = 0
+        setWriteInterest(connection, false)
+    }
+
+    // MARK: Connections
+
+    private func connectIfDue(_ destination: UInt64) {
+        guard var link = links[destination], link.connectionFD == nil, clock.now >= link.nextConnectAt else { return }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else {
+            connectFailed(destination, reason: "socket(): \(String(cString: strerror(errno)))")
+            return
+        }
+        var noDelay: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &noDelay, socklen_t(MemoryLayout<Int32>.size))
+        var address = link.address
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 || errno == EINPROGRESS else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            connectFailed(destination, reason: "connect(): \(reason)")
+            return
+        }
+        let connection = Connection(fd: fd, outboundStoreID: destination, connecting: result != 0)
+        connections[fd] = connection
+        link.connectionFD = fd
+        links[destination] = link
+        connection.writeInterest = connection.connecting
+        register(fd, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue | (connection.connecting ? EPOLLOUT.rawValue : 0), operation: EPOLL_CTL_ADD)
+        if !connection.connecting { connected(connection) }
+    }
+
+    private func connected(_ connection: Connection) {
+        guard let destination = connection.outboundStoreID, var link = links[destination] else { return }
+        connection.connecting = false
+        link.backoffMilliseconds = limits.reconnectBackoffMilliseconds
+        if !link.wasUp { logger.info("Raft link up", metadata: ["to_store": "\(destination)", "address": "\(link.description)"]) }
+        link.wasUp = true
+        links[destination] = link
+        flush(connection)
+    }
+
+    private func connectFailed(_ destination: UInt64, reason: String) {
+        guard var link = links[destination] else { return }
+        if link.wasUp {
+            logger.info("Raft link down, reconnecting", metadata: ["to_store": "\(destination)", "address": "\(link.description)",
+                                                                   "error": "\(reason)", "dropped_messages": "\(droppedMessages)"])
+        }
+        link.wasUp = false
+        link.connectionFD = nil
+        let jitter = Int.random(in: 0...link.backoffMilliseconds / 2)
+        link.nextConnectAt = clock.now + .milliseconds(link.backoffMilliseconds + jitter)
+        link.backoffMilliseconds = min(link.backoffMilliseconds * 2, limits.reconnectBackoffMillisecondsMax)
+        links[destination] = link
+    }
+
+    /// Closes a connection; what it had queued is lost (Raft retransmits).
+    private func drop(_ connection: Connection, reason: String) {
+        guard connections.removeValue(forKey: connection.fd) != nil else { return }
+        epoll_ctl(epollFD, EPOLL_CTL_DEL, connection.fd, nil)
+        close(connection.fd)
+        droppedMessages += connection.outputMessages
+        if let destination = connection.outboundStoreID {
+            connectFailed(destination, reason: reason)
+        } else {
+            logger.debug("Raft connection from a peer closed", metadata: ["reason": "\(reason)"])
+        }
+    }
+
+    private func acceptAll() {
+        while true {
+            let fd = accept(listenFD, nil, nil)
+            if fd >= 0 {
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            }
+            if fd < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                if errno != EAGAIN && errno != EWOULDBLOCK {
+                    logger.warning("accepting a Raft connection failed", metadata: ["error": "\(String(cString: strerror(errno)))"])
+                }
+                return
+            }
+            var noDelay: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &noDelay, socklen_t(MemoryLayout<Int32>.size))
+            connections[fd] = Connection(fd: fd, outboundStoreID: nil, connecting: false)
+            register(fd, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, operation: EPOLL_CTL_ADD)
+        }
+    }
+
+    // MARK: Waiting and receiving
+
+    /// Waits up to `timeoutMilliseconds` (0: only what is ready now) for the wake-up, new
+    /// frames or writable sockets; hands every valid batch received to `deliver`.
+    func wait(timeoutMilliseconds: Int32, deliver: (Flotilla_V1_RaftMessageBatch) -> Void) {
+        for destination in links.keys { connectIfDue(destination) }
+        let count = events.withUnsafeMutableBufferPointer { buffer in
+            epoll_wait(epollFD, buffer.baseAddress, Int32(buffer.count), timeoutMilliseconds)
+        }
+        guard count > 0 else { return }
+        for position in 0..<Int(count) {
+            let fd = events[position].data.fd
+            let flags = events[position].events
+            if fd == wakeup.fd {
+                wakeup.reset()
+                continue
+            }
+            if fd == listenFD {
+                acceptAll()
+                continue
+            }
+            guard let connection = connections[fd] else { continue }
+            if connection.connecting {
+                guard flags & (EPOLLOUT.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 else { continue }
+                var error: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
+                if error != 0 {
+                    drop(connection, reason: String(cString: strerror(error)))
+                    continue
+                }
+                connected(connection)
+                continue
+            }
+            if flags & EPOLLOUT.rawValue != 0 { flush(connection) }
+            if flags & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0, connections[fd] === connection {
+                receive(connection, deliver: deliver)
+            }
+        }
+    }
+
+    private func receive(_ connection: Connection, deliver: (Flotilla_V1_RaftMessageBatch) -> Void) {
+        var readBytes = 0
+        while readBytes < limits.readBytesPerPollMax {
+            let received = readScratch.withUnsafeMutableBytes { read(connection.fd, $0.baseAddress, $0.count) }
+            if received > 0 {
+                guard connection.outboundStoreID == nil else {
+                    drop(connection, reason: "the peer sent data on a connection that only carries frames to it")
+                    return
+                }
+                connection.input.append(contentsOf: readScratch[0..<received])
+                readBytes += received
+                continue
+            }
+            if received == 0 {
+                drop(connection, reason: "closed by the peer")
+                return
+            }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { break }
+            drop(connection, reason: String(cString: strerror(errno)))
+            return
+        }
+        deliverFrames(connection, deliver: deliver)
+    }
+
+    private func deliverFrames(_ connection: Connection, deliver: (Flotilla_V1_RaftMessageBatch) -> Void) {
+        while connection.input.count - connection.inputStart >= 4 {
+            let start = connection.inputStart
+            let length = Int(connection.input[start]) << 24 | Int(connection.input[start + 1]) << 16
+                | Int(connection.input[start + 2]) << 8 | Int(connection.input[start + 3])
+            guard length <= limits.receivedFrameBytesMax else {
+                refuse(connection, reason: "a frame of \(length) bytes is over the \(limits.receivedFrameBytesMax)-byte limit")
+                return
+            }
+            guard connection.input.count - start - 4 >= length else { break }
+            connection.inputStart = start + 4 + length
+            let batch: Flotilla_V1_RaftMessageBatch
+            do {
+                batch = try Flotilla_V1_RaftMessageBatch(serializedBytes: Array(connection.input[(start + 4)..<(start + 4 + length)]))
+            } catch {
+                refuse(connection, reason: "an undecodable frame: \(error)")
+                return
+            }
+            guard batch.clusterID == clusterID else {
+                refuse(connection, reason: "a frame from cluster \(batch.clusterID), this is cluster \(clusterID)")
+                return
+            }
+            guard batch.toStoreID == storeID, knownStores.contains(batch.fromStoreID) else {
+                refuse(connection, reason: "a frame from store \(batch.fromStoreID) to store \(batch.toStoreID) does not belong here (store \(storeID))")
+                return
+            }
+            framesReceived += 1
+            deliver(batch)
+        }
+        if connection.inputStart == connection.input.count {
+            connection.input.removeAll(keepingCapacity: connection.input.capacity <= 1 << 20)
+            connection.inputStart = 0
+        } else if connection.inputStart >= 1 << 20 {
+            connection.input.removeFirst(connection.inputStart)
+            connection.inputStart = 0
+        }
+    }
+
+    private func refuse(_ connection: Connection, reason: String) {
+        logger.warning("refused a Raft connection", metadata: ["reason": "\(reason)"])
+        drop(connection, reason: reason)
+    }
+
+    // MARK: Helpers
+
+    private func setWriteInterest(_ connection: Connection, _ interested: Bool) {
+        guard connection.writeInterest != interested else { return }
+        connection.writeInterest = interested
+        register(connection.fd, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue | (interested ? EPOLLOUT.rawValue : 0), operation: EPOLL_CTL_MOD)
+    }
+
+    private func register(_ fd: Int32, events: UInt32, operation: Int32) {
+        var event = epoll_event()
+        event.events = events
+        event.data.fd = fd
+        if epoll_ctl(epollFD, operation, fd, &event) != 0 {
+            logger.error("epoll_ctl failed", metadata: ["fd": "\(fd)", "error": "\(String(cString: strerror(errno)))"])
+        }
+    }
+
+    /// An IPv4 address for `address` (a literal or a name resolved once, at start-up).
+    static func resolve(_ address: HostPort) throws(ConfigError) -> sockaddr_in {
+        var hints = addrinfo()
+        hints.ai_family = AF_INET
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var results: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(address.host, String(address.port), &hints, &results)
+        defer { if let results { freeaddrinfo(results) } }
+        guard status == 0, let first = results, let socketAddress = first.pointee.ai_addr else {
+            throw ConfigError("cannot resolve \(address): \(String(cString: gai_strerror(status)))")
+        }
+        return socketAddress.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
+    }
+}

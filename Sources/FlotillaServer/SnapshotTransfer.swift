@@ -1,0 +1,136 @@
+import FlotillaProto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import NIOPosix
+import RaftStore
+import Synchronization
+
+/// Receives region snapshots from other stores (`RaftTransport.Snapshot`; Raft messages
+/// themselves go over `RaftSocketTransport`). A snapshot from an unknown store or for another
+/// store is refused with a logged reason.
+public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServiceProtocol {
+    let storeID: UInt64
+    let knownStores: Set<UInt64>
+    let driver: StoreDriver
+    let logger: Logger
+    /// Where incoming snapshots are staged as SST files.
+    let snapshotDirectory: String
+    /// Snapshots received at once; more are refused (the leader retries later).
+    let receivesMax: Int
+    private let receiving = ReceiveCount()
+
+    public init(storeID: UInt64, knownStores: Set<UInt64>, driver: StoreDriver, logger: Logger,
+                snapshotDirectory: String, receivesMax: Int = 4) {
+        self.storeID = storeID
+        self.knownStores = knownStores
+        self.driver = driver
+        self.logger = logger
+        self.snapshotDirectory = snapshotDirectory
+        self.receivesMax = receivesMax
+    }
+
+    private final class ReceiveCount: Sendable {
+        let value = Atomic<Int>(0)
+    }
+
+    /// Receives one region snapshot: chunks are written straight into SST files (never held
+    /// whole in memory), checked against the region, the count and the checksum, then handed
+    /// to the store loop, which installs them.
+    public func snapshot(request: RPCAsyncSequence<Flotilla_V1_SnapshotChunk, any Error>, context: ServerContext) async throws -> Flotilla_V1_SnapshotDone {
+        guard receiving.value.add(1, ordering: .relaxed).newValue <= receivesMax else {
+            receiving.value.subtract(1, ordering: .relaxed)
+            throw RPCError(code: .resourceExhausted, message: "store \(storeID) is receiving \(receivesMax) snapshots already")
+        }
+        defer { receiving.value.subtract(1, ordering: .relaxed) }
+        var builder: SnapshotBuilder?
+        do {
+            // SST files are written on NIO's blocking-I/O pool, never on an event loop.
+            for try await chunk in request {
+                if let builder {
+                    try await NIOThreadPool.singleton.runIfActive { try builder.add(chunk) }
+                    continue
+                }
+                let header = chunk.message
+                guard header.toPeer.storeID == storeID, knownStores.contains(header.fromPeer.storeID) else {
+                    throw SnapshotTransferError(reason: "snapshot from store \(header.fromPeer.storeID) to store \(header.toPeer.storeID) does not belong here (store \(storeID))")
+                }
+                let directory = snapshotDirectory
+                builder = try await NIOThreadPool.singleton.runIfActive { try SnapshotBuilder(firstChunk: chunk, stagingDirectory: directory) }
+            }
+            guard let builder else { throw SnapshotTransferError(reason: "empty stream") }
+            let received = try await NIOThreadPool.singleton.runIfActive { try builder.finish() }
+            logger.info("received snapshot", metadata: ["region_id": "\(received.header.regionID)",
+                                                        "index": "\(received.header.message.snapshot.index)"])
+            driver.deliverSnapshot(received)
+            return Flotilla_V1_SnapshotDone()
+        } catch let error as SnapshotTransferError {
+            builder?.abandon()
+            logger.warning("refused a snapshot", metadata: ["reason": "\(error.reason)"])
+            throw RPCError(code: .invalidArgument, message: error.description)
+        } catch {
+            builder?.abandon()
+            throw error
+        }
+    }
+}
+
+/// Streams region snapshots to other stores: at most `sendsMax` at once and one per
+/// (region, peer); a snapshot beyond that is skipped (Raft sends another after its timeout).
+/// Chunks are read from the RocksDB snapshot as the stream drains, never all at once.
+final class SnapshotSender: SnapshotOutbound {
+    private let addresses: [UInt64: HostPort]
+    private let sendsMax: Int
+    private let logger: Logger
+    private let inFlight = Mutex<Set<[UInt64]>>([])
+    let sentCount = Atomic<Int>(0)
+
+    init(addresses: [UInt64: HostPort], sendsMax: Int, logger: Logger) {
+        self.addresses = addresses
+        self.sendsMax = sendsMax
+        self.logger = logger
+    }
+
+    func sendSnapshot(_ snapshot: OutgoingSnapshot) {
+        let key = [snapshot.regionID, snapshot.header.toPeer.id]
+        guard let address = addresses[snapshot.toStoreID] else { return }
+        let admitted = inFlight.withLock { inFlight -> Bool in
+            guard inFlight.count < sendsMax, !inFlight.contains(key) else { return false }
+            inFlight.insert(key)
+            return true
+        }
+        guard admitted else {
+            logger.debug("snapshot skipped: one is in flight", metadata: ["region_id": "\(snapshot.regionID)"])
+            return
+        }
+        Task.detached { [self] in
+            defer { _ = inFlight.withLock { $0.remove(key) } }
+            do {
+                try await stream(snapshot, to: address)
+                sentCount.add(1, ordering: .relaxed)
+                logger.info("sent snapshot", metadata: ["region_id": "\(snapshot.regionID)", "to_store": "\(snapshot.toStoreID)",
+                                                        "pairs": "\(snapshot.reader.pairCount)"])
+            } catch {
+                logger.warning("snapshot send failed", metadata: ["region_id": "\(snapshot.regionID)", "to_store": "\(snapshot.toStoreID)",
+                                                                  "error": "\(error)"])
+            }
+        }
+    }
+
+    private func stream(_ snapshot: OutgoingSnapshot, to address: HostPort) async throws {
+        let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: address.host, port: address.port), transportSecurity: .plaintext)
+        var options = CallOptions.defaults
+        options.timeout = .seconds(600)
+        try await withGRPCClient(transport: transport) { client in
+            let raft = Flotilla_V1_RaftTransport.Client(wrapping: client)
+            _ = try await raft.snapshot(request: StreamingClientRequest { writer in
+                // Chunks are read from RocksDB on NIO's blocking-I/O pool, not on an event loop.
+                let reader = snapshot.reader
+                while let chunk = try await NIOThreadPool.singleton.runIfActive({ try reader.nextChunk() }) {
+                    try await writer.write(chunk)
+                }
+            }, options: options)
+        }
+    }
+}
