@@ -109,8 +109,9 @@ struct ServerCommand: AsyncParsableCommand {
             source.resume()
             return source
         }
+        let raftAddress = server.raftListeningAddress
         try await server.run { address in
-            FileHandle.standardOutput.write(Data("flotilla-server store \(storeID) serving on \(address)\n".utf8))
+            FileHandle.standardOutput.write(Data("flotilla-server store \(storeID) serving on \(address), Raft on \(raftAddress)\n".utf8))
         }
         withExtendedLifetime(signals) {}
     }
