@@ -1712,6 +1712,14 @@ public nonisolated struct Flotilla_V1_StoreStatus: Sendable {
 
   public var regionStatus: [Flotilla_V1_RegionStatus] = []
 
+  /// Raft transport (TCP between stores): frames written and read, and messages dropped
+  /// because the peer was unreachable or its queue was full (Raft retransmits them).
+  public var raftFramesSent: UInt64 = 0
+
+  public var raftFramesReceived: UInt64 = 0
+
+  public var raftMessagesDropped: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4567,7 +4575,7 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0\u{3}raft_frames_sent\0\u{3}raft_frames_received\0\u{3}raft_messages_dropped\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4588,6 +4596,9 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
       case 11: try { try decoder.decodeSingularUInt64Field(value: &self.logsTruncated) }()
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.pendingRequests) }()
       case 13: try { try decoder.decodeRepeatedMessageField(value: &self.regionStatus) }()
+      case 14: try { try decoder.decodeSingularUInt64Field(value: &self.raftFramesSent) }()
+      case 15: try { try decoder.decodeSingularUInt64Field(value: &self.raftFramesReceived) }()
+      case 16: try { try decoder.decodeSingularUInt64Field(value: &self.raftMessagesDropped) }()
       default: break
       }
     }
@@ -4633,6 +4644,15 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
     if !self.regionStatus.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.regionStatus, fieldNumber: 13)
     }
+    if self.raftFramesSent != 0 {
+      try visitor.visitSingularUInt64Field(value: self.raftFramesSent, fieldNumber: 14)
+    }
+    if self.raftFramesReceived != 0 {
+      try visitor.visitSingularUInt64Field(value: self.raftFramesReceived, fieldNumber: 15)
+    }
+    if self.raftMessagesDropped != 0 {
+      try visitor.visitSingularUInt64Field(value: self.raftMessagesDropped, fieldNumber: 16)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4650,6 +4670,9 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
     if lhs.logsTruncated != rhs.logsTruncated {return false}
     if lhs.pendingRequests != rhs.pendingRequests {return false}
     if lhs.regionStatus != rhs.regionStatus {return false}
+    if lhs.raftFramesSent != rhs.raftFramesSent {return false}
+    if lhs.raftFramesReceived != rhs.raftFramesReceived {return false}
+    if lhs.raftMessagesDropped != rhs.raftMessagesDropped {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -292,7 +292,7 @@ final class RaftSocketTransport {
         guard var link = links[destination] else { return }
         if link.wasUp {
             logger.info("Raft link down, reconnecting", metadata: ["to_store": "\(destination)", "address": "\(link.description)",
-                                                                   "error": "\(reason)", "dropped_messages": "\(droppedMessages)"])
+                                                                   "error": "\(reason)", "dropped_messages_total": "\(droppedMessages)"])
         }
         link.wasUp = false
         link.connectionFD = nil

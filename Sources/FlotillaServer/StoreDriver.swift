@@ -213,7 +213,11 @@ public final class StoreDriver: Sendable {
                         try? FileManager.default.removeItem(atPath: received.directory)
                     }
                 case .status(let includeRegions, let reply):
-                    reply(Self.status(of: core, counters: counters, includeRegions: includeRegions))
+                    var status = Self.status(of: core, counters: counters, includeRegions: includeRegions)
+                    status.raftFramesSent = UInt64(network.framesSent)
+                    status.raftFramesReceived = UInt64(network.framesReceived)
+                    status.raftMessagesDropped = UInt64(network.droppedMessages)
+                    reply(status)
                 }
             }
             if clock.now >= nextTick {

@@ -124,7 +124,9 @@ struct Status: AsyncParsableCommand {
                                  + "log_syncs \(status.logSyncs) regions_per_batch \(String(format: "%.1f", perBatch)) "
                                  + "entries_applied \(status.entriesApplied) snapshots sent/received/installed "
                                  + "\(status.snapshotsSent)/\(status.snapshotsReceived)/\(status.snapshotsInstalled) "
-                                 + "logs_truncated \(status.logsTruncated) pending \(status.pendingRequests)")
+                                 + "logs_truncated \(status.logsTruncated) pending \(status.pendingRequests) "
+                                 + "raft frames sent/received \(status.raftFramesSent)/\(status.raftFramesReceived) "
+                                 + "raft_messages_dropped \(status.raftMessagesDropped)")
                     for region in status.regionStatus {
                         lines.append("  region \(region.regionID): \(region.role), leader peer \(region.leaderPeerID), term \(region.term), "
                                      + "applied \(region.appliedIndex), log [\(region.firstLogIndex), \(region.lastLogIndex)]")

@@ -65,6 +65,8 @@ struct StoreFaultTests {
             }
             let statusBefore = try await client.storeStatus(1)
             #expect(statusBefore.logsTruncated > 0, "store 1 truncated logs: \(statusBefore)")
+            #expect(statusBefore.raftFramesSent > 0 && statusBefore.raftFramesReceived > 0, "\(statusBefore)")
+            #expect(statusBefore.raftMessagesDropped > 0, "messages to the lost store 3 were dropped and counted: \(statusBefore)")
             // Store 3 comes back: it needs snapshots for the truncated regions.
             try cluster.start(3)
             let caughtUp = await eventually(seconds: 30) {
