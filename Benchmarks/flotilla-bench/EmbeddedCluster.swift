@@ -18,10 +18,11 @@ final class EmbeddedCluster: @unchecked Sendable {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-bench-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let ports = try (0..<stores).map { _ in (try freeLoopbackPort(), try freeLoopbackPort()) }
+        try ClusterFile.writeNewSecret(to: root + "/cluster.secret")
         cluster = ClusterFile(clusterID: 7, stores: (0..<stores).map {
                                   ClusterFile.Store(id: UInt64($0 + 1), address: "127.0.0.1:\(ports[$0].0)", raftAddress: "127.0.0.1:\(ports[$0].1)")
                               },
-                              splitKeys: splitKeys)
+                              splitKeys: splitKeys, secretFile: "cluster.secret")
         let clusterPath = root + "/cluster.json"
         try JSONEncoder().encode(cluster).write(to: URL(fileURLWithPath: clusterPath))
         for store in cluster.stores {

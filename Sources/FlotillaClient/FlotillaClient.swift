@@ -261,28 +261,38 @@ public final class FlotillaClient: Sendable {
         return groups
     }
 
-    /// Up to `limit` pairs in [start, end) across region boundaries, in key order.
+    /// Up to `limit` pairs in [start, end) across region boundaries, in key order. Each
+    /// region answers in bounded pieces (`ScanResponse.truncated`), followed until done.
+    /// - Throws: `FlotillaClientError.rejected` when `limit` is below 1.
     public func scan(from start: Data, to end: Data, limit: Int) async throws -> [(key: Data, value: Data)] {
+        guard limit >= 1 else { throw FlotillaClientError.rejected("limit must be at least 1, got \(limit)") }
         var result: [(key: Data, value: Data)] = []
         var cursor = start
         while result.count < limit {
             guard let region = region(for: cursor) else { break }
             var regionEnd = region.endKey
             if !end.isEmpty && (regionEnd.isEmpty || end.lexicographicallyPrecedes(regionEnd)) { regionEnd = end }
-            let remaining = limit - result.count
+            // The server answers at most a bounded piece; ask for no more than that.
+            let remaining = UInt32(clamping: min(limit - result.count, Int(UInt32.max)))
             let from = cursor
             var pairs: [Flotilla_V1_KeyValue] = []
+            var resumeKey: Data?
             _ = try await routed(key: cursor) { kv, context in
                 var request = Flotilla_V1_ScanRequest()
                 request.context = context
                 request.startKey = from
                 request.endKey = regionEnd
-                request.limit = UInt32(remaining)
+                request.limit = remaining
                 let response = try await kv.scan(request)
                 pairs = response.pairs
+                resumeKey = response.truncated ? response.resumeKey : nil
                 return response.error.nonEmpty
             }
-            result += pairs.map { ($0.key, $0.value) }
+            result += pairs.prefix(limit - result.count).map { ($0.key, $0.value) }
+            if let resumeKey, !pairs.isEmpty {
+                cursor = resumeKey
+                continue
+            }
             guard !region.endKey.isEmpty, end.isEmpty || region.endKey.lexicographicallyPrecedes(end) else { break }
             cursor = region.endKey
         }

@@ -249,8 +249,10 @@ public nonisolated struct Flotilla_V1_Region: Sendable {
   fileprivate var _epoch: Flotilla_V1_RegionEpoch? = nil
 }
 
-/// Carried by every KV request: where it is going and, for writes, who sent it (retried
-/// writes with the same client_id and sequence are applied once).
+/// Carried by every KV request: where it is going and, for writes, who sent it. Retried
+/// writes with the same client_id and sequence are applied once; reusing a (client_id,
+/// sequence) for a different write is refused with InvalidArgument (field context.sequence).
+/// client_id 0 turns deduplication off: such a write, if retried, may be applied twice.
 public nonisolated struct Flotilla_V1_RequestContext: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -273,7 +275,9 @@ public nonisolated struct Flotilla_V1_RequestContext: Sendable {
 
   public var readConsistency: Flotilla_V1_ReadConsistency = .linearizable
 
-  /// 0: the server's default.
+  /// The request's deadline on the server, in milliseconds from its arrival (at most
+  /// 600,000); 0: the server's default (5 s). A request still queued at its deadline is not
+  /// proposed; one proposed and not applied by then answers Timeout (its outcome unknown).
   public var timeoutMs: UInt32 = 0
 
   /// For writes: the client's lowest sequence still waiting for an answer (this request's
@@ -780,6 +784,8 @@ public nonisolated struct Flotilla_V1_DeleteRangeResponse: Sendable {
   fileprivate var _error: Flotilla_V1_Error? = nil
 }
 
+/// The range must lie inside the region: a start_key or end_key outside it answers
+/// KeyNotInRegion (a stale route), never a partial answer.
 public nonisolated struct Flotilla_V1_ScanRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -799,6 +805,7 @@ public nonisolated struct Flotilla_V1_ScanRequest: Sendable {
   /// Empty: to the end of the region.
   public var endKey: Data = Data()
 
+  /// Most pairs wanted (at least 1); the server answers at most 10,000 at a time.
   public var limit: UInt32 = 0
 
   public var reverse: Bool = false
@@ -825,6 +832,13 @@ public nonisolated struct Flotilla_V1_ScanResponse: Sendable {
   public mutating func clearError() {self._error = nil}
 
   public var pairs: [Flotilla_V1_KeyValue] = []
+
+  /// The answer stopped at the server's bound (10,000 pairs or 4 MiB) before the range or
+  /// the limit ran out: scan again from resume_key (forward: as the new start_key; reverse:
+  /// as the new end_key, exclusive).
+  public var truncated: Bool = false
+
+  public var resumeKey: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1499,6 +1513,10 @@ public nonisolated struct Flotilla_V1_SessionReply: Sendable {
 
   public var reply: Data = Data()
 
+  /// FNV-1a of the write's operation (puts, deletes, range, compare-and-swap): a retry must
+  /// carry the same write; another write under a kept sequence is refused. 0: not recorded.
+  public var payloadDigest: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1634,6 +1652,10 @@ public nonisolated struct Flotilla_V1_WriteResult: Sendable {
   /// The client had already been answered for this (client, sequence) and said so: a late
   /// duplicate, not applied again.
   public var staleDuplicate: Bool = false
+
+  /// The (client, sequence) was already used for a different write (its payload digest
+  /// differs): refused, not applied.
+  public var payloadMismatch: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2913,7 +2935,7 @@ nonisolated extension Flotilla_V1_ScanRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Flotilla_V1_ScanResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ScanResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}error\0\u{1}pairs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}error\0\u{1}pairs\0\u{1}truncated\0\u{3}resume_key\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2923,6 +2945,8 @@ nonisolated extension Flotilla_V1_ScanResponse: SwiftProtobuf.Message, SwiftProt
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._error) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.pairs) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.truncated) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.resumeKey) }()
       default: break
       }
     }
@@ -2939,12 +2963,20 @@ nonisolated extension Flotilla_V1_ScanResponse: SwiftProtobuf.Message, SwiftProt
     if !self.pairs.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.pairs, fieldNumber: 2)
     }
+    if self.truncated != false {
+      try visitor.visitSingularBoolField(value: self.truncated, fieldNumber: 3)
+    }
+    if !self.resumeKey.isEmpty {
+      try visitor.visitSingularBytesField(value: self.resumeKey, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_ScanResponse, rhs: Flotilla_V1_ScanResponse) -> Bool {
     if lhs._error != rhs._error {return false}
     if lhs.pairs != rhs.pairs {return false}
+    if lhs.truncated != rhs.truncated {return false}
+    if lhs.resumeKey != rhs.resumeKey {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4186,7 +4218,7 @@ nonisolated extension Flotilla_V1_StoreIdent: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Flotilla_V1_SessionReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SessionReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}reply\0\u{3}payload_digest\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4196,6 +4228,7 @@ nonisolated extension Flotilla_V1_SessionReply: SwiftProtobuf.Message, SwiftProt
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.reply) }()
+      case 3: try { try decoder.decodeSingularFixed64Field(value: &self.payloadDigest) }()
       default: break
       }
     }
@@ -4208,12 +4241,16 @@ nonisolated extension Flotilla_V1_SessionReply: SwiftProtobuf.Message, SwiftProt
     if !self.reply.isEmpty {
       try visitor.visitSingularBytesField(value: self.reply, fieldNumber: 2)
     }
+    if self.payloadDigest != 0 {
+      try visitor.visitSingularFixed64Field(value: self.payloadDigest, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_SessionReply, rhs: Flotilla_V1_SessionReply) -> Bool {
     if lhs.sequence != rhs.sequence {return false}
     if lhs.reply != rhs.reply {return false}
+    if lhs.payloadDigest != rhs.payloadDigest {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4440,7 +4477,7 @@ nonisolated extension Flotilla_V1_CommandBatch: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WriteResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}succeeded\0\u{3}previous_exists\0\u{3}previous_value\0\u{3}stale_duplicate\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}succeeded\0\u{3}previous_exists\0\u{3}previous_value\0\u{3}stale_duplicate\0\u{3}payload_mismatch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4452,6 +4489,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
       case 2: try { try decoder.decodeSingularBoolField(value: &self.previousExists) }()
       case 3: try { try decoder.decodeSingularBytesField(value: &self.previousValue) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.staleDuplicate) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.payloadMismatch) }()
       default: break
       }
     }
@@ -4470,6 +4508,9 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
     if self.staleDuplicate != false {
       try visitor.visitSingularBoolField(value: self.staleDuplicate, fieldNumber: 4)
     }
+    if self.payloadMismatch != false {
+      try visitor.visitSingularBoolField(value: self.payloadMismatch, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4478,6 +4519,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
     if lhs.previousExists != rhs.previousExists {return false}
     if lhs.previousValue != rhs.previousValue {return false}
     if lhs.staleDuplicate != rhs.staleDuplicate {return false}
+    if lhs.payloadMismatch != rhs.payloadMismatch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

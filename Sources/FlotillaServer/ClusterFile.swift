@@ -5,7 +5,12 @@ import Foundation
 /// key space is split into the initial regions. JSON:
 ///
 ///     {"clusterID": 1, "stores": [{"id": 1, "address": "127.0.0.1:20161",
-///                                  "raftAddress": "127.0.0.1:20171"}, …], "splitKeys": ["g", "n"]}
+///                                  "raftAddress": "127.0.0.1:20171"}, …], "splitKeys": ["g", "n"],
+///      "secretFile": "cluster.secret"}
+///
+/// `secretFile` (relative to the cluster file) holds the cluster secret the stores' Raft ports
+/// prove to each other (16 to 4,096 bytes; see `RaftHandshake`). Unknown or misspelled fields
+/// are refused, and no two endpoints may resolve to the same address.
 public struct ClusterFile: Codable, Sendable, Equatable {
     public struct Store: Codable, Sendable, Equatable {
         public var id: UInt64
@@ -25,19 +30,72 @@ public struct ClusterFile: Codable, Sendable, Equatable {
     public var stores: [Store]
     /// UTF-8 split keys, strictly increasing.
     public var splitKeys: [String]
+    /// The file holding the cluster secret, relative to the cluster file's folder when not absolute.
+    public var secretFile: String?
 
-    public init(clusterID: UInt64, stores: [Store], splitKeys: [String]) {
+    public init(clusterID: UInt64, stores: [Store], splitKeys: [String], secretFile: String? = nil) {
         self.clusterID = clusterID
         self.stores = stores
         self.splitKeys = splitKeys
+        self.secretFile = secretFile
+    }
+
+    /// The largest cluster file read, in bytes.
+    static let fileBytesMax = 1 << 20
+    static let fieldNames: Set<String> = ["clusterID", "stores", "splitKeys", "secretFile"]
+    static let storeFieldNames: Set<String> = ["id", "address", "raftAddress"]
+
+    /// Refuses fields this version does not know (a misspelled one would otherwise be ignored).
+    static func checkFieldNames(_ data: Data, path: String) throws(ConfigError) {
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw ConfigError("cluster file \(path) is not a JSON object")
+        }
+        if let unknown = object.keys.sorted().first(where: { !fieldNames.contains($0) }) {
+            throw ConfigError("cluster file \(path): unknown field '\(unknown)' (known: \(fieldNames.sorted().joined(separator: ", ")))")
+        }
+        for store in object["stores"] as? [[String: Any]] ?? [] {
+            if let unknown = store.keys.sorted().first(where: { !storeFieldNames.contains($0) }) {
+                throw ConfigError("cluster file \(path): unknown store field '\(unknown)' (known: \(storeFieldNames.sorted().joined(separator: ", ")))")
+            }
+        }
+    }
+
+    /// Writes a new random cluster secret (64 hex digits) to `path`, readable by its owner only.
+    public static func writeNewSecret(to path: String) throws {
+        var generator = SystemRandomNumberGenerator()
+        let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+        guard FileManager.default.createFile(atPath: path, contents: Data((secret + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw ConfigError("cannot write the cluster secret file \(path)")
+        }
+    }
+
+    /// Reads the cluster secret named by `secretFile` (relative to `clusterFilePath`'s folder).
+    /// Nil when the file names none.
+    public func loadSecret(clusterFilePath: String) throws(ConfigError) -> [UInt8]? {
+        guard let secretFile else { return nil }
+        let path = secretFile.hasPrefix("/") ? secretFile
+            : URL(fileURLWithPath: clusterFilePath).deletingLastPathComponent().appendingPathComponent(secretFile).path
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw ConfigError("cannot read the cluster secret file \(path)") }
+        defer { try? handle.close() }
+        let data = (try? handle.read(upToCount: RaftHandshake.secretBytesMax + 1)) ?? Data()
+        var secret = [UInt8](data)
+        while let last = secret.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") || last == UInt8(ascii: " ") { secret.removeLast() }
+        guard (RaftHandshake.secretBytesMin...RaftHandshake.secretBytesMax).contains(secret.count) else {
+            throw ConfigError("the cluster secret in \(path) has \(secret.count) bytes; it needs \(RaftHandshake.secretBytesMin) to \(RaftHandshake.secretBytesMax)")
+        }
+        return secret
     }
 
     /// Reads and validates a cluster file; every problem is named.
     public static func load(path: String) throws(ConfigError) -> ClusterFile {
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw ConfigError("cannot read cluster file \(path)") }
+        defer { try? handle.close() }
         let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+        do { data = try handle.read(upToCount: fileBytesMax + 1) ?? Data() } catch {
             throw ConfigError("cannot read cluster file \(path): \(error.localizedDescription)")
         }
+        guard data.count <= fileBytesMax else { throw ConfigError("cluster file \(path) is larger than \(fileBytesMax) bytes") }
+        try checkFieldNames(data, path: path)
         let file: ClusterFile
         do { file = try JSONDecoder().decode(ClusterFile.self, from: data) } catch {
             throw ConfigError("cluster file \(path) is not valid: \(error)")
@@ -59,9 +117,22 @@ public struct ClusterFile: Codable, Sendable, Equatable {
                 throw ConfigError("store \(store.id) has raftAddress '\(store.raftAddress)', expected host:port")
             }
         }
+        // Compared as resolved addresses: localhost:1 and 127.0.0.1:1 are one endpoint.
         let endpoints = stores.flatMap { [$0.address, $0.raftAddress] }
-        if let repeated = endpoints.first(where: { endpoint in endpoints.filter { $0 == endpoint }.count > 1 }) {
-            throw ConfigError("address \(repeated) is given twice: every store's address and raftAddress must differ")
+        var seen: [String: String] = [:]
+        for endpoint in endpoints {
+            guard let hostPort = HostPort(endpoint) else { continue }
+            let resolved = (try? RaftSocketTransport.resolve(hostPort)).map { address -> String in
+                var copy = address
+                var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+                inet_ntop(AF_INET, &copy.sin_addr, &text, socklen_t(INET_ADDRSTRLEN))
+                let host = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                return "\(host):\(hostPort.port)"
+            } ?? endpoint
+            if let earlier = seen[resolved] {
+                throw ConfigError("addresses \(earlier) and \(endpoint) are the same endpoint (\(resolved)): every store's address and raftAddress must differ")
+            }
+            seen[resolved] = endpoint
         }
         for (first, second) in zip(splitKeys, splitKeys.dropFirst()) where !(Data(first.utf8).lexicographicallyPrecedes(Data(second.utf8))) {
             throw ConfigError("split keys must be strictly increasing: '\(first)' then '\(second)'")

@@ -19,6 +19,10 @@ public struct ServerSettings: Sendable {
     public var logGCSizeThresholdBytes = 32 << 20
     public var maxPendingRequests = 16_384
     public var snapshotSendsMax = 4
+    /// The secret the Raft ports of the cluster's stores prove to each other (the cluster
+    /// file's `secretFile`). Without one, the port is open to anyone who knows the cluster id
+    /// and store ids, and a warning says so.
+    public var clusterSecret: [UInt8]?
 
     public init(storeID: UInt64, cluster: ClusterFile, dataDirectory: String) {
         self.storeID = storeID
@@ -76,15 +80,20 @@ public final class FlotillaServer: Sendable {
             addresses[store.id] = HostPort(store.address)
             if store.id != storeID { raftPeers[store.id] = HostPort(store.raftAddress) }
         }
-        let network = try RaftSocketTransport(listen: raftAddress, clusterID: clusterID, storeID: storeID, peers: raftPeers, logger: logger)
+        if settings.clusterSecret == nil {
+            logger.warning("no cluster secret (secretFile in the cluster file): the Raft port accepts any peer that knows the cluster and store ids")
+        }
+        let network = try RaftSocketTransport(listen: raftAddress, clusterID: clusterID, storeID: storeID, peers: raftPeers,
+                                              secret: settings.clusterSecret ?? [], logger: logger)
         raftListeningAddress = "\(raftAddress.host):\(network.listeningPort)"
         let snapshotSender = SnapshotSender(addresses: addresses, sendsMax: settings.snapshotSendsMax, logger: logger)
         driver = StoreDriver(core: core, network: network, tickInterval: settings.tickInterval, logger: logger, onFailure: onFailure,
                              snapshots: snapshotSender)
         (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
         var transportConfig = HTTP2ServerTransport.Posix.Config.defaults
-        // Room for the largest request the KV service accepts (a batch of big values).
-        transportConfig.rpc.maxRequestPayloadSize = 64 << 20
+        // Room for the largest request the KV service accepts, and no more (see `KVLimits`).
+        transportConfig.rpc.maxRequestPayloadSize = KVLimits.requestMessageBytesMax
+        GRPCEdgeGuard().install(in: &transportConfig)
         transport = HTTP2ServerTransport.Posix(address: .ipv4(host: address.host, port: address.port), transportSecurity: .plaintext,
                                                config: transportConfig)
         server = GRPCServer(transport: transport, services: [

@@ -1,6 +1,7 @@
 import FlotillaProto
 import Foundation
 import GRPCCore
+import NIOPosix
 import RaftStore
 import Synchronization
 
@@ -9,11 +10,11 @@ import Synchronization
 public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
     let driver: StoreDriver
     /// Largest key accepted, in bytes.
-    let keyBytesMax = StoreKeys.dataKeyBytesMax
+    let keyBytesMax = KVLimits.keyBytesMax
     /// Largest value accepted, in bytes.
-    let valueBytesMax = 8 << 20
+    let valueBytesMax = KVLimits.valueBytesMax
     /// Most pairs in one batch request.
-    let batchPairsMax = 10_000
+    let batchPairsMax = KVLimits.batchItemsMax
 
     public init(driver: StoreDriver) { self.driver = driver }
 
@@ -212,15 +213,31 @@ public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
             return complete(response)
         }
         let (start, end, limit, reverse, regionID) = (request.startKey, request.endKey, Int(request.limit), request.reverse, request.context.regionID)
+        // The store thread checks the range and takes a snapshot; the pairs are read on the
+        // blocking pool, so a large scan never delays other regions' writes.
         driver.submitRead(context: request.context, { core in
-            try core.scan(regionID: regionID, from: start, to: end, limit: limit, reverse: reverse).map { Flotilla_V1_KeyValue(key: $0, value: $1) }
-        }) { result in
-            var response = Flotilla_V1_ScanResponse()
-            switch result {
-            case .success(let pairs): response.pairs = pairs
-            case .failure(let error): response.error = protocolError(error)
+            try core.planScan(regionID: regionID, from: start, to: end, limit: limit, reverse: reverse)
+        }) { (planned: Result<ScanPlan, Error>) in
+            let plan: ScanPlan
+            switch planned {
+            case .success(let value): plan = value
+            case .failure(let error):
+                var response = Flotilla_V1_ScanResponse()
+                response.error = protocolError(error)
+                return complete(response)
             }
-            complete(response)
+            NIOThreadPool.singleton.submit { _ in
+                var response = Flotilla_V1_ScanResponse()
+                do {
+                    let answer = try plan.run()
+                    response.pairs = answer.pairs.map { Flotilla_V1_KeyValue(key: $0.key, value: $0.value) }
+                    response.truncated = answer.truncated
+                    response.resumeKey = answer.resumeKey
+                } catch {
+                    response.error = protocolError(error)
+                }
+                complete(response)
+            }
         }
     }
 

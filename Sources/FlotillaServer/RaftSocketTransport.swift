@@ -1,7 +1,9 @@
 import CLinuxEvents
+import Crypto
 import FlotillaProto
 import Foundation
 import Logging
+import RaftStore
 
 /// Wakes a store thread waiting in `RaftSocketTransport.wait`: an eventfd that any thread may
 /// signal. Signals coalesce: many before the store thread looks cost it one wake-up.
@@ -29,8 +31,9 @@ final class StoreThreadWakeup: Sendable {
 
 /// Bounds of the Raft transport.
 struct RaftTransportLimits: Sendable {
-    /// Largest frame accepted from a peer; a longer one closes the connection.
-    var receivedFrameBytesMax = 64 << 20
+    /// Largest frame accepted from a peer; a longer one closes the connection. Holds an append
+    /// with the largest entry a store accepts (`KVLimits`).
+    var receivedFrameBytesMax = KVLimits.raftFrameBytesMax
     /// Outgoing messages are cut into frames of about this many bytes (one message always
     /// goes, whatever its size, up to `receivedFrameBytesMax`).
     var sentFrameBytesTarget = 16 << 20
@@ -42,6 +45,93 @@ struct RaftTransportLimits: Sendable {
     /// Reconnect backoff after a failed or lost outgoing connection, doubled up to the max.
     var reconnectBackoffMilliseconds = 50
     var reconnectBackoffMillisecondsMax = 1_000
+    /// A peer must finish the handshake within this, or its connection is closed.
+    var handshakeTimeoutMilliseconds = 5_000
+    /// An authenticated inbound connection that sends nothing for this long is closed (peers
+    /// heartbeat every few hundred milliseconds), as is one whose frame in progress makes no
+    /// progress for this long (a slow or stuck sender holding a partial frame in memory).
+    var idleTimeoutMilliseconds = 30_000
+    /// Inbound connections at once, handshaking or not; beyond, new ones are closed at once.
+    /// Authenticated ones are one per peer store (a newer one replaces the older).
+    var inboundConnectionsMax = 64
+}
+
+/// The Raft port's handshake: before any frame is read, both ends prove they know the cluster
+/// secret, with HMAC-SHA256 over fresh nonces from both sides (so no answer can be replayed).
+///
+///     acceptor → connector  challenge: "FLR1" · acceptor nonce (32 B)                 36 B
+///     connector → acceptor  hello: "FLR1" · cluster id · from store · to store (8 B BE each)
+///                           · connector nonce (32 B) · HMAC("flotilla-raft-connector" …) 92 B
+///     acceptor → connector  proof: HMAC("flotilla-raft-acceptor" …)                   32 B
+///
+/// Both MACs cover both nonces, the cluster id and the two store ids. A connector that gets a
+/// wrong proof closes without sending a frame; an acceptor that gets a wrong hello closes
+/// without reading one. Fixed sizes: nothing is buffered beyond the step being read.
+struct RaftHandshake {
+    static let magic: [UInt8] = Array("FLR1".utf8)
+    static let nonceBytes = 32
+    static let challengeBytes = 4 + nonceBytes
+    static let helloBytes = 4 + 24 + nonceBytes + 32
+    static let proofBytes = 32
+    /// Bytes of a cluster secret (read from the cluster file's `secretFile`).
+    static let secretBytesMin = 16
+    static let secretBytesMax = 4_096
+
+    let key: SymmetricKey
+
+    init(secret: [UInt8]) { key = SymmetricKey(data: secret) }
+
+    static func nonce() -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<nonceBytes).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+
+    struct Hello: Equatable {
+        var clusterID: UInt64
+        var fromStoreID: UInt64
+        var toStoreID: UInt64
+        var nonce: [UInt8]
+        var mac: [UInt8]
+    }
+
+    func mac(role: String, acceptorNonce: [UInt8], connectorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64) -> [UInt8] {
+        var message = Array("flotilla-raft-\(role)".utf8)
+        message += acceptorNonce
+        message += connectorNonce
+        for value in [clusterID, from, to] { withUnsafeBytes(of: value.bigEndian) { message += $0 } }
+        return Array(HMAC<SHA256>.authenticationCode(for: message, using: key))
+    }
+
+    static func challenge(nonce: [UInt8]) -> [UInt8] { magic + nonce }
+
+    /// The acceptor's nonce from a challenge, or nil when it is not one.
+    static func parseChallenge(_ bytes: ArraySlice<UInt8>) -> [UInt8]? {
+        guard bytes.count == challengeBytes, Array(bytes.prefix(4)) == magic else { return nil }
+        return Array(bytes.dropFirst(4))
+    }
+
+    func hello(acceptorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64, nonce: [UInt8]) -> [UInt8] {
+        var bytes = Self.magic
+        for value in [clusterID, from, to] { withUnsafeBytes(of: value.bigEndian) { bytes += $0 } }
+        bytes += nonce
+        bytes += mac(role: "connector", acceptorNonce: acceptorNonce, connectorNonce: nonce, clusterID: clusterID, from: from, to: to)
+        return bytes
+    }
+
+    static func parseHello(_ bytes: ArraySlice<UInt8>) -> Hello? {
+        guard bytes.count == helloBytes, Array(bytes.prefix(4)) == magic else { return nil }
+        let body = Array(bytes)
+        func integer(at offset: Int) -> UInt64 { body[offset..<(offset + 8)].reduce(0) { $0 << 8 | UInt64($1) } }
+        return Hello(clusterID: integer(at: 4), fromStoreID: integer(at: 12), toStoreID: integer(at: 20),
+                     nonce: Array(body[28..<60]), mac: Array(body[60..<92]))
+    }
+
+    /// Whether `mac` is the expected one, compared in constant time.
+    func verify(_ mac: [UInt8], role: String, acceptorNonce: [UInt8], connectorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64) -> Bool {
+        let expected = self.mac(role: role, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, clusterID: clusterID, from: from, to: to)
+        guard mac.count == expected.count else { return false }
+        return zip(mac, expected).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
+    }
 }
 
 /// Store-to-store Raft traffic over plain TCP, run by the store thread itself: no event loop
@@ -57,11 +147,32 @@ struct RaftTransportLimits: Sendable {
 /// counted (Raft retransmits them); nothing blocks — connects, reads and writes are
 /// non-blocking. Not thread-safe: only the store thread calls it (the wake-up is separate).
 final class RaftSocketTransport {
+    /// Where a connection stands in its life: TCP connect, the handshake, then frames.
+    private enum Phase {
+        /// Outbound: the TCP connect is in progress.
+        case connecting
+        /// Outbound: waiting for the acceptor's challenge.
+        case awaitingChallenge
+        /// Outbound: hello sent; waiting for the acceptor's proof (nonces kept to check it).
+        case awaitingProof(acceptorNonce: [UInt8], connectorNonce: [UInt8])
+        /// Inbound: challenge sent; waiting for the connector's hello.
+        case awaitingHello(acceptorNonce: [UInt8])
+        /// Authenticated: outbound connections write frames, inbound ones read them.
+        case ready
+    }
+
     private final class Connection {
         let fd: Int32
         /// The store this store connected to; nil for a connection a peer opened.
         let outboundStoreID: UInt64?
-        var connecting: Bool
+        var phase: Phase
+        /// The peer store an inbound connection authenticated as.
+        var peerStoreID: UInt64?
+        let openedAt: ContinuousClock.Instant
+        /// Last time bytes arrived (or the connection opened).
+        var lastReadAt: ContinuousClock.Instant
+        /// Last time a frame was completed (or the connection authenticated).
+        var lastFrameAt: ContinuousClock.Instant
         var input: [UInt8] = []
         var inputStart = 0
         var output: [UInt8] = []
@@ -70,13 +181,27 @@ final class RaftSocketTransport {
         var outputMessages = 0
         var writeInterest = false
 
-        init(fd: Int32, outboundStoreID: UInt64?, connecting: Bool) {
+        init(fd: Int32, outboundStoreID: UInt64?, phase: Phase, now: ContinuousClock.Instant) {
             self.fd = fd
             self.outboundStoreID = outboundStoreID
-            self.connecting = connecting
+            self.phase = phase
+            openedAt = now
+            lastReadAt = now
+            lastFrameAt = now
         }
 
         var queuedBytes: Int { output.count - outputStart }
+        var connecting: Bool { if case .connecting = phase { true } else { false } }
+        var isReady: Bool { if case .ready = phase { true } else { false } }
+        /// Bytes the current handshake step still expects (0 once ready).
+        var handshakeBytesExpected: Int {
+            switch phase {
+            case .connecting, .ready: 0
+            case .awaitingChallenge: RaftHandshake.challengeBytes
+            case .awaitingProof: RaftHandshake.proofBytes
+            case .awaitingHello: RaftHandshake.helloBytes
+            }
+        }
     }
 
     private struct PeerLink {
@@ -94,6 +219,9 @@ final class RaftSocketTransport {
     let listeningPort: Int
     private let clusterID: UInt64
     private let storeID: UInt64
+    private let handshake: RaftHandshake
+    /// Connections refused: handshake failures, timeouts, over the inbound bound.
+    private(set) var connectionsRefused = 0
     private let knownStores: Set<UInt64>
     private let limits: RaftTransportLimits
     private let logger: Logger
@@ -105,6 +233,7 @@ final class RaftSocketTransport {
     private var readScratch = [UInt8](repeating: 0, count: 256 << 10)
     private var events = [epoll_event](repeating: epoll_event(), count: 64)
     private var closed = false
+    private var nextExpiryCheck: ContinuousClock.Instant
 
     /// Messages dropped since the start: peer down or queue full.
     private(set) var droppedMessages = 0
@@ -113,14 +242,16 @@ final class RaftSocketTransport {
 
     /// Binds `listen` and prepares links to `peers` (addresses resolved now, once).
     /// - Throws: `ConfigError` naming the address that cannot be resolved or bound.
-    init(listen: HostPort, clusterID: UInt64, storeID: UInt64, peers: [UInt64: HostPort],
+    init(listen: HostPort, clusterID: UInt64, storeID: UInt64, peers: [UInt64: HostPort], secret: [UInt8],
          limits: RaftTransportLimits = RaftTransportLimits(), logger: Logger) throws(ConfigError) {
+        handshake = RaftHandshake(secret: secret)
         self.clusterID = clusterID
         self.storeID = storeID
         self.knownStores = Set(peers.keys)
         self.limits = limits
         self.logger = logger
         let now = clock.now
+        nextExpiryCheck = now
         for (peerStoreID, address) in peers {
             links[peerStoreID] = PeerLink(address: try Self.resolve(address), description: address.description,
                                           connectionFD: nil, nextConnectAt: now, backoffMilliseconds: limits.reconnectBackoffMilliseconds)
@@ -205,7 +336,7 @@ final class RaftSocketTransport {
                 connection.outputMessages += count
                 framesSent += 1
             }
-            if !connection.connecting { flush(connection) }
+            if connection.isReady { flush(connection) }
         }
     }
 
@@ -269,7 +400,7 @@ final class RaftSocketTransport {
             connectFailed(destination, reason: "connect(): \(reason)")
             return
         }
-        let connection = Connection(fd: fd, outboundStoreID: destination, connecting: result != 0)
+        let connection = Connection(fd: fd, outboundStoreID: destination, phase: result != 0 ? .connecting : .awaitingChallenge, now: clock.now)
         connections[fd] = connection
         link.connectionFD = fd
         links[destination] = link
@@ -278,14 +409,88 @@ final class RaftSocketTransport {
         if !connection.connecting { connected(connection) }
     }
 
+    /// The TCP connect finished: wait for the acceptor's challenge.
     private func connected(_ connection: Connection) {
+        connection.phase = .awaitingChallenge
+        setWriteInterest(connection, false)
+    }
+
+    /// The acceptor proved it knows the secret: frames may flow.
+    private func authenticated(_ connection: Connection) {
         guard let destination = connection.outboundStoreID, var link = links[destination] else { return }
-        connection.connecting = false
+        connection.phase = .ready
+        connection.lastFrameAt = clock.now
         link.backoffMilliseconds = limits.reconnectBackoffMilliseconds
         if !link.wasUp { logger.info("Raft link up", metadata: ["to_store": "\(destination)", "address": "\(link.description)"]) }
         link.wasUp = true
         links[destination] = link
         flush(connection)
+    }
+
+    /// Writes a handshake step whole (a few dozen bytes on a fresh socket), or closes.
+    private func writeHandshake(_ connection: Connection, _ bytes: [UInt8]) -> Bool {
+        let written = bytes.withUnsafeBytes { Glibc.send(connection.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard written == bytes.count else {
+            drop(connection, reason: "could not write the handshake (\(written < 0 ? String(cString: strerror(errno)) : "partial write"))")
+            return false
+        }
+        return true
+    }
+
+    /// Handles the bytes of the current handshake step once they are all in. Returns false
+    /// when the connection was closed.
+    private func advanceHandshake(_ connection: Connection) -> Bool {
+        let expected = connection.handshakeBytesExpected
+        guard expected > 0, connection.input.count - connection.inputStart >= expected else { return true }
+        let step = connection.input[connection.inputStart..<(connection.inputStart + expected)]
+        connection.inputStart += expected
+        switch connection.phase {
+        case .awaitingChallenge:
+            guard let destination = connection.outboundStoreID, let acceptorNonce = RaftHandshake.parseChallenge(step) else {
+                refuse(connection, reason: "the peer's handshake challenge is malformed (not a Flotilla Raft port?)")
+                return false
+            }
+            let nonce = RaftHandshake.nonce()
+            let hello = handshake.hello(acceptorNonce: acceptorNonce, clusterID: clusterID, from: storeID, to: destination, nonce: nonce)
+            guard writeHandshake(connection, hello) else { return false }
+            connection.phase = .awaitingProof(acceptorNonce: acceptorNonce, connectorNonce: nonce)
+        case .awaitingProof(let acceptorNonce, let connectorNonce):
+            guard let destination = connection.outboundStoreID,
+                  handshake.verify(Array(step), role: "acceptor", acceptorNonce: acceptorNonce, connectorNonce: connectorNonce,
+                                   clusterID: clusterID, from: storeID, to: destination) else {
+                refuse(connection, reason: "store \(connection.outboundStoreID ?? 0) did not prove it knows the cluster secret")
+                return false
+            }
+            authenticated(connection)
+        case .awaitingHello(let acceptorNonce):
+            guard let hello = RaftHandshake.parseHello(step) else {
+                refuse(connection, reason: "a malformed handshake hello")
+                return false
+            }
+            guard hello.clusterID == clusterID, hello.toStoreID == storeID, knownStores.contains(hello.fromStoreID) else {
+                refuse(connection, reason: "a hello from store \(hello.fromStoreID) of cluster \(hello.clusterID) to store \(hello.toStoreID) "
+                                           + "does not belong here (cluster \(clusterID), store \(storeID))")
+                return false
+            }
+            guard handshake.verify(hello.mac, role: "connector", acceptorNonce: acceptorNonce, connectorNonce: hello.nonce,
+                                   clusterID: clusterID, from: hello.fromStoreID, to: storeID) else {
+                refuse(connection, reason: "a peer claiming to be store \(hello.fromStoreID) does not know the cluster secret")
+                return false
+            }
+            let proof = handshake.mac(role: "acceptor", acceptorNonce: acceptorNonce, connectorNonce: hello.nonce,
+                                      clusterID: clusterID, from: hello.fromStoreID, to: storeID)
+            guard writeHandshake(connection, proof) else { return false }
+            // One authenticated connection per peer store: a newer one replaces the older.
+            for other in connections.values where other !== connection && other.peerStoreID == hello.fromStoreID {
+                drop(other, reason: "replaced by a newer connection from store \(hello.fromStoreID)")
+            }
+            connection.peerStoreID = hello.fromStoreID
+            connection.phase = .ready
+            connection.lastFrameAt = clock.now
+        case .connecting, .ready:
+            break
+        }
+        return true
     }
 
     private func connectFailed(_ destination: UInt64, reason: String) {
@@ -303,6 +508,27 @@ final class RaftSocketTransport {
     }
 
     /// Closes a connection; what it had queued is lost (Raft retransmits).
+    /// Closes connections whose handshake, idle or frame time ran out.
+    private func closeExpired() {
+        let now = clock.now
+        for connection in Array(connections.values) {
+            switch connection.phase {
+            case .connecting, .awaitingChallenge, .awaitingProof, .awaitingHello:
+                if now - connection.openedAt >= .milliseconds(limits.handshakeTimeoutMilliseconds) {
+                    refuse(connection, reason: "the handshake did not finish within \(limits.handshakeTimeoutMilliseconds) ms")
+                }
+            case .ready:
+                guard connection.outboundStoreID == nil else { continue }
+                let idle = now - connection.lastReadAt >= .milliseconds(limits.idleTimeoutMilliseconds)
+                let stuck = connection.input.count > connection.inputStart
+                    && now - connection.lastFrameAt >= .milliseconds(limits.idleTimeoutMilliseconds)
+                if idle || stuck {
+                    drop(connection, reason: stuck ? "a frame made no progress for \(limits.idleTimeoutMilliseconds) ms" : "idle")
+                }
+            }
+        }
+    }
+
     private func drop(_ connection: Connection, reason: String) {
         guard connections.removeValue(forKey: connection.fd) != nil else { return }
         epoll_ctl(epollFD, EPOLL_CTL_DEL, connection.fd, nil)
@@ -329,10 +555,23 @@ final class RaftSocketTransport {
                 }
                 return
             }
+            let inbound = connections.values.filter { $0.outboundStoreID == nil }.count
+            guard inbound < limits.inboundConnectionsMax else {
+                close(fd)
+                connectionsRefused += 1
+                if connectionsRefused.nonzeroBitCount == 1 {
+                    logger.warning("refused a Raft connection: too many inbound connections",
+                                   metadata: ["limit": "\(limits.inboundConnectionsMax)", "refused_total": "\(connectionsRefused)"])
+                }
+                continue
+            }
             var noDelay: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &noDelay, socklen_t(MemoryLayout<Int32>.size))
-            connections[fd] = Connection(fd: fd, outboundStoreID: nil, connecting: false)
+            let nonce = RaftHandshake.nonce()
+            let connection = Connection(fd: fd, outboundStoreID: nil, phase: .awaitingHello(acceptorNonce: nonce), now: clock.now)
+            connections[fd] = connection
             register(fd, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, operation: EPOLL_CTL_ADD)
+            _ = writeHandshake(connection, RaftHandshake.challenge(nonce: nonce))
         }
     }
 
@@ -342,6 +581,10 @@ final class RaftSocketTransport {
     /// frames or writable sockets; hands every valid batch received to `deliver`.
     func wait(timeoutMilliseconds: Int32, deliver: (Flotilla_V1_RaftMessageBatch) -> Void) {
         for destination in links.keys { connectIfDue(destination) }
+        if clock.now >= nextExpiryCheck {
+            closeExpired()
+            nextExpiryCheck = clock.now + .milliseconds(100)
+        }
         let count = events.withUnsafeMutableBufferPointer { buffer in
             epoll_wait(epollFD, buffer.baseAddress, Int32(buffer.count), timeoutMilliseconds)
         }
@@ -380,14 +623,22 @@ final class RaftSocketTransport {
     private func receive(_ connection: Connection, deliver: (Flotilla_V1_RaftMessageBatch) -> Void) {
         var readBytes = 0
         while readBytes < limits.readBytesPerPollMax {
-            let received = readScratch.withUnsafeMutableBytes { read(connection.fd, $0.baseAddress, $0.count) }
+            // During the handshake, read exactly what the step needs: nothing more is buffered.
+            let expected = connection.handshakeBytesExpected
+            let readMax = expected > 0 ? expected - (connection.input.count - connection.inputStart) : readScratch.count
+            let received = readScratch.withUnsafeMutableBytes { read(connection.fd, $0.baseAddress, min($0.count, readMax)) }
             if received > 0 {
-                guard connection.outboundStoreID == nil else {
+                guard connection.outboundStoreID == nil || expected > 0 else {
                     drop(connection, reason: "the peer sent data on a connection that only carries frames to it")
                     return
                 }
                 connection.input.append(contentsOf: readScratch[0..<received])
+                connection.lastReadAt = clock.now
                 readBytes += received
+                if expected > 0 {
+                    guard advanceHandshake(connection) else { return }
+                    compactInput(connection)
+                }
                 continue
             }
             if received == 0 {
@@ -403,6 +654,7 @@ final class RaftSocketTransport {
     }
 
     private func deliverFrames(_ connection: Connection, deliver: (Flotilla_V1_RaftMessageBatch) -> Void) {
+        guard connection.isReady, connection.outboundStoreID == nil else { return }
         while connection.input.count - connection.inputStart >= 4 {
             let start = connection.inputStart
             let length = Int(connection.input[start]) << 24 | Int(connection.input[start + 1]) << 16
@@ -424,13 +676,18 @@ final class RaftSocketTransport {
                 refuse(connection, reason: "a frame from cluster \(batch.clusterID), this is cluster \(clusterID)")
                 return
             }
-            guard batch.toStoreID == storeID, knownStores.contains(batch.fromStoreID) else {
+            guard batch.toStoreID == storeID, batch.fromStoreID == connection.peerStoreID else {
                 refuse(connection, reason: "a frame from store \(batch.fromStoreID) to store \(batch.toStoreID) does not belong here (store \(storeID))")
                 return
             }
             framesReceived += 1
+            connection.lastFrameAt = clock.now
             deliver(batch)
         }
+        compactInput(connection)
+    }
+
+    private func compactInput(_ connection: Connection) {
         if connection.inputStart == connection.input.count {
             connection.input.removeAll(keepingCapacity: connection.input.capacity <= 1 << 20)
             connection.inputStart = 0
@@ -441,7 +698,8 @@ final class RaftSocketTransport {
     }
 
     private func refuse(_ connection: Connection, reason: String) {
-        logger.warning("refused a Raft connection", metadata: ["reason": "\(reason)"])
+        connectionsRefused += 1
+        logger.warning("refused a Raft connection", metadata: ["reason": "\(reason)", "refused_total": "\(connectionsRefused)"])
         drop(connection, reason: reason)
     }
 

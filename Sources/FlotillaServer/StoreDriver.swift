@@ -30,8 +30,9 @@ public struct StoreLoopCounters: Sendable {
 public final class StoreDriver: Sendable {
     /// A request waiting in the inbox or in flight.
     enum Event: Sendable {
-        case write(Flotilla_V1_WriteCommand, Flotilla_V1_RequestContext, @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
-        case read(Flotilla_V1_RequestContext, ReadAction)
+        case write(Flotilla_V1_WriteCommand, Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant,
+                   @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
+        case read(Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, ReadAction)
         case snapshot(ReceivedSnapshot)
         case status(includeRegions: Bool, @Sendable (Flotilla_V1_StoreStatus) -> Void)
     }
@@ -141,10 +142,21 @@ public final class StoreDriver: Sendable {
         }
     }
 
+    /// The request's deadline: `timeout_ms` from now when set, else the server's default.
+    func deadline(of context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> ContinuousClock.Instant {
+        guard context.timeoutMs <= KVLimits.requestTimeoutMillisecondsMax else {
+            throw .invalidArgument(field: "context.timeout_ms", reason: "\(context.timeoutMs) is more than \(KVLimits.requestTimeoutMillisecondsMax)")
+        }
+        return ContinuousClock.now + (context.timeoutMs > 0 ? .milliseconds(Int(context.timeoutMs)) : requestTimeout)
+    }
+
     /// Submits a write; `complete` runs once (on the store thread, or at once when refused).
+    /// A write still in the inbox at its deadline is not proposed.
     public func submitWrite(_ command: Flotilla_V1_WriteCommand, context: Flotilla_V1_RequestContext,
                             complete: @escaping @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void) {
-        if !enqueue(.write(command, context, complete)) {
+        let deadline: ContinuousClock.Instant
+        do { deadline = try self.deadline(of: context) } catch { return complete(.failure(error)) }
+        if !enqueue(.write(command, context, deadline: deadline, complete)) {
             complete(.failure(.serverIsBusy(reason: "store inbox full")))
         }
     }
@@ -167,7 +179,9 @@ public final class StoreDriver: Sendable {
             case .failure(let error): complete(.failure(error))
             }
         }
-        if !enqueue(.read(context, action)) { complete(.failure(StoreRequestError.serverIsBusy(reason: "store inbox full"))) }
+        let deadline: ContinuousClock.Instant
+        do { deadline = try self.deadline(of: context) } catch { return complete(.failure(error)) }
+        if !enqueue(.read(context, deadline: deadline, action)) { complete(.failure(StoreRequestError.serverIsBusy(reason: "store inbox full"))) }
     }
 
     // MARK: The loop
@@ -192,17 +206,25 @@ public final class StoreDriver: Sendable {
             if stopping { break }
             for event in events {
                 switch event {
-                case .write(let command, let context, let complete):
+                case .write(let command, let context, let deadline, let complete):
+                    guard clock.now < deadline else {
+                        complete(.failure(.timeout(reason: "the write reached its deadline before it was proposed (not applied)")))
+                        continue
+                    }
                     do {
                         let id = try core.proposeWrite(command, context: context)
-                        pendingWrites[id] = (clock.now + requestTimeout, complete)
+                        pendingWrites[id] = (deadline, complete)
                     } catch {
                         complete(.failure(error))
                     }
-                case .read(let context, let action):
+                case .read(let context, let deadline, let action):
+                    guard clock.now < deadline else {
+                        action.run(.failure(.timeout(reason: "the read reached its deadline before it started")))
+                        continue
+                    }
                     do {
                         let id = try core.proposeRead(context: context)
-                        pendingReads[id] = (clock.now + requestTimeout, action)
+                        pendingReads[id] = (deadline, action)
                     } catch {
                         action.run(.failure(error))
                     }
@@ -219,6 +241,9 @@ public final class StoreDriver: Sendable {
                     status.raftMessagesDropped = UInt64(network.droppedMessages)
                     reply(status)
                 }
+            }
+            for report in core.takeRefusalReports() {
+                logger.warning("refused a Raft message", metadata: ["reason": "\(report)", "refused_total": "\(core.raftMessagesRefused)"])
             }
             if clock.now >= nextTick {
                 core.tick()
@@ -259,11 +284,11 @@ public final class StoreDriver: Sendable {
             let now = clock.now
             for (id, pending) in pendingWrites where pending.deadline <= now {
                 pendingWrites[id] = nil
-                pending.complete(.failure(.timeout(reason: "the write did not commit within \(self.requestTimeout)")))
+                pending.complete(.failure(.timeout(reason: "the write did not commit before its deadline (its outcome is unknown)")))
             }
             for (id, pending) in pendingReads where pending.deadline <= now {
                 pendingReads[id] = nil
-                pending.action.run(.failure(StoreRequestError.timeout(reason: "the read was not confirmed within \(self.requestTimeout)")))
+                pending.action.run(.failure(StoreRequestError.timeout(reason: "the read was not confirmed before its deadline")))
             }
             let idle = inbox.withLock { inbox -> Bool in
                 inbox.storeThreadWaiting = inbox.events.isEmpty && !inbox.stopping

@@ -42,6 +42,8 @@ public struct RaftNode {
     var uncommittedProposals: [(index: UInt64, bytes: Int)] = []
     var uncommittedBytes = 0
     var reads = ReadIndexQueue()
+    /// Messages `step` refused as impossible (see `RaftLimits`), since this node started.
+    public internal(set) var refusedMessages: UInt64 = 0
 
     var messagesNow: [Message] = []
     var messagesAfterPersist: [Message] = []
@@ -85,6 +87,11 @@ public struct RaftNode {
     public var lastIndex: UInt64 { log.lastIndex }
     /// The first index still held as an entry (earlier ones are in a snapshot).
     public var firstIndex: UInt64 { log.firstIndex }
+    /// The term is at `RaftLimits.termMax` (only a forged message, persisted before such messages
+    /// were refused, can put it there): this node never campaigns again, as the next term would
+    /// be beyond the bound. It still follows a leader of its term, and never traps.
+    public var termExhausted: Bool { term >= RaftLimits.termMax }
+
     /// Whether this node may campaign: a voter with no snapshot waiting to be installed.
     var isPromotable: Bool {
         (confState.voters.contains(id) || confState.votersOutgoing.contains(id)) && log.unstableSnapshot == nil
@@ -188,7 +195,7 @@ public struct RaftNode {
     /// Starts an election: a pre-vote round first when configured, unless this is a leader
     /// transfer (which must not be held back by followers' leases).
     mutating func startCampaign(transfer: Bool) {
-        guard isPromotable else { return }
+        guard isPromotable, !termExhausted else { return }
         if config.preVote && !transfer {
             role = .preCandidate
             leader = noNode

@@ -1,8 +1,21 @@
 extension RaftNode {
     /// Feeds a message from a peer. Messages from stale terms are answered or dropped, never
-    /// acted on; a newer term makes this node a follower first.
-    public mutating func step(_ message: Message) {
-        guard message.to == id, message.from != id, message.from != noNode else { return }
+    /// acted on; a newer term makes this node a follower first. A message no correct peer could
+    /// send (`refusal(of:)`: a term or index beyond `RaftLimits`, entries out of sequence, an
+    /// acknowledgement of what was never sent) changes nothing: it is counted in
+    /// `refusedMessages` and returned, so the caller can log it. Never traps on a message.
+    @discardableResult
+    public mutating func step(_ message: Message) -> MessageRefusal? {
+        guard message.to == id, message.from != id, message.from != noNode else { return nil }
+        if let reason = refusal(of: message) {
+            refusedMessages &+= 1
+            return MessageRefusal(reason: "\(message.kind) from \(message.from) in term \(message.term): \(reason)")
+        }
+        stepChecked(message)
+        return nil
+    }
+
+    private mutating func stepChecked(_ message: Message) {
         if message.term > term {
             switch message.kind {
             case .requestVote, .requestPreVote:

@@ -183,6 +183,10 @@ public final class StoreCore {
     /// Regions that may have a Ready: touched by an event since their last turn, or left with
     /// work by it. A turn looks at these only, not at every region.
     var touchedRegions: Set<UInt64> = []
+    /// Raft messages refused as impossible (forged, corrupt): counted, and the first reasons kept.
+    public private(set) var raftMessagesRefused: UInt64 = 0
+    private var refusalReports: [String] = []
+    static let refusalReportsMax = 32
 
     /// Opens the store's regions from `db`: every normal `RegionLocalState`, finishing any
     /// snapshot install a crash interrupted, and removes staged snapshots no region refers to.
@@ -262,6 +266,10 @@ public final class StoreCore {
         peer.storage.snapshotPoint = SnapshotMetadata(index: applied, term: (try? storage.term(at: applied)) ?? 0, confState: confState)
         peers[region.id] = peer
         touchedRegions.insert(region.id)
+        if peer.raft.termExhausted {
+            refusalReports.append("region \(region.id): persisted term \(peer.raft.term) is at or above the limit \(RaftLimits.termMax) "
+                                  + "(a forged message accepted by an earlier version?); this replica will never campaign")
+        }
     }
 
     /// Creates a region replica from its descriptor, as every founding store of a static
@@ -305,9 +313,25 @@ public final class StoreCore {
         guard let peer = peers[message.regionID] ?? createPeer(for: message, kind: core.kind),
               message.toPeer.id == peer.peerID else { return false }
         if message.fromPeer.id != 0 { peer.knownPeers[message.fromPeer.id] = message.fromPeer }
-        peer.raft.step(core)
+        if let refusal = peer.raft.step(core) {
+            report(refusal: refusal, regionID: peer.region.id)
+            return false
+        }
         touchedRegions.insert(peer.region.id)
         return true
+    }
+
+    /// Counts a Raft message the core refused and keeps its reason for the caller's log
+    /// (bounded: beyond `refusalReportsMax` unread reports, only the count grows).
+    private func report(refusal: MessageRefusal, regionID: UInt64) {
+        raftMessagesRefused += 1
+        if refusalReports.count < Self.refusalReportsMax { refusalReports.append("region \(regionID): \(refusal.reason)") }
+    }
+
+    /// Reasons of Raft messages refused since the last call (at most `refusalReportsMax`).
+    public func takeRefusalReports() -> [String] {
+        defer { refusalReports = [] }
+        return refusalReports
     }
 
     /// Delivers a snapshot received in full (its SST files staged in `received.directory`).
@@ -320,7 +344,12 @@ public final class StoreCore {
         if message.fromPeer.id != 0 { peer.knownPeers[message.fromPeer.id] = message.fromPeer }
         if let previous = peer.receivedSnapshot { removeStagedSnapshot(previous.directory) }
         peer.receivedSnapshot = received
-        peer.raft.step(core)
+        if let refusal = peer.raft.step(core) {
+            report(refusal: refusal, regionID: peer.region.id)
+            peer.receivedSnapshot = nil
+            removeStagedSnapshot(received.directory)
+            return true
+        }
         touchedRegions.insert(peer.region.id)
         return true
     }
@@ -363,6 +392,10 @@ public final class StoreCore {
         let data: [UInt8]
         do { data = try command.serializedBytes() } catch {
             throw .invalidArgument(field: "command", reason: "cannot be encoded: \(error)")
+        }
+        // One write is one Raft entry at most, so it always fits an append and a frame.
+        guard data.count <= KVLimits.commandBytesMax else {
+            throw .invalidArgument(field: "request", reason: "the write encodes to \(data.count) bytes, more than the \(KVLimits.commandBytesMax)-byte limit of one Raft entry")
         }
         let id = makeProposalID()
         peer.queuedWrites.append((data, id))
@@ -471,17 +504,26 @@ public final class StoreCore {
         return try db.get([UInt8](key), in: dataCF).map { Data($0) }
     }
 
-    /// Up to `limit` pairs of the region in [start, end) (an empty end: the region's end),
-    /// ascending or, with `reverse`, descending. The range is clipped to the region.
-    public func scan(regionID: UInt64, from start: Data, to end: Data, limit: Int, reverse: Bool) throws -> [(Data, Data)] {
-        guard let peer = peers[regionID], peer.isInitialized else { throw StoreRequestError.regionNotFound(regionID: regionID) }
+    /// Plans a scan of the region's applied data in [start, end) (an empty end: the region's
+    /// end): checks the range lies inside the region — a range reaching outside is a stale
+    /// route (`keyNotInRegion`), never a clipped answer — and takes a RocksDB snapshot, so the
+    /// plan can be read off the store thread with `ScanPlan.run()` while other regions write.
+    public func planScan(regionID: UInt64, from start: Data, to end: Data, limit: Int, reverse: Bool) throws(StoreRequestError) -> ScanPlan {
+        guard let peer = peers[regionID], peer.isInitialized else { throw .regionNotFound(regionID: regionID) }
         let region = peer.region
-        let lower = start.lexicographicallyPrecedes(region.startKey) ? region.startKey : start
-        var upper: Data? = end.isEmpty ? nil : end
-        if !region.endKey.isEmpty, upper.map({ region.endKey.lexicographicallyPrecedes($0) }) ?? true { upper = region.endKey }
-        let iterator = db.makeIterator(in: dataCF, lowerBound: [UInt8](lower), upperBound: upper.map { [UInt8]($0) })
-        if reverse { iterator.seekToLast() } else { iterator.seekToFirst() }
-        return try iterator.collect(limit: limit, reverse: reverse).map { (Data($0.key), Data($0.value)) }
+        guard region.contains(start) else { throw .keyNotInRegion(key: start, region: region) }
+        if !end.isEmpty, !region.endKey.isEmpty, region.endKey.lexicographicallyPrecedes(end) {
+            throw .keyNotInRegion(key: end, region: region)
+        }
+        let upper = end.isEmpty ? StoreKeys.dataUpperBound(region) : [UInt8](end)
+        return ScanPlan(db: db, snapshot: db.makeSnapshot(), column: dataCF, lower: [UInt8](start), upper: upper,
+                        limit: max(1, limit), reverse: reverse)
+    }
+
+    /// Up to `limit` pairs of the region in [start, end), read on the calling thread (tests and
+    /// tools; the server reads scans off the store thread through `planScan`).
+    public func scan(regionID: UInt64, from start: Data, to end: Data, limit: Int, reverse: Bool) throws -> [(Data, Data)] {
+        try planScan(regionID: regionID, from: start, to: end, limit: limit, reverse: reverse).run().pairs
     }
 
     /// Every key the region holds here, in order (for checks and tools; not a client API).
@@ -569,9 +611,10 @@ public final class StoreCore {
             guard range.endKey.isEmpty || range.startKey.lexicographicallyPrecedes(range.endKey) || range.startKey == range.endKey else {
                 throw .invalidArgument(field: "delete_range", reason: "start key after end key")
             }
-            guard region.contains(range.startKey) || range.startKey == region.startKey,
-                  region.endKey.isEmpty || (!range.endKey.isEmpty && !region.endKey.lexicographicallyPrecedes(range.endKey)) else {
-                throw .keyNotInRegion(key: range.startKey, region: region)
+            guard region.contains(range.startKey) else { throw .keyNotInRegion(key: range.startKey, region: region) }
+            // An empty end is "to the end of the key space": inside only the last region.
+            guard region.endKey.isEmpty || (!range.endKey.isEmpty && !region.endKey.lexicographicallyPrecedes(range.endKey)) else {
+                throw .keyNotInRegion(key: range.endKey, region: region)
             }
         }
     }

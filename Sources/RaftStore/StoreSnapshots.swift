@@ -3,27 +3,67 @@ import Foundation
 import Raft
 import RocksDB
 
+/// FNV-1a, 64 bit: a fast non-cryptographic digest of bytes fed in order, the same on every
+/// replica and every run.
+public struct FNV1a64: Sendable, Equatable {
+    public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+
+    public init() {}
+
+    public mutating func add(byte: UInt8) {
+        value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+    }
+
+    public mutating func add(_ bytes: some Sequence<UInt8>) {
+        for byte in bytes { add(byte: byte) }
+    }
+
+    /// A length (or any integer), as 8 big-endian bytes.
+    public mutating func add(length: Int) {
+        withUnsafeBytes(of: UInt64(length).bigEndian) { for byte in $0 { add(byte: byte) } }
+    }
+
+    /// Bytes preceded by their length, so concatenations cannot collide by shifting.
+    public mutating func add(field bytes: Data) {
+        add(length: bytes.count)
+        add(bytes)
+    }
+}
+
 /// FNV-1a (64 bit) over snapshot pairs: column, key length, key, value length, value.
 public struct SnapshotChecksum: Sendable, Equatable {
-    public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    private var hasher = FNV1a64()
+    public var value: UInt64 { hasher.value }
 
     public init() {}
 
     /// Adds one pair, in stream order.
     public mutating func add(_ pair: Flotilla_V1_SnapshotPair) {
-        add(byte: UInt8(truncatingIfNeeded: pair.column.rawValue))
-        add(length: pair.key.count)
-        for byte in pair.key { add(byte: byte) }
-        add(length: pair.value.count)
-        for byte in pair.value { add(byte: byte) }
+        hasher.add(byte: UInt8(truncatingIfNeeded: pair.column.rawValue))
+        hasher.add(field: pair.key)
+        hasher.add(field: pair.value)
     }
+}
 
-    private mutating func add(length: Int) {
-        withUnsafeBytes(of: UInt64(length).bigEndian) { for byte in $0 { add(byte: byte) } }
-    }
-
-    private mutating func add(byte: UInt8) {
-        value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+extension Flotilla_V1_WriteCommand {
+    /// A digest of what this write does (not who sent it): a retry of a (client, sequence)
+    /// must carry the same operation. Never 0 (0 marks "not recorded" in a session).
+    var payloadDigest: UInt64 {
+        var hasher = FNV1a64()
+        hasher.add(length: puts.count)
+        for pair in puts { hasher.add(field: pair.key); hasher.add(field: pair.value) }
+        hasher.add(length: deletes.count)
+        for key in deletes { hasher.add(field: key) }
+        hasher.add(byte: hasDeleteRange ? 1 : 0)
+        hasher.add(field: deleteRange.startKey)
+        hasher.add(field: deleteRange.endKey)
+        hasher.add(byte: hasCompareAndSwap ? 1 : 0)
+        let cas = compareAndSwap
+        hasher.add(field: cas.key)
+        hasher.add(byte: (cas.expectExists ? 1 : 0) | (cas.deleteKey ? 2 : 0))
+        hasher.add(field: cas.expectedValue)
+        hasher.add(field: cas.newValue)
+        return max(hasher.value, 1)
     }
 }
 

@@ -184,9 +184,15 @@ extension StoreCore {
             }
             precondition(results.count == mine.count, "entry \(entry.index) of region \(peer.region.id) carries \(results.count) commands, proposed with \(mine.count)")
             for (id, result) in zip(mine, results) {
-                output.completedWrites.append((id, result.staleDuplicate
-                    ? .failure(.invalidArgument(field: "context.sequence", reason: "this write was answered before and its reply forgotten; it was not applied again"))
-                    : .success(result)))
+                if result.staleDuplicate {
+                    output.completedWrites.append((id, .failure(.invalidArgument(
+                        field: "context.sequence", reason: "this write was answered before and its reply forgotten; it was not applied again"))))
+                } else if result.payloadMismatch {
+                    output.completedWrites.append((id, .failure(.invalidArgument(
+                        field: "context.sequence", reason: "this (client id, sequence) was already used for a different write; not applied"))))
+                } else {
+                    output.completedWrites.append((id, .success(result)))
+                }
             }
         }
         // A session touched by many writes of this turn is written once.
@@ -239,6 +245,12 @@ extension StoreCore {
                 return stale
             }
             if let kept = known.replies.first(where: { $0.sequence == command.sequence }) {
+                // Another write under a sequence already used: refused, not silently dropped.
+                if kept.payloadDigest != 0 && kept.payloadDigest != command.payloadDigest {
+                    var mismatch = Flotilla_V1_WriteResult()
+                    mismatch.payloadMismatch = true
+                    return mismatch
+                }
                 // A retry: the first reply, not a second application.
                 return (try? Flotilla_V1_WriteResult(serializedBytes: kept.reply)) ?? Flotilla_V1_WriteResult()
             }
@@ -272,6 +284,7 @@ extension StoreCore {
             var reply = Flotilla_V1_SessionReply()
             reply.sequence = command.sequence
             reply.reply = try result.serializedData()
+            reply.payloadDigest = command.payloadDigest
             var replies = session.replies.filter { $0.sequence >= session.ackedBelow }
             replies.insert(reply, at: replies.firstIndex { $0.sequence > command.sequence } ?? replies.endIndex)
             if replies.count > settings.sessionRepliesMax {

@@ -63,7 +63,9 @@ struct ServerCommand: AsyncParsableCommand {
         guard (3...1_000).contains(election) else { throw ConfigError("--election-timeout-ticks (election-timeout-ticks) must be between 3 and 1000, got \(election)") }
         let levelName = logLevel ?? file.logLevel ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else { throw ConfigError("log level '\(levelName)' is not a level") }
-        var settings = ServerSettings(storeID: storeID, cluster: try ClusterFile.load(path: clusterPath), dataDirectory: dataDirectory)
+        let cluster = try ClusterFile.load(path: clusterPath)
+        var settings = ServerSettings(storeID: storeID, cluster: cluster, dataDirectory: dataDirectory)
+        settings.clusterSecret = try cluster.loadSecret(clusterFilePath: clusterPath)
         settings.tickInterval = .milliseconds(tick)
         settings.electionTimeoutTicks = election
         if let value = logGCCountThreshold ?? file.logGCCountThreshold {

@@ -29,7 +29,8 @@ final class LocalCluster {
         let stores = try (1...UInt64(storeCount)).map { id in
             ClusterFile.Store(id: id, address: "127.0.0.1:\(try Self.freePort())", raftAddress: "127.0.0.1:\(try Self.freePort())")
         }
-        cluster = ClusterFile(clusterID: 42, stores: stores, splitKeys: splitKeys)
+        try ClusterFile.writeNewSecret(to: root + "/cluster.secret")
+        cluster = ClusterFile(clusterID: 42, stores: stores, splitKeys: splitKeys, secretFile: "cluster.secret")
         clusterPath = root + "/cluster.json"
         try JSONEncoder().encode(cluster).write(to: URL(fileURLWithPath: clusterPath))
         for store in stores { try start(store.id) }

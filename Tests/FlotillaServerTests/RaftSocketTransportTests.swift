@@ -21,11 +21,14 @@ struct RaftSocketTransportTests {
         return message
     }
 
-    func transport(_ storeID: UInt64, ports: [UInt64: Int], clusterID: UInt64 = 5) throws -> RaftSocketTransport {
+    static let secret = Array("the-cluster-secret-of-the-tests".utf8)
+
+    func transport(_ storeID: UInt64, ports: [UInt64: Int], clusterID: UInt64 = 5, secret: [UInt8] = Self.secret,
+                   limits: RaftTransportLimits = RaftTransportLimits()) throws -> RaftSocketTransport {
         var peers: [UInt64: HostPort] = [:]
         for (peer, port) in ports where peer != storeID { peers[peer] = HostPort("127.0.0.1:\(port)") }
         return try RaftSocketTransport(listen: HostPort("127.0.0.1:\(ports[storeID] ?? 0)")!, clusterID: clusterID, storeID: storeID,
-                                       peers: peers, logger: logger)
+                                       peers: peers, secret: secret, limits: limits, logger: logger)
     }
 
     /// Pumps every transport until `done` or the time limit.
@@ -84,26 +87,12 @@ struct RaftSocketTransportTests {
         pump([foreign, two], seconds: 0.5, into: &received) { _ in false }
         #expect(received.isEmpty, "a frame of cluster 99 is not delivered")
 
-        // Raw frames: not decodable, over the size limit, addressed to store 3.
+        // Raw frames after a valid handshake: not decodable, over the size limit, addressed to store 3.
         func rawExchange(_ bytes: [UInt8]) throws -> Bool {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var address = try RaftSocketTransport.resolve(HostPort("127.0.0.1:\(two.listeningPort)")!)
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            #expect(connected == 0)
-            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            var timeout = timeval(tv_sec: 0, tv_usec: 10_000)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            let deadline = Date().addingTimeInterval(3)
-            var scratch = [UInt8](repeating: 0, count: 16)
-            while Date() < deadline {
-                two.wait(timeoutMilliseconds: 5) { received.append($0) }
-                let count = scratch.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if count == 0 { return true }  // closed by the transport
-            }
-            return false
+            let peer = try RawRaftPeer(port: two.listeningPort)
+            try peer.handshake(clusterID: 5, from: 1, to: 2, secret: Self.secret) { two.wait(timeoutMilliseconds: 5) { received.append($0) } }
+            peer.write(bytes)
+            return peer.waitUntilClosed { two.wait(timeoutMilliseconds: 5) { received.append($0) } }
         }
         #expect(try rawExchange([0, 0, 0, 3, 0xFF, 0xFF, 0xFF]), "an undecodable frame closes the connection")
         #expect(try rawExchange([0x7F, 0xFF, 0xFF, 0xFF]), "a frame over the limit closes the connection")
@@ -120,19 +109,87 @@ struct RaftSocketTransportTests {
         #expect(two.framesReceived == 0)
     }
 
+    @Test func aStoreWithoutTheSecretIsRefusedBeforeAnyFrameIsRead() throws {
+        let ports: [UInt64: Int] = [1: try freeLoopbackPort(), 2: try freeLoopbackPort()]
+        let two = try transport(2, ports: ports)
+        let impostor = try transport(1, ports: ports, secret: Array("not-the-cluster-secret!!".utf8))
+        var received: [Flotilla_V1_RaftMessageBatch] = []
+        for index in 1...5 {
+            impostor.send([2: [message(region: 1, index: UInt64(index))]])
+            pump([impostor, two], seconds: 0.2, into: &received) { _ in false }
+        }
+        #expect(received.isEmpty)
+        #expect(two.connectionsRefused >= 1)
+        #expect(impostor.connectionsRefused == 0 || impostor.droppedMessages > 0)
+
+        // Raw: a hello with a forged MAC, and garbage in place of a hello.
+        let forged: ([UInt8]) -> [UInt8] = RawRaftPeer.hello(clusterID: 5, from: 1, to: 2, secret: Array("guess-guess-guess-guess".utf8))
+        let garbage: ([UInt8]) -> [UInt8] = { _ in [UInt8](repeating: 0xFF, count: RaftHandshake.helloBytes) }
+        for hello in [forged, garbage] {
+            let peer = try RawRaftPeer(port: two.listeningPort)
+            let challenge = peer.read(RaftHandshake.challengeBytes) { two.wait(timeoutMilliseconds: 5) { received.append($0) } }
+            #expect(challenge.count == RaftHandshake.challengeBytes)
+            peer.write(hello(challenge))
+            #expect(peer.waitUntilClosed { two.wait(timeoutMilliseconds: 5) { received.append($0) } })
+        }
+        #expect(received.isEmpty)
+    }
+
+    @Test func aConnectorChecksTheAcceptorsProof() throws {
+        // A listener that answers the hello with a wrong proof: the connector sends no frame.
+        let ports: [UInt64: Int] = [1: try freeLoopbackPort(), 2: try freeLoopbackPort()]
+        let one = try transport(1, ports: ports)
+        let listener = try RawRaftListener(port: ports[2] ?? 0)
+        one.send([2: [message(region: 1, index: 1)]])
+        var received: [Flotilla_V1_RaftMessageBatch] = []
+        let peer = try #require(listener.accept { one.wait(timeoutMilliseconds: 5) { received.append($0) } })
+        peer.write(RaftHandshake.challenge(nonce: RaftHandshake.nonce()))
+        let hello = peer.read(RaftHandshake.helloBytes) { one.wait(timeoutMilliseconds: 5) { received.append($0) } }
+        #expect(hello.count == RaftHandshake.helloBytes)
+        peer.write([UInt8](repeating: 7, count: RaftHandshake.proofBytes))
+        #expect(peer.waitUntilClosed { one.wait(timeoutMilliseconds: 5) { received.append($0) } }, "the connector closes on a wrong proof")
+        #expect(one.connectionsRefused == 1)
+        #expect(one.framesSent >= 1 && one.droppedMessages >= 1, "the queued frame was never written")
+    }
+
+    @Test func slowIdleAndSurplusPeersAreCutOff() throws {
+        var limits = RaftTransportLimits()
+        limits.handshakeTimeoutMilliseconds = 300
+        limits.idleTimeoutMilliseconds = 600
+        limits.inboundConnectionsMax = 4
+        let two = try transport(2, ports: [1: try freeLoopbackPort(), 2: 0], limits: limits)
+        var received: [Flotilla_V1_RaftMessageBatch] = []
+        let pump = { two.wait(timeoutMilliseconds: 5) { received.append($0) } }
+        // A peer that connects and never says hello.
+        let silent = try RawRaftPeer(port: two.listeningPort)
+        #expect(silent.waitUntilClosed(seconds: 3, pump: pump), "handshake timeout")
+        // An authenticated peer that sends half a frame and stalls: its buffer is freed.
+        let stalled = try RawRaftPeer(port: two.listeningPort)
+        try stalled.handshake(clusterID: 5, from: 1, to: 2, secret: Self.secret, pump: pump)
+        stalled.write([0x00, 0x10, 0x00, 0x00] + [UInt8](repeating: 1, count: 1_000))
+        #expect(stalled.waitUntilClosed(seconds: 3, pump: pump), "a stalled frame times out")
+        // More connections than the bound: the surplus is closed at once.
+        let crowd = try (0..<6).map { _ in try RawRaftPeer(port: two.listeningPort) }
+        for _ in 0..<20 { pump() }
+        let closed = crowd.filter { $0.waitUntilClosed(seconds: 0.05, pump: pump) }.count
+        #expect(closed >= 2, "at most 4 inbound connections at once")
+        #expect(two.connectionsRefused >= 4)
+        #expect(received.isEmpty)
+    }
+
     @Test func theRaftAddressMustBeFreeAndResolvable() throws {
         let one = try transport(1, ports: [1: 0])
         let taken = HostPort("127.0.0.1:\(one.listeningPort)")!
         #expect(throws: ConfigError.self) {
-            try RaftSocketTransport(listen: taken, clusterID: 5, storeID: 2, peers: [:], logger: logger)
+            try RaftSocketTransport(listen: taken, clusterID: 5, storeID: 2, peers: [:], secret: Self.secret, logger: logger)
         }
         do {
-            _ = try RaftSocketTransport(listen: taken, clusterID: 5, storeID: 2, peers: [:], logger: logger)
+            _ = try RaftSocketTransport(listen: taken, clusterID: 5, storeID: 2, peers: [:], secret: Self.secret, logger: logger)
         } catch {
             #expect(error.description.contains("cannot listen for Raft traffic on 127.0.0.1:\(one.listeningPort)"), "\(error)")
         }
         #expect(throws: ConfigError.self) {
-            try RaftSocketTransport(listen: HostPort("no-such-host.invalid:1")!, clusterID: 5, storeID: 2, peers: [:], logger: logger)
+            try RaftSocketTransport(listen: HostPort("no-such-host.invalid:1")!, clusterID: 5, storeID: 2, peers: [:], secret: Self.secret, logger: logger)
         }
     }
 

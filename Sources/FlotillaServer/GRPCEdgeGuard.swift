@@ -1,0 +1,189 @@
+import GRPCNIOTransportHTTP2
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+
+/// Guards a gRPC server's HTTP/2 edge against what the libraries below it handle badly:
+///
+/// - **Headers.** grpc-swift-2 (2.4.3) traps on a negative `grpc-timeout` (`-1S` passes its
+///   parser and fails a precondition), killing the process. Every stream's request headers are
+///   checked here first, before the gRPC handler parses them: a `grpc-timeout` that is not 1 to
+///   8 ASCII digits and a unit (`H M S m u n`, gRPC's wire format) is answered with
+///   INVALID_ARGUMENT naming the header, and the handler never sees the stream.
+/// - **Concurrent streams.** swift-nio-http2 treats a stream over the advertised
+///   `SETTINGS_MAX_CONCURRENT_STREAMS` as a connection error (GOAWAY PROTOCOL_ERROR), failing
+///   every call on the connection, where RFC 9113 §5.1.2 allows refusing that one stream. So the
+///   connection is set up with a hard limit of `streamsHardMax` in swift-nio-http2 while the
+///   SETTINGS frame sent to the client advertises `streamsAdvertised` (the value is rewritten
+///   in the server's first frame), and a stream beyond the advertised limit is refused alone
+///   with RST_STREAM REFUSED_STREAM, which gRPC clients retry. Only a client that opens more
+///   than `streamsHardMax` at once loses its connection.
+public struct GRPCEdgeGuard: Sendable {
+    /// Concurrent streams a client is told it may open on one connection.
+    public var streamsAdvertised: UInt32 = 128
+    /// Concurrent streams swift-nio-http2 accepts before closing the connection.
+    public var streamsHardMax: UInt32 = 1_024
+
+    public init() {}
+
+    /// Installs the guard in a server transport's configuration.
+    public func install(in config: inout HTTP2ServerTransport.Posix.Config) {
+        precondition(streamsAdvertised > 0 && streamsAdvertised < streamsHardMax)
+        config.http2.maxConcurrentStreams = Int(streamsHardMax)
+        let advertised = streamsAdvertised
+        let hardMax = streamsHardMax
+        config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(
+                    HTTP2StreamLimitHandler(advertised: advertised, hardMax: hardMax), position: .first)
+            }
+        }
+        config.channelDebuggingCallbacks.onAcceptHTTP2Stream = { stream in
+            stream.eventLoop.makeCompletedFuture {
+                let limiter = try stream.parent.map { try $0.pipeline.syncOperations.handler(type: HTTP2StreamLimitHandler.self) }
+                let refused = limiter?.streamOpened() ?? false
+                if let limiter { stream.closeFuture.whenComplete { _ in limiter.streamClosed() } }
+                try stream.pipeline.syncOperations.addHandler(GRPCStreamGuardHandler(refused: refused), position: .first)
+            }
+        }
+    }
+
+    /// Whether `value` is a `grpc-timeout` in gRPC's wire format: 1 to 8 ASCII digits and one
+    /// unit character.
+    public static func isValidTimeout(_ value: String) -> Bool {
+        let bytes = Array(value.utf8)
+        guard (2...9).contains(bytes.count), let unit = bytes.last, "HMSmun".utf8.contains(unit) else { return false }
+        return bytes.dropLast().allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
+    }
+
+    /// Why request headers must not reach the gRPC handler, or nil.
+    static func refusal(of headers: HPACKHeaders) -> String? {
+        let timeouts = headers[canonicalForm: "grpc-timeout"]
+        guard timeouts.count <= 1 else { return "more than one grpc-timeout header" }
+        if let timeout = timeouts.first, !isValidTimeout(String(timeout)) {
+            return "grpc-timeout \"\(timeout.prefix(32))\" is malformed: expected 1 to 8 digits and a unit (H, M, S, m, u, n)"
+        }
+        return nil
+    }
+}
+
+/// Per connection, at the socket end of the pipeline: rewrites the advertised stream limit in
+/// the server's first SETTINGS frame and counts the streams open on the connection.
+final class HTTP2StreamLimitHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let advertised: UInt32
+    private let hardMax: UInt32
+    private var firstWriteSeen = false
+    /// Whether the client was told `advertised`: only then are streams beyond it refused.
+    private(set) var rewroteLimit = false
+    private(set) var openStreams = 0
+
+    init(advertised: UInt32, hardMax: UInt32) {
+        self.advertised = advertised
+        self.hardMax = hardMax
+    }
+
+    /// A stream was accepted; returns whether it must be refused (beyond the advertised limit).
+    func streamOpened() -> Bool {
+        openStreams += 1
+        return rewroteLimit && openStreams > Int(advertised)
+    }
+
+    func streamClosed() { openStreams -= 1 }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard !firstWriteSeen else { return context.write(data, promise: promise) }
+        firstWriteSeen = true
+        var buffer = unwrapOutboundIn(data)
+        rewroteLimit = Self.rewriteMaxConcurrentStreams(in: &buffer, from: hardMax, to: advertised)
+        context.write(wrapOutboundOut(buffer), promise: promise)
+    }
+
+    /// In a buffer starting with a SETTINGS frame, replaces a MAX_CONCURRENT_STREAMS value of
+    /// `from` by `to`. Returns whether it did.
+    static func rewriteMaxConcurrentStreams(in buffer: inout ByteBuffer, from: UInt32, to: UInt32) -> Bool {
+        let start = buffer.readerIndex
+        guard let length = buffer.getInteger(at: start, as: UInt32.self).map({ Int($0 >> 8) }),
+              buffer.getInteger(at: start + 3, as: UInt8.self) == 0x4,   // SETTINGS
+              buffer.getInteger(at: start + 4, as: UInt8.self).map({ $0 & 0x1 == 0 }) == true,  // not an ACK
+              length % 6 == 0, buffer.readableBytes >= 9 + length else { return false }
+        var offset = start + 9
+        while offset < start + 9 + length {
+            if buffer.getInteger(at: offset, as: UInt16.self) == 0x3, buffer.getInteger(at: offset + 2, as: UInt32.self) == from {
+                buffer.setInteger(to, at: offset + 2)
+                return true
+            }
+            offset += 6
+        }
+        return false
+    }
+}
+
+/// Per stream, in front of the gRPC handler: refuses a stream beyond the connection's limit,
+/// and answers request headers the gRPC library must not parse with INVALID_ARGUMENT.
+final class GRPCStreamGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = HTTP2Frame.FramePayload
+    typealias OutboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private var refused: Bool
+    /// The stream was answered here: nothing more reaches the gRPC handler.
+    private var answered = false
+
+    init(refused: Bool) { self.refused = refused }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if refused { refuse(context: context) }
+        context.fireChannelActive()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if refused && context.channel.isActive { refuse(context: context) }
+    }
+
+    private func refuse(context: ChannelHandlerContext) {
+        guard !answered else { return }
+        answered = true
+        context.writeAndFlush(wrapOutboundOut(.rstStream(.refusedStream)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !answered else { return }
+        if case .headers(let headers) = unwrapInboundIn(data), let reason = GRPCEdgeGuard.refusal(of: headers.headers) {
+            answered = true
+            var trailers = HPACKHeaders()
+            trailers.add(name: ":status", value: "200")
+            trailers.add(name: "content-type", value: "application/grpc")
+            trailers.add(name: "grpc-status", value: "3")  // INVALID_ARGUMENT
+            trailers.add(name: "grpc-message", value: Self.percentEncoded(reason))
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true)))).whenComplete { _ in
+                bound.value.close(promise: nil)
+            }
+            return
+        }
+        context.fireChannelRead(data)
+    }
+
+    /// gRPC's percent-encoding of `grpc-message`: printable ASCII but `%` as is, the rest as %XX.
+    static func percentEncoded(_ text: String) -> String {
+        var result = ""
+        for byte in text.utf8 {
+            if byte >= 0x20 && byte <= 0x7E && byte != UInt8(ascii: "%") {
+                result.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                result += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
+            }
+        }
+        return result
+    }
+}
+
+private extension String {
+    func leftPadded(to width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
+}
