@@ -1,0 +1,113 @@
+@testable import FlotillaServer
+import Foundation
+import NIOCore
+import NIOHPACK
+
+/// An HTTP/2 client written by hand over a blocking socket, so tests can send what a
+/// well-behaved client library never would: malformed headers, more streams than advertised.
+final class RawHTTP2Client {
+    struct Frame {
+        var type: UInt8
+        var flags: UInt8
+        var stream: UInt32
+        var payload: [UInt8]
+        /// A HEADERS frame's block, decoded once as it arrived (HPACK is stateful).
+        var headers: HPACKHeaders?
+    }
+
+    let fd: Int32
+    private var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+    private var decoder = HPACKDecoder(allocator: ByteBufferAllocator())
+    private var input: [UInt8] = []
+    private(set) var nextStream: UInt32 = 1
+    /// The server's SETTINGS, by parameter.
+    private(set) var serverSettings: [UInt16: UInt32] = [:]
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = try RaftSocketTransport.resolve(HostPort("127.0.0.1:\(port)")!)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { close(fd); throw ConfigError("connect failed") }
+        var timeout = timeval(tv_sec: 0, tv_usec: 20_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        write(Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8))
+        writeFrame(type: 0x4, flags: 0, stream: 0, payload: [])
+        // Take the server's SETTINGS and acknowledge them before opening streams.
+        let deadline = Date().addingTimeInterval(3)
+        while serverSettings.isEmpty && Date() < deadline {
+            for frame in readFrames() where frame.type == 0x4 && frame.flags & 1 == 0 {
+                for offset in stride(from: 0, to: frame.payload.count - 5, by: 6) {
+                    let id = UInt16(frame.payload[offset]) << 8 | UInt16(frame.payload[offset + 1])
+                    let value = frame.payload[(offset + 2)..<(offset + 6)].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                    serverSettings[id] = value
+                }
+                writeFrame(type: 0x4, flags: 0x1, stream: 0, payload: [])
+            }
+        }
+    }
+
+    deinit { close(fd) }
+
+    func write(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    func writeFrame(type: UInt8, flags: UInt8, stream: UInt32, payload: [UInt8]) {
+        let length = UInt32(payload.count)
+        var bytes: [UInt8] = [UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF), type, flags]
+        bytes += [UInt8(stream >> 24 & 0x7F), UInt8(stream >> 16 & 0xFF), UInt8(stream >> 8 & 0xFF), UInt8(stream & 0xFF)]
+        write(bytes + payload)
+    }
+
+    /// Opens a stream with a gRPC request to `path` with `extra` headers; with `message`, sends
+    /// it as one length-prefixed gRPC message and ends the stream. Returns the stream id.
+    @discardableResult
+    func request(path: String, extra: [(String, String)] = [], message: [UInt8]? = []) throws -> UInt32 {
+        var headers = HPACKHeaders([(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "localhost"),
+                                    ("content-type", "application/grpc"), ("te", "trailers")])
+        for (name, value) in extra { headers.add(name: name, value: value) }
+        var block = ByteBufferAllocator().buffer(capacity: 256)
+        try encoder.encode(headers: headers, to: &block)
+        let stream = nextStream
+        nextStream += 2
+        writeFrame(type: 0x1, flags: message == nil ? 0x4 : 0x4, stream: stream, payload: Array(block.readableBytesView))
+        if let message {
+            let length = UInt32(message.count)
+            let body: [UInt8] = [0, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)] + message
+            writeFrame(type: 0x0, flags: 0x1, stream: stream, payload: body)
+        }
+        return stream
+    }
+
+    /// Frames that arrived within the socket's short timeout (headers decoded on the way, so
+    /// the HPACK state stays in step).
+    func readFrames() -> [Frame] {
+        var scratch = [UInt8](repeating: 0, count: 64 << 10)
+        let got = scratch.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if got > 0 { input += scratch[0..<got] }
+        var frames: [Frame] = []
+        while input.count >= 9 {
+            let length = Int(input[0]) << 16 | Int(input[1]) << 8 | Int(input[2])
+            guard input.count >= 9 + length else { break }
+            let stream = (UInt32(input[5]) << 24 | UInt32(input[6]) << 16 | UInt32(input[7]) << 8 | UInt32(input[8])) & 0x7FFF_FFFF
+            var frame = Frame(type: input[3], flags: input[4], stream: stream, payload: Array(input[9..<(9 + length)]))
+            if frame.type == 0x1 {
+                var buffer = ByteBufferAllocator().buffer(bytes: frame.payload)
+                frame.headers = try? decoder.decodeHeaders(from: &buffer)
+            }
+            frames.append(frame)
+            input.removeFirst(9 + length)
+        }
+        return frames
+    }
+
+    /// Reads until `done` says so or `seconds` pass; returns every frame read.
+    func collect(seconds: Double = 3, until done: ([Frame]) -> Bool) -> [Frame] {
+        var frames: [Frame] = []
+        let deadline = Date().addingTimeInterval(seconds)
+        while !done(frames) && Date() < deadline { frames += readFrames() }
+        return frames
+    }
+}
