@@ -70,7 +70,9 @@ public final class FlotillaServer: Sendable {
             config.randomSeed = peerID &* 0x9E37_79B9 ^ UInt64(UInt32(truncatingIfNeeded: ProcessInfo.processInfo.processIdentifier))
             return config
         }
-        for region in settings.cluster.initialRegions() { try core.bootstrapRegion(region) }
+        let initialRegions = settings.cluster.initialRegions()
+        try Self.checkRegionsMatch(stored: core.regionIDs.compactMap { core.region($0) }, clusterFile: initialRegions)
+        for region in initialRegions { try core.bootstrapRegion(region) }
 
         let clusterID = settings.cluster.clusterID
         let storeID = settings.storeID
@@ -102,6 +104,26 @@ public final class FlotillaServer: Sendable {
                                     driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory),
             StoreAdminService(driver: driver, snapshotSender: snapshotSender),
         ])
+    }
+
+    /// A store restarted with a cluster file whose split keys differ from the regions it holds
+    /// refuses to start (it would otherwise keep its old ranges silently while its peers
+    /// bootstrap new ones).
+    static func checkRegionsMatch(stored: [Flotilla_V1_Region], clusterFile expected: [Flotilla_V1_Region]) throws(ConfigError) {
+        guard !stored.isEmpty else { return }
+        func describe(_ region: Flotilla_V1_Region) -> String {
+            "region \(region.id) [\(String(decoding: region.startKey, as: UTF8.self)), \(region.endKey.isEmpty ? "end" : String(decoding: region.endKey, as: UTF8.self)))"
+        }
+        let expectedByID = Dictionary(expected.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        for region in stored {
+            guard let wanted = expectedByID[region.id], wanted.startKey == region.startKey, wanted.endKey == region.endKey else {
+                throw ConfigError("the data dir holds \(describe(region)), which the cluster file's split keys do not describe "
+                                  + "(\(expected.map(describe).joined(separator: ", "))): the split keys changed since this store was created")
+            }
+        }
+        if let missing = expected.first(where: { wanted in !stored.contains { $0.id == wanted.id } }) {
+            throw ConfigError("the cluster file describes \(describe(missing)), which this store's data dir does not hold: the split keys changed since this store was created")
+        }
     }
 
     /// A store refuses a data dir that another cluster or store wrote.
