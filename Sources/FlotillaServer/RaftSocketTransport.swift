@@ -326,7 +326,14 @@ final class RaftSocketTransport {
                     droppedMessages += count
                     continue
                 }
-                guard payload.count <= limits.receivedFrameBytesMax, connection.queuedBytes + payload.count + 4 <= limits.queuedBytesMax else {
+                guard payload.count <= limits.receivedFrameBytesMax else {
+                    // Cannot happen for requests within `KVLimits`; say so loudly if it does.
+                    logger.error("dropped a Raft frame over the frame limit", metadata: [
+                        "to_store": "\(destination)", "frame_bytes": "\(payload.count)", "limit_bytes": "\(limits.receivedFrameBytesMax)"])
+                    droppedMessages += count
+                    continue
+                }
+                guard connection.queuedBytes + payload.count + 4 <= limits.queuedBytesMax else {
                     droppedMessages += count
                     continue
                 }

@@ -2,6 +2,7 @@ import FlotillaProto
 @testable import FlotillaServer
 import Foundation
 import NIOHPACK
+import RaftStore
 import Testing
 
 /// The gRPC port as a hostile client sees it: malformed headers, more streams than advertised,
@@ -140,3 +141,29 @@ struct SeededGenerator: RandomNumberGenerator {
     }
 }
 
+
+/// `timeout_ms` from a client that sets it by hand.
+@Suite("KV: request deadlines", .serialized)
+struct RequestDeadlineTests {
+    @Test func aTimeoutAboveTheLimitIsRefusedAndOneWithinItIsHonoured() async throws {
+        let server = try await InProcessServer()
+        defer { Task { await server.stop() } }
+        try await server.withClient { kv in try await kv.put(Data("k".utf8), Data("v".utf8)) }
+        let client = try RawHTTP2Client(port: server.address.port)
+        func get(timeoutMilliseconds: UInt32) throws -> Flotilla_V1_GetResponse? {
+            var request = Flotilla_V1_GetRequest()
+            request.context.regionID = 1
+            request.context.timeoutMs = timeoutMilliseconds
+            request.key = Data("k".utf8)
+            let stream = try client.request(path: "/flotilla.v1.KV/Get", message: try request.serializedBytes())
+            let frames = client.collect { $0.contains { $0.stream == stream && $0.type == 0x1 && $0.flags & 0x1 != 0 } }
+            guard let data = frames.first(where: { $0.stream == stream && $0.type == 0x0 }), data.payload.count >= 5 else { return nil }
+            return try Flotilla_V1_GetResponse(serializedBytes: Array(data.payload.dropFirst(5)))
+        }
+        let over = try get(timeoutMilliseconds: KVLimits.requestTimeoutMillisecondsMax + 1)
+        #expect(over?.error.invalidArgument.field == "context.timeout_ms", "\(String(describing: over))")
+        let atLimit = try get(timeoutMilliseconds: KVLimits.requestTimeoutMillisecondsMax)
+        #expect(atLimit?.found == true && atLimit?.value == Data("v".utf8))
+        await server.stop()
+    }
+}
