@@ -181,7 +181,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FlotillaServerTests",
-            dependencies: ["FlotillaServer", "FlotillaProto", "FlotillaClient", "RaftStore",
+            dependencies: ["FlotillaServer", "FlotillaProto", "FlotillaClient", "RaftStore", "Raft",
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "GRPCCore", package: "grpc-swift-2"),
                            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),

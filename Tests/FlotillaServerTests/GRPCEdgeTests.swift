@@ -2,6 +2,7 @@ import FlotillaProto
 @testable import FlotillaServer
 import Foundation
 import NIOHPACK
+import Raft
 import RaftStore
 import Testing
 
@@ -83,7 +84,7 @@ struct GRPCEdgeTests {
         let server = try await InProcessServer()
         defer { Task { await server.stop() } }
         let iterations = Int(ProcessInfo.processInfo.environment["FLOTILLA_FUZZ_ITERATIONS"] ?? "") ?? 300
-        var random = SeededGenerator(seed: 11)
+        var random = SplitMix64(seed: 11)
         let names = ["grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "te", "content-type", "x-meta-bin", "grpc-status",
                      "grpc-message", "user-agent", "grpc-previous-rpc-attempts"]
         let alphabet = Array("0123456789-+HMSmunabcxyz=/ .%\u{7f}".utf8)
@@ -127,20 +128,6 @@ struct GRPCEdgeTests {
         await server.stop()
     }
 }
-
-/// SplitMix64 for seeded test inputs.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 
 /// `timeout_ms` from a client that sets it by hand.
 @Suite("KV: request deadlines", .serialized)

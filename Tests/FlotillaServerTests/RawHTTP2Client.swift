@@ -24,14 +24,7 @@ final class RawHTTP2Client {
     private(set) var serverSettings: [UInt16: UInt32] = [:]
 
     init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = try RaftSocketTransport.resolve(HostPort("127.0.0.1:\(port)")!)
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { close(fd); throw ConfigError("connect failed") }
-        var timeout = timeval(tv_sec: 0, tv_usec: 20_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        fd = try connectLoopback(port: port, receiveTimeoutMicroseconds: 20_000)
         write(Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8))
         writeFrame(type: 0x4, flags: 0, stream: 0, payload: [])
         // Take the server's SETTINGS and acknowledge them before opening streams.

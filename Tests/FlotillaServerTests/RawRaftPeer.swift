@@ -7,14 +7,7 @@ final class RawRaftPeer {
     let fd: Int32
 
     init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = try RaftSocketTransport.resolve(HostPort("127.0.0.1:\(port)")!)
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { close(fd); throw ConfigError("connect failed") }
-        var timeout = timeval(tv_sec: 0, tv_usec: 5_000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        fd = try connectLoopback(port: port, receiveTimeoutMicroseconds: 5_000)
     }
 
     init(fd: Int32) {
@@ -109,4 +102,17 @@ final class RawRaftListener {
         }
         return nil
     }
+}
+
+/// A blocking TCP socket connected to 127.0.0.1:`port`, whose reads time out after the given time.
+func connectLoopback(port: Int, receiveTimeoutMicroseconds: Int) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = try RaftSocketTransport.resolve(HostPort("127.0.0.1:\(port)")!)
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { close(fd); throw ConfigError("connect to 127.0.0.1:\(port) failed") }
+    var timeout = timeval(tv_sec: 0, tv_usec: receiveTimeoutMicroseconds)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return fd
 }
