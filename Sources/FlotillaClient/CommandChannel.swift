@@ -33,6 +33,9 @@ final class CommandChannel: Sendable {
     private let state = Mutex(State())
     /// Most requests in one message.
     private let itemsPerMessageMax = 1_024
+    /// Bytes of requests coalesced into one message: the server refuses a message over
+    /// `KVLimits.requestMessageBytesMax`, which would fail every request in it.
+    static let messageBytesBudget = KVLimits.requestMessageBytesMax - (64 << 10)
 
     init(storeID: UInt64, client: GRPCClient<HTTP2ClientTransport.Posix>) {
         self.storeID = storeID
@@ -44,6 +47,10 @@ final class CommandChannel: Sendable {
         var item = Flotilla_V1_CommandRequestItem()
         fill(&item)
         let request = item
+        let bytes = request.bytesEstimate
+        guard bytes <= Self.messageBytesBudget else {
+            throw FlotillaClientError.rejected("a request of about \(bytes) bytes is over the \(KVLimits.requestMessageBytesMax)-byte message limit")
+        }
         return try await withCheckedThrowingContinuation { continuation in
             let (writer, batch, refused) = state.withLock { state -> (CheckedContinuation<[Flotilla_V1_CommandRequestItem]?, Never>?, [Flotilla_V1_CommandRequestItem], Bool) in
                 guard !state.closed else { return (nil, [], true) }
@@ -94,6 +101,7 @@ final class CommandChannel: Sendable {
                 var options = CallOptions.defaults
                 options.waitForReady = false
                 options.maxResponseMessageBytes = 256 << 20
+                options.maxRequestMessageBytes = KVLimits.requestMessageBytesMax
                 try await Flotilla_V1_KV.Client(wrapping: client).commands(request: StreamingClientRequest { writer in
                     while let items = await self.nextOutgoing() {
                         var message = Flotilla_V1_CommandRequest()
@@ -137,8 +145,17 @@ final class CommandChannel: Sendable {
         }
     }
 
+    /// The next message's requests: as many queued as fit `itemsPerMessageMax` and
+    /// `messageBytesBudget` (at least one).
     private func take(_ state: inout State) -> [Flotilla_V1_CommandRequestItem] {
-        let count = min(state.outgoing.count, itemsPerMessageMax)
+        var count = 0
+        var bytes = 0
+        while count < min(state.outgoing.count, itemsPerMessageMax) {
+            let itemBytes = state.outgoing[count].bytesEstimate
+            if count > 0 && bytes + itemBytes > Self.messageBytesBudget { break }
+            bytes += itemBytes
+            count += 1
+        }
         let batch = Array(state.outgoing.prefix(count))
         state.outgoing.removeFirst(count)
         return batch
@@ -172,5 +189,25 @@ final class CommandChannel: Sendable {
                 pending.continuation.resume(throwing: CommandChannelError(description: "store \(storeID) did not answer in time"))
             }
         }
+    }
+}
+
+extension Flotilla_V1_CommandRequestItem {
+    /// An upper estimate of this request's encoded size (keys, values and a fixed overhead per
+    /// field), cheap enough for every request.
+    var bytesEstimate: Int {
+        let payload: Int
+        switch request {
+        case .get(let request): payload = request.key.count
+        case .batchGet(let request): payload = request.keys.reduce(0) { $0 + $1.count + 4 }
+        case .put(let request): payload = request.key.count + request.value.count
+        case .batchPut(let request): payload = request.pairs.reduce(0) { $0 + $1.key.count + $1.value.count + 12 }
+        case .delete(let request): payload = request.key.count
+        case .deleteRange(let request): payload = request.startKey.count + request.endKey.count
+        case .scan(let request): payload = request.startKey.count + request.endKey.count
+        case .compareAndSwap(let request): payload = request.key.count + request.expectedValue.count + request.newValue.count
+        case nil: payload = 0
+        }
+        return payload + 128
     }
 }

@@ -18,11 +18,16 @@ import NIOHTTP2
 ///   in the server's first frame), and a stream beyond the advertised limit is refused alone
 ///   with RST_STREAM REFUSED_STREAM, which gRPC clients retry. Only a client that opens more
 ///   than `streamsHardMax` at once loses its connection.
+/// - **Message size.** A request message over the transport's `maxRequestPayloadSize` is
+///   answered RESOURCE_EXHAUSTED naming the limit as soon as its length prefix arrives (the
+///   transport itself closes such a stream with a bare CANCELLED).
 public struct GRPCEdgeGuard: Sendable {
     /// Concurrent streams a client is told it may open on one connection.
     public var streamsAdvertised: UInt32 = 128
     /// Concurrent streams swift-nio-http2 accepts before closing the connection.
     public var streamsHardMax: UInt32 = 1_024
+    /// Largest request message; set from the transport's `maxRequestPayloadSize` by `install`.
+    public var messageBytesMax = Int.max
 
     public init() {}
 
@@ -32,6 +37,7 @@ public struct GRPCEdgeGuard: Sendable {
         config.http2.maxConcurrentStreams = Int(streamsHardMax)
         let advertised = streamsAdvertised
         let hardMax = streamsHardMax
+        let messageBytesMax = min(messageBytesMax, config.rpc.maxRequestPayloadSize)
         config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(
@@ -43,7 +49,7 @@ public struct GRPCEdgeGuard: Sendable {
                 let limiter = try stream.parent.map { try $0.pipeline.syncOperations.handler(type: HTTP2StreamLimitHandler.self) }
                 let refused = limiter?.streamOpened() ?? false
                 if let limiter { stream.closeFuture.whenComplete { _ in limiter.streamClosed() } }
-                try stream.pipeline.syncOperations.addHandler(GRPCStreamGuardHandler(refused: refused), position: .first)
+                try stream.pipeline.syncOperations.addHandler(GRPCStreamGuardHandler(refused: refused, messageBytesMax: messageBytesMax), position: .first)
             }
         }
     }
@@ -132,10 +138,27 @@ final class GRPCStreamGuardHandler: ChannelDuplexHandler, RemovableChannelHandle
     typealias OutboundOut = HTTP2Frame.FramePayload
 
     private var refused: Bool
+    /// Largest gRPC message accepted: a longer one is answered RESOURCE_EXHAUSTED naming the
+    /// limit (the transport would close the stream with a bare CANCELLED).
+    private let messageBytesMax: Int
     /// The stream was answered here: nothing more reaches the gRPC handler.
     private var answered = false
+    /// Response headers already went out (then an answer here is trailers only).
+    private var responseHeadersSent = false
+    /// Where the request's gRPC framing stands: bytes of the current message still to come,
+    /// and the bytes of a 5-byte message prefix read so far.
+    private var messageBytesRemaining = 0
+    private var prefix: [UInt8] = []
 
-    init(refused: Bool) { self.refused = refused }
+    init(refused: Bool, messageBytesMax: Int) {
+        self.refused = refused
+        self.messageBytesMax = messageBytesMax
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .headers = unwrapOutboundIn(data) { responseHeadersSent = true }
+        context.write(data, promise: promise)
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         if refused { refuse(context: context) }
@@ -154,20 +177,59 @@ final class GRPCStreamGuardHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !answered else { return }
-        if case .headers(let headers) = unwrapInboundIn(data), let reason = GRPCEdgeGuard.refusal(of: headers.headers) {
-            answered = true
-            var trailers = HPACKHeaders()
-            trailers.add(name: ":status", value: "200")
-            trailers.add(name: "content-type", value: "application/grpc")
-            trailers.add(name: "grpc-status", value: "3")  // INVALID_ARGUMENT
-            trailers.add(name: "grpc-message", value: Self.percentEncoded(reason))
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true)))).whenComplete { _ in
-                bound.value.close(promise: nil)
+        switch unwrapInboundIn(data) {
+        case .headers(let headers):
+            if let reason = GRPCEdgeGuard.refusal(of: headers.headers) {
+                return answer(context: context, status: 3, reason)  // INVALID_ARGUMENT
             }
-            return
+        case .data(let frame):
+            if case .byteBuffer(let buffer) = frame.data, let length = oversizedMessageLength(in: buffer) {
+                return answer(context: context, status: 8,  // RESOURCE_EXHAUSTED
+                              "a request message of \(length) bytes is larger than the \(messageBytesMax)-byte limit")
+            }
+        default:
+            break
         }
         context.fireChannelRead(data)
+    }
+
+    /// Follows the gRPC framing (1-byte flag, 4-byte length, message) across DATA frames;
+    /// returns the announced length of a message over the limit, or nil.
+    private func oversizedMessageLength(in buffer: ByteBuffer) -> Int? {
+        var view = buffer.readableBytesView[...]
+        while !view.isEmpty {
+            if messageBytesRemaining > 0 {
+                let skipped = min(messageBytesRemaining, view.count)
+                messageBytesRemaining -= skipped
+                view = view.dropFirst(skipped)
+                continue
+            }
+            let needed = 5 - prefix.count
+            prefix += view.prefix(needed)
+            view = view.dropFirst(needed)
+            guard prefix.count == 5 else { break }
+            let length = prefix[1...4].reduce(0) { $0 << 8 | Int($1) }
+            prefix = []
+            if length > messageBytesMax { return length }
+            messageBytesRemaining = length
+        }
+        return nil
+    }
+
+    /// Answers the stream here with a gRPC status and closes it.
+    private func answer(context: ChannelHandlerContext, status: Int, _ reason: String) {
+        answered = true
+        var trailers = HPACKHeaders()
+        if !responseHeadersSent {
+            trailers.add(name: ":status", value: "200")
+            trailers.add(name: "content-type", value: "application/grpc")
+        }
+        trailers.add(name: "grpc-status", value: "\(status)")
+        trailers.add(name: "grpc-message", value: Self.percentEncoded(reason))
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true)))).whenComplete { _ in
+            bound.value.close(promise: nil)
+        }
     }
 
     /// gRPC's percent-encoding of `grpc-message`: printable ASCII but `%` as is, the rest as %XX.

@@ -1,3 +1,4 @@
+import FlotillaProto
 import Foundation
 import RocksDB
 

@@ -73,7 +73,7 @@ public enum StoreKeys {
     }
 
     /// The longest user key a store accepts.
-    public static let dataKeyBytesMax = 8 << 10
+    public static let dataKeyBytesMax = KVLimits.keyBytesMax
 
     /// Default CF: the exclusive upper bound of a region's user keys. For the last region (an
     /// empty end key) a key above every valid user key (longer than `dataKeyBytesMax`).

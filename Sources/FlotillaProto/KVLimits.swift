@@ -5,7 +5,7 @@
 /// and `docs/architecture.md`; each has a test at the limit and one past it.
 public enum KVLimits {
     /// Bytes of a key.
-    public static let keyBytesMax = StoreKeys.dataKeyBytesMax
+    public static let keyBytesMax = 8 << 10
     /// Bytes of a value.
     public static let valueBytesMax = 4 << 20
     /// Keys or pairs in one batch request.

@@ -1,0 +1,71 @@
+import FlotillaClient
+import FlotillaProto
+@testable import FlotillaServer
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Testing
+
+/// Each client-facing limit, at the limit and one past it, through a real server.
+@Suite("KV limits at and past each bound", .serialized)
+struct KVLimitTests {
+    @Test func keysValuesBatchesMessagesAndScanAnswers() async throws {
+        let server = try await InProcessServer()
+        defer { Task { await server.stop() } }
+        try await server.withClient { kv in
+            // Key: 8 KiB accepted, one byte more refused with the field named.
+            let longest = Data(repeating: 0x61, count: KVLimits.keyBytesMax)
+            try await kv.put(longest, Data("v".utf8))
+            #expect(try await kv.get(longest) == Data("v".utf8))
+            await #expect(throws: FlotillaClientError.self) { try await kv.put(longest + [0x61], Data("v".utf8)) }
+            // Value: 4 MiB accepted and read back whole, one byte more refused.
+            let biggest = Data(repeating: 7, count: KVLimits.valueBytesMax)
+            try await kv.put(Data("big".utf8), biggest)
+            #expect(try await kv.get(Data("big".utf8)) == biggest)
+            do {
+                try await kv.put(Data("big".utf8), biggest + [7])
+                Issue.record("a value over the limit was accepted")
+            } catch {
+                #expect("\(error)".contains("\(KVLimits.valueBytesMax)"), "\(error)")
+            }
+            // Batch: 10,000 pairs accepted, 10,001 refused.
+            let pairs = (0..<KVLimits.batchItemsMax).map { (key: Data("b\($0)".utf8), value: Data("x".utf8)) }
+            try await kv.batchPut(pairs)
+            await #expect(throws: FlotillaClientError.self) { try await kv.batchPut(pairs + [(key: Data("b-extra".utf8), value: Data())]) }
+            // Scan answers: more than one bound's worth (6 × 1 MiB > 4 MiB) arrives whole, in pieces.
+            for index in 0..<6 { try await kv.put(Data("scan-\(index)".utf8), Data(repeating: UInt8(index), count: 1 << 20)) }
+            let scanned = try await kv.scan(from: Data("scan-".utf8), to: Data("scan.".utf8), limit: 100)
+            #expect(scanned.map(\.key) == (0..<6).map { Data("scan-\($0)".utf8) })
+            #expect(scanned.allSatisfy { $0.value.count == 1 << 20 })
+            await #expect(throws: FlotillaClientError.self) { _ = try await kv.scan(from: Data(), to: Data(), limit: 0) }
+        }
+        await server.stop()
+    }
+
+    @Test func aMessageOverTheLimitIsResourceExhaustedNamingTheLimit() async throws {
+        let server = try await InProcessServer()
+        defer { Task { await server.stop() } }
+        let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: server.address.host, port: server.address.port), transportSecurity: .plaintext)
+        try await withGRPCClient(transport: transport) { grpc in
+            let kv = Flotilla_V1_KV.Client(wrapping: grpc)
+            var options = CallOptions.defaults
+            options.maxRequestMessageBytes = 64 << 20
+            var request = Flotilla_V1_PutRequest()
+            request.context.regionID = 1
+            request.key = Data("k".utf8)
+            // The largest message: refused for its value size (a typed answer), not for its size.
+            request.value = Data(repeating: 1, count: KVLimits.requestMessageBytesMax - 16)
+            let within = try await kv.put(request, options: options)
+            #expect(within.error.invalidArgument.field == "value")
+            request.value = Data(repeating: 1, count: KVLimits.requestMessageBytesMax + 1)
+            do {
+                _ = try await kv.put(request, options: options)
+                Issue.record("accepted a message over the limit")
+            } catch let error as RPCError {
+                #expect(error.code == .resourceExhausted, "\(error)")
+                #expect(error.message.contains("\(KVLimits.requestMessageBytesMax)"), "\(error)")
+            }
+        }
+        await server.stop()
+    }
+}
