@@ -162,6 +162,13 @@ let package = Package(
             path: "Tests/RaftSimulation",
             swiftSettings: strictSettings
         ),
+        // Seeded mutation of valid inputs for the fuzz tests (test support).
+        .target(
+            name: "FuzzSupport",
+            dependencies: ["Raft"],
+            path: "Tests/FuzzSupport",
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "RaftTests",
             dependencies: ["Raft", "RaftSimulation"],
@@ -169,7 +176,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RaftStoreTests",
-            dependencies: ["RaftStore", "Raft", "RocksDB", "FlotillaProto"],
+            dependencies: ["RaftStore", "Raft", "RocksDB", "FlotillaProto", "FuzzSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
@@ -181,7 +188,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FlotillaServerTests",
-            dependencies: ["FlotillaServer", "FlotillaProto", "FlotillaClient", "RaftStore", "Raft",
+            dependencies: ["FlotillaServer", "FlotillaProto", "FlotillaClient", "RaftStore", "Raft", "FuzzSupport",
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "GRPCCore", package: "grpc-swift-2"),
                            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),

@@ -1,6 +1,7 @@
 import FlotillaProto
 @testable import FlotillaServer
 import Foundation
+import FuzzSupport
 import NIOHPACK
 import Raft
 import RaftStore
@@ -125,6 +126,76 @@ struct GRPCEdgeTests {
         try await server.withClient { kv in
             try await kv.put(Data("after-fuzz".utf8), Data("ok".utf8))
         }
+        await server.stop()
+    }
+}
+
+/// Every KV request message, mutated, through a real server: each stream gets an answer (a
+/// typed error, a gRPC status or a response) and the server keeps serving.
+@Suite("Fuzz: KV request messages", .serialized)
+struct RequestMessageFuzzTests {
+    /// A valid request of each RPC, encoded, with its path.
+    static func samples() throws -> [(path: String, bytes: [UInt8])] {
+        var context = Flotilla_V1_RequestContext()
+        context.regionID = 1
+        context.clientID = 9
+        context.sequence = 1
+        context.firstIncompleteSequence = 1
+        context.timeoutMs = 2_000
+        var pair = Flotilla_V1_KeyValue()
+        pair.key = Data("key".utf8)
+        pair.value = Data("value".utf8)
+        var get = Flotilla_V1_GetRequest(); get.context = context; get.key = pair.key
+        var batchGet = Flotilla_V1_BatchGetRequest(); batchGet.context = context; batchGet.keys = [pair.key, Data("other".utf8)]
+        var put = Flotilla_V1_PutRequest(); put.context = context; put.key = pair.key; put.value = pair.value
+        var batchPut = Flotilla_V1_BatchPutRequest(); batchPut.context = context; batchPut.pairs = [pair, pair]
+        var delete = Flotilla_V1_DeleteRequest(); delete.context = context; delete.key = pair.key
+        var deleteRange = Flotilla_V1_DeleteRangeRequest(); deleteRange.context = context; deleteRange.startKey = Data("a".utf8); deleteRange.endKey = Data("b".utf8)
+        var scan = Flotilla_V1_ScanRequest(); scan.context = context; scan.limit = 10; scan.endKey = Data("z".utf8)
+        var cas = Flotilla_V1_CompareAndSwapRequest(); cas.context = context; cas.key = pair.key; cas.newValue = pair.value
+        var commands = Flotilla_V1_CommandRequest()
+        for (id, request) in [Flotilla_V1_CommandRequestItem.OneOf_Request.get(get), .put(put), .scan(scan), .compareAndSwap(cas)].enumerated() {
+            var item = Flotilla_V1_CommandRequestItem()
+            item.id = UInt64(id + 1)
+            item.request = request
+            commands.items.append(item)
+        }
+        return [
+            ("/flotilla.v1.KV/Get", try get.serializedBytes()), ("/flotilla.v1.KV/BatchGet", try batchGet.serializedBytes()),
+            ("/flotilla.v1.KV/Put", try put.serializedBytes()), ("/flotilla.v1.KV/BatchPut", try batchPut.serializedBytes()),
+            ("/flotilla.v1.KV/Delete", try delete.serializedBytes()), ("/flotilla.v1.KV/DeleteRange", try deleteRange.serializedBytes()),
+            ("/flotilla.v1.KV/Scan", try scan.serializedBytes()), ("/flotilla.v1.KV/CompareAndSwap", try cas.serializedBytes()),
+            ("/flotilla.v1.KV/Commands", try commands.serializedBytes()),
+        ]
+    }
+
+    @Test func mutatedRequestsAreAnsweredAndNeverCrashTheServer() async throws {
+        let server = try await InProcessServer()
+        defer { Task { await server.stop() } }
+        try await server.withClient { kv in try await kv.put(Data("key".utf8), Data("value".utf8)) }
+        let samples = try Self.samples()
+        var mutator = Mutator(seed: Mutator.seed(default: 7))
+        let iterations = Mutator.iterations(default: 400)
+        var client = try RawHTTP2Client(port: server.address.port)
+        var answered = 0
+        for iteration in 0..<iterations {
+            // A fresh connection now and then: this client never opens its receive window.
+            if iteration % 40 == 39 { client = try RawHTTP2Client(port: server.address.port) }
+            let sample = mutator.pick(samples)
+            let bytes = mutator.chance(8) ? sample.bytes : mutator.mutate(sample.bytes)
+            let stream = try client.request(path: sample.path, message: bytes)
+            let frames = client.collect(seconds: 5) { frames in
+                frames.contains { $0.stream == stream && ($0.type == 0x3 || ($0.type == 0x1 && $0.flags & 0x1 != 0)) }
+            }
+            if frames.contains(where: { $0.stream == stream && ($0.type == 0x3 || $0.flags & 0x1 != 0) }) {
+                answered += 1
+            } else {
+                Issue.record("no answer to a mutant of \(sample.path) (iteration \(iteration), seed \(Mutator.seed(default: 7))): \(bytes)")
+                client = try RawHTTP2Client(port: server.address.port)
+            }
+        }
+        #expect(answered == iterations)
+        try await server.withClient { kv in try await kv.put(Data("after-fuzz".utf8), Data("ok".utf8)) }
         await server.stop()
     }
 }

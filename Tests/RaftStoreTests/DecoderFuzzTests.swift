@@ -1,5 +1,6 @@
 import FlotillaProto
 import Foundation
+import FuzzSupport
 import Raft
 @testable import RaftStore
 import Testing
@@ -12,27 +13,8 @@ import Testing
 /// seed and iteration (`FLOTILLA_FUZZ_SEED` replays).
 @Suite("Fuzz: decoders and the store's inputs")
 struct DecoderFuzzTests {
-    static var iterations: Int { Int(ProcessInfo.processInfo.environment["FLOTILLA_FUZZ_ITERATIONS"] ?? "") ?? 2_000 }
-    static var seed: UInt64 { UInt64(ProcessInfo.processInfo.environment["FLOTILLA_FUZZ_SEED"] ?? "") ?? 20_261_128 }
-
-    /// One mutation of `bytes`, chosen by `random`.
-    static func mutate(_ bytes: [UInt8], using random: inout SplitMix64) -> [UInt8] {
-        var result = bytes
-        let operations = Int.random(in: 1...4, using: &random)
-        for _ in 0..<operations {
-            let position = result.isEmpty ? 0 : Int.random(in: 0..<result.count, using: &random)
-            switch Int.random(in: 0..<7, using: &random) {
-            case 0 where !result.isEmpty: result[position] ^= UInt8(1) << UInt8.random(in: 0..<8, using: &random)
-            case 1 where !result.isEmpty: result[position] = UInt8.random(in: 0...255, using: &random)
-            case 2: result = Array(result.prefix(position))
-            case 3: result.insert(contentsOf: (0..<Int.random(in: 1...8, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }, at: position)
-            case 4 where !result.isEmpty: result.insert(contentsOf: result[position...].prefix(16), at: position)
-            case 5: result.insert(contentsOf: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], at: position)  // a 2^64-1 varint
-            default: if !result.isEmpty { result.remove(at: position) }
-            }
-        }
-        return result
-    }
+    static var iterations: Int { Mutator.iterations(default: 2_000) }
+    static var seed: UInt64 { Mutator.seed(default: 20_261_128) }
 
     /// Valid Raft messages for region 1 between the cluster's peers: appends, heartbeats, votes,
     /// responses, as the leader and followers really send them.
@@ -56,19 +38,19 @@ struct DecoderFuzzTests {
             samples += try Self.sampleMessages(cluster)
         }
         #expect(!samples.isEmpty)
-        var random = SplitMix64(seed: Self.seed)
+        var mutator = Mutator(seed: Self.seed)
         var decoded = 0
         let victim = try #require(cluster.stores[cluster.storeIDs.first { $0 != cluster.leader(of: 1) } ?? 2])
         for iteration in 0..<Self.iterations {
-            let sample = samples[Int.random(in: 0..<samples.count, using: &random)]
+            let sample = mutator.pick(samples)
             let message: Flotilla_V1_RaftMessage
-            if Bool.random(using: &random) {
-                let bytes = Self.mutate(try sample.serializedBytes(), using: &random)
+            if mutator.chance(2) {
+                let bytes = mutator.mutate(try sample.serializedBytes())
                 // As the transport: a frame that does not decode is refused before the store sees it.
                 guard let decodable = try? Flotilla_V1_RaftMessage(serializedBytes: bytes) else { continue }
                 message = decodable
             } else {
-                message = Self.mutateFields(sample, using: &random)
+                message = Self.mutateFields(sample, using: &mutator.random)
             }
             decoded += 1
             _ = victim.step(message)
@@ -136,12 +118,12 @@ struct DecoderFuzzTests {
         last.pairCount = 20
         last.checksum = checksum.value
         let chunks: [[UInt8]] = [try first.serializedBytes(), try last.serializedBytes()]
-        var random = SplitMix64(seed: Self.seed ^ 1)
+        var mutator = Mutator(seed: Self.seed ^ 1)
         var refused = 0
         for iteration in 0..<(Self.iterations / 4) {
-            let target = Int.random(in: 0..<chunks.count, using: &random)
+            let target = Int.random(in: 0..<chunks.count, using: &mutator.random)
             var stream = chunks
-            stream[target] = Self.mutate(stream[target], using: &random)
+            stream[target] = mutator.mutate(stream[target])
             let directory = root + "/\(iteration)"
             do {
                 guard let firstChunk = try? Flotilla_V1_SnapshotChunk(serializedBytes: stream[0]) else { refused += 1; continue }
@@ -163,13 +145,11 @@ struct DecoderFuzzTests {
     @Test func mutatedStoredValuesAreReportedAsCorruptionNotCrashes() throws {
         let applyState = StoredValues.encodeApplyState(applied: 10, truncatedIndex: 5, truncatedTerm: 2)
         let hardState = StoredValues.encode(HardState(term: 3, vote: 1, commit: 9))
-        var random = SplitMix64(seed: Self.seed ^ 2)
+        var mutator = Mutator(seed: Self.seed ^ 2)
         for _ in 0..<Self.iterations {
-            let mutatedApply = Self.mutate(applyState, using: &random)
-            _ = try? StoredValues.decodeApplyState(mutatedApply, region: 1)
-            let mutatedHard = Self.mutate(hardState, using: &random)
-            _ = try? StoredValues.decodeHardState(mutatedHard, region: 1)
-            _ = try? Flotilla_V1_RegionLocalState(serializedBytes: Self.mutate(applyState, using: &random))
+            _ = try? StoredValues.decodeApplyState(mutator.mutate(applyState), region: 1)
+            _ = try? StoredValues.decodeHardState(mutator.mutate(hardState), region: 1)
+            _ = try? Flotilla_V1_RegionLocalState(serializedBytes: mutator.mutate(applyState))
         }
     }
 }
