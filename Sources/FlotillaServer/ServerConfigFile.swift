@@ -32,18 +32,28 @@ public struct ServerConfigFile: Sendable, Equatable {
 
     public init() {}
 
+    /// The largest config file read, in bytes.
+    static let fileBytesMax = 1 << 20
+
     /// Reads and checks the file at `path`.
     public static func load(path: String) throws(ConfigError) -> ServerConfigFile {
-        let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw ConfigError("cannot read config file \(path)") }
+        defer { try? handle.close() }
+        let data: Data
+        do { data = try handle.read(upToCount: fileBytesMax + 1) ?? Data() } catch {
             throw ConfigError("cannot read config file \(path): \(error.localizedDescription)")
         }
+        guard data.count <= fileBytesMax else { throw ConfigError("config file \(path) is larger than \(fileBytesMax) bytes") }
+        guard let text = String(data: data, encoding: .utf8) else { throw ConfigError("config file \(path) is not UTF-8") }
         let base = URL(fileURLWithPath: path).deletingLastPathComponent()
         return try parse(text, source: path, relativeTo: base)
     }
 
     /// Parses TOML text; `source` names it in errors, relative paths resolve against `base`.
     public static func parse(_ text: String, source: String, relativeTo base: URL? = nil) throws(ConfigError) -> ServerConfigFile {
+        if let problem = TOMLLexicalCheck.problem(in: text) {
+            throw ConfigError("config file \(source) is not valid TOML: \(problem)")
+        }
         let table: TOMLTable
         do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
             throw ConfigError("config file \(source) is not valid TOML: \(error.description) at line \(error.source.begin.line), column \(error.source.begin.column)")
