@@ -141,6 +141,13 @@ let package = Package(
             path: "Benchmarks/flotilla-bench",
             swiftSettings: strictSettings
         ),
+        // libFuzzer target for the Raft core (ops/fuzz); a plain build replays inputs.
+        .executableTarget(
+            name: "raft-step-fuzzer",
+            dependencies: ["Raft"],
+            path: "Fuzz/RaftStepFuzzer",
+            swiftSettings: strictSettings
+        ),
         // Child process for the storage crash test: writes synced batches and reports each
         // acknowledged one on stdout until it is killed.
         .target(
@@ -171,7 +178,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RaftTests",
-            dependencies: ["Raft", "RaftSimulation"],
+            dependencies: ["Raft", "RaftSimulation", "raft-step-fuzzer"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,4 +1,5 @@
 import Raft
+@testable import raft_step_fuzzer
 import Testing
 
 /// Messages no correct peer sends (forged, corrupted, from other code): the core refuses them,
@@ -120,5 +121,17 @@ struct HostileMessageTests {
         #expect(cluster.nodes[1]?.step(future) != nil)
         #expect(cluster.nodes[1]?.refusedMessages == 2)
         #expect(cluster.nodes[1]?.committedIndex ?? 0 <= last)
+    }
+}
+
+/// The libFuzzer target's input interpreter, on seeded random inputs (`ops/fuzz raft-step` runs
+/// it under libFuzzer for longer).
+@Suite("Raft: fuzz inputs")
+struct RaftFuzzInputTests {
+    @Test func seededRandomInputsNeverTrapTheCore() {
+        var random = SplitMix64(seed: 2_026)
+        for _ in 0..<300 {
+            RaftStepFuzzer.run((0..<Int.random(in: 0...400, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) })
+        }
     }
 }
