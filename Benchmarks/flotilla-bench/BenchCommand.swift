@@ -57,7 +57,7 @@ struct TargetOptions: ParsableArguments {
         }
         guard (1...64).contains(embeddedStores) else { throw ValidationError("--embedded-stores must be 1 to 64") }
         guard (1...65_536).contains(embeddedRegions) else { throw ValidationError("--embedded-regions must be 1 to 65536") }
-        guard timeoutMilliseconds > 0 else { throw ValidationError("--timeout-ms must be positive") }
+        guard (1...3_600_000).contains(timeoutMilliseconds) else { throw ValidationError("--timeout-ms must be 1 to 3600000") }
     }
 
     /// Connects to (or starts) the target and runs `body` with it; stops what it started.
@@ -165,12 +165,13 @@ struct WorkloadOptions: ParsableArguments {
         guard custom.allSatisfy({ $0 >= 0 }) else { throw ValidationError("proportions must not be negative") }
         guard custom.isEmpty || custom.reduce(0, +) > 0 else { throw ValidationError("the custom proportions add up to 0") }
         guard records > 0 else { throw ValidationError("--records must be positive") }
-        guard (0...(8 << 20)).contains(valueSize) else { throw ValidationError("--value-size must be 0 to 8 MiB") }
+        guard (0...KVLimits.valueBytesMax).contains(valueSize) else { throw ValidationError("--value-size must be 0 to \(KVLimits.valueBytesMax) bytes") }
         guard (1...100_000).contains(concurrency) else { throw ValidationError("--concurrency must be 1 to 100000") }
-        if let duration { guard duration > 0 else { throw ValidationError("--duration must be positive") } }
+        // Bounded so every conversion to milliseconds stays exact (no trap on 1e300 or inf).
+        if let duration { guard duration > 0 && duration <= 86_400 else { throw ValidationError("--duration must be above 0 and at most 86400 seconds") } }
         if let operations { guard operations > 0 else { throw ValidationError("--operations must be positive") } }
-        guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
-        if let rate { guard rate > 0 else { throw ValidationError("--rate must be positive") } }
+        guard warmup >= 0 && warmup <= 86_400 else { throw ValidationError("--warmup must be 0 to 86400 seconds") }
+        if let rate { guard rate > 0 && rate <= 10_000_000 else { throw ValidationError("--rate must be above 0 and at most 10000000 per second") } }
         guard maxScanLength > 0 else { throw ValidationError("--max-scan-length must be positive") }
     }
 
@@ -397,6 +398,8 @@ struct MakeClusterFile: ParsableCommand {
     var keyPrefix = "user"
     @Option(name: .customLong("cluster-id"))
     var clusterID: UInt64 = 1
+    @Option(name: .customLong("secret-file"), help: "The cluster secret file the stores' Raft ports prove (relative to the cluster file).")
+    var secretFile: String?
 
     func validate() throws {
         guard (1...64).contains(stores) else { throw ValidationError("--stores must be 1 to 64") }
@@ -408,7 +411,7 @@ struct MakeClusterFile: ParsableCommand {
         let file = ClusterFile(clusterID: clusterID,
                                stores: (1...stores).map { ClusterFile.Store(id: UInt64($0), address: "127.0.0.1:\(basePort + $0)",
                                                                                       raftAddress: "127.0.0.1:\(basePort + 100 + $0)") },
-                               splitKeys: KeySpace(prefix: keyPrefix).splitKeys(regions: regions))
+                               splitKeys: KeySpace(prefix: keyPrefix).splitKeys(regions: regions), secretFile: secretFile)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         print(String(decoding: try encoder.encode(file), as: UTF8.self))

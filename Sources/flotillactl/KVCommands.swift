@@ -22,7 +22,7 @@ struct KV: AsyncParsableCommand {
         func withClient<T: Sendable>(_ body: @Sendable (FlotillaClient) async throws -> T) async throws -> T {
             let cluster: ClusterFile
             do { cluster = try ClusterFile.load(path: clusterFile) } catch { throw ValidationError(error.description) }
-            guard timeoutMilliseconds > 0 else { throw ValidationError("--timeout-ms must be positive") }
+            guard (1...3_600_000).contains(timeoutMilliseconds) else { throw ValidationError("--timeout-ms must be 1 to 3600000") }
             let stores = cluster.stores.compactMap { store in
                 HostPort(store.address).map { FlotillaClient.Store(id: store.id, host: $0.host, port: $0.port) }
             }

@@ -96,6 +96,13 @@ struct BenchHarnessTests {
         #expect(pairStatus != 0 && pair.contains("in pairs"), "\(pair)")
         let (missingStatus, missing) = try bench(["compare", "/nonexistent/a.json", "/nonexistent/b.json"])
         #expect(missingStatus != 0 && missing.contains("cannot read /nonexistent/a.json"), "\(missing)")
+        // Numbers that once trapped a conversion: a huge duration, an infinite rate.
+        let (durationStatus, duration) = try bench(["run", "--embedded", "--duration", "1e300"])
+        #expect(durationStatus != 0 && duration.contains("--duration must be above 0 and at most 86400"), "\(duration)")
+        let (rateStatus, rate) = try bench(["run", "--embedded", "--rate", "inf"])
+        #expect(rateStatus != 0 && rate.contains("--rate"), "\(rate)")
+        let (timeoutStatus, timeout) = try bench(["run", "--embedded", "--timeout-ms", "99999999999"])
+        #expect(timeoutStatus != 0 && timeout.contains("--timeout-ms"), "\(timeout)")
         let (storesStatus, stores) = try bench(["cluster-file", "--stores", "0", "--base-port", "20000"])
         #expect(storesStatus != 0 && stores.contains("--stores must be 1 to 64"), "\(stores)")
         let (clusterStatus, cluster) = try bench(["cluster-file", "--stores", "3", "--regions", "4", "--base-port", "20000"])

@@ -63,6 +63,27 @@ struct EndToEndTests {
         #expect(message.contains("belongs to cluster 42 store 1"), "\(message)")
     }
 
+    @Test func flotillactlTakesAHugeScanLimitAndARestartWithOtherSplitKeysIsRefused() async throws {
+        let cluster = try LocalCluster(storeCount: 1, splitKeys: ["m"])
+        try await withClient(cluster) { client in
+            try await client.put(Data("apple".utf8), Data("red".utf8))
+            try await client.put(Data("plum".utf8), Data("purple".utf8))
+        }
+        let ctl = URL(fileURLWithPath: LocalCluster.serverBinary).deletingLastPathComponent().appendingPathComponent("flotillactl").path
+        // Once a crash (UInt32(remaining) in the client).
+        let (status, output) = try LocalCluster.runToEnd(ctl, ["kv", "scan", "--limit", "99999999999", "--cluster-file", cluster.clusterPath])
+        #expect(status == 0 && output.contains("apple") && output.contains("plum"), "\(output)")
+        cluster.kill(1, signal: SIGTERM)
+        // The same data dir with other split keys: refused, naming the regions.
+        var moved = cluster.cluster
+        moved.splitKeys = ["n"]
+        let movedPath = cluster.root + "/moved.json"
+        try JSONEncoder().encode(moved).write(to: URL(fileURLWithPath: movedPath))
+        let (restartStatus, restart) = try LocalCluster.runToEnd(LocalCluster.serverBinary,
+                                                                 ["--store-id", "1", "--cluster-file", movedPath, "--data-dir", cluster.root + "/store-1"])
+        #expect(restartStatus != 0 && restart.contains("split keys changed"), "\(restart)")
+    }
+
     @Test func badFlagsAndBadClusterFilesAreRejectedClearly() async throws {
         func run(_ arguments: [String]) throws -> (Int32, String) { try LocalCluster.runToEnd(LocalCluster.serverBinary, arguments) }
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-flags-\(UUID().uuidString)").path
