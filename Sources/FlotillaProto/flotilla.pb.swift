@@ -1421,6 +1421,20 @@ public nonisolated struct Flotilla_V1_SnapshotChunk: @unchecked Sendable {
     set {_uniqueStorage()._pairCount = newValue}
   }
 
+  /// On the first chunk: HMAC-SHA256 (key: the cluster secret) of "flotilla-snapshot-header"
+  /// and the encoded message; a receiver refuses the stream before writing anything without it.
+  public var headerMac: Data {
+    get {_storage._headerMac}
+    set {_uniqueStorage()._headerMac = newValue}
+  }
+
+  /// On the last chunk: HMAC-SHA256 of "flotilla-snapshot-pairs", the header MAC and every
+  /// pair (column, key length, key, value length, value) in order.
+  public var mac: Data {
+    get {_storage._mac}
+    set {_uniqueStorage()._mac = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -3968,7 +3982,7 @@ nonisolated extension Flotilla_V1_SnapshotPair: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SnapshotChunk"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}pairs\0\u{1}checksum\0\u{1}last\0\u{3}pair_count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}pairs\0\u{1}checksum\0\u{1}last\0\u{3}pair_count\0\u{3}header_mac\0\u{1}mac\0")
 
   fileprivate class _StorageClass {
     var _message: Flotilla_V1_RaftMessage? = nil
@@ -3976,6 +3990,8 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
     var _checksum: UInt64 = 0
     var _last: Bool = false
     var _pairCount: UInt64 = 0
+    var _headerMac: Data = Data()
+    var _mac: Data = Data()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3991,6 +4007,8 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
       _checksum = source._checksum
       _last = source._last
       _pairCount = source._pairCount
+      _headerMac = source._headerMac
+      _mac = source._mac
     }
   }
 
@@ -4014,6 +4032,8 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
         case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._checksum) }()
         case 4: try { try decoder.decodeSingularBoolField(value: &_storage._last) }()
         case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._pairCount) }()
+        case 6: try { try decoder.decodeSingularBytesField(value: &_storage._headerMac) }()
+        case 7: try { try decoder.decodeSingularBytesField(value: &_storage._mac) }()
         default: break
         }
       }
@@ -4041,6 +4061,12 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
       if _storage._pairCount != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._pairCount, fieldNumber: 5)
       }
+      if !_storage._headerMac.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._headerMac, fieldNumber: 6)
+      }
+      if !_storage._mac.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._mac, fieldNumber: 7)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4055,6 +4081,8 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
         if _storage._checksum != rhs_storage._checksum {return false}
         if _storage._last != rhs_storage._last {return false}
         if _storage._pairCount != rhs_storage._pairCount {return false}
+        if _storage._headerMac != rhs_storage._headerMac {return false}
+        if _storage._mac != rhs_storage._mac {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -88,7 +88,8 @@ public final class FlotillaServer: Sendable {
         let network = try RaftSocketTransport(listen: raftAddress, clusterID: clusterID, storeID: storeID, peers: raftPeers,
                                               secret: settings.clusterSecret ?? [], logger: logger)
         raftListeningAddress = "\(raftAddress.host):\(network.listeningPort)"
-        let snapshotSender = SnapshotSender(addresses: addresses, sendsMax: settings.snapshotSendsMax, logger: logger)
+        let snapshotSender = SnapshotSender(addresses: addresses, sendsMax: settings.snapshotSendsMax,
+                                            secret: settings.clusterSecret ?? [], logger: logger)
         driver = StoreDriver(core: core, network: network, tickInterval: settings.tickInterval, logger: logger, onFailure: onFailure,
                              snapshots: snapshotSender)
         (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
@@ -101,7 +102,8 @@ public final class FlotillaServer: Sendable {
         server = GRPCServer(transport: transport, services: [
             KVService(driver: driver),
             SnapshotTransferService(storeID: storeID, knownStores: Set(settings.cluster.stores.map(\.id)),
-                                    driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory),
+                                    driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory,
+                                    secret: settings.clusterSecret ?? []),
             StoreAdminService(driver: driver, snapshotSender: snapshotSender),
         ])
     }

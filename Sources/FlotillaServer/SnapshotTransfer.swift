@@ -19,10 +19,13 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
     let snapshotDirectory: String
     /// Snapshots received at once; more are refused (the leader retries later).
     let receivesMax: Int
+    /// The cluster secret every stream must be signed with (`SnapshotAuthenticator`).
+    let secret: [UInt8]
     private let receiving = ReceiveCount()
 
     public init(storeID: UInt64, knownStores: Set<UInt64>, driver: StoreDriver, logger: Logger,
-                snapshotDirectory: String, receivesMax: Int = 4) {
+                snapshotDirectory: String, secret: [UInt8], receivesMax: Int = 4) {
+        self.secret = secret
         self.storeID = storeID
         self.knownStores = knownStores
         self.driver = driver
@@ -45,9 +48,11 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
         }
         defer { receiving.value.subtract(1, ordering: .relaxed) }
         var builder: SnapshotBuilder?
+        var authenticator = SnapshotAuthenticator(secret: secret)
         do {
             // SST files are written on NIO's blocking-I/O pool, never on an event loop.
             for try await chunk in request {
+                try authenticator.verify(chunk, first: builder == nil)
                 if let builder {
                     try await NIOThreadPool.singleton.runIfActive { try builder.add(chunk) }
                     continue
@@ -82,11 +87,13 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
 final class SnapshotSender: SnapshotOutbound {
     private let addresses: [UInt64: HostPort]
     private let sendsMax: Int
+    private let secret: [UInt8]
     private let logger: Logger
     private let inFlight = Mutex<Set<[UInt64]>>([])
     let sentCount = Atomic<Int>(0)
 
-    init(addresses: [UInt64: HostPort], sendsMax: Int, logger: Logger) {
+    init(addresses: [UInt64: HostPort], sendsMax: Int, secret: [UInt8], logger: Logger) {
+        self.secret = secret
         self.addresses = addresses
         self.sendsMax = sendsMax
         self.logger = logger
@@ -127,7 +134,11 @@ final class SnapshotSender: SnapshotOutbound {
             _ = try await raft.snapshot(request: StreamingClientRequest { writer in
                 // Chunks are read from RocksDB on NIO's blocking-I/O pool, not on an event loop.
                 let reader = snapshot.reader
-                while let chunk = try await NIOThreadPool.singleton.runIfActive({ try reader.nextChunk() }) {
+                var authenticator = SnapshotAuthenticator(secret: self.secret)
+                var first = true
+                while var chunk = try await NIOThreadPool.singleton.runIfActive({ try reader.nextChunk() }) {
+                    try authenticator.sign(&chunk, first: first)
+                    first = false
                     try await writer.write(chunk)
                 }
             }, options: options)
