@@ -54,6 +54,9 @@ struct RaftTransportLimits: Sendable {
     /// Inbound connections at once, handshaking or not; beyond, new ones are closed at once.
     /// Authenticated ones are one per peer store (a newer one replaces the older).
     var inboundConnectionsMax = 64
+    /// Bytes of partial frames held over all inbound connections; a connection that would
+    /// take the total past it is closed (its peer reconnects; Raft retransmits).
+    var inboundBufferedBytesMax = 256 << 20
 }
 
 /// The Raft port's handshake: before any frame is read, both ends prove they know the cluster
@@ -642,6 +645,10 @@ final class RaftSocketTransport {
                 connection.input.append(contentsOf: readScratch[0..<received])
                 connection.lastReadAt = clock.now
                 readBytes += received
+                if expected == 0 && inboundBufferedBytes > limits.inboundBufferedBytesMax {
+                    refuse(connection, reason: "inbound frames in progress hold more than \(limits.inboundBufferedBytesMax) bytes")
+                    return
+                }
                 if expected > 0 {
                     guard advanceHandshake(connection) else { return }
                     compactInput(connection)
@@ -692,6 +699,11 @@ final class RaftSocketTransport {
             deliver(batch)
         }
         compactInput(connection)
+    }
+
+    /// Bytes of partial frames buffered over every inbound connection.
+    private var inboundBufferedBytes: Int {
+        connections.values.reduce(0) { $0 + ($1.outboundStoreID == nil ? $1.input.count - $1.inputStart : 0) }
     }
 
     private func compactInput(_ connection: Connection) {

@@ -177,6 +177,19 @@ struct RaftSocketTransportTests {
         #expect(received.isEmpty)
     }
 
+    @Test func partialFramesBeyondTheInboundByteBoundCloseTheirConnection() throws {
+        var limits = RaftTransportLimits()
+        limits.inboundBufferedBytesMax = 1 << 20
+        let two = try transport(2, ports: [1: try freeLoopbackPort(), 2: 0], limits: limits)
+        let pump = { two.wait(timeoutMilliseconds: 5) { _ in } }
+        let peer = try RawRaftPeer(port: two.listeningPort)
+        try peer.handshake(clusterID: 5, from: 1, to: 2, secret: Self.secret, pump: pump)
+        // A frame that announces 4 MiB and sends 1.5 MiB of it: over the 1 MiB bound.
+        peer.write([0x00, 0x40, 0x00, 0x00] + [UInt8](repeating: 3, count: 3 << 19))
+        #expect(peer.waitUntilClosed(seconds: 3, pump: pump))
+        #expect(two.connectionsRefused == 1)
+    }
+
     @Test func theRaftAddressMustBeFreeAndResolvable() throws {
         let one = try transport(1, ports: [1: 0])
         let taken = HostPort("127.0.0.1:\(one.listeningPort)")!
