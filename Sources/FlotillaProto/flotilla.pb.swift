@@ -1671,6 +1671,10 @@ public nonisolated struct Flotilla_V1_WriteResult: Sendable {
   /// differs): refused, not applied.
   public var payloadMismatch: Bool = false
 
+  /// The command broke a rule at apply (keys outside the region, several kinds at once): not
+  /// applied, on every replica alike. Only a forged or corrupt entry can carry one.
+  public var refused: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4505,7 +4509,7 @@ nonisolated extension Flotilla_V1_CommandBatch: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WriteResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}succeeded\0\u{3}previous_exists\0\u{3}previous_value\0\u{3}stale_duplicate\0\u{3}payload_mismatch\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}succeeded\0\u{3}previous_exists\0\u{3}previous_value\0\u{3}stale_duplicate\0\u{3}payload_mismatch\0\u{1}refused\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4518,6 +4522,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
       case 3: try { try decoder.decodeSingularBytesField(value: &self.previousValue) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.staleDuplicate) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.payloadMismatch) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.refused) }()
       default: break
       }
     }
@@ -4539,6 +4544,9 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
     if self.payloadMismatch != false {
       try visitor.visitSingularBoolField(value: self.payloadMismatch, fieldNumber: 5)
     }
+    if !self.refused.isEmpty {
+      try visitor.visitSingularStringField(value: self.refused, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4548,6 +4556,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
     if lhs.previousValue != rhs.previousValue {return false}
     if lhs.staleDuplicate != rhs.staleDuplicate {return false}
     if lhs.payloadMismatch != rhs.payloadMismatch {return false}
+    if lhs.refused != rhs.refused {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

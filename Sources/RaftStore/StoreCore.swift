@@ -185,6 +185,8 @@ public final class StoreCore {
     var touchedRegions: Set<UInt64> = []
     /// Raft messages refused as impossible (forged, corrupt): counted, and the first reasons kept.
     public private(set) var raftMessagesRefused: UInt64 = 0
+    /// Committed entries that did not decode or carried commands breaking a rule.
+    public internal(set) var malformedEntries: UInt64 = 0
     private var refusalReports: [String] = []
     static let refusalReportsMax = 32
 
@@ -326,6 +328,12 @@ public final class StoreCore {
     private func report(refusal: MessageRefusal, regionID: UInt64) {
         raftMessagesRefused += 1
         if refusalReports.count < Self.refusalReportsMax { refusalReports.append("region \(regionID): \(refusal.reason)") }
+    }
+
+    /// Keeps a problem found in the region's log (a forged or corrupt entry) for the log.
+    func report(problem: String, regionID: UInt64) {
+        malformedEntries += 1
+        if refusalReports.count < Self.refusalReportsMax { refusalReports.append("region \(regionID): \(problem)") }
     }
 
     /// Reasons of Raft messages refused since the last call (at most `refusalReportsMax`).
@@ -595,7 +603,9 @@ public final class StoreCore {
         }
     }
 
-    private func validate(_ command: Flotilla_V1_WriteCommand, in region: Flotilla_V1_Region) throws(StoreRequestError) {
+    /// The rules every write meets: one kind of operation, keys within bounds and inside the
+    /// region. Checked when a write is accepted and again when it is applied.
+    func validate(_ command: Flotilla_V1_WriteCommand, in region: Flotilla_V1_Region) throws(StoreRequestError) {
         let kinds = [!command.puts.isEmpty, !command.deletes.isEmpty, command.hasDeleteRange, command.hasCompareAndSwap]
         guard kinds.filter({ $0 }).count == 1 else {
             throw .invalidArgument(field: "command", reason: "exactly one of puts, deletes, delete_range, compare_and_swap must be set")

@@ -161,9 +161,24 @@ extension StoreCore {
             var results: [Flotilla_V1_WriteResult] = []
             switch entry.kind {
             case .normal where !entry.data.isEmpty:
-                let commands = try Flotilla_V1_CommandBatch(serializedBytes: entry.data).commands
+                // Leaders propose only valid commands, but the log is input too (a forged or
+                // corrupt entry): what does not decode is applied as nothing, and a command
+                // breaking a rule is refused, identically on every replica. Never a failed turn.
+                guard let commands = try? Flotilla_V1_CommandBatch(serializedBytes: entry.data).commands else {
+                    report(problem: "entry \(entry.index) does not decode as commands; applied as nothing", regionID: peer.region.id)
+                    output.completedWrites += mine.map { ($0, .failure(.proposalDropped)) }
+                    continue
+                }
                 results.reserveCapacity(commands.count)
                 for command in commands {
+                    do {
+                        try validate(command, in: peer.region)
+                    } catch {
+                        var refused = Flotilla_V1_WriteResult()
+                        refused.refused = error.description
+                        results.append(refused)
+                        continue
+                    }
                     results.append(try applyCommand(command, peer: peer, index: entry.index, batch: &batch,
                                                     sessionsWritten: &sessionsWritten))
                 }
@@ -182,11 +197,18 @@ extension StoreCore {
                 output.completedWrites += mine.map { ($0, .success(done)) }
                 continue
             }
-            precondition(results.count == mine.count, "entry \(entry.index) of region \(peer.region.id) carries \(results.count) commands, proposed with \(mine.count)")
+            guard results.count == mine.count else {
+                // Our proposal's index and term now hold other commands: only forged input does that.
+                report(problem: "entry \(entry.index) carries \(results.count) commands, proposed here with \(mine.count)", regionID: peer.region.id)
+                output.completedWrites += mine.map { ($0, .failure(.proposalDropped)) }
+                continue
+            }
             for (id, result) in zip(mine, results) {
                 if result.staleDuplicate {
                     output.completedWrites.append((id, .failure(.invalidArgument(
                         field: "context.sequence", reason: "this write was answered before and its reply forgotten; it was not applied again"))))
+                } else if !result.refused.isEmpty {
+                    output.completedWrites.append((id, .failure(.invalidArgument(field: "command", reason: result.refused))))
                 } else if result.payloadMismatch {
                     output.completedWrites.append((id, .failure(.invalidArgument(
                         field: "context.sequence", reason: "this (client id, sequence) was already used for a different write; not applied"))))

@@ -139,6 +139,31 @@ struct StoreLimitTests {
         }
     }
 
+    @Test func forgedEntriesInTheLogAreAppliedAsNothingOnEveryReplicaAndNoTurnFails() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["m"])
+        try cluster.rounds(40)
+        let first = try #require(cluster.region(for: "a"))
+        let leader = try #require(cluster.leader(of: first.id))
+        let peer = try #require(cluster.stores[leader]?.peers[first.id])
+        // Garbage, and a well-formed batch whose put lies in the other region, straight into the log.
+        _ = try peer.raft.propose([0x0A, 0xFF, 0xFF, 0x01, 0x02])
+        var outside = InProcessCluster.put("zebra", "forged")
+        outside.clientID = 0
+        var entry: [UInt8] = []
+        CommandBatchEncoding.append(try outside.serializedBytes(), to: &entry)
+        _ = try peer.raft.propose(entry)
+        try cluster.rounds(10)
+        #expect(try cluster.write(InProcessCluster.put("apple", "ok"), key: "apple").get().succeeded, "the region still serves")
+        try cluster.rounds(5)
+        for storeID in cluster.storeIDs {
+            let store = try #require(cluster.stores[storeID])
+            #expect(store.malformedEntries >= 1, "store \(storeID) reported the garbage entry")
+            #expect(try store.keys(in: first.id).map { String(decoding: $0, as: UTF8.self) } == ["apple"], "nothing forged was written")
+            let second = try #require(cluster.region(for: "zebra"))
+            #expect(try store.keys(in: second.id).isEmpty)
+        }
+    }
+
     @Test func aDeleteRangePastTheRegionNamesTheKeyOutside() throws {
         let cluster = try InProcessCluster(storeCount: 1, splitKeys: ["m"])
         try cluster.rounds(40)
