@@ -39,15 +39,15 @@ struct GRPCEdgeTests {
     @Test func aNegativeTimeoutIsAnsweredInvalidArgumentAndTheServerKeepsServing() async throws {
         let server = try await InProcessServer()
         defer { Task { await server.stop() } }
-        let client = try RawHTTP2Client(port: server.address.port)
+        let client = try await RawHTTP2Client.connect(port: server.address.port)
         let stream = try client.request(path: "/flotilla.v1.KV/Get", extra: [("grpc-timeout", "-1S")], message: Self.getRequest)
-        let frames = client.collect { Self.statuses(client, $0)[stream] != nil }
+        let frames = await client.collect { Self.statuses(client, $0)[stream] != nil }
         let answer = Self.statuses(client, frames)[stream]
         #expect(answer?.status == "3", "INVALID_ARGUMENT")
         #expect(answer?.message.contains("grpc-timeout") == true, "\(String(describing: answer))")
         // Alive: a well-formed request on the same connection, and a client's write and read.
         let good = try client.request(path: "/flotilla.v1.KV/Get", extra: [("grpc-timeout", "5S")], message: Self.getRequest)
-        let next = client.collect { Self.statuses(client, $0)[good] != nil }
+        let next = await client.collect { Self.statuses(client, $0)[good] != nil }
         #expect(Self.statuses(client, next)[good]?.status == "0")
         try await server.withClient { kv in
             try await kv.put(Data("alive".utf8), Data("yes".utf8))
@@ -60,21 +60,22 @@ struct GRPCEdgeTests {
         let server = try await InProcessServer()
         defer { Task { await server.stop() } }
         let edge = GRPCEdgeGuard()
-        let client = try RawHTTP2Client(port: server.address.port)
+        let client = try await RawHTTP2Client.connect(port: server.address.port)
         #expect(client.serverSettings[0x3] == edge.streamsAdvertised, "SETTINGS_MAX_CONCURRENT_STREAMS")
         // Streams left open (command streams that send nothing), 20 more than advertised.
         let count = Int(edge.streamsAdvertised) + 20
         var opened: [UInt32] = []
         for _ in 0..<count { opened.append(try client.request(path: "/flotilla.v1.KV/Commands", message: nil)) }
-        let frames = client.collect(seconds: 2) { frames in frames.filter { $0.type == 0x3 }.count >= 20 }
+        let frames = await client.collect(seconds: 10) { frames in frames.filter { $0.type == 0x3 }.count >= 20 }
         let refused = frames.filter { $0.type == 0x3 && $0.payload == [0, 0, 0, 7] }.map(\.stream)
         #expect(refused.count == 20, "REFUSED_STREAM for the excess only")
         #expect(!frames.contains { $0.type == 0x7 }, "no GOAWAY")
         // The connection still serves a new stream once one closes: end one command stream.
         client.writeFrame(type: 0x0, flags: 0x1, stream: opened[0], payload: [])
-        _ = client.collect(seconds: 1) { _ in false }
+        let ended = await client.collect { $0.contains { $0.stream == opened[0] && $0.flags & 0x1 != 0 } }
+        #expect(ended.contains { $0.stream == opened[0] && $0.flags & 0x1 != 0 }, "the ended command stream closes")
         let get = try client.request(path: "/flotilla.v1.KV/Get", message: Self.getRequest)
-        let answer = client.collect { Self.statuses(client, $0)[get] != nil }
+        let answer = await client.collect { Self.statuses(client, $0)[get] != nil }
         #expect(Self.statuses(client, answer)[get]?.status == "0")
         await server.stop()
     }
@@ -89,17 +90,17 @@ struct GRPCEdgeTests {
         let names = ["grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "te", "content-type", "x-meta-bin", "grpc-status",
                      "grpc-message", "user-agent", "grpc-previous-rpc-attempts"]
         let alphabet = Array("0123456789-+HMSmunabcxyz=/ .%\u{7f}".utf8)
-        var client = try RawHTTP2Client(port: server.address.port)
+        var client = try await RawHTTP2Client.connect(port: server.address.port)
         var answered = 0
         var connectionErrors: [String] = []
         var streamErrors: [String] = []
         for iteration in 0..<iterations {
-            if iteration % 50 == 49 { client = try RawHTTP2Client(port: server.address.port) }
+            if iteration % 50 == 49 { client = try await RawHTTP2Client.connect(port: server.address.port) }
             let name = names[Int.random(in: 0..<names.count, using: &random)]
             let length = Int.random(in: 0...12, using: &random)
             let value = String(decoding: (0..<length).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &random)] }, as: UTF8.self)
             let stream = try client.request(path: "/flotilla.v1.KV/Get", extra: [(name, value)], message: Self.getRequest)
-            let frames = client.collect(seconds: 3) { frames in
+            let frames = await client.collect(seconds: 10) { frames in
                 frames.contains { ($0.stream == stream && ($0.type == 0x3 || ($0.type == 0x1 && $0.flags & 0x1 != 0))) || $0.type == 0x7 }
             }
             if frames.contains(where: { $0.stream == stream }) {
@@ -110,15 +111,15 @@ struct GRPCEdgeTests {
                 // client starts a new one, as a gRPC client does after a stream error.
                 if frames.contains(where: { $0.stream == stream && $0.type == 0x3 && $0.payload == [0, 0, 0, 1] }) {
                     streamErrors.append("\(name): \(value)")
-                    client = try RawHTTP2Client(port: server.address.port)
+                    client = try await RawHTTP2Client.connect(port: server.address.port)
                 }
             } else if frames.contains(where: { $0.type == 0x7 }) {
                 // A malformed header block may cost its own connection (GOAWAY), never the server.
                 connectionErrors.append("\(name): \(value)")
-                client = try RawHTTP2Client(port: server.address.port)
+                client = try await RawHTTP2Client.connect(port: server.address.port)
             } else {
                 Issue.record("no answer and no GOAWAY for \(name): \(value) (iteration \(iteration), frames \(frames.map { "\($0.type)/\($0.stream)" }))")
-                client = try RawHTTP2Client(port: server.address.port)
+                client = try await RawHTTP2Client.connect(port: server.address.port)
             }
         }
         #expect(answered + connectionErrors.count == iterations)
@@ -176,22 +177,22 @@ struct RequestMessageFuzzTests {
         let samples = try Self.samples()
         var mutator = Mutator(seed: Mutator.seed(default: 7))
         let iterations = Mutator.iterations(default: 400)
-        var client = try RawHTTP2Client(port: server.address.port)
+        var client = try await RawHTTP2Client.connect(port: server.address.port)
         var answered = 0
         for iteration in 0..<iterations {
             // A fresh connection now and then: this client never opens its receive window.
-            if iteration % 40 == 39 { client = try RawHTTP2Client(port: server.address.port) }
+            if iteration % 40 == 39 { client = try await RawHTTP2Client.connect(port: server.address.port) }
             let sample = mutator.pick(samples)
             let bytes = mutator.chance(8) ? sample.bytes : mutator.mutate(sample.bytes)
             let stream = try client.request(path: sample.path, message: bytes)
-            let frames = client.collect(seconds: 5) { frames in
+            let frames = await client.collect(seconds: 10) { frames in
                 frames.contains { $0.stream == stream && ($0.type == 0x3 || ($0.type == 0x1 && $0.flags & 0x1 != 0)) }
             }
             if frames.contains(where: { $0.stream == stream && ($0.type == 0x3 || $0.flags & 0x1 != 0) }) {
                 answered += 1
             } else {
                 Issue.record("no answer to a mutant of \(sample.path) (iteration \(iteration), seed \(Mutator.seed(default: 7))): \(bytes)")
-                client = try RawHTTP2Client(port: server.address.port)
+                client = try await RawHTTP2Client.connect(port: server.address.port)
             }
         }
         #expect(answered == iterations)
@@ -207,20 +208,20 @@ struct RequestDeadlineTests {
         let server = try await InProcessServer()
         defer { Task { await server.stop() } }
         try await server.withClient { kv in try await kv.put(Data("k".utf8), Data("v".utf8)) }
-        let client = try RawHTTP2Client(port: server.address.port)
-        func get(timeoutMilliseconds: UInt32) throws -> Flotilla_V1_GetResponse? {
+        let client = try await RawHTTP2Client.connect(port: server.address.port)
+        func get(timeoutMilliseconds: UInt32) async throws -> Flotilla_V1_GetResponse? {
             var request = Flotilla_V1_GetRequest()
             request.context.regionID = 1
             request.context.timeoutMs = timeoutMilliseconds
             request.key = Data("k".utf8)
             let stream = try client.request(path: "/flotilla.v1.KV/Get", message: try request.serializedBytes())
-            let frames = client.collect { $0.contains { $0.stream == stream && $0.type == 0x1 && $0.flags & 0x1 != 0 } }
+            let frames = await client.collect { $0.contains { $0.stream == stream && $0.type == 0x1 && $0.flags & 0x1 != 0 } }
             guard let data = frames.first(where: { $0.stream == stream && $0.type == 0x0 }), data.payload.count >= 5 else { return nil }
             return try Flotilla_V1_GetResponse(serializedBytes: Array(data.payload.dropFirst(5)))
         }
-        let over = try get(timeoutMilliseconds: KVLimits.requestTimeoutMillisecondsMax + 1)
+        let over = try await get(timeoutMilliseconds: KVLimits.requestTimeoutMillisecondsMax + 1)
         #expect(over?.error.invalidArgument.field == "context.timeout_ms", "\(String(describing: over))")
-        let atLimit = try get(timeoutMilliseconds: KVLimits.requestTimeoutMillisecondsMax)
+        let atLimit = try await get(timeoutMilliseconds: KVLimits.requestTimeoutMillisecondsMax)
         #expect(atLimit?.found == true && atLimit?.value == Data("v".utf8))
         await server.stop()
     }

@@ -26,6 +26,8 @@ final class InProcessServer: @unchecked Sendable {
         let listening = AsyncStream<Void>.makeStream()
         task = Task { [server] in try await server.run { _ in listening.continuation.yield() } }
         for await _ in listening.stream { break }
+        // Serving: the region has elected its leader (slow on a loaded machine).
+        try await withClient { client in try await client.put(Data("in-process-server-ready".utf8), Data()) }
     }
 
     /// A client of this server (run it with `withClient`).

@@ -3,8 +3,10 @@ import Foundation
 import NIOCore
 import NIOHPACK
 
-/// An HTTP/2 client written by hand over a blocking socket, so tests can send what a
-/// well-behaved client library never would: malformed headers, more streams than advertised.
+/// An HTTP/2 client written by hand over a socket, so tests can send what a well-behaved client
+/// library never would: malformed headers, more streams than advertised. Reads poll (1 ms) and
+/// the waiting is async, so a test never holds a thread of the cooperative pool that the
+/// in-process server it talks to needs (on two cores the pool has two).
 final class RawHTTP2Client {
     struct Frame {
         var type: UInt8
@@ -23,13 +25,25 @@ final class RawHTTP2Client {
     /// The server's SETTINGS, by parameter.
     private(set) var serverSettings: [UInt16: UInt32] = [:]
 
-    init(port: Int) throws {
-        fd = try connectLoopback(port: port, receiveTimeoutMicroseconds: 20_000)
+    /// Connects, sends the preface, and takes and acknowledges the server's SETTINGS.
+    static func connect(port: Int) async throws -> RawHTTP2Client {
+        let client = try RawHTTP2Client(port: port)
+        let deadline = Date().addingTimeInterval(10)
+        while client.serverSettings.isEmpty && Date() < deadline {
+            client.takeSettings()
+            if client.serverSettings.isEmpty { try? await Task.sleep(for: .milliseconds(5)) }
+        }
+        return client
+    }
+
+    private init(port: Int) throws {
+        fd = try connectLoopback(port: port, receiveTimeoutMicroseconds: 1_000)
         write(Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8))
         writeFrame(type: 0x4, flags: 0, stream: 0, payload: [])
-        // Take the server's SETTINGS and acknowledge them before opening streams.
-        let deadline = Date().addingTimeInterval(3)
-        while serverSettings.isEmpty && Date() < deadline {
+    }
+
+    private func takeSettings() {
+        do {
             for frame in readFrames() where frame.type == 0x4 && frame.flags & 1 == 0 {
                 for offset in stride(from: 0, to: frame.payload.count - 5, by: 6) {
                     let id = UInt16(frame.payload[offset]) << 8 | UInt16(frame.payload[offset + 1])
@@ -97,10 +111,14 @@ final class RawHTTP2Client {
     }
 
     /// Reads until `done` says so or `seconds` pass; returns every frame read.
-    func collect(seconds: Double = 3, until done: ([Frame]) -> Bool) -> [Frame] {
+    func collect(seconds: Double = 10, until done: ([Frame]) -> Bool) async -> [Frame] {
         var frames: [Frame] = []
         let deadline = Date().addingTimeInterval(seconds)
-        while !done(frames) && Date() < deadline { frames += readFrames() }
+        while !done(frames) && Date() < deadline {
+            let new = readFrames()
+            frames += new
+            if new.isEmpty { try? await Task.sleep(for: .milliseconds(2)) }
+        }
         return frames
     }
 }
