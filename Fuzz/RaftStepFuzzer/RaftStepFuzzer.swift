@@ -45,9 +45,7 @@ enum RaftStepFuzzer {
                 for id in nodes.keys.sorted() {
                     guard var node = nodes[id], node.hasReady, let storage = storages[id] else { continue }
                     let ready = node.ready()
-                    if let snapshot = ready.snapshotToInstall { storage.applySnapshot(snapshot) }
-                    storage.append(ready.entriesToPersist)
-                    if let hardState = ready.hardState { storage.setHardState(hardState) }
+                    storage.persist(ready)
                     queue += ready.messagesNow + ready.messagesAfterPersist
                     node.advance(ready)
                     nodes[id] = node

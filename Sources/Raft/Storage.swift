@@ -73,6 +73,14 @@ public final class MemoryStorage: RaftLogStorage {
     /// Persists `hardState`.
     public func setHardState(_ hardState: HardState) { self.hardState = hardState }
 
+    /// Carries out what a `Ready` asks to persist, in order: the snapshot to install, the
+    /// entries, the hard state.
+    public func persist(_ ready: Ready) {
+        if let snapshot = ready.snapshotToInstall { applySnapshot(snapshot) }
+        append(ready.entriesToPersist)
+        if let hardState = ready.hardState { setHardState(hardState) }
+    }
+
     /// Persists `entries`, replacing any stored entries at or after the first one's index.
     public func append(_ entries: [Entry]) {
         guard let first = entries.first else { return }

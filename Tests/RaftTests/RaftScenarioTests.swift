@@ -34,9 +34,7 @@ struct ScenarioCluster {
             for id in nodes.keys.sorted() {
                 guard var node = nodes[id], node.hasReady, let storage = storages[id] else { continue }
                 let ready = node.ready()
-                if let snapshot = ready.snapshotToInstall { storage.applySnapshot(snapshot) }
-                storage.append(ready.entriesToPersist)
-                if let hardState = ready.hardState { storage.setHardState(hardState) }
+                storage.persist(ready)
                 queue += ready.messagesNow + ready.messagesAfterPersist
                 readStates[id, default: []] += ready.readStates
                 for entry in ready.committedEntries where entry.kind == .normal && !entry.data.isEmpty {
