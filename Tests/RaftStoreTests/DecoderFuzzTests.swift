@@ -145,11 +145,26 @@ struct DecoderFuzzTests {
     @Test func mutatedStoredValuesAreReportedAsCorruptionNotCrashes() throws {
         let applyState = StoredValues.encodeApplyState(applied: 10, truncatedIndex: 5, truncatedTerm: 2)
         let hardState = StoredValues.encode(HardState(term: 3, vote: 1, commit: 9))
+        var state = Flotilla_V1_RegionLocalState()
+        state.region.id = 1
+        state.region.endKey = Data("m".utf8)
+        state.region.peers = [Flotilla_V1_Peer.with { $0.id = 65_537; $0.storeID = 1 }]
+        state.confState.voters = [65_537]
+        let regionState: [UInt8] = try state.serializedBytes()
+        let entry = StoredValues.encode(Entry(term: 3, index: 7, data: Array("command".utf8)))
+        var kept = Flotilla_V1_ClientSession()
+        kept.ackedBelow = 4
+        kept.replies = [Flotilla_V1_SessionReply.with { $0.sequence = 5; $0.reply = Data([1, 2]); $0.payloadDigest = 99 }]
+        let session: [UInt8] = try kept.serializedBytes()
+        let ident: [UInt8] = try Flotilla_V1_StoreIdent.with { $0.clusterID = 1; $0.storeID = 2 }.serializedBytes()
         var mutator = Mutator(seed: Self.seed ^ 2)
         for _ in 0..<Self.iterations {
             _ = try? StoredValues.decodeApplyState(mutator.mutate(applyState), region: 1)
             _ = try? StoredValues.decodeHardState(mutator.mutate(hardState), region: 1)
-            _ = try? Flotilla_V1_RegionLocalState(serializedBytes: mutator.mutate(applyState))
+            _ = try? Flotilla_V1_RegionLocalState(serializedBytes: mutator.mutate(regionState))
+            _ = try? StoredValues.decodeEntry(mutator.mutate(entry), index: 7, region: 1)
+            _ = try? Flotilla_V1_ClientSession(serializedBytes: mutator.mutate(session))
+            _ = try? Flotilla_V1_StoreIdent(serializedBytes: mutator.mutate(ident))
         }
     }
 }
