@@ -237,6 +237,7 @@ final class RaftSocketTransport {
     private var events = [epoll_event](repeating: epoll_event(), count: 64)
     private var closed = false
     private var nextExpiryCheck: ContinuousClock.Instant
+    private var nextRefusalLogAt: ContinuousClock.Instant
 
     /// Messages dropped since the start: peer down or queue full.
     private(set) var droppedMessages = 0
@@ -255,6 +256,7 @@ final class RaftSocketTransport {
         self.logger = logger
         let now = clock.now
         nextExpiryCheck = now
+        nextRefusalLogAt = now
         for (peerStoreID, address) in peers {
             links[peerStoreID] = PeerLink(address: try Self.resolve(address), description: address.description,
                                           connectionFD: nil, nextConnectAt: now, backoffMilliseconds: limits.reconnectBackoffMilliseconds)
@@ -718,7 +720,11 @@ final class RaftSocketTransport {
 
     private func refuse(_ connection: Connection, reason: String) {
         connectionsRefused += 1
-        logger.warning("refused a Raft connection", metadata: ["reason": "\(reason)", "refused_total": "\(connectionsRefused)"])
+        // At most one line a second: a flood of hostile connections must not flood the log.
+        if clock.now >= nextRefusalLogAt {
+            nextRefusalLogAt = clock.now + .seconds(1)
+            logger.warning("refused a Raft connection", metadata: ["reason": "\(reason)", "refused_total": "\(connectionsRefused)"])
+        }
         drop(connection, reason: reason)
     }
 
