@@ -85,4 +85,83 @@ struct SafetyRuleScenarioTests {
         acknowledge(5, second)
         #expect(cluster.nodes[1]?.committedIndex == second, "both halves hold it: committed")
     }
+
+    /// The ReadStates a node hands out for `context` in its next Ready (the Ready is taken).
+    static func readStates(of cluster: inout ScenarioCluster, node id: NodeID, context: [UInt8]) -> [ReadState] {
+        guard var node = cluster.nodes[id], node.hasReady, let storage = cluster.storages[id] else { return [] }
+        let ready = node.ready()
+        storage.persist(ready)
+        node.advance(ready)
+        cluster.nodes[id] = node
+        return ready.readStates.filter { $0.context == context }
+    }
+
+    /// A leader serves reads from its lease only while a quorum acknowledged something it sent
+    /// less than an election timeout (less the drift) ago: once acknowledgements stop, the
+    /// lease runs out even while it still believes it leads.
+    @Test func theLeaseExpiresWhenAcknowledgementsStop() throws {
+        var cluster = ScenarioCluster(voters: [1, 2, 3])
+        cluster.elect(1, ticking: [1, 2, 3])
+        // Commit an entry of the term, and line up just after a check-quorum round so the
+        // leader keeps leading for a whole election timeout once cut off.
+        _ = try cluster.nodes[1]?.propose([1])
+        cluster.settle()
+        for _ in 0..<40 where cluster.nodes[1]?.electionElapsed != 0 { cluster.tick() }
+        #expect(cluster.nodes[1]?.electionElapsed == 0 && cluster.leaders == [1])
+        // A read now is served from the lease, at once.
+        try cluster.nodes[1]?.readIndex(context: [0])
+        #expect(!Self.readStates(of: &cluster, node: 1, context: [0]).isEmpty, "the lease serves while acknowledged")
+        let cutOff = cluster.nodes[1]?.tickCount ?? 0
+        cluster.isolated = [1]
+        let timeout = UInt64(cluster.nodes[1]?.config.electionTimeoutTicks ?? 10)
+        let drift = UInt64(cluster.nodes[1]?.config.leaseClockDriftTicks ?? 1)
+        var checked = 0
+        for step in 1...Int(timeout) {
+            cluster.tick(only: [1])
+            guard cluster.nodes[1]?.role == .leader, let now = cluster.nodes[1]?.tickCount, now >= cutOff + timeout - drift else { continue }
+            let context = [UInt8(step)]
+            try cluster.nodes[1]?.readIndex(context: context)
+            #expect(Self.readStates(of: &cluster, node: 1, context: context).isEmpty,
+                    "a read at tick \(now) was served from a lease whose last acknowledged send was at tick \(cutOff) or before")
+            checked += 1
+        }
+        #expect(checked > 0, "the leader led past its lease's end")
+    }
+
+    /// Leases rest on followers refusing votes while they hear from a leader, which is
+    /// check-quorum's doing: without check-quorum, no read is served from a lease.
+    @Test func leaseReadsRequireCheckQuorum() throws {
+        var cluster = ScenarioCluster(voters: [1, 2, 3]) { $0.checkQuorum = false; $0.leaseReads = true }
+        cluster.elect(1, ticking: [1, 2, 3])
+        _ = try cluster.nodes[1]?.propose([1])
+        cluster.settle()
+        cluster.tick()
+        cluster.isolated = [1]
+        try cluster.nodes[1]?.readIndex(context: [9])
+        #expect(Self.readStates(of: &cluster, node: 1, context: [9]).isEmpty, "a read was served from a lease without check-quorum")
+    }
+
+    /// In a joint configuration an election needs a majority of each half.
+    @Test func inAJointConfigurationAnElectionNeedsBothMajorities() throws {
+        for (first, second, name) in [(NodeID(4), NodeID(2), "incoming"), (NodeID(2), NodeID(3), "outgoing")] {
+            let storage = MemoryStorage()
+            storage.bootstrap(voters: [1, 2, 3])
+            var config = RaftConfig(id: 1)
+            config.preVote = false
+            var node = RaftNode(config: config, storage: storage)
+            node.confState = ConfState(voters: [1, 4, 5], votersOutgoing: [1, 2, 3])
+            node.campaign()
+            #expect(node.role == .candidate)
+            func grant(_ from: NodeID) {
+                var vote = Message(kind: .voteResponse, from: from, to: 1)
+                vote.term = node.term
+                node.step(vote)
+            }
+            grant(first)
+            if name == "outgoing" { grant(second) }
+            #expect(node.role == .candidate, "won with the \(name) half's majority alone")
+            grant(name == "outgoing" ? 5 : second)
+            #expect(node.role == .leader, "a majority of both halves elects")
+        }
+    }
 }
