@@ -164,4 +164,26 @@ struct SafetyRuleScenarioTests {
             #expect(node.role == .leader, "a majority of both halves elects")
         }
     }
+
+    /// A granted vote may leave only after the hard state that holds it is durable: it is
+    /// among the messages sent after the persist, never before, and the Ready's hard state
+    /// records the vote and its term — so a crash between the two cannot forget a vote cast.
+    @Test func aVoteLeavesOnlyAfterTheHardStateHoldingItIsPersisted() throws {
+        var cluster = ScenarioCluster(voters: [1, 2, 3]) { $0.checkQuorum = false }
+        cluster.elect(1, ticking: [1, 2, 3])
+        var voter = try #require(cluster.nodes[2])
+        var request = Message(kind: .requestVote, from: 3, to: 2)
+        request.term = voter.term + 1
+        request.index = voter.lastIndex
+        request.logTerm = voter.term
+        voter.step(request)
+        let ready = voter.ready()
+        let grants = ready.messagesAfterPersist.filter { $0.kind == .voteResponse && !$0.reject && $0.to == 3 }
+        #expect(grants.count == 1, "the vote is granted, after the persist")
+        #expect(!ready.messagesNow.contains { $0.kind == .voteResponse }, "a vote left before its hard state was durable")
+        #expect(ready.hardState?.vote == 3 && ready.hardState?.term == request.term, "the hard state to persist holds the vote")
+        // Crash before the persist: the restarted node has not voted, and sends nothing it had not.
+        let restarted = RaftNode(config: voter.config, storage: try #require(cluster.storages[2]))
+        #expect(restarted.vote != 3 || restarted.term < request.term)
+    }
 }
