@@ -105,8 +105,10 @@ struct BenchHarnessTests {
         #expect(timeoutStatus != 0 && timeout.contains("--timeout-ms"), "\(timeout)")
         let (storesStatus, stores) = try bench(["cluster-file", "--stores", "0", "--base-port", "20000"])
         #expect(storesStatus != 0 && stores.contains("--stores must be 1 to 64"), "\(stores)")
-        let (clusterStatus, cluster) = try bench(["cluster-file", "--stores", "3", "--regions", "4", "--base-port", "20000"])
+        let (clusterStatus, cluster) = try bench(["cluster-file", "--stores", "3", "--regions", "4", "--base-port", "20000",
+                                                  "--secret-file", "cluster.secret"])
         let file = try JSONDecoder().decode(ClusterFile.self, from: Data(cluster.utf8))
+        #expect(file.secretFile == "cluster.secret", "the cluster file names the secret file")
         #expect(clusterStatus == 0 && file.stores.count == 3 && file.splitKeys.count == 3, "\(cluster)")
         try file.validate()
         // ops/load-test refuses bad arguments before it installs, builds or starts anything.
