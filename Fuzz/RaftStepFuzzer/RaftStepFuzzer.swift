@@ -45,7 +45,8 @@ enum RaftStepFuzzer {
                 for id in nodes.keys.sorted() {
                     guard var node = nodes[id], node.hasReady, let storage = storages[id] else { continue }
                     let ready = node.ready()
-                    storage.persist(ready)
+                    // A write no correct node asks for is a finding: trap so libFuzzer keeps it.
+                    do { try storage.persist(ready) } catch { preconditionFailure("\(error)") }
                     queue += ready.messagesNow + ready.messagesAfterPersist
                     node.advance(ready)
                     nodes[id] = node

@@ -44,6 +44,8 @@ public struct RaftNode {
     var reads = ReadIndexQueue()
     /// Messages `step` refused as impossible (see `RaftLimits`), since this node started.
     public internal(set) var refusedMessages: UInt64 = 0
+    /// Reads this node confirmed from its lease (no heartbeat round), since it started.
+    public internal(set) var leaseReadsServed: UInt64 = 0
 
     var messagesNow: [Message] = []
     var messagesAfterPersist: [Message] = []
@@ -112,7 +114,10 @@ public struct RaftNode {
     // MARK: Time
 
     /// Advances the logical clock by one tick: elections on followers, heartbeats and
-    /// check-quorum on leaders.
+    /// check-quorum on leaders. The lease counts these ticks, so call it once for every tick
+    /// interval that passed in real time — including intervals the process missed (paused,
+    /// stalled on a slow disk) — before stepping messages or asking for reads: a node that
+    /// resumes with its clock behind would serve reads from a lease that ran out.
     public mutating func tick() {
         tickCount += 1
         if role == .leader { tickLeader() } else { tickElection() }

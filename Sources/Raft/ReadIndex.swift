@@ -37,7 +37,12 @@ extension RaftNode {
             reads.awaitingCommit.append((context, from))
             return
         }
-        if (confState.voters == [id] && !confState.isJoint) || leaseIsValid() {
+        if confState.voters == [id] && !confState.isJoint {
+            respondToRead(index: log.committed, context: context, to: from)
+            return
+        }
+        if leaseIsValid() {
+            leaseReadsServed &+= 1
             respondToRead(index: log.committed, context: context, to: from)
             return
         }

@@ -15,8 +15,16 @@ public protocol RaftLogStorage: AnyObject {
     func snapshot() -> Snapshot
 }
 
+/// A write that no correct Raft node asks for, refused by `MemoryStorage` (which then holds
+/// what it held before): the simulator reports it with its seed instead of trapping.
+public struct StorageViolation: Error, Equatable, CustomStringConvertible, Sendable {
+    public let description: String
+}
+
 /// An in-memory `RaftLogStorage` for tests and the simulator. It models exactly what survives
-/// a crash: whatever was written to it.
+/// a crash: whatever was written to it. It refuses writes no correct node makes (a gap in the
+/// log, an append below the snapshot, a snapshot or term or commit index going backwards, a
+/// second vote in one term) with a `StorageViolation`.
 public final class MemoryStorage: RaftLogStorage {
     public private(set) var hardState = HardState()
     private var latestSnapshot = Snapshot()
@@ -66,33 +74,59 @@ public final class MemoryStorage: RaftLogStorage {
     public func bootstrap(voters: Set<NodeID>) {
         precondition(lastIndex == 0 && hardState == HardState(), "bootstrap of a storage that is in use")
         let change = ConfChangeV2(changes: voters.sorted().map { ConfChangeSingle(.addVoter, $0) })
-        append([Entry(term: 1, index: 1, kind: .confChange, data: change.encoded())])
+        storedEntries = [Entry(term: 1, index: 1, kind: .confChange, data: change.encoded())]
         hardState = HardState(term: 1, vote: noNode, commit: 1)
     }
 
-    /// Persists `hardState`.
-    public func setHardState(_ hardState: HardState) { self.hardState = hardState }
+    /// Persists `hardState`. The term never goes back, a term holds at most one vote, and the
+    /// commit index never goes back.
+    public func setHardState(_ newState: HardState) throws(StorageViolation) {
+        if newState.term < hardState.term {
+            throw StorageViolation(description: "hard state term goes backwards: \(hardState.term) → \(newState.term)")
+        }
+        if newState.term == hardState.term && hardState.vote != noNode && newState.vote != hardState.vote {
+            throw StorageViolation(description: "a second vote in term \(newState.term): \(hardState.vote) → \(newState.vote)")
+        }
+        if newState.commit < hardState.commit {
+            throw StorageViolation(description: "hard state commit goes backwards: \(hardState.commit) → \(newState.commit)")
+        }
+        hardState = newState
+    }
 
     /// Carries out what a `Ready` asks to persist, in order: the snapshot to install, the
     /// entries, the hard state.
-    public func persist(_ ready: Ready) {
-        if let snapshot = ready.snapshotToInstall { applySnapshot(snapshot) }
-        append(ready.entriesToPersist)
-        if let hardState = ready.hardState { setHardState(hardState) }
+    public func persist(_ ready: Ready) throws(StorageViolation) {
+        if let snapshot = ready.snapshotToInstall { try applySnapshot(snapshot) }
+        try append(ready.entriesToPersist)
+        if let hardState = ready.hardState { try setHardState(hardState) }
     }
 
     /// Persists `entries`, replacing any stored entries at or after the first one's index.
-    public func append(_ entries: [Entry]) {
+    /// The entries must be consecutive and start within or right after the stored log.
+    public func append(_ entries: [Entry]) throws(StorageViolation) {
         guard let first = entries.first else { return }
-        precondition(first.index >= firstIndex, "append below the snapshot: \(first.index) < \(firstIndex)")
-        precondition(first.index <= lastIndex + 1, "append leaves a gap: \(first.index) > \(lastIndex + 1)")
+        if first.index < firstIndex {
+            throw StorageViolation(description: "append below the snapshot: entry \(first.index), first index \(firstIndex)")
+        }
+        if first.index > lastIndex + 1 {
+            throw StorageViolation(description: "append leaves a gap: entry \(first.index) after last index \(lastIndex)")
+        }
+        for (offset, entry) in entries.enumerated() where entry.index != first.index + UInt64(offset) {
+            throw StorageViolation(description: "append of entries out of sequence: \(entry.index) at position \(offset) after \(first.index)")
+        }
         storedEntries.removeSubrange(Int(first.index - firstIndex)...)
         storedEntries.append(contentsOf: entries)
     }
 
     /// Replaces the whole log with `snapshot` (a follower installing a leader's snapshot).
-    public func applySnapshot(_ snapshot: Snapshot) {
-        precondition(snapshot.metadata.index >= latestSnapshot.metadata.index, "snapshot goes backwards")
+    /// A snapshot older than the one held, or at or below the commit index, is refused.
+    public func applySnapshot(_ snapshot: Snapshot) throws(StorageViolation) {
+        if snapshot.metadata.index < latestSnapshot.metadata.index {
+            throw StorageViolation(description: "snapshot goes backwards: \(snapshot.metadata.index) after \(latestSnapshot.metadata.index)")
+        }
+        if snapshot.metadata.index <= hardState.commit && hardState.commit > 0 && lastIndex >= hardState.commit {
+            throw StorageViolation(description: "snapshot at \(snapshot.metadata.index) installed over committed entries (commit \(hardState.commit)): committed entries would be lost")
+        }
         latestSnapshot = snapshot
         storedEntries = []
     }

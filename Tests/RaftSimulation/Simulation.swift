@@ -27,6 +27,7 @@ public struct SimulationOptions: Sendable {
     public var faultTicks: UInt64 = 400
     public var livenessTicks: UInt64 = 300
     public var electionTimeoutTicks = 10
+    public var leaseClockDriftTicks = 1
     public var dropProbability = 0.05
     public var duplicateProbability = 0.02
     public var maxDelayTicks: UInt64 = 3
@@ -46,13 +47,51 @@ public struct SimulationOptions: Sendable {
     /// Restart rate of nodes that crashed while leading; lower than `restartProbability` in
     /// stormy runs, so the rest of the group must carry on (and elect) without them.
     public var crashedLeaderRestartProbability = 0.05
+    /// Chance that a Ready whose hard state changes the vote or the term ends in a crash:
+    /// after sending what may leave early and before the write, or after the write and
+    /// before the rest is sent. Votes are where a write-ordering bug makes two leaders.
+    public var voteCrashProbability = 0.08
+    /// Chance per tick of cutting the leader off from everyone, both ways, for
+    /// `leaderFaultTicks` (a random span of one to four election timeouts).
+    public var leaderIsolateProbability = 0.004
+    /// Chance per tick of pausing the leader (a stopped process, a stalled disk): it neither
+    /// ticks nor hears nor sends for one to four election timeouts, then resumes.
+    public var leaderPauseProbability = 0.003
+    /// A resumed node first catches up the ticks it missed, as the store's tick loop does. Off
+    /// only to show that the simulator sees what happens without it.
+    public var tickCatchUpOnResume = true
+    /// Chance per tick of a leader in a non-joint configuration proposing a change that goes
+    /// through a joint configuration it must leave explicitly, after a random delay of up to
+    /// `jointDwellTicksMax`.
+    public var explicitJointProbability = 0.01
+    public var jointDwellTicksMax: UInt64 = 60
+    /// Chance that a leader entering a joint configuration is cut off, then and there, from
+    /// enough of one half that this half has no majority while the other keeps one.
+    public var jointCutProbability = 0.5
+    /// Each node's clock runs at its own rate, `1 ± clockRateSpread` ticks per simulated
+    /// tick, with its own phase. Within the lease's drift bound: two clocks part by at most
+    /// `leaseClockDriftTicks` over an election timeout.
+    public var clockRateSpread: Double
     public var confChangeProbability = 0.01
     public var transferProbability = 0.005
     public var proposeProbability = 0.3
     public var readProbability = 0.2
+    /// Chance per tick, for every node that believes it leads, of a read and of a write sent
+    /// to it: a deposed leader that still serves shows up as a stale read.
+    public var leaderReadProbability = 0.5
+    public var leaderProposeProbability = 0.3
     public var snapshotEveryEntries: UInt64 = 25
 
-    public init(nodeCount: Int) { self.nodeCount = nodeCount }
+    public init(nodeCount: Int) {
+        self.nodeCount = nodeCount
+        clockRateSpread = Self.clockRateSpreadWithinDrift(driftTicks: leaseClockDriftTicks, electionTimeoutTicks: electionTimeoutTicks)
+    }
+
+    /// The widest rate spread whose clocks part by less than `driftTicks` over an election
+    /// timeout (two clocks at `1 + s` and `1 - s` part by `2s` per tick), with a margin.
+    public static func clockRateSpreadWithinDrift(driftTicks: Int, electionTimeoutTicks: Int) -> Double {
+        0.9 * Double(driftTicks) / Double(2 * electionTimeoutTicks)
+    }
 
     /// Heavy leader churn, quick restarts and lossy links.
     public static func stormy(nodeCount: Int) -> SimulationOptions {
@@ -66,6 +105,54 @@ public struct SimulationOptions: Sendable {
         options.partitionProbability = 0.02
         options.proposeProbability = 0.6
         return options
+    }
+
+    /// The node counts seeds cycle through.
+    public static let nodeCounts = [1, 3, 5, 7]
+
+    /// The options CI runs `seed` with: every node count gets a quarter of the seeds, and
+    /// every other group of four seeds runs under heavy leader churn.
+    public static func forSeed(_ seed: UInt64) -> SimulationOptions {
+        let nodeCount = nodeCounts[Int(seed % UInt64(nodeCounts.count))]
+        return (seed / 4) % 2 == 1 ? .stormy(nodeCount: nodeCount) : SimulationOptions(nodeCount: nodeCount)
+    }
+}
+
+/// What a simulation run did, so a reader can see the faults it claims actually happened.
+public struct SimulationReport: Sendable, CustomStringConvertible {
+    public var seeds = 0
+    public var ticks: UInt64 = 0
+    /// Faults injected, by kind.
+    public var faults: [String: Int] = [:]
+    public var elections = 0
+    public var jointConfigurationsEntered = 0
+    public var leaseReadsServed: UInt64 = 0
+    public var readsChecked = 0
+    public var writesAcknowledged = 0
+    /// Seeds by Raft settings ("pre-vote, check-quorum" …).
+    public var settings: [String: Int] = [:]
+
+    public init() {}
+
+    public mutating func merge(_ other: SimulationReport) {
+        seeds += other.seeds
+        ticks += other.ticks
+        faults.merge(other.faults, uniquingKeysWith: +)
+        elections += other.elections
+        jointConfigurationsEntered += other.jointConfigurationsEntered
+        leaseReadsServed += other.leaseReadsServed
+        readsChecked += other.readsChecked
+        writesAcknowledged += other.writesAcknowledged
+        settings.merge(other.settings, uniquingKeysWith: +)
+    }
+
+    public var description: String {
+        """
+        Raft simulation: \(seeds) seeds, \(ticks) ticks, \(elections) leaders elected, \(jointConfigurationsEntered) joint configurations entered
+          reads checked \(readsChecked) (\(leaseReadsServed) served from a lease), writes acknowledged \(writesAcknowledged)
+          settings: \(settings.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+          faults: \(faults.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+        """
     }
 }
 
@@ -83,6 +170,12 @@ struct SimulatedNode {
     var pendingReads: [(readState: ReadState, invokedAt: UInt64)] = []
 }
 
+/// A message on the simulated wire; `order` shuffles those that arrive in the same tick.
+struct InFlightMessage {
+    let order: UInt64
+    let message: Message
+}
+
 /// A whole Raft group on a seeded, simulated network and clock, checking safety invariants
 /// after every tick and liveness once faults heal. Deterministic for a seed.
 public struct Simulation {
@@ -90,10 +183,25 @@ public struct Simulation {
     public let options: SimulationOptions
     var random: SplitMix64
     var nodes: [NodeID: SimulatedNode] = [:]
-    var inFlight: [(deliverAt: UInt64, order: UInt64, message: Message)] = []
+    /// The role of every node that is up (a crashed node has none), kept in step with the
+    /// nodes so the hot paths need not copy them to ask.
+    var roles: [NodeID: Role] = [:]
+    /// Paused nodes, and the tick each resumes at.
+    var pausedUntil: [NodeID: UInt64] = [:]
+    /// Each node's clock: ticks per simulated tick, and the fraction of a tick run up.
+    var clockRates: [NodeID: Double] = [:]
+    var clockPhases: [NodeID: Double] = [:]
+    /// Messages on the wire, by the tick they arrive at.
+    var inFlight: [UInt64: [InFlightMessage]] = [:]
+    /// Messages that arrived at a paused node: delivered when it resumes, in arrival order.
+    var heldForPaused: [NodeID: [InFlightMessage]] = [:]
     var messageOrder: UInt64 = 0
-    /// Directed links that drop everything.
+    /// Ids of the nodes that are up, in order.
+    var aliveIDs: [NodeID] = []
+    /// Directed links that drop everything, until healed at random.
     var cutLinks: Set<[NodeID]> = []
+    /// Directed links cut by a fault aimed at a leader, until a set tick.
+    var timedCuts: [(until: UInt64, links: Set<[NodeID]>)] = []
     var clock: UInt64 = 0
     public internal(set) var events: [String] = []
     var faultsEnabled = true
@@ -101,24 +209,33 @@ public struct Simulation {
     var crashedWhileLeading: Set<NodeID> = []
     /// When each current leader took office.
     var leaderSince: [NodeID: UInt64] = [:]
+    /// The explicit joint change in flight: its log index, and when to leave it.
+    var explicitJoint: (index: UInt64, leaveAt: UInt64)?
+    /// Indexes of the conf-change entries that entered a joint configuration.
+    var jointEntryIndexes: Set<UInt64> = []
+    public internal(set) var report = SimulationReport()
 
     // Invariant bookkeeping.
     var leaderOfTerm: [UInt64: NodeID] = [:]
-    /// The one committed sequence every node must apply a prefix of.
-    var appliedSequence: [UInt64: (term: UInt64, data: [UInt8])] = [:]
+    /// The one committed sequence every node must apply a prefix of: the entry at index i is
+    /// at position i - 1.
+    var appliedSequence: [(term: UInt64, data: [UInt8])] = []
     /// For each applied entry, a term at or after the one it was committed in: the term of
     /// the node that applied it first (it learnt the commit from a leader of that term or
     /// earlier). Leaders of later terms must hold the entry (leader completeness).
-    var committedByTerm: [UInt64: UInt64] = [:]
+    var committedByTerm: [UInt64] = []
     var nextWriteValue: UInt64 = 1
     /// Writes proposed: value → (proposing node, invocation tick).
     var writeInvocations: [UInt64: (node: NodeID, at: UInt64)] = [:]
-    /// Acknowledged writes: (ack tick, log index).
-    var acknowledgedWrites: [(at: UInt64, index: UInt64)] = []
+    /// Acknowledged writes in the order they were acknowledged: the tick, and the highest log
+    /// index of any write acknowledged so far.
+    var acknowledgedWrites: [(at: UInt64, highestIndex: UInt64)] = []
+    /// Leader completeness is checked up to this many applied entries for (leader, term).
+    var completenessChecked: [NodeID: (term: UInt64, upTo: UInt64)] = [:]
     var nextReadContext: UInt64 = 1
     var readInvocations: [[UInt8]: UInt64] = [:]
-    public internal(set) var readsChecked = 0
-    public internal(set) var writesAcknowledged = 0
+    public var readsChecked: Int { report.readsChecked }
+    public var writesAcknowledged: Int { report.writesAcknowledged }
 
     public init(seed: UInt64, options: SimulationOptions) {
         self.seed = seed
@@ -129,12 +246,20 @@ public struct Simulation {
             let storage = MemoryStorage()
             if voters.contains(id) { storage.bootstrap(voters: voters) }
             nodes[id] = SimulatedNode(id: id, storage: storage, raft: makeRaft(id: id, storage: storage))
+            roles[id] = .follower
+            aliveIDs.append(id)
+            clockRates[id] = 1 + options.clockRateSpread * (2 * unitRandom() - 1)
+            clockPhases[id] = unitRandom()
         }
+        report.seeds = 1
+        let probe = makeRaft(id: 1, storage: MemoryStorage())
+        report.settings["\(probe.config.preVote ? "pre-vote" : "no pre-vote"), \(probe.config.checkQuorum ? "check-quorum" : "no check-quorum")"] = 1
     }
 
     func makeRaft(id: NodeID, storage: MemoryStorage) -> RaftNode {
         var config = RaftConfig(id: id)
         config.electionTimeoutTicks = options.electionTimeoutTicks
+        config.leaseClockDriftTicks = options.leaseClockDriftTicks
         // Flow-control limits vary with the seed: one entry per append (so an old entry and the
         // new leader's no-op travel, and get lost, separately) up to large batches.
         let shape = Int((seed / 4) % 4)
@@ -155,25 +280,53 @@ public struct Simulation {
         if events.count > 400 { events.removeFirst(200) }
     }
 
+    mutating func count(_ fault: String) {
+        report.faults[fault, default: 0] += 1
+    }
+
     func failure(_ invariant: String) -> SimulationFailure {
         SimulationFailure(seed: seed, nodeCount: options.nodeCount, tick: clock, invariant: invariant, recentEvents: events)
     }
 
+    mutating func unitRandom() -> Double {
+        Double(random.next() >> 11) / Double(1 << 53)
+    }
+
     mutating func chance(_ probability: Double) -> Bool {
-        Double(random.next() >> 11) / Double(1 << 53) < probability
+        unitRandom() < probability
     }
 
     mutating func pick<T>(_ items: [T]) -> T? {
         items.isEmpty ? nil : items[Int(random.next() % UInt64(items.count))]
     }
 
-    var aliveIDs: [NodeID] { nodes.keys.filter { nodes[$0]?.raft != nil }.sorted() }
-    var leaders: [NodeID] { aliveIDs.filter { nodes[$0]?.raft?.role == .leader } }
+    mutating func ticks(from low: UInt64, to high: UInt64) -> UInt64 {
+        low + random.next() % (high - low + 1)
+    }
+
+    /// Nodes that are up and not paused.
+    var runningIDs: [NodeID] {
+        if pausedUntil.isEmpty { return aliveIDs }
+        var running: [NodeID] = []
+        for id in aliveIDs where pausedUntil[id] == nil { running.append(id) }
+        return running
+    }
+
+    var leaders: [NodeID] {
+        var leaders: [NodeID] = []
+        for id in aliveIDs where roles[id] == .leader && pausedUntil[id] == nil { leaders.append(id) }
+        return leaders
+    }
+
+    mutating func refreshRole(_ id: NodeID) {
+        roles[id] = nodes[id]?.raft?.role
+    }
 
     // MARK: Running
 
     /// Runs the faulty phase, heals everything, then demands progress.
     public mutating func run() throws(SimulationFailure) {
+        defer { finishReport() }
         while clock < options.faultTicks { try step() }
         heal()
         let healedAt = clock
@@ -194,6 +347,12 @@ public struct Simulation {
         throw failure("no leader committed a proposal within \(options.livenessTicks) ticks after faults healed (leaders: \(leaders)); nodes: \(states.joined(separator: "; "))")
     }
 
+    mutating func finishReport() {
+        report.ticks = clock
+        for id in aliveIDs { report.leaseReadsServed += nodes[id]?.raft?.leaseReadsServed ?? 0 }
+        report.jointConfigurationsEntered = jointEntryIndexes.count
+    }
+
     func writeWasAcknowledged(_ value: UInt64) -> Bool {
         writeInvocations[value] == nil && value < nextWriteValue
     }
@@ -201,19 +360,48 @@ public struct Simulation {
     mutating func heal() {
         faultsEnabled = false
         cutLinks = []
+        timedCuts = []
         for id in nodes.keys.sorted() where nodes[id]?.raft == nil { restart(id) }
+        for id in pausedUntil.keys.sorted() { resume(id) }
         note("heal: all links restored, all nodes running")
     }
 
     mutating func step() throws(SimulationFailure) {
         clock += 1
         if faultsEnabled { injectFaults() }
-        deliverMessages()
-        for id in aliveIDs { nodes[id]?.raft?.tick() }
-        if chance(options.proposeProbability), let id = pick(aliveIDs) { _ = propose(at: id) }
-        if chance(options.readProbability), let id = pick(aliveIDs) { requestRead(at: id) }
-        for id in aliveIDs { try processReady(id) }
+        timedCuts.removeAll { $0.until <= clock }
+        for id in pausedUntil.keys.sorted() where (pausedUntil[id] ?? .max) <= clock { resume(id) }
+        advanceClocks()
+        try deliverMessages()
+        runClients()
+        for id in runningIDs { try processReady(id) }
+        leaveExplicitJointWhenDue()
         try checkInvariants()
+    }
+
+    /// Each running node's clock moves by its own rate; a paused node's clock runs on, and
+    /// the node catches up the ticks when it resumes.
+    mutating func advanceClocks() {
+        for id in aliveIDs {
+            var phase = (clockPhases[id] ?? 0) + (clockRates[id] ?? 1)
+            if pausedUntil[id] == nil {
+                while phase >= 1 {
+                    phase -= 1
+                    nodes[id]?.raft?.tick()
+                }
+                refreshRole(id)
+            }
+            clockPhases[id] = phase
+        }
+    }
+
+    mutating func runClients() {
+        if chance(options.proposeProbability), let id = pick(runningIDs) { _ = propose(at: id) }
+        if chance(options.readProbability), let id = pick(runningIDs) { requestRead(at: id) }
+        for id in leaders {
+            if chance(options.leaderProposeProbability) { _ = propose(at: id) }
+            if chance(options.leaderReadProbability) { requestRead(at: id) }
+        }
     }
 
     // MARK: Faults
@@ -224,38 +412,84 @@ public struct Simulation {
             if chance(0.5) {
                 for other in others { cutLinks.insert([id, other]); cutLinks.insert([other, id]) }
                 note("partition: \(id) isolated")
+                count("partition: node isolated")
             } else if let other = pick(others.sorted()) {
                 cutLinks.insert([id, other])
                 note("partition: one-way \(id)→\(other) cut")
+                count("partition: one-way link cut")
             }
         }
         if !cutLinks.isEmpty && chance(0.05) {
             cutLinks = []
             note("partition healed")
         }
-        if chance(options.crashProbability), let id = pick(aliveIDs) { crash(id) }
-        if chance(options.leaderCrashProbability), let id = leaders.first { crash(id) }
+        if chance(options.crashProbability), let id = pick(aliveIDs) { crash(id, fault: "crash: any node") }
+        if chance(options.leaderCrashProbability), let id = leaders.first { crash(id, fault: "crash: leader") }
         for id in leaders where clock - (leaderSince[id] ?? 0) < options.newLeaderTicks
             && chance(options.newLeaderCrashProbability) {
-            crash(id)
+            crash(id, fault: "crash: new leader")
         }
         for id in nodes.keys.sorted() where nodes[id]?.raft == nil {
             let probability = crashedWhileLeading.contains(id) ? options.crashedLeaderRestartProbability : options.restartProbability
             if chance(probability) { restart(id) }
         }
+        if chance(options.leaderIsolateProbability), let id = leaders.first {
+            let until = clock + ticks(from: UInt64(options.electionTimeoutTicks), to: UInt64(4 * options.electionTimeoutTicks))
+            cut(id, from: nodes.keys.filter { $0 != id }, until: until)
+            note("leader \(id) isolated until t\(until)")
+            count("leader isolated")
+        }
+        if chance(options.leaderPauseProbability), let id = leaders.first {
+            let until = clock + ticks(from: UInt64(options.electionTimeoutTicks), to: UInt64(4 * options.electionTimeoutTicks))
+            pausedUntil[id] = until
+            note("leader \(id) paused until t\(until)")
+            count("leader paused")
+        }
         if chance(options.confChangeProbability) { randomConfChange() }
+        if chance(options.explicitJointProbability) { enterExplicitJoint() }
         if chance(options.transferProbability), let leaderID = leaders.first,
            let target = pick(Array(nodes[leaderID]?.raft?.confState.voters ?? []).sorted()) {
             try? nodes[leaderID]?.raft?.transferLeader(to: target)
             note("transfer leader \(leaderID) → \(target)")
+            count("leader transfer")
         }
     }
 
-    mutating func crash(_ id: NodeID) {
-        if nodes[id]?.raft?.role == .leader { crashedWhileLeading.insert(id) } else { crashedWhileLeading.remove(id) }
+    /// Cuts every link between `id` and `others`, both ways, until `until`.
+    mutating func cut(_ id: NodeID, from others: [NodeID], until: UInt64) {
+        var links: Set<[NodeID]> = []
+        for other in others { links.insert([id, other]); links.insert([other, id]) }
+        timedCuts.append((until, links))
+    }
+
+    mutating func resume(_ id: NodeID) {
+        guard pausedUntil.removeValue(forKey: id) != nil else { return }
+        // What the node's clock ran up while it was stopped.
+        var missed = 0
+        var phase = clockPhases[id] ?? 0
+        while phase >= 1 {
+            phase -= 1
+            missed += 1
+            if options.tickCatchUpOnResume { nodes[id]?.raft?.tick() }
+        }
+        clockPhases[id] = phase
+        refreshRole(id)
+        let how = options.tickCatchUpOnResume ? "catching up \(missed) ticks" : "\(missed) ticks behind"
+        note("\(id) resumes, \(how)")
+    }
+
+    mutating func crash(_ id: NodeID, fault: String) {
+        guard let raft = nodes[id]?.raft else { return }
+        if raft.role == .leader { crashedWhileLeading.insert(id) } else { crashedWhileLeading.remove(id) }
+        report.leaseReadsServed += raft.leaseReadsServed
         nodes[id]?.raft = nil
         nodes[id]?.pendingReads = []
-        note("crash \(id)")
+        roles[id] = nil
+        aliveIDs.removeAll { $0 == id }
+        pausedUntil[id] = nil
+        heldForPaused[id] = nil
+        note(fault == "crash: any node" || fault == "crash: leader" || fault == "crash: new leader" ? "crash \(id)" : "crash \(id): \(fault)")
+        count(fault)
     }
 
     mutating func restart(_ id: NodeID) {
@@ -266,6 +500,8 @@ public struct Simulation {
         (node.lastWriteIndex, node.lastWriteValue) = Self.decodeRegister(snapshot.data)
         node.appliedIndex = snapshot.metadata.index
         nodes[id] = node
+        refreshRole(id)
+        aliveIDs = roles.keys.sorted()
         note("restart \(id) from snapshot \(snapshot.metadata.index), log to \(node.storage.lastIndex)")
     }
 
@@ -290,8 +526,54 @@ public struct Simulation {
         do {
             let index = try nodes[leaderID]?.raft?.proposeConfChange(ConfChangeV2(changes: changes, transition: transition))
             note("conf change at \(leaderID) index \(index ?? 0): \(changes.map { "\($0.kind) \($0.nodeID)" }) \(transition)")
+            self.count("conf change proposed")
         } catch {
             note("conf change refused at \(leaderID): \(error)")
+        }
+    }
+
+    /// Proposes a change through a joint configuration that only an explicit empty change
+    /// leaves: one voter out (removed or demoted to learner), one node in, and sometimes a
+    /// second swap, so the two halves differ.
+    mutating func enterExplicitJoint() {
+        guard explicitJoint == nil, let leaderID = leaders.first, let conf = nodes[leaderID]?.raft?.confState,
+              !conf.isJoint, conf.voters.count >= 3 || options.nodeCount == 1 else { return }
+        let outsiders = nodes.keys.filter { !conf.voters.contains($0) }.sorted()
+        let swaps = 1 + Int(random.next() % 2)
+        var changes: [ConfChangeSingle] = []
+        var leaving = conf.voters.sorted().shuffled(using: &random)
+        var joining = outsiders.shuffled(using: &random)
+        for _ in 0..<swaps {
+            guard let out = leaving.popLast(), let incoming = joining.popLast() else { break }
+            changes.append(ConfChangeSingle(.addVoter, incoming))
+            changes.append(ConfChangeSingle(chance(0.5) ? .remove : .addLearner, out))
+        }
+        guard !changes.isEmpty else { return }
+        do {
+            guard let index = try nodes[leaderID]?.raft?.proposeConfChange(ConfChangeV2(changes: changes, transition: .jointExplicit)) else { return }
+            let dwell = ticks(from: 1, to: options.jointDwellTicksMax)
+            explicitJoint = (index, clock + dwell)
+            note("explicit joint change at \(leaderID) index \(index): \(changes.map { "\($0.kind) \($0.nodeID)" }), to be left after \(dwell) ticks")
+            count("explicit joint change proposed")
+        } catch {
+            note("explicit joint change refused at \(leaderID): \(error)")
+        }
+    }
+
+    /// Once an explicit joint configuration's delay is up, whoever leads proposes leaving it
+    /// (again each tick until it is left; a new leader in a joint configuration too). Done
+    /// once a leader that applied the entering entry is out of the joint configuration (or the
+    /// entry lost its place in the log).
+    mutating func leaveExplicitJointWhenDue() {
+        guard let plan = explicitJoint, clock >= plan.leaveAt || !faultsEnabled,
+              let leaderID = leaders.first, let raft = nodes[leaderID]?.raft else { return }
+        if raft.confState.isJoint {
+            if let index = try? nodes[leaderID]?.raft?.proposeConfChange(.leaveJoint) {
+                note("leave joint proposed at \(leaderID) index \(index)")
+                count("explicit joint leave proposed")
+            }
+        } else if raft.appliedIndex >= plan.index {
+            explicitJoint = nil
         }
     }
 
@@ -303,17 +585,40 @@ public struct Simulation {
         for _ in 0..<copies {
             let delay = 1 + random.next() % options.maxDelayTicks
             messageOrder += 1
-            inFlight.append((clock + delay, messageOrder ^ (random.next() & 0xFF_FFFF), message))
+            inFlight[clock + delay, default: []].append(InFlightMessage(order: messageOrder ^ (random.next() & 0xFF_FFFF), message: message))
         }
     }
 
-    mutating func deliverMessages() {
-        let due = inFlight.filter { $0.deliverAt <= clock }.sorted { $0.order < $1.order }
-        inFlight.removeAll { $0.deliverAt <= clock }
+    func linkIsCut(_ from: NodeID, _ to: NodeID) -> Bool {
+        if cutLinks.isEmpty && timedCuts.isEmpty { return false }
+        if cutLinks.contains([from, to]) { return true }
+        for cut in timedCuts where cut.links.contains([from, to]) { return true }
+        return false
+    }
+
+    /// Delivers the messages due, checking a rule at the boundary: a pre-vote request never
+    /// changes the receiver's term. (A granted pre-vote may: it can win the pre-election,
+    /// and the real campaign that follows moves to the next term.)
+    mutating func deliverMessages() throws(SimulationFailure) {
+        // Messages to a paused node wait (as in its socket) until it resumes.
+        var due = inFlight.removeValue(forKey: clock) ?? []
+        due.sort { $0.order < $1.order }
+        for id in heldForPaused.keys.sorted() where pausedUntil[id] == nil {
+            due = (heldForPaused.removeValue(forKey: id) ?? []) + due
+        }
         for item in due {
             let message = item.message
-            guard !cutLinks.contains([message.from, message.to]), nodes[message.to]?.raft != nil else { continue }
+            if pausedUntil[message.to] != nil {
+                heldForPaused[message.to, default: []].append(item)
+                continue
+            }
+            guard roles[message.to] != nil, !linkIsCut(message.from, message.to) else { continue }
+            let termBefore = message.kind == .requestPreVote ? nodes[message.to]?.raft?.term : nil
             nodes[message.to]?.raft?.step(message)
+            refreshRole(message.to)
+            if let termBefore, let termAfter = nodes[message.to]?.raft?.term, termAfter != termBefore {
+                throw failure("a \(message.kind) (\(message)) moved node \(message.to)'s term from \(termBefore) to \(termAfter)")
+            }
         }
     }
 

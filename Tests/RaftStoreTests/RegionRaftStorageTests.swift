@@ -184,7 +184,7 @@ struct RegionRaftStorageTests {
                 var ready = Ready()
                 ready.entriesToPersist = new
                 try persist(ready, to: storage, db: store.db)
-                model.append(new)
+                try model.append(new)
             case 7:
                 applied = max(applied, storage.firstIndex + (storage.lastIndex - storage.firstIndex) / 2)
                 if applied >= storage.firstIndex && applied <= storage.lastIndex {

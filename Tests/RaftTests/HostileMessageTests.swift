@@ -44,11 +44,11 @@ struct HostileMessageTests {
         #expect(above.implausibility != nil)
     }
 
-    @Test func aNodeAtTheTermBoundNeverCampaignsAndNeverTraps() {
+    @Test func aNodeAtTheTermBoundNeverCampaignsAndNeverTraps() throws {
         // As a store that persisted a forged term before this check existed would restart.
         let storage = MemoryStorage()
         storage.bootstrap(voters: [1, 2, 3])
-        storage.setHardState(HardState(term: .max, vote: noNode, commit: 1))
+        try storage.setHardState(HardState(term: .max, vote: noNode, commit: 1))
         var node = RaftNode(config: RaftConfig(id: 1), storage: storage)
         #expect(node.termExhausted)
         for _ in 0..<100 { node.tick() }

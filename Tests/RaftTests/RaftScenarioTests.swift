@@ -1,11 +1,20 @@
 import Raft
 import Testing
 
-/// A tiny lossless cluster for scenario tests: messages are delivered in order, everything is
-/// persisted at once, and every message exchanged is kept as a readable transcript.
+/// A tiny lossless cluster for scenario tests: messages are delivered in order, every message
+/// exchanged is kept as a readable transcript, and by default every Ready is persisted before
+/// its messages leave. `crashBeforePersisting` lets a scenario do what a store may: send a
+/// Ready's `messagesNow` first, then crash before its write lands.
 struct ScenarioCluster {
     var nodes: [NodeID: RaftNode] = [:]
     var storages: [NodeID: MemoryStorage] = [:]
+    var configs: [NodeID: RaftConfig] = [:]
+    /// Nodes whose next Ready is handled as "send `messagesNow`, then crash before the
+    /// persist": nothing of it is written, `messagesAfterPersist` never leave, and the node
+    /// restarts from its storage. Each node is taken out of the set once it has crashed.
+    var crashBeforePersisting: Set<NodeID> = []
+    /// Storage writes a node's Ready asked for and the storage refused (a broken core).
+    var storageViolations: [String] = []
     var applied: [NodeID: [[UInt8]]] = [:]
     var readStates: [NodeID: [ReadState]] = [:]
     var isolated: Set<NodeID> = []
@@ -21,6 +30,7 @@ struct ScenarioCluster {
             config.randomSeed = 7
             configure(&config)
             storages[id] = storage
+            configs[id] = config
             nodes[id] = RaftNode(config: config, storage: storage)
             applied[id] = []
         }
@@ -34,7 +44,17 @@ struct ScenarioCluster {
             for id in nodes.keys.sorted() {
                 guard var node = nodes[id], node.hasReady, let storage = storages[id] else { continue }
                 let ready = node.ready()
-                storage.persist(ready)
+                if crashBeforePersisting.contains(id) {
+                    queue += ready.messagesNow
+                    transcript.append("crash \(id) after sending \(ready.messagesNow.count) messages, before persisting \(ready.hardState.map { "\($0)" } ?? "no hard state")")
+                    crash(id)
+                    continue
+                }
+                do {
+                    try storage.persist(ready)
+                } catch {
+                    storageViolations.append("\(id): \(error)")
+                }
                 queue += ready.messagesNow + ready.messagesAfterPersist
                 readStates[id, default: []] += ready.readStates
                 for entry in ready.committedEntries where entry.kind == .normal && !entry.data.isEmpty {
@@ -53,6 +73,13 @@ struct ScenarioCluster {
                 nodes[message.to]?.step(message)
             }
         }
+    }
+
+    /// Restarts `id` from what its storage holds; everything in memory is lost.
+    mutating func crash(_ id: NodeID) {
+        crashBeforePersisting.remove(id)
+        guard let storage = storages[id], let config = configs[id] else { return }
+        nodes[id] = RaftNode(config: config, storage: storage)
     }
 
     mutating func tick(_ count: Int = 1, only: Set<NodeID>? = nil) {

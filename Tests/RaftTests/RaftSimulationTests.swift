@@ -4,11 +4,11 @@ import RaftSimulation
 import Testing
 
 /// Seeded whole-group simulations with injected faults. CI runs `defaultSeedCount` seeds;
-/// `FLOTILLA_SIM_SEEDS=N` runs N seeds, `FLOTILLA_SIM_SEED=S` replays one.
+/// `FLOTILLA_SIM_SEEDS=N` runs N seeds, `FLOTILLA_SIM_SEED=S` replays one (with
+/// `FLOTILLA_SIM_TRACE=1`, printing its events). The run ends with a report of what it did.
 @Suite("Raft simulation")
 struct RaftSimulationTests {
     static let defaultSeedCount = 2_000
-    static let nodeCounts = [1, 3, 5, 7]
 
     static var seeds: [UInt64] {
         let environment = ProcessInfo.processInfo.environment
@@ -17,43 +17,50 @@ struct RaftSimulationTests {
         return (1...UInt64(max(count, 1))).map { $0 }
     }
 
-    /// The node count a seed runs with: every count gets a quarter of the seeds.
-    static func nodeCount(for seed: UInt64) -> Int { nodeCounts[Int(seed % UInt64(nodeCounts.count))] }
+    /// Seeds run on this many workers at once.
+    static let workerCount = 2
 
-    /// Every other group of four seeds runs under heavy leader churn.
-    static func options(for seed: UInt64) -> SimulationOptions {
-        let nodeCount = nodeCount(for: seed)
-        return (seed / 4) % 2 == 1 ? .stormy(nodeCount: nodeCount) : SimulationOptions(nodeCount: nodeCount)
-    }
-
-    /// Seeds are split into this many batches, which run in parallel.
-    static let batchCount = 8
-
-    static func seeds(inBatch batch: Int) -> [UInt64] {
-        seeds.enumerated().filter { $0.offset % batchCount == batch }.map(\.element)
-    }
-
-    @Test(arguments: 0..<batchCount)
-    func seedsKeepEveryInvariant(batch: Int) {
-        let seeds = Self.seeds(inBatch: batch)
-        guard !seeds.isEmpty else { return }
-        var reads = 0
-        var writes = 0
-        for seed in seeds {
-            var simulation = Simulation(seed: seed, options: Self.options(for: seed))
+    /// Runs every `workerCount`-th seed from `first`; stops at the first failure.
+    static func runSeeds(startingAt first: Int) -> (report: SimulationReport, failure: SimulationFailure?) {
+        var report = SimulationReport()
+        let trace = ProcessInfo.processInfo.environment["FLOTILLA_SIM_TRACE"] != nil
+        for seed in seeds.dropFirst(first).enumerated().filter({ $0.offset % workerCount == 0 }).map(\.element) {
+            var simulation = Simulation(seed: seed, options: .forSeed(seed))
             do {
                 try simulation.run()
             } catch {
-                Issue.record("\(error)")
-                return
+                report.merge(simulation.report)
+                return (report, error)
             }
-            if ProcessInfo.processInfo.environment["FLOTILLA_SIM_TRACE"] != nil {
-                print("seed \(seed):\n" + simulation.events.joined(separator: "\n"))
-            }
-            reads += simulation.readsChecked
-            writes += simulation.writesAcknowledged
+            if trace { print("seed \(seed):\n" + simulation.events.joined(separator: "\n")) }
+            report.merge(simulation.report)
         }
-        #expect(writes > seeds.count, "the workload acknowledged writes (\(writes))")
-        #expect(reads > seeds.count / 2, "the workload checked reads (\(reads))")
+        return (report, nil)
+    }
+
+    @Test func seedsKeepEveryInvariant() async {
+        let results = await withTaskGroup(of: (report: SimulationReport, failure: SimulationFailure?).self) { group in
+            for worker in 0..<Self.workerCount { group.addTask { Self.runSeeds(startingAt: worker) } }
+            var results: [(report: SimulationReport, failure: SimulationFailure?)] = []
+            for await result in group { results.append(result) }
+            return results
+        }
+        var report = SimulationReport()
+        for result in results {
+            report.merge(result.report)
+            if let failure = result.failure { Issue.record("\(failure)") }
+        }
+        print(report)
+        guard results.allSatisfy({ $0.failure == nil }) else { return }
+        #expect(report.writesAcknowledged > report.seeds, "the workload acknowledged writes (\(report.writesAcknowledged))")
+        #expect(report.readsChecked > report.seeds / 2, "the workload checked reads (\(report.readsChecked))")
+        guard report.seeds >= 100 else { return }
+        // The faults the simulator is for happened, in numbers.
+        #expect(report.leaseReadsServed > UInt64(report.seeds), "lease reads were served (\(report.leaseReadsServed))")
+        #expect(report.jointConfigurationsEntered > report.seeds / 4, "joint configurations were entered (\(report.jointConfigurationsEntered))")
+        for fault in ["leader isolated", "leader paused", "crash: before persisting a vote or term change"] {
+            #expect(report.faults.contains { $0.key.hasPrefix(fault) && $0.value > report.seeds / 20 }, "\(fault) happened")
+        }
+        #expect(report.faults.contains { $0.key.hasPrefix("leader cut from") }, "leaders were cut from one half of a joint configuration")
     }
 }

@@ -87,10 +87,10 @@ struct SafetyRuleScenarioTests {
     }
 
     /// The ReadStates a node hands out for `context` in its next Ready (the Ready is taken).
-    static func readStates(of cluster: inout ScenarioCluster, node id: NodeID, context: [UInt8]) -> [ReadState] {
+    static func readStates(of cluster: inout ScenarioCluster, node id: NodeID, context: [UInt8]) throws -> [ReadState] {
         guard var node = cluster.nodes[id], node.hasReady, let storage = cluster.storages[id] else { return [] }
         let ready = node.ready()
-        storage.persist(ready)
+        try storage.persist(ready)
         node.advance(ready)
         cluster.nodes[id] = node
         return ready.readStates.filter { $0.context == context }
@@ -110,7 +110,7 @@ struct SafetyRuleScenarioTests {
         #expect(cluster.nodes[1]?.electionElapsed == 0 && cluster.leaders == [1])
         // A read now is served from the lease, at once.
         try cluster.nodes[1]?.readIndex(context: [0])
-        #expect(!Self.readStates(of: &cluster, node: 1, context: [0]).isEmpty, "the lease serves while acknowledged")
+        #expect(try !Self.readStates(of: &cluster, node: 1, context: [0]).isEmpty, "the lease serves while acknowledged")
         let cutOff = cluster.nodes[1]?.tickCount ?? 0
         cluster.isolated = [1]
         let timeout = UInt64(cluster.nodes[1]?.config.electionTimeoutTicks ?? 10)
@@ -121,7 +121,7 @@ struct SafetyRuleScenarioTests {
             guard cluster.nodes[1]?.role == .leader, let now = cluster.nodes[1]?.tickCount, now >= cutOff + timeout - drift else { continue }
             let context = [UInt8(step)]
             try cluster.nodes[1]?.readIndex(context: context)
-            #expect(Self.readStates(of: &cluster, node: 1, context: context).isEmpty,
+            #expect(try Self.readStates(of: &cluster, node: 1, context: context).isEmpty,
                     "a read at tick \(now) was served from a lease whose last acknowledged send was at tick \(cutOff) or before")
             checked += 1
         }
@@ -138,7 +138,7 @@ struct SafetyRuleScenarioTests {
         cluster.tick()
         cluster.isolated = [1]
         try cluster.nodes[1]?.readIndex(context: [9])
-        #expect(Self.readStates(of: &cluster, node: 1, context: [9]).isEmpty, "a read was served from a lease without check-quorum")
+        #expect(try Self.readStates(of: &cluster, node: 1, context: [9]).isEmpty, "a read was served from a lease without check-quorum")
     }
 
     /// In a joint configuration an election needs a majority of each half.
@@ -185,5 +185,30 @@ struct SafetyRuleScenarioTests {
         // Crash before the persist: the restarted node has not voted, and sends nothing it had not.
         let restarted = RaftNode(config: voter.config, storage: try #require(cluster.storages[2]))
         #expect(restarted.vote != 3 || restarted.term < request.term)
+    }
+
+    /// The same rule seen from the outside: a voter that sends what it may send before its
+    /// write and crashes before the write lands has cast no vote, so it can vote once more in
+    /// that term without making two leaders. (Had the vote left early, both candidates of the
+    /// term would lead.)
+    @Test func aVoterThatCrashesBeforePersistingHasCastNoVote() throws {
+        var cluster = ScenarioCluster(voters: [1, 2, 3]) { $0.checkQuorum = false; $0.preVote = false }
+        // 1 and 2 cannot hear each other; 3 hears both, and 1's appends never reach it.
+        cluster.dropIf = { message in
+            (message.from == 1 && message.to == 2) || (message.from == 2 && message.to == 1)
+                || (message.from == 1 && message.to == 3 && message.kind != .requestVote)
+        }
+        let term = try #require(cluster.nodes[3]?.term)
+        cluster.crashBeforePersisting = [3]
+        cluster.nodes[1]?.campaign()
+        cluster.settle()
+        #expect(cluster.transcript.contains { $0.hasPrefix("crash 3") }, "3 crashed between its send and its write")
+        #expect(cluster.nodes[3]?.term == term, "3 restarted from what it had persisted")
+        cluster.nodes[2]?.campaign()
+        cluster.settle()
+        let leadersOfTerm = cluster.leaders.filter { cluster.nodes[$0]?.term == term + 1 }
+        #expect(leadersOfTerm.count <= 1, "two leaders in term \(term + 1): \(leadersOfTerm)\n\(cluster.transcript.joined(separator: "\n"))")
+        #expect(cluster.leaders == [2], "2 won with 3's only vote of the term")
+        #expect(cluster.storageViolations.isEmpty, "\(cluster.storageViolations)")
     }
 }

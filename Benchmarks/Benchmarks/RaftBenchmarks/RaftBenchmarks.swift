@@ -48,9 +48,7 @@ final class InMemoryGroup: @unchecked Sendable {
                 moved = true
                 let ready = nodes[position].ready()
                 let storage = storages[position]
-                if let snapshot = ready.snapshotToInstall { storage.applySnapshot(snapshot) }
-                storage.append(ready.entriesToPersist)
-                if let hardState = ready.hardState { storage.setHardState(hardState) }
+                do { try storage.persist(ready) } catch { preconditionFailure("\(error)") }
                 inbox.append(contentsOf: ready.messagesNow)
                 inbox.append(contentsOf: ready.messagesAfterPersist)
                 if position == leaderPosition { appliedEntries += ready.committedEntries.count }
