@@ -167,7 +167,8 @@ let package = Package(
             name: "RaftSimulation",
             dependencies: ["Raft"],
             path: "Tests/RaftSimulation",
-            swiftSettings: strictSettings
+            // Optimized even in debug builds: CI's seed budget is spent here.
+            swiftSettings: strictSettings + [.unsafeFlags(["-O"])]
         ),
         // Seeded mutation of valid inputs for the fuzz tests (test support).
         .target(

@@ -25,7 +25,12 @@ public struct SimulationOptions: Sendable {
     /// Extra nodes, outside the initial configuration, that membership changes may add.
     public var spareNodeCount = 2
     public var faultTicks: UInt64 = 400
-    public var livenessTicks: UInt64 = 300
+    /// Once faults heal, a leader must commit a proposal within this many ticks. Generous
+    /// because of runs without pre-vote: nodes whose logs are too short to win keep starting
+    /// elections that reset everyone's timer, and in a joint configuration whose halves have
+    /// two members each, every voter must vote for the one node that can win in the same term
+    /// (seed 120 took more than 300 ticks).
+    public var livenessTicks: UInt64 = 600
     public var electionTimeoutTicks = 10
     public var leaseClockDriftTicks = 1
     public var dropProbability = 0.05
@@ -54,6 +59,13 @@ public struct SimulationOptions: Sendable {
     /// Chance per tick of cutting the leader off from everyone, both ways, for
     /// `leaderFaultTicks` (a random span of one to four election timeouts).
     public var leaderIsolateProbability = 0.004
+    /// Chance per tick of cutting one follower off from what the leader sends (one way) for
+    /// one to four election timeouts: it times out and campaigns while the rest still hear
+    /// the leader.
+    public var leaderToFollowerCutProbability = 0.004
+    /// Chance that, when a node starts a (pre-)campaign while a leader is up, the leader stops
+    /// hearing anything (it still sends) for one to four election timeouts.
+    public var deafenLeaderInElectionProbability = 0.3
     /// Chance per tick of pausing the leader (a stopped process, a stalled disk): it neither
     /// ticks nor hears nor sends for one to four election timeouts, then resumes.
     public var leaderPauseProbability = 0.003
@@ -78,9 +90,20 @@ public struct SimulationOptions: Sendable {
     public var readProbability = 0.2
     /// Chance per tick, for every node that believes it leads, of a read and of a write sent
     /// to it: a deposed leader that still serves shows up as a stale read.
-    public var leaderReadProbability = 0.5
+    public var leaderReadProbability = 1.0
     public var leaderProposeProbability = 0.3
+    /// Writes are sent to a leader only while fewer entries than this wait to commit there.
+    public var leaderBacklogEntriesMax: UInt64 = 8
+    /// Chance per tick of a quiet spell of one to four election timeouts with reads but no
+    /// writes: logs even out, so a node cut off from the leader can win an election while
+    /// the others still hear from it (what leases, and check-quorum, are about).
+    public var quietSpellProbability = 0.01
     public var snapshotEveryEntries: UInt64 = 25
+    /// Every this many ticks, note every node's role, term, vote and log in the events (for
+    /// reading a failing seed's trace: `FLOTILLA_SIM_STATES=N`).
+    public var noteStatesEveryTicks: UInt64?
+    /// Events kept for a failure's report (the older half is dropped past this).
+    public var eventsKeptMax = 400
 
     public init(nodeCount: Int) {
         self.nodeCount = nodeCount
@@ -214,6 +237,15 @@ public struct Simulation {
     /// Indexes of the conf-change entries that entered a joint configuration.
     var jointEntryIndexes: Set<UInt64> = []
     public internal(set) var report = SimulationReport()
+    /// The last vote each node granted (sent, whether or not the network delivered it).
+    var votesSent: [NodeID: (term: UInt64, candidate: NodeID)] = [:]
+    /// Nodes that crashed on a vote come back quickly, at these ticks, while the election
+    /// they voted in is still on.
+    var quickRestartAt: [NodeID: UInt64] = [:]
+    /// No client writes until this tick.
+    var quietUntil: UInt64?
+    /// An invariant broken where the simulator cannot throw; thrown at the end of the step.
+    var pendingFailure: SimulationFailure?
 
     // Invariant bookkeeping.
     var leaderOfTerm: [UInt64: NodeID] = [:]
@@ -277,7 +309,7 @@ public struct Simulation {
 
     mutating func note(_ event: @autoclosure () -> String) {
         events.append("t\(clock) \(event())")
-        if events.count > 400 { events.removeFirst(200) }
+        if events.count > options.eventsKeptMax { events.removeFirst(options.eventsKeptMax / 2) }
     }
 
     mutating func count(_ fault: String) {
@@ -374,8 +406,16 @@ public struct Simulation {
         advanceClocks()
         try deliverMessages()
         runClients()
+        if let pendingFailure { throw pendingFailure }
         for id in runningIDs { try processReady(id) }
         leaveExplicitJointWhenDue()
+        if let pendingFailure { throw pendingFailure }
+        if let every = options.noteStatesEveryTicks, every > 0, clock % every == 0 {
+            for id in aliveIDs {
+                guard let raft = nodes[id]?.raft else { continue }
+                note("  \(id) \(raft.role) t\(raft.term) vote \(raft.vote) leader \(raft.leader) commit \(raft.committedIndex) last \(raft.lastIndex)@\((try? raft.term(at: raft.lastIndex)) ?? 0)")
+            }
+        }
         try checkInvariants()
     }
 
@@ -396,10 +436,27 @@ public struct Simulation {
     }
 
     mutating func runClients() {
-        if chance(options.proposeProbability), let id = pick(runningIDs) { _ = propose(at: id) }
+        if faultsEnabled && quietUntil == nil && chance(options.quietSpellProbability) {
+            let until = clock + ticks(from: UInt64(2 * options.electionTimeoutTicks), to: UInt64(4 * options.electionTimeoutTicks))
+            quietUntil = until
+            note("quiet spell: no writes until t\(until)")
+            count("workload: quiet spell")
+            // With the logs level, a voter that stops hearing the leader can win an election
+            // while the others still hear it.
+            if chance(0.5) { cutLeaderFromOneFollower(until: until) }
+        }
+        if let until = quietUntil, until <= clock || !faultsEnabled { quietUntil = nil }
+        let writing = quietUntil == nil
+        if chance(options.proposeProbability), writing, let id = pick(runningIDs) { _ = propose(at: id) }
         if chance(options.readProbability), let id = pick(runningIDs) { requestRead(at: id) }
         for id in leaders {
-            if chance(options.leaderProposeProbability) { _ = propose(at: id) }
+            // Clients hold back while the leader has a backlog (as a client with bounded
+            // concurrency does): the slowest flow-control shapes replicate one entry per round
+            // trip, and unbounded load would make liveness a matter of queue length.
+            if chance(options.leaderProposeProbability), writing,
+               let raft = nodes[id]?.raft, raft.lastIndex - raft.committedIndex < options.leaderBacklogEntriesMax {
+                _ = propose(at: id)
+            }
             if chance(options.leaderReadProbability) { requestRead(at: id) }
         }
     }
@@ -430,6 +487,10 @@ public struct Simulation {
             crash(id, fault: "crash: new leader")
         }
         for id in nodes.keys.sorted() where nodes[id]?.raft == nil {
+            if let at = quickRestartAt[id] {
+                if at <= clock { restart(id) }
+                continue
+            }
             let probability = crashedWhileLeading.contains(id) ? options.crashedLeaderRestartProbability : options.restartProbability
             if chance(probability) { restart(id) }
         }
@@ -438,6 +499,9 @@ public struct Simulation {
             cut(id, from: nodes.keys.filter { $0 != id }, until: until)
             note("leader \(id) isolated until t\(until)")
             count("leader isolated")
+        }
+        if chance(options.leaderToFollowerCutProbability) {
+            cutLeaderFromOneFollower(until: clock + ticks(from: UInt64(options.electionTimeoutTicks), to: UInt64(4 * options.electionTimeoutTicks)))
         }
         if chance(options.leaderPauseProbability), let id = leaders.first {
             let until = clock + ticks(from: UInt64(options.electionTimeoutTicks), to: UInt64(4 * options.electionTimeoutTicks))
@@ -453,6 +517,19 @@ public struct Simulation {
             note("transfer leader \(leaderID) → \(target)")
             count("leader transfer")
         }
+    }
+
+    /// Cuts what the leader sends to one voter, until `until`.
+    mutating func cutLeaderFromOneFollower(until: UInt64) {
+        // A voter whose log is level with the leader's: it can win once it times out.
+        guard let id = leaders.first, let raft = nodes[id]?.raft else { return }
+        let level = raft.confState.voters.union(raft.confState.votersOutgoing).subtracting([id]).filter {
+            raft.replicationStates[$0]?.match == raft.lastIndex
+        }
+        guard let follower = pick(level.sorted()) else { return }
+        timedCuts.append((until, [[id, follower]]))
+        note("leader \(id)'s messages to \(follower) cut until t\(until)")
+        count("leader cut from one follower, one way")
     }
 
     /// Cuts every link between `id` and `others`, both ways, until `until`.
@@ -476,10 +553,18 @@ public struct Simulation {
         refreshRole(id)
         let how = options.tickCatchUpOnResume ? "catching up \(missed) ticks" : "\(missed) ticks behind"
         note("\(id) resumes, \(how)")
+        // Client requests that queued while it was stopped may be taken before the peer
+        // messages that queued too (they come on other connections).
+        if roles[id] == .leader { requestRead(at: id) }
     }
 
     mutating func crash(_ id: NodeID, fault: String) {
         guard let raft = nodes[id]?.raft else { return }
+        // A vote that left the node is on its disk: otherwise it could vote again in that term.
+        if let vote = votesSent[id], let persisted = nodes[id]?.storage.hardState, pendingFailure == nil,
+           persisted.term < vote.term || (persisted.term == vote.term && persisted.vote != vote.candidate) {
+            pendingFailure = failure("node \(id) crashed after sending its vote for \(vote.candidate) in term \(vote.term), but its storage holds term \(persisted.term) vote \(persisted.vote): the vote was not durable when it left")
+        }
         if raft.role == .leader { crashedWhileLeading.insert(id) } else { crashedWhileLeading.remove(id) }
         report.leaseReadsServed += raft.leaseReadsServed
         nodes[id]?.raft = nil
@@ -502,6 +587,7 @@ public struct Simulation {
         nodes[id] = node
         refreshRole(id)
         aliveIDs = roles.keys.sorted()
+        quickRestartAt[id] = nil
         note("restart \(id) from snapshot \(snapshot.metadata.index), log to \(node.storage.lastIndex)")
     }
 
@@ -580,6 +666,9 @@ public struct Simulation {
     // MARK: Network
 
     mutating func send(_ message: Message) {
+        if message.kind == .voteResponse && !message.reject {
+            votesSent[message.from] = (message.term, message.to)
+        }
         if faultsEnabled && chance(options.dropProbability) { return }
         let copies = faultsEnabled && chance(options.duplicateProbability) ? 2 : 1
         for _ in 0..<copies {
@@ -614,8 +703,10 @@ public struct Simulation {
             }
             guard roles[message.to] != nil, !linkIsCut(message.from, message.to) else { continue }
             let termBefore = message.kind == .requestPreVote ? nodes[message.to]?.raft?.term : nil
+            let leaseReadsBefore = message.kind == .readIndex ? nodes[message.to]?.raft?.leaseReadsServed : nil
             nodes[message.to]?.raft?.step(message)
             refreshRole(message.to)
+            if let leaseReadsBefore { checkLeaseRead(at: message.to, leaseReadsBefore: leaseReadsBefore) }
             if let termBefore, let termAfter = nodes[message.to]?.raft?.term, termAfter != termBefore {
                 throw failure("a \(message.kind) (\(message)) moved node \(message.to)'s term from \(termBefore) to \(termAfter)")
             }
@@ -634,9 +725,24 @@ public struct Simulation {
 
     mutating func requestRead(at id: NodeID) {
         let context = Self.encodeWrite(nextReadContext)
+        let leaseReadsBefore = nodes[id]?.raft?.leaseReadsServed ?? 0
         guard (try? nodes[id]?.raft?.readIndex(context: context)) != nil else { return }
         nextReadContext += 1
         readInvocations[context] = clock
+        checkLeaseRead(at: id, leaseReadsBefore: leaseReadsBefore)
+    }
+
+    /// What a lease stands for, checked whenever a read is served from one: no node leads a
+    /// later term (followers that acknowledged the lease holder refuse to elect anyone until
+    /// it runs out). A broken lease shows here even when no write happened to be stale.
+    mutating func checkLeaseRead(at id: NodeID, leaseReadsBefore: UInt64) {
+        guard pendingFailure == nil, let raft = nodes[id]?.raft, raft.leaseReadsServed > leaseReadsBefore else { return }
+        for (other, role) in roles.sorted(by: { $0.key < $1.key }) where other != id && role == .leader {
+            if let otherTerm = nodes[other]?.raft?.term, otherTerm > raft.term {
+                pendingFailure = failure("node \(id) served a read from its lease in term \(raft.term) while node \(other) leads term \(otherTerm)")
+                return
+            }
+        }
     }
 
     static func encodeWrite(_ value: UInt64) -> [UInt8] {

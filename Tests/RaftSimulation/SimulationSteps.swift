@@ -26,6 +26,7 @@ extension Simulation {
             if voteCrashBeforeWrite {
                 note("\(id) sent what may leave early; its term/vote \(persisted.term)/\(persisted.vote) → \(ready.hardState.map { "\($0.term)/\($0.vote)" } ?? "") is not written")
                 crash(id, fault: "crash: before persisting a vote or term change")
+                quickRestartAt[id] = clock + ticks(from: 1, to: 4)
                 return
             }
             if faultsEnabled && chance(options.crashProbability / 2) {
@@ -47,6 +48,7 @@ extension Simulation {
             }
             if crashBetweenWriteAndSend {
                 crash(id, fault: voteCrash ? "crash: after persisting a vote or term change, before sending" : "crash: after writing a Ready, before sending\(justElected ? " (just elected)" : "")")
+                if voteCrash { quickRestartAt[id] = clock + ticks(from: 1, to: 4) }
                 return
             }
             if sendEarly { for message in ready.messagesAfterPersist { send(message) } }
@@ -54,6 +56,15 @@ extension Simulation {
                 leaderSince[id] = clock
                 report.elections += 1
                 note("\(id) leads term \(raft.term)")
+            }
+            if let soft = ready.softState, soft.role == .candidate || soft.role == .preCandidate, faultsEnabled,
+               chance(options.deafenLeaderInElectionProbability), let leaderID = leaders.first(where: { $0 != id }) {
+                // An asymmetric partition at the worst moment: the leader still sends, hears
+                // nothing, and so cannot learn that an election is under way.
+                let until = clock + ticks(from: UInt64(options.electionTimeoutTicks), to: UInt64(4 * options.electionTimeoutTicks))
+                timedCuts.append((until, Set(aliveIDs.filter { $0 != leaderID }.map { [$0, leaderID] })))
+                note("\(id) campaigns; leader \(leaderID) hears nothing until t\(until)")
+                count("leader deafened while another node campaigns")
             }
 
             let confBefore = raft.confState

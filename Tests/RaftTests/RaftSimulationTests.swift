@@ -5,7 +5,8 @@ import Testing
 
 /// Seeded whole-group simulations with injected faults. CI runs `defaultSeedCount` seeds;
 /// `FLOTILLA_SIM_SEEDS=N` runs N seeds, `FLOTILLA_SIM_SEED=S` replays one (with
-/// `FLOTILLA_SIM_TRACE=1`, printing its events). The run ends with a report of what it did.
+/// `FLOTILLA_SIM_TRACE=1`, printing its events, and `FLOTILLA_SIM_STATES=N`, every node's
+/// state every N ticks among them). The run ends with a report of what it did.
 @Suite("Raft simulation")
 struct RaftSimulationTests {
     static let defaultSeedCount = 2_000
@@ -25,7 +26,10 @@ struct RaftSimulationTests {
         var report = SimulationReport()
         let trace = ProcessInfo.processInfo.environment["FLOTILLA_SIM_TRACE"] != nil
         for seed in seeds.dropFirst(first).enumerated().filter({ $0.offset % workerCount == 0 }).map(\.element) {
-            var simulation = Simulation(seed: seed, options: .forSeed(seed))
+            var options = SimulationOptions.forSeed(seed)
+            options.noteStatesEveryTicks = ProcessInfo.processInfo.environment["FLOTILLA_SIM_STATES"].flatMap(UInt64.init)
+            if trace { options.eventsKeptMax = .max }
+            var simulation = Simulation(seed: seed, options: options)
             do {
                 try simulation.run()
             } catch {
