@@ -90,7 +90,8 @@ public final class FlotillaServer: Sendable {
         raftListeningAddress = "\(raftAddress.host):\(network.listeningPort)"
         let snapshotSender = SnapshotSender(addresses: addresses, sendsMax: settings.snapshotSendsMax,
                                             secret: settings.clusterSecret ?? [], logger: logger)
-        driver = StoreDriver(core: core, network: network, tickInterval: settings.tickInterval, logger: logger, onFailure: onFailure,
+        driver = StoreDriver(core: core, network: network, tickInterval: settings.tickInterval,
+                             tickCatchUpMax: 2 * settings.electionTimeoutTicks + 1, logger: logger, onFailure: onFailure,
                              snapshots: snapshotSender)
         (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
         var transportConfig = HTTP2ServerTransport.Posix.Config.defaults

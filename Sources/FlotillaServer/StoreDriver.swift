@@ -56,6 +56,7 @@ public final class StoreDriver: Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private let inboxEventsMax: Int
     private let tickInterval: Duration
+    private let tickCatchUpMax: Int
     private let requestTimeout: Duration
     private let snapshots: any SnapshotOutbound
     private let logger: Logger
@@ -66,8 +67,11 @@ public final class StoreDriver: Sendable {
     /// The Raft sockets, likewise used only by the store thread, which closes them at the end.
     private nonisolated(unsafe) var network: RaftSocketTransport?
 
-    init(core: StoreCore, network: RaftSocketTransport, tickInterval: Duration, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
+    /// `tickCatchUpMax`: ticks run at once after the loop fell behind (see `TickSchedule`);
+    /// at least an election timeout.
+    init(core: StoreCore, network: RaftSocketTransport, tickInterval: Duration, tickCatchUpMax: Int, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
          logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, snapshots: any SnapshotOutbound) {
+        self.tickCatchUpMax = tickCatchUpMax
         self.onFailure = onFailure
         self.core = core
         self.network = network
@@ -190,13 +194,32 @@ public final class StoreDriver: Sendable {
         var pendingWrites: [ProposalID: (deadline: ContinuousClock.Instant, complete: @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)] = [:]
         var pendingReads: [ProposalID: (deadline: ContinuousClock.Instant, action: ReadAction)] = [:]
         let clock = ContinuousClock()
-        var nextTick = clock.now + tickInterval
+        var schedule = TickSchedule(interval: tickInterval, catchUpTicksMax: tickCatchUpMax, startingAt: clock.now)
         var tickCount = 0
         var counters = StoreLoopCounters()
         let deliver = { (batch: Flotilla_V1_RaftMessageBatch) in
             for message in batch.messages { core.step(message) }
         }
         while true {
+            // Time first: every tick that real time owes (also those missed while the process
+            // was stopped or a turn stalled) runs before any message or request is taken, so no
+            // lease outlives its real length.
+            let ticksDue = schedule.ticksDue(at: clock.now)
+            if ticksDue > tickCatchUpMax / 2 {
+                // Stalled for about an election timeout or more: leases and leadership lapse.
+                logger.warning("store loop stalled: catching up ticks", metadata: ["ticks": "\(ticksDue)", "ticks_dropped_total": "\(schedule.ticksDropped)"])
+            }
+            for _ in 0..<ticksDue {
+                core.tick()
+                tickCount += 1
+                if tickCount % 50 == 0 && logger.logLevel <= .debug {
+                    for regionID in core.regionIDs {
+                        if let status = core.raftStatus(regionID) {
+                            logger.debug("region status", metadata: ["region_id": "\(regionID)", "role": "\(status.role)", "leader": "\(status.leader)", "term": "\(status.term)", "applied": "\(status.applied)"])
+                        }
+                    }
+                }
+            }
             // Frames that arrived while the last turn ran (no waiting).
             network.wait(timeoutMilliseconds: 0, deliver: deliver)
             let (events, stopping) = inbox.withLock { inbox in
@@ -245,18 +268,6 @@ public final class StoreDriver: Sendable {
             for report in core.takeRefusalReports() {
                 logger.warning("refused a Raft message", metadata: ["reason": "\(report)", "refused_total": "\(core.raftMessagesRefused)"])
             }
-            if clock.now >= nextTick {
-                core.tick()
-                tickCount += 1
-                if tickCount % 50 == 0 && logger.logLevel <= .debug {
-                    for regionID in core.regionIDs {
-                        if let status = core.raftStatus(regionID) {
-                            logger.debug("region status", metadata: ["region_id": "\(regionID)", "role": "\(status.role)", "leader": "\(status.leader)", "term": "\(status.term)", "applied": "\(status.applied)"])
-                        }
-                    }
-                }
-                nextTick = clock.now + tickInterval
-            }
             do {
                 let output = try core.runTurn(sendBeforeSync: { network.send($0) }, completeBeforeSync: { completed in
                     for (id, result) in completed { pendingWrites.removeValue(forKey: id)?.complete(result) }
@@ -295,7 +306,7 @@ public final class StoreDriver: Sendable {
                 return inbox.storeThreadWaiting
             }
             guard idle else { continue }
-            let untilTick = nextTick - clock.now
+            let untilTick = schedule.nextTickAt - clock.now
             let waitMilliseconds = max(0, untilTick.components.seconds * 1_000 + (untilTick.components.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
             network.wait(timeoutMilliseconds: Int32(min(waitMilliseconds, 60_000)), deliver: deliver)
             inbox.withLock { $0.storeThreadWaiting = false }

@@ -14,7 +14,9 @@ public struct RaftConfig: Sendable {
     public var checkQuorum = true
     /// Serve reads from the leader's lease (needs `checkQuorum`) instead of a heartbeat round.
     public var leaseReads = true
-    /// Bound on clock drift between nodes, taken off the lease.
+    /// Bound on how far two nodes' clocks part over an election timeout, taken off the lease
+    /// (which also loses one tick to the phase between nodes' timers: it lasts
+    /// `electionTimeoutTicks - leaseClockDriftTicks - 1` ticks after the acknowledged send).
     public var leaseClockDriftTicks = 1
     /// Maximum bytes of entries in one append message (at least one entry is always sent).
     public var maxAppendBytes = 1 << 20

@@ -51,14 +51,21 @@ extension RaftNode {
     }
 
     /// The lease holds while a quorum acknowledged a message sent less than an election
-    /// timeout (less the drift bound) ago: those followers refuse votes until then.
+    /// timeout, less the drift bound, less one tick ago: those followers refuse votes until
+    /// then. The one tick is the phase between two nodes' tick timers: a follower that got the
+    /// message just before its own tick fired counts that tick as a whole one, so without it
+    /// the drift bound would be spent on phase alone and any slower leader clock could outlast
+    /// a follower's refusal. With it, the lease is safe while over `electionTimeoutTicks - 1`
+    /// ticks two clocks part by at most `leaseClockDriftTicks`.
     func leaseIsValid() -> Bool {
         guard config.leaseReads, config.checkQuorum, leadTransferee == noNode, !transferAttemptedInTerm else { return false }
         let quorumTick = Quorum.committedIndex(confState) { nodeID in
             nodeID == id ? tickCount : (progress[nodeID]?.lastAckedSendTick ?? 0)
         }
         guard quorumTick != .max, quorumTick > 0 else { return false }
-        return tickCount < quorumTick + UInt64(config.electionTimeoutTicks - config.leaseClockDriftTicks)
+        let leaseTicks = config.electionTimeoutTicks - config.leaseClockDriftTicks - 1
+        guard leaseTicks > 0 else { return false }
+        return tickCount < quorumTick + UInt64(leaseTicks)
     }
 
     mutating func acknowledgeRead(context: [UInt8], from: NodeID) {
