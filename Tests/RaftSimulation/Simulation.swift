@@ -63,9 +63,10 @@ public struct SimulationOptions: Sendable {
     /// one to four election timeouts: it times out and campaigns while the rest still hear
     /// the leader.
     public var leaderToFollowerCutProbability = 0.004
-    /// Chance that, when a node starts a (pre-)campaign while a leader is up, the leader stops
-    /// hearing anything (it still sends) for one to four election timeouts.
-    public var deafenLeaderInElectionProbability = 0.3
+    /// Chance that, when a node whose log is as long as the leader's starts a (pre-)campaign
+    /// while the leader is up, the leader stops hearing anything (it still sends) for one to
+    /// four election timeouts.
+    public var deafenLeaderInElectionProbability = 0.5
     /// Chance per tick of pausing the leader (a stopped process, a stalled disk): it neither
     /// ticks nor hears nor sends for one to four election timeouts, then resumes.
     public var leaderPauseProbability = 0.003
@@ -242,6 +243,8 @@ public struct Simulation {
     /// Nodes that crashed on a vote come back quickly, at these ticks, while the election
     /// they voted in is still on.
     var quickRestartAt: [NodeID: UInt64] = [:]
+    /// When to cut a level voter off from the leader during the current quiet spell.
+    var quietCutAt: UInt64?
     /// No client writes until this tick.
     var quietUntil: UInt64?
     /// An invariant broken where the simulator cannot throw; thrown at the end of the step.
@@ -441,11 +444,15 @@ public struct Simulation {
             quietUntil = until
             note("quiet spell: no writes until t\(until)")
             count("workload: quiet spell")
-            // With the logs level, a voter that stops hearing the leader can win an election
+            // Once the logs are level, a voter that stops hearing the leader can win an election
             // while the others still hear it.
-            if chance(0.5) { cutLeaderFromOneFollower(until: until) }
+            if chance(0.5) { quietCutAt = clock + 5 }
         }
         if let until = quietUntil, until <= clock || !faultsEnabled { quietUntil = nil }
+        if let at = quietCutAt, at <= clock {
+            quietCutAt = nil
+            if let until = quietUntil { cutLeaderFromOneFollower(until: until) }
+        }
         let writing = quietUntil == nil
         if chance(options.proposeProbability), writing, let id = pick(runningIDs) { _ = propose(at: id) }
         if chance(options.readProbability), let id = pick(runningIDs) { requestRead(at: id) }

@@ -58,7 +58,9 @@ extension Simulation {
                 note("\(id) leads term \(raft.term)")
             }
             if let soft = ready.softState, soft.role == .candidate || soft.role == .preCandidate, faultsEnabled,
-               chance(options.deafenLeaderInElectionProbability), let leaderID = leaders.first(where: { $0 != id }) {
+               let leaderID = leaders.first(where: { $0 != id }),
+               raft.lastIndex >= nodes[leaderID]?.raft?.lastIndex ?? .max,
+               chance(options.deafenLeaderInElectionProbability) {
                 // An asymmetric partition at the worst moment: the leader still sends, hears
                 // nothing, and so cannot learn that an election is under way.
                 let until = clock + ticks(from: UInt64(options.electionTimeoutTicks), to: UInt64(4 * options.electionTimeoutTicks))
