@@ -44,6 +44,12 @@ struct TargetOptions: ParsableArguments {
     @Option(name: .customLong("etcd"), help: "etcd endpoints, host:port[,host:port…] (v3 gRPC API).")
     var etcdEndpoints: String?
 
+    @Option(name: .customLong("etcd-connections"), help: "HTTP/2 connections per etcd endpoint.")
+    var etcdConnectionsPerEndpoint = 1
+
+    @Option(name: .customLong("etcd-driver"), help: "How calls reach etcd: direct (HTTP/2 configured for etcd's pings) or grpc-swift (the old driver, for comparison).")
+    var etcdDriver = "direct"
+
     @Option(name: .customLong("timeout-ms"), help: "Per-request timeout of the Flotilla client, retries included.")
     var timeoutMilliseconds = 10_000
 
@@ -58,6 +64,10 @@ struct TargetOptions: ParsableArguments {
         guard (1...64).contains(embeddedStores) else { throw ValidationError("--embedded-stores must be 1 to 64") }
         guard (1...65_536).contains(embeddedRegions) else { throw ValidationError("--embedded-regions must be 1 to 65536") }
         guard (1...3_600_000).contains(timeoutMilliseconds) else { throw ValidationError("--timeout-ms must be 1 to 3600000") }
+        guard (1...64).contains(etcdConnectionsPerEndpoint) else { throw ValidationError("--etcd-connections must be 1 to 64") }
+        guard EtcdTarget.Driver(rawValue: etcdDriver) != nil else {
+            throw ValidationError("--etcd-driver must be one of \(EtcdTarget.Driver.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     /// Connects to (or starts) the target and runs `body` with it; stops what it started.
@@ -66,7 +76,8 @@ struct TargetOptions: ParsableArguments {
         let target: any BenchTarget
         var flotilla: FlotillaClient?
         if let etcdEndpoints {
-            target = try EtcdTarget(endpoints: etcdEndpoints.split(separator: ",").compactMap { HostPort(String($0)) })
+            target = try EtcdTarget(endpoints: etcdEndpoints.split(separator: ",").compactMap { HostPort(String($0)) },
+                                    connectionsPerEndpoint: etcdConnectionsPerEndpoint, driver: EtcdTarget.Driver(rawValue: etcdDriver) ?? .direct)
         } else {
             let cluster: ClusterFile
             if embedded {
@@ -255,7 +266,8 @@ struct Run: AsyncParsableCommand {
                                machine: .current, startedAt: startedAt, measuredSeconds: seconds,
                                throughputOpsPerSecond: Double(operations.values.reduce(0) { $0 + $1.count }) / max(seconds, 1e-9),
                                operations: operations, totalErrors: operations.values.reduce(0) { $0 + $1.errors },
-                               totalRetries: operations.values.reduce(0) { $0 + $1.retries }, stores: stores)
+                               totalRetries: operations.values.reduce(0) { $0 + $1.retries }, stores: stores,
+                               connectionsOpened: target.connectionsOpened)
         }
         print(Format.table(result))
         if let path = workload.json {

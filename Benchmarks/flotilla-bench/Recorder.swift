@@ -136,6 +136,9 @@ struct BenchResult: Codable, Sendable {
     var totalErrors: Int
     var totalRetries: Int
     var stores: [StoreActivity]?
+    /// Connections the client opened during the run (etcd's driver; nil when not counted).
+    /// More than it starts with means connections were lost and reopened (churn).
+    var connectionsOpened: Int?
 }
 
 /// The parameters of a run, as recorded in its result.
@@ -187,6 +190,9 @@ enum Format {
                           pad(latency(op.p999Microseconds), 10), pad(latency(op.maxMicroseconds), 10), pad("\(op.errors)", 7),
                           pad("\(op.retries)", 8), pad("\(op.conflicts)", 10)].joined(separator: " "))
             if let error = op.lastError { lines.append("  last \(kind.rawValue) error: \(error)") }
+        }
+        if let connections = result.connectionsOpened {
+            lines.append("connections opened: \(connections), retries: \(result.totalRetries)")
         }
         for store in result.stores ?? [] {
             lines.append("store \(store.storeID): \(String(format: "%.0f", store.logSyncsPerSecond)) syncs/s, "

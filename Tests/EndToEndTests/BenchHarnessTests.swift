@@ -83,6 +83,13 @@ struct BenchHarnessTests {
                                          + target + Self.everyOperation)
         #expect(status == 0, "\(output)")
         try checkResult(root + "/etcd.json", operations: 400, target: "etcd")
+        // One HTTP/2 connection, kept for the whole run: etcd's pings do not close it.
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/etcd.json"))) as? [String: Any])
+        #expect(json["connectionsOpened"] as? Int == 1 && json["totalRetries"] as? Int == 0, "\(json["connectionsOpened"] ?? "none") connections, \(json["totalRetries"] ?? "none") retries")
+        #expect(output.contains("connections opened: 1, retries: 0"), "\(output)")
+        // The old driver still runs, for comparisons in one run.
+        let (oldStatus, oldOutput) = try bench(["run", "--operations", "200", "--warmup", "0", "--quiet", "--etcd-driver", "grpc-swift"] + target)
+        #expect(oldStatus == 0, "\(oldOutput)")
     }
 
     @Test func badArgumentsAreRejectedClearly() throws {
@@ -92,6 +99,10 @@ struct BenchHarnessTests {
         #expect(targetStatus != 0 && target.contains("choose exactly one target"), "\(target)")
         let (endpointStatus, endpoint) = try bench(["run", "--etcd", "nowhere"])
         #expect(endpointStatus != 0 && endpoint.contains("is not host:port"), "\(endpoint)")
+        let (driverStatus, driver) = try bench(["run", "--etcd", "127.0.0.1:1", "--etcd-driver", "fast"])
+        #expect(driverStatus != 0 && driver.contains("--etcd-driver must be one of direct, grpc-swift"), "\(driver)")
+        let (connectionsStatus, connections) = try bench(["run", "--etcd", "127.0.0.1:1", "--etcd-connections", "0"])
+        #expect(connectionsStatus != 0 && connections.contains("--etcd-connections must be 1 to 64"), "\(connections)")
         let (pairStatus, pair) = try bench(["compare", "one.json"])
         #expect(pairStatus != 0 && pair.contains("in pairs"), "\(pair)")
         let (missingStatus, missing) = try bench(["compare", "/nonexistent/a.json", "/nonexistent/b.json"])
