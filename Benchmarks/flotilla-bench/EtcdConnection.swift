@@ -79,50 +79,20 @@ final class EtcdConnection: Sendable {
         frame.writeBytes(body)
         let headers = HPACKHeaders([(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", authority),
                                     ("content-type", "application/grpc"), ("te", "trailers")])
-        let stream: NIOAsyncChannel<HTTP2Frame.FramePayload, HTTP2Frame.FramePayload>
+        // One handler per call on the stream's channel: it sends, gathers and completes a
+        // promise on the event loop, so a call costs two hops between the loop and the task.
+        let promise = channel.eventLoop.makePromise(of: UnaryCallHandler.Outcome.self)
+        let requestFrame = frame
         do {
-            stream = try await multiplexer.openStream { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<HTTP2Frame.FramePayload, HTTP2Frame.FramePayload>(wrappingChannelSynchronously: channel)
+            try await multiplexer.openStream { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.pipeline.syncOperations.addHandler(UnaryCallHandler(headers: headers, body: requestFrame, promise: promise))
                 }
             }
         } catch {
-            throw EtcdCallError(status: nil, message: "\(error)")
+            promise.fail(EtcdCallError(status: nil, message: "\(error)"))
         }
-        let (status, message, received) = try await stream.executeThenClose { inbound, outbound in
-            try await outbound.write(.headers(.init(headers: headers)))
-            try await outbound.write(.data(.init(data: .byteBuffer(frame), endStream: true)))
-            var received = channel.allocator.buffer(capacity: 256)
-            var status: Int?
-            var message = ""
-            do {
-                for try await payload in inbound {
-                    switch payload {
-                    case .data(let data):
-                        guard case .byteBuffer(var bytes) = data.data else { continue }
-                        guard received.readableBytes + bytes.readableBytes <= Self.responseBytesMax + 5 else {
-                            throw EtcdCallError(status: 8, message: "response over \(Self.responseBytesMax) bytes")
-                        }
-                        received.writeBuffer(&bytes)
-                    case .headers(let frame):
-                        // Response headers, or trailers (also a trailers-only response).
-                        if let code = frame.headers.first(name: "grpc-status") {
-                            status = Int(code) ?? 2
-                            message = frame.headers.first(name: "grpc-message") ?? ""
-                        }
-                    case .rstStream(let code):
-                        throw EtcdCallError(status: nil, message: "stream reset: \(code)")
-                    default:
-                        continue
-                    }
-                }
-            } catch let error as EtcdCallError {
-                throw error
-            } catch {
-                throw EtcdCallError(status: nil, message: "\(error)")
-            }
-            return (status, message, received)
-        }
+        let (status, message, received) = try await promise.futureResult.get()
         guard let status else { throw EtcdCallError(status: nil, message: "the stream ended without a gRPC status") }
         guard status == 0 else { throw EtcdCallError(status: status, message: message) }
         var bytes = received
@@ -131,5 +101,91 @@ final class EtcdConnection: Sendable {
             throw EtcdCallError(status: 13, message: "malformed gRPC response framing (\(received.readableBytes) bytes)")
         }
         return try Response(serializedBytes: payload)
+    }
+}
+
+/// The handler of one unary call's stream: writes the request when the stream is up, gathers
+/// the response's messages and trailers, and completes `promise` once (at the trailers, or when
+/// the stream closes or fails).
+private final class UnaryCallHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+    typealias Outcome = (status: Int?, message: String, received: ByteBuffer)
+
+    private let headers: HPACKHeaders
+    private let body: ByteBuffer
+    private let promise: EventLoopPromise<Outcome>
+    private var received = ByteBuffer()
+    private var status: Int?
+    private var message = ""
+    private var sent = false
+    private var completed = false
+
+    init(headers: HPACKHeaders, body: ByteBuffer, promise: EventLoopPromise<Outcome>) {
+        self.headers = headers
+        self.body = body
+        self.promise = promise
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { send(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        send(context)
+        context.fireChannelActive()
+    }
+
+    private func send(_ context: ChannelHandlerContext) {
+        guard !sent else { return }
+        sent = true
+        context.write(wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(body), endStream: true))), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .data(let frame):
+            guard case .byteBuffer(var bytes) = frame.data else { return }
+            guard received.readableBytes + bytes.readableBytes <= EtcdConnection.responseBytesMax + 5 else {
+                fail(EtcdCallError(status: 8, message: "response over \(EtcdConnection.responseBytesMax) bytes"), context: context)
+                return
+            }
+            received.writeBuffer(&bytes)
+        case .headers(let frame):
+            // Response headers, or trailers (also a trailers-only response).
+            if let code = frame.headers.first(name: "grpc-status") {
+                status = Int(code) ?? 2
+                message = frame.headers.first(name: "grpc-message") ?? ""
+            }
+            if frame.endStream { complete() }
+        case .rstStream(let code):
+            fail(EtcdCallError(status: nil, message: "stream reset: \(code)"), context: context)
+        default:
+            break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        complete()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(EtcdCallError(status: nil, message: "\(error)"), context: context)
+    }
+
+    private func complete() {
+        guard !completed else { return }
+        completed = true
+        promise.succeed((status, message, received))
+    }
+
+    private func fail(_ error: EtcdCallError, context: ChannelHandlerContext) {
+        if !completed {
+            completed = true
+            promise.fail(error)
+        }
+        context.close(promise: nil)
     }
 }
