@@ -130,7 +130,8 @@ final class EtcdTarget: BenchTarget {
         throw EtcdCallError(status: nil, message: "no connection to \(endpoint)")
     }
 
-    private func call<Response: SwiftProtobuf.Message>(_ path: String, _ request: some SwiftProtobuf.Message,
+    /// Calls `method` (one of etcd's generated `Etcdserverpb_KV.Method` descriptors).
+    private func call<Response: SwiftProtobuf.Message>(_ method: MethodDescriptor, _ request: some SwiftProtobuf.Message,
                                                       as _: Response.Type = Response.self) async throws -> Response {
         var attempt = 0
         while true {
@@ -138,11 +139,11 @@ final class EtcdTarget: BenchTarget {
             do {
                 if driver == .grpcSwift {
                     return try await grpcClients[slot % grpcClients.count].unary(
-                        request: ClientRequest(message: request), descriptor: MethodDescriptor(fullyQualifiedService: "etcdserverpb.KV", method: path),
+                        request: ClientRequest(message: request), descriptor: method,
                         serializer: ProtobufSerializer(), deserializer: ProtobufDeserializer<Response>(), options: .defaults
                     ) { try $0.message }
                 }
-                return try await connection(slot).unary("/etcdserverpb.KV/" + path, request)
+                return try await connection(slot).unary("/" + method.fullyQualifiedMethod, request)
             } catch let error as RPCError where error.code == .unavailable && attempt + 1 < attemptsMax {
                 attempt += 1
                 retryCounter.add(1, ordering: .relaxed)
@@ -160,7 +161,7 @@ final class EtcdTarget: BenchTarget {
     func read(_ key: Data) async throws -> Data? {
         var request = Etcdserverpb_RangeRequest()
         request.key = key
-        let response = try await call("Range", request, as: Etcdserverpb_RangeResponse.self)
+        let response = try await call(Etcdserverpb_KV.Method.Range.descriptor, request, as: Etcdserverpb_RangeResponse.self)
         return response.kvs.first?.value
     }
 
@@ -168,7 +169,7 @@ final class EtcdTarget: BenchTarget {
         var request = Etcdserverpb_PutRequest()
         request.key = key
         request.value = value
-        _ = try await call("Put", request, as: Etcdserverpb_PutResponse.self)
+        _ = try await call(Etcdserverpb_KV.Method.Put.descriptor, request, as: Etcdserverpb_PutResponse.self)
     }
 
     func writeMany(_ pairs: [(Data, Data)]) async throws {
@@ -183,7 +184,7 @@ final class EtcdTarget: BenchTarget {
                 op.requestPut = put
                 return op
             }
-            _ = try await call("Txn", request, as: Etcdserverpb_TxnResponse.self)
+            _ = try await call(Etcdserverpb_KV.Method.Txn.descriptor, request, as: Etcdserverpb_TxnResponse.self)
         }
     }
 
@@ -192,7 +193,7 @@ final class EtcdTarget: BenchTarget {
         request.key = key
         request.rangeEnd = Data([0])  // to the end of the key space
         request.limit = Int64(count)
-        return try await call("Range", request, as: Etcdserverpb_RangeResponse.self).kvs.count
+        return try await call(Etcdserverpb_KV.Method.Range.descriptor, request, as: Etcdserverpb_RangeResponse.self).kvs.count
     }
 
     func compareAndSwap(_ key: Data, expected: Data?, newValue: Data) async throws -> Bool {
@@ -215,6 +216,6 @@ final class EtcdTarget: BenchTarget {
         var request = Etcdserverpb_TxnRequest()
         request.compare = [compare]
         request.success = [op]
-        return try await call("Txn", request, as: Etcdserverpb_TxnResponse.self).succeeded
+        return try await call(Etcdserverpb_KV.Method.Txn.descriptor, request, as: Etcdserverpb_TxnResponse.self).succeeded
     }
 }

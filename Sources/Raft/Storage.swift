@@ -15,8 +15,9 @@ public protocol RaftLogStorage: AnyObject {
     func snapshot() -> Snapshot
 }
 
-/// A write that no correct Raft node asks for, refused by `MemoryStorage` (which then holds
-/// what it held before): the simulator reports it with its seed instead of trapping.
+/// A write that no correct Raft node asks for, refused by `MemoryStorage`: the refused write
+/// changes nothing (`persist` stops at the first refused part of a Ready, keeping the parts
+/// before it). The simulator reports it with its seed instead of trapping.
 public struct StorageViolation: Error, Equatable, CustomStringConvertible, Sendable {
     public let description: String
 }

@@ -287,11 +287,16 @@ public struct Simulation {
             clockPhases[id] = unitRandom()
         }
         report.seeds = 1
-        let probe = makeRaft(id: 1, storage: MemoryStorage())
-        report.settings["\(probe.config.preVote ? "pre-vote" : "no pre-vote"), \(probe.config.checkQuorum ? "check-quorum" : "no check-quorum")"] = 1
+        let config = makeConfig(id: 1)
+        report.settings["\(config.preVote ? "pre-vote" : "no pre-vote"), \(config.checkQuorum ? "check-quorum" : "no check-quorum")"] = 1
     }
 
     func makeRaft(id: NodeID, storage: MemoryStorage) -> RaftNode {
+        RaftNode(config: makeConfig(id: id), storage: storage)
+    }
+
+    /// The Raft settings of node `id` under this seed.
+    func makeConfig(id: NodeID) -> RaftConfig {
         var config = RaftConfig(id: id)
         config.electionTimeoutTicks = options.electionTimeoutTicks
         config.leaseClockDriftTicks = options.leaseClockDriftTicks
@@ -307,7 +312,7 @@ public struct Simulation {
         // And whether a new commit index is sent at once or with the next append or heartbeat.
         config.broadcastCommit = (seed / 32) % 2 == 0
         config.randomSeed = seed
-        return RaftNode(config: config, storage: storage)
+        return config
     }
 
     mutating func note(_ event: @autoclosure () -> String) {
