@@ -162,6 +162,9 @@ struct WorkloadOptions: ParsableArguments {
     @Option(help: "Write the whole result (parameters, machine, figures) to this JSON file.")
     var json: String?
 
+    @Option(name: .customLong("watch-pids"), help: "Server process ids (comma-separated, Linux) whose CPU per operation is reported with the client's.")
+    var watchPIDs: String?
+
     @Option(help: "A label for this run in tables and JSON.")
     var label: String?
 
@@ -184,6 +187,9 @@ struct WorkloadOptions: ParsableArguments {
         guard warmup >= 0 && warmup <= 86_400 else { throw ValidationError("--warmup must be 0 to 86400 seconds") }
         if let rate { guard rate > 0 && rate <= 10_000_000 else { throw ValidationError("--rate must be above 0 and at most 10000000 per second") } }
         guard maxScanLength > 0 else { throw ValidationError("--max-scan-length must be positive") }
+        if let watchPIDs {
+            do { _ = try ProcessCPU.parsePIDs(watchPIDs) } catch { throw ValidationError(error.description) }
+        }
     }
 
     var mix: WorkloadMix {
@@ -209,7 +215,7 @@ struct WorkloadOptions: ParsableArguments {
         RunPlan(mix: mix, keySpace: keySpace, recordCount: records, valueSizeBytes: valueSize, concurrency: concurrency,
                 duration: operations != nil && duration == nil ? nil : .milliseconds(Int((duration ?? 30) * 1_000)),
                 operationCount: operations, warmup: .milliseconds(Int(warmup * 1_000)), rateOpsPerSecond: rate, seed: seed,
-                liveLine: liveLine)
+                liveLine: liveLine, watchPIDs: watchPIDs.flatMap { try? ProcessCPU.parsePIDs($0) } ?? [])
     }
 
     var parameters: RunParameters {
@@ -254,7 +260,8 @@ struct Run: AsyncParsableCommand {
             let before = try await Self.storeStatuses(flotilla)
             let startedAt = Date()
             let recorder = Recorder()
-            let measured = await runner.run(recorder: recorder)
+            let measurement = await runner.run(recorder: recorder)
+            let measured = measurement.duration
             let after = try await Self.storeStatuses(flotilla)
             let seconds = Double(measured.components.seconds) + Double(measured.components.attoseconds) / 1e18
             // Store counters cover the warm-up too: their rates are over the whole run.
@@ -262,12 +269,14 @@ struct Run: AsyncParsableCommand {
             var operations: [String: OperationResult] = [:]
             for (kind, stats) in recorder.snapshot { operations[kind.rawValue] = OperationResult(stats, seconds: seconds) }
             let stores = Self.activity(before: before, after: after, seconds: storeSeconds)
+            let operationsDone = operations.values.reduce(0) { $0 + Int($1.count) + $1.errors }
             return BenchResult(target: target.name, label: label, commandLine: CommandLine.arguments, parameters: parameters,
                                machine: .current, startedAt: startedAt, measuredSeconds: seconds,
                                throughputOpsPerSecond: Double(operations.values.reduce(0) { $0 + $1.count }) / max(seconds, 1e-9),
                                operations: operations, totalErrors: operations.values.reduce(0) { $0 + $1.errors },
                                totalRetries: operations.values.reduce(0) { $0 + $1.retries }, stores: stores,
-                               connectionsOpened: target.connectionsOpened)
+                               connectionsOpened: target.connectionsOpened, connectionSlots: target.connectionSlots,
+                               cpu: CPUFigures(from: measurement.cpuAtStart, to: measurement.cpuAtEnd, pids: plan.watchPIDs, operations: operationsDone))
         }
         print(Format.table(result))
         if let path = workload.json {
@@ -311,16 +320,34 @@ struct Compare: AsyncParsableCommand {
         discussion: """
             Consecutive pairs of the same workload are rounds of one comparison (ops/load-test
             --rounds): each figure is the median over the rounds, and the ratio of every round
-            is listed.
+            is listed. With --go-client, the figures of etcd's own Go client (ops/etcd-load
+            -json) for the same workloads get a column too, and every ratio is taken against
+            the better of the two etcd figures.
             """)
     @Argument(help: "Result JSON files written by `run --json`, in pairs: first, second, first, second, …")
     var results: [String]
+
+    @Option(name: .customLong("go-client"), parsing: .upToNextOption, help: "Results of ops/etcd-load -json, for the second system's figures through its own client.")
+    var goClient: [String] = []
 
     @Option(help: "Write the table (Markdown) to this file too.")
     var markdown: String?
 
     func validate() throws {
         guard !results.isEmpty, results.count % 2 == 0 else { throw ValidationError("give result files in pairs (first, second)") }
+    }
+
+    /// What ops/etcd-load -json writes.
+    struct GoClientResult: Decodable {
+        struct Process: Decodable { var microsecondsPerOperation: Double }
+        var workload: String
+        var throughputOpsPerSecond: Double
+        var p50Microseconds: Double
+        var p99Microseconds: Double
+        var errors: Int
+        var clientMicrosecondsPerOperation: Double
+        var processes: [Process]
+        var serversMicrosecondsPerOperation: Double? { processes.isEmpty ? nil : processes.reduce(0) { $0 + $1.microsecondsPerOperation } }
     }
 
     func run() async throws {
@@ -343,18 +370,63 @@ struct Compare: AsyncParsableCommand {
                 groups.append([(first, second)])
             }
         }
+        var goByWorkload: [String: [GoClientResult]] = [:]
+        for path in goClient {
+            do {
+                let result = try decoder.decode(GoClientResult.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+                goByWorkload[result.workload, default: []].append(result)
+            } catch {
+                throw ValidationError("cannot read \(path): \(error)")
+            }
+        }
+        let withGo = !goByWorkload.isEmpty
         var rows: [String] = []
         var names: (String, String) = ("A", "B")
         for rounds in groups {
             let (first, second) = rounds[0]
             names = (first.label ?? first.target, second.label ?? second.target)
             let workload = first.parameters.workload
+            let go = goByWorkload[workload] ?? []
+            func row(_ operation: String, _ figure: String, _ a: [Double], _ b: [Double], _ c: [Double],
+                     lowerIsBetter: Bool, format: (Double) -> String) {
+                let x = Self.median(a)
+                let y = Self.median(b)
+                let z = c.isEmpty ? nil : Self.median(c)
+                let better = z.map { lowerIsBetter ? min(y, $0) : max(y, $0) } ?? y
+                let goColumn = withGo ? " \(z.map(format) ?? "—") |" : ""
+                rows.append("| \(workload) | \(operation) | \(figure) | \(format(x)) | \(format(y)) |\(goColumn) \(ratio(x, better)) |")
+            }
             let a = rounds.map(\.0.throughputOpsPerSecond)
             let b = rounds.map(\.1.throughputOpsPerSecond)
-            rows.append("| \(workload) | all | ops/s | \(Format.rate(Self.median(a))) | \(Format.rate(Self.median(b))) | \(ratio(Self.median(a), Self.median(b))) |")
-            if rounds.count > 1 {
-                rows.append("| \(workload) | all | ops/s by round | \(a.map(Format.rate).joined(separator: " / ")) | \(b.map(Format.rate).joined(separator: " / ")) | "
-                            + "\(zip(a, b).map { ratio($0, $1) }.joined(separator: " / ")) |")
+            let c = go.map(\.throughputOpsPerSecond)
+            row("all", "ops/s", a, b, c, lowerIsBetter: false, format: Format.rate)
+            if rounds.count > 1 || c.count > 1 {
+                let goColumn = withGo ? " \(c.isEmpty ? "—" : c.map(Format.rate).joined(separator: " / ")) |" : ""
+                let ratios = rounds.indices.map { round in ratio(a[round], round < c.count ? max(b[round], c[round]) : b[round]) }
+                rows.append("| \(workload) | all | ops/s by round | \(a.map(Format.rate).joined(separator: " / ")) | \(b.map(Format.rate).joined(separator: " / ")) |"
+                            + "\(goColumn) \(ratios.joined(separator: " / ")) |")
+            }
+            let micros = { (value: Double) in String(format: "%.0f µs", value) }
+            let cpuA = rounds.compactMap(\.0.cpu)
+            let cpuB = rounds.compactMap(\.1.cpu)
+            if !cpuA.isEmpty && !cpuB.isEmpty {
+                row("all", "client CPU per op", cpuA.compactMap(\.clientMicrosecondsPerOperation), cpuB.compactMap(\.clientMicrosecondsPerOperation),
+                    go.map(\.clientMicrosecondsPerOperation), lowerIsBetter: true, format: micros)
+                let serversA = cpuA.compactMap(\.serversMicrosecondsPerOperation)
+                let serversB = cpuB.compactMap(\.serversMicrosecondsPerOperation)
+                if !serversA.isEmpty && !serversB.isEmpty {
+                    row("all", "servers CPU per op", serversA, serversB, go.compactMap(\.serversMicrosecondsPerOperation),
+                        lowerIsBetter: true, format: micros)
+                }
+            }
+            // A client that met failures says so beside the figures (its throughput paid for them).
+            let churn = rounds.enumerated().compactMap { round, pair -> String? in
+                let notes = [pair.0.churn.map { "\(names.0): \($0)" }, pair.1.churn.map { "\(names.1): \($0)" }].compactMap { $0 }
+                return notes.isEmpty ? nil : "round \(round + 1): " + notes.joined(separator: "; ")
+            }
+            let goErrors = go.enumerated().filter { $0.element.errors > 0 }.map { "round \($0.offset + 1): Go client: \($0.element.errors) errors" }
+            if !churn.isEmpty || !goErrors.isEmpty {
+                rows.append("| \(workload) | all | client failures | \((churn + goErrors).joined(separator: "; ")) | |\(withGo ? " |" : "") |")
             }
             for kind in OperationKind.allCases {
                 let pairs = rounds.compactMap { round -> (OperationResult, OperationResult)? in
@@ -362,23 +434,28 @@ struct Compare: AsyncParsableCommand {
                     return (x, y)
                 }
                 guard !pairs.isEmpty else { continue }
-                let opsA = Self.median(pairs.map(\.0.throughputOpsPerSecond))
-                let opsB = Self.median(pairs.map(\.1.throughputOpsPerSecond))
-                rows.append("| \(workload) | \(kind.rawValue) | ops/s | \(Format.rate(opsA)) | \(Format.rate(opsB)) | \(ratio(opsA, opsB)) |")
-                let figures: [(String, KeyPath<OperationResult, UInt64>)] = [("p50", \.p50Microseconds), ("p99", \.p99Microseconds), ("p99.9", \.p999Microseconds)]
-                for (figure, path) in figures {
-                    let x = Self.median(pairs.map { Double($0.0[keyPath: path]) })
-                    let y = Self.median(pairs.map { Double($0.1[keyPath: path]) })
-                    rows.append("| \(workload) | \(kind.rawValue) | \(figure) | \(Format.latency(UInt64(x))) | \(Format.latency(UInt64(y))) | \(ratio(x, y)) |")
-                }
+                // The Go client runs one operation per workload (put for write-only, get for c).
+                let goHere = first.operations.count == 1 ? go : []
+                row(kind.rawValue, "ops/s", pairs.map(\.0.throughputOpsPerSecond), pairs.map(\.1.throughputOpsPerSecond),
+                    goHere.map(\.throughputOpsPerSecond), lowerIsBetter: false, format: Format.rate)
+                let latency = { (value: Double) in Format.latency(UInt64(value)) }
+                row(kind.rawValue, "p50", pairs.map { Double($0.0.p50Microseconds) }, pairs.map { Double($0.1.p50Microseconds) },
+                    goHere.map(\.p50Microseconds), lowerIsBetter: true, format: latency)
+                row(kind.rawValue, "p99", pairs.map { Double($0.0.p99Microseconds) }, pairs.map { Double($0.1.p99Microseconds) },
+                    goHere.map(\.p99Microseconds), lowerIsBetter: true, format: latency)
+                row(kind.rawValue, "p99.9", pairs.map { Double($0.0.p999Microseconds) }, pairs.map { Double($0.1.p999Microseconds) },
+                    [], lowerIsBetter: true, format: latency)
                 let errorsA = pairs.map(\.0.errors).reduce(0, +)
                 let errorsB = pairs.map(\.1.errors).reduce(0, +)
                 if errorsA + errorsB > 0 {
-                    rows.append("| \(workload) | \(kind.rawValue) | errors | \(errorsA) | \(errorsB) | |")
+                    rows.append("| \(workload) | \(kind.rawValue) | errors | \(errorsA) | \(errorsB) |\(withGo ? " |" : "") |")
                 }
             }
         }
-        let header = ["| workload | operation | figure | \(names.0) | \(names.1) | \(names.0)/\(names.1) |", "|---|---|---|---:|---:|---:|"]
+        let goHeader = withGo ? " \(names.1) (Go client) |" : ""
+        let ratioHeader = withGo ? "\(names.0)/better \(names.1)" : "\(names.0)/\(names.1)"
+        let header = ["| workload | operation | figure | \(names.0) | \(names.1) |\(goHeader) \(ratioHeader) |",
+                      "|---|---|---|---:|---:|\(withGo ? "---:|" : "")---:|"]
         let table = (header + rows).joined(separator: "\n")
         print(table)
         if let markdown { try (table + "\n").write(toFile: markdown, atomically: true, encoding: .utf8) }

@@ -139,6 +139,19 @@ struct BenchResult: Codable, Sendable {
     /// Connections the client opened during the run (etcd's driver; nil when not counted).
     /// More than it starts with means connections were lost and reopened (churn).
     var connectionsOpened: Int?
+    /// Connections the client keeps when none fails (nil when not counted).
+    var connectionSlots: Int?
+    /// CPU per operation of the client and of each watched server process (nil in results
+    /// written before it was measured).
+    var cpu: CPUFigures?
+
+    /// "2 retries, 3 connections reopened" when the client met failures; nil when it met none.
+    var churn: String? {
+        var parts: [String] = []
+        if totalRetries > 0 { parts.append("\(totalRetries) retries") }
+        if let opened = connectionsOpened, let slots = connectionSlots, opened > slots { parts.append("\(opened - slots) connections reopened") }
+        return parts.isEmpty ? nil : parts.joined(separator: ", ")
+    }
 }
 
 /// The parameters of a run, as recorded in its result.
@@ -192,8 +205,9 @@ enum Format {
             if let error = op.lastError { lines.append("  last \(kind.rawValue) error: \(error)") }
         }
         if let connections = result.connectionsOpened {
-            lines.append("connections opened: \(connections), retries: \(result.totalRetries)")
+            lines.append("connections opened: \(connections)\(result.connectionSlots.map { " (\($0) kept)" } ?? ""), retries: \(result.totalRetries)")
         }
+        if let cpu = result.cpu { lines.append("CPU per operation: \(cpu.summary)") }
         for store in result.stores ?? [] {
             lines.append("store \(store.storeID): \(String(format: "%.0f", store.logSyncsPerSecond)) syncs/s, "
                          + "\(String(format: "%.1f", store.regionsPerLogBatch)) regions per log batch, "

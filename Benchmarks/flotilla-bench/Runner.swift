@@ -16,6 +16,15 @@ struct RunPlan: Sendable {
     var rateOpsPerSecond: Double?
     var seed: UInt64
     var liveLine: Bool
+    /// Processes (servers) whose CPU time is sampled with the client's over the measured window.
+    var watchPIDs: [Int32] = []
+}
+
+/// What a run measured besides the operations: its measured time and the CPU used meanwhile.
+struct RunMeasurement: Sendable {
+    var duration: Duration
+    var cpuAtStart: CPUSample
+    var cpuAtEnd: CPUSample
 }
 
 /// Runs workloads against a target: a closed loop (each client issues its next operation when
@@ -50,8 +59,8 @@ struct WorkloadRunner: Sendable {
         return clock.now - start
     }
 
-    /// Runs the mix; returns the measured time (after the warm-up).
-    func run(recorder: Recorder) async -> Duration {
+    /// Runs the mix; returns the measured time (after the warm-up) and the CPU samples at its ends.
+    func run(recorder: Recorder) async -> RunMeasurement {
         let clock = ContinuousClock()
         let start = clock.now
         let measureFrom = start + plan.warmup
@@ -59,8 +68,7 @@ struct WorkloadRunner: Sendable {
         let state = RunState(recordCount: plan.recordCount)
         let chooser = KeyChooser(distribution: plan.mix.distribution, recordCount: max(1, plan.recordCount))
         if plan.warmup == .zero {
-            recorder.startRecording()
-            state.measuredStart.withLock { $0 = clock.now }
+            state.startMeasuring(recorder, at: clock.now, watching: plan.watchPIDs)
         }
 
         let reporter = Task {
@@ -69,8 +77,7 @@ struct WorkloadRunner: Sendable {
                 try? await Task.sleep(for: .seconds(1))
                 second += 1
                 if state.measuredStart.withLock({ $0 }) == nil, clock.now >= measureFrom {
-                    recorder.startRecording()
-                    state.measuredStart.withLock { $0 = clock.now }
+                    state.startMeasuring(recorder, at: clock.now, watching: plan.watchPIDs)
                 }
                 let interval = recorder.takeInterval()
                 if plan.liveLine && !state.done.load(ordering: .relaxed) {
@@ -112,10 +119,11 @@ struct WorkloadRunner: Sendable {
                 }
             }
         }
+        let cpuAtEnd = CPUSample.take(watching: plan.watchPIDs)
         state.done.store(true, ordering: .relaxed)
         reporter.cancel()
         let began = state.measuredStart.withLock { $0 } ?? clock.now
-        return clock.now - began
+        return RunMeasurement(duration: clock.now - began, cpuAtStart: state.cpuAtStart.withLock { $0 } ?? cpuAtEnd, cpuAtEnd: cpuAtEnd)
     }
 
     /// Performs one operation; returns whether a compare-and-swap found another value.
@@ -168,6 +176,13 @@ final class RunState: Sendable {
     let issued = Atomic<Int>(0)
     let done = Atomic<Bool>(false)
     let measuredStart = Mutex<ContinuousClock.Instant?>(nil)
+    let cpuAtStart = Mutex<CPUSample?>(nil)
 
     init(recordCount: UInt64) { inserted = InsertCounter(recordCount) }
+
+    func startMeasuring(_ recorder: Recorder, at now: ContinuousClock.Instant, watching pids: [Int32]) {
+        cpuAtStart.withLock { $0 = CPUSample.take(watching: pids) }
+        recorder.startRecording()
+        measuredStart.withLock { $0 = now }
+    }
 }

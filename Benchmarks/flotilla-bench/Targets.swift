@@ -27,6 +27,8 @@ protocol BenchTarget: Sendable {
     var retries: Int { get }
     /// Connections the target's client opened so far (nil when it does not count them).
     var connectionsOpened: Int? { get }
+    /// Connections it keeps open when none fails: more opened than this is churn.
+    var connectionSlots: Int? { get }
 }
 
 /// Flotilla through `FlotillaClient` (leader routing, retries, exactly-once writes).
@@ -47,6 +49,7 @@ final class FlotillaTarget: BenchTarget {
     }
     var retries: Int { client.retryCount }
     var connectionsOpened: Int? { nil }
+    var connectionSlots: Int? { nil }
 }
 
 /// etcd's v3 KV API over gRPC: Range (linearizable), Put, and Txn for compare-and-swap.
@@ -108,6 +111,7 @@ final class EtcdTarget: BenchTarget {
     var retries: Int { retryCounter.load(ordering: .relaxed) }
     /// HTTP/2 connections opened so far (one per slot when nothing failed).
     var connectionsOpened: Int? { driver == .direct ? connectionCounter.load(ordering: .relaxed) : nil }
+    var connectionSlots: Int? { driver == .direct ? endpoints.count * connectionsPerEndpoint : nil }
 
     /// The connection of `slot`, opened on first use and reopened once it has closed.
     private func connection(_ slot: Int) async throws -> EtcdConnection {
