@@ -129,7 +129,7 @@ let package = Package(
         .executableTarget(
             name: "flotilla-bench",
             dependencies: [
-                "FlotillaClient", "FlotillaProto", "FlotillaServer",
+                "FlotillaClient", "FlotillaProto", "FlotillaServer", "RaftStore", "Raft", "RocksDB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),

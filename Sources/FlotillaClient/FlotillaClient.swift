@@ -303,7 +303,16 @@ public final class FlotillaClient: Sendable {
 
     private func region(for key: Data) -> Flotilla_V1_Region? {
         regions.withLock { regions in
-            regions.last { !key.lexicographicallyPrecedes($0.startKey) && ($0.endKey.isEmpty || key.lexicographicallyPrecedes($0.endKey)) }
+            // Sorted by start key: the last region starting at or before the key, if it ends after it.
+            var low = 0
+            var high = regions.count
+            while low < high {
+                let middle = (low + high) / 2
+                if KeyOrder.compare(regions[middle].startKey, key) <= 0 { low = middle + 1 } else { high = middle }
+            }
+            guard low > 0 else { return nil }
+            let candidate = regions[low - 1]
+            return candidate.endKey.isEmpty || KeyOrder.compare(key, candidate.endKey) < 0 ? candidate : nil
         }
     }
 

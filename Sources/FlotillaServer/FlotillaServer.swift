@@ -54,7 +54,7 @@ public final class FlotillaServer: Sendable {
         }
         guard let address = HostPort(me.address) else { throw ConfigError("bad address \(me.address)") }
         guard let raftAddress = HostPort(me.raftAddress) else { throw ConfigError("bad raftAddress \(me.raftAddress)") }
-        let db = try Database(path: settings.dataDirectory + "/db", columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
+        let db = try StoreDatabase.open(path: settings.dataDirectory + "/db")
         try Self.checkIdentity(db: db, clusterID: settings.cluster.clusterID, storeID: settings.storeID, path: settings.dataDirectory)
         let electionTimeoutTicks = settings.electionTimeoutTicks
         var storeSettings = StoreSettings(snapshotDirectory: settings.dataDirectory + "/snapshots")

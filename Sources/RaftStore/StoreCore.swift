@@ -101,6 +101,9 @@ public struct StoreTurnOutput {
     /// Snapshots installed and logs truncated this turn.
     public var snapshotsInstalled = 0
     public var logsTruncated = 0
+    /// Records (puts, deletes, range deletions) this turn wrote to RocksDB: each is a memtable
+    /// insert, the store's main cost per write after the messages.
+    public var recordsWritten = 0
 }
 
 /// One region replica on this store.

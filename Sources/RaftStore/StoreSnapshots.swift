@@ -18,6 +18,17 @@ public struct FNV1a64: Sendable, Equatable {
         for byte in bytes { add(byte: byte) }
     }
 
+    /// The same as `add(_:)` over `Data`'s bytes, through its storage rather than its
+    /// iterator (which cost a function call per byte: a few percent of a store's CPU when
+    /// every applied write is digested).
+    public mutating func add(_ bytes: Data) {
+        var value = self.value
+        bytes.withUnsafeBytes { raw in
+            for byte in raw { value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        }
+        self.value = value
+    }
+
     /// A length (or any integer), as 8 big-endian bytes.
     public mutating func add(length: Int) {
         withUnsafeBytes(of: UInt64(length).bigEndian) { for byte in $0 { add(byte: byte) } }

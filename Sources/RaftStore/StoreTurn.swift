@@ -74,6 +74,7 @@ extension StoreCore {
             try apply(item.ready, to: item.peer, batch: &applyBatch, output: &output)
         }
         if applyBatch.batch.count > 0 { try db.write(applyBatch.batch, sync: false) }
+        output.recordsWritten += applyBatch.batch.count
         if let completeBeforeSync, !output.completedWrites.isEmpty {
             pendingRequests -= output.completedWrites.count
             completeBeforeSync(output.completedWrites)
@@ -81,6 +82,7 @@ extension StoreCore {
         }
         let logWrite: Bool = logBatch.count > 0
         if logWrite { try db.write(logBatch, sync: mustSync) }
+        output.recordsWritten += logBatch.count
         if logWrite && mustSync { output.logSyncs = 1 }
         for item in readies {
             item.peer.storage.commit(item.staged)
@@ -408,6 +410,7 @@ extension StoreCore {
         }
         guard !truncations.isEmpty else { return }
         try db.write(batch, sync: false)
+        output.recordsWritten += batch.count
         for truncation in truncations {
             let peer = truncation.peer
             let before = peer.storage.lastIndex - peer.storage.truncatedIndex

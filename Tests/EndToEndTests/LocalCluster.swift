@@ -106,7 +106,7 @@ final class LocalCluster {
     func offlineDigests(_ storeID: UInt64) throws -> [UInt64: RegionDigest] {
         precondition(processes[storeID] == nil, "store \(storeID) is running")
         let path = root + "/store-\(storeID)"
-        let db = try Database(path: path + "/db", columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
+        let db = try StoreDatabase.open(path: path + "/db")
         let core = try StoreCore(db: db, storeID: storeID, settings: StoreSettings(snapshotDirectory: path + "/snapshots")) { RaftConfig(id: $0) }
         var digests: [UInt64: RegionDigest] = [:]
         for regionID in core.regionIDs { digests[regionID] = try core.regionDigest(regionID) }

@@ -144,6 +144,40 @@ struct RegionRaftStorageTests {
         #expect(reopened.lastIndex == 50 && reopened.firstIndex == 51, "old entries are gone from disk")
     }
 
+    /// Term and vote are written whenever they change; a hard state that only moves the
+    /// commit index is not written at all (the store recovers commit from the applied index).
+    @Test func aHardStateThatOnlyMovesCommitIsNotWritten() throws {
+        let store = try ScratchStore()
+        do {
+            let storage = try RegionRaftStorage(db: store.db, regionID: 4, confState: conf)
+            var ready = Ready()
+            ready.entriesToPersist = entries(1...8, term: 2)
+            ready.hardState = HardState(term: 2, vote: 3, commit: 3)
+            try persist(ready, to: storage, db: store.db)
+            var commitOnly = Ready()
+            commitOnly.hardState = HardState(term: 2, vote: 3, commit: 8)
+            let batch = store.db.makeWriteBatch()
+            let staged = storage.stage(commitOnly, into: batch)
+            #expect(batch.count == 0, "a commit-only hard state costs no record")
+            try store.db.write(batch, sync: false)
+            storage.commit(staged)
+            #expect(storage.hardState == HardState(term: 2, vote: 3, commit: 8), "in memory, the commit moved")
+        }
+        try store.reopen()
+        do {
+            let storage = try RegionRaftStorage(db: store.db, regionID: 4, confState: conf)
+            #expect(storage.hardState == HardState(term: 2, vote: 3, commit: 3), "on disk, the last commit written with a term or vote")
+            storage.recoverCommit(atLeast: 6)
+            #expect(storage.hardState.commit == 6, "raised to the applied index at open")
+            var newTerm = Ready()
+            newTerm.hardState = HardState(term: 3, vote: 0, commit: 8)
+            try persist(newTerm, to: storage, db: store.db)
+        }
+        try store.reopen()
+        let storage = try RegionRaftStorage(db: store.db, regionID: 4, confState: conf)
+        #expect(storage.hardState == HardState(term: 3, vote: 0, commit: 8), "a new term writes the whole hard state")
+    }
+
     @Test func corruptHardStateIsRefusedWithAClearError() throws {
         let store = try ScratchStore()
         try store.db.put(StoreKeys.hardState(region: 5), [1, 2, 3], in: try store.db.columnFamily(StoreKeys.raftColumnFamily))

@@ -59,7 +59,7 @@ final class InProcessCluster {
 
     func open(_ storeID: UInt64) throws {
         let path = paths[storeID] ?? ""
-        let db = try Database(path: path + "/db", columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily])
+        let db = try StoreDatabase.open(path: path + "/db")
         var storeSettings = StoreSettings(snapshotDirectory: path + "/snapshots")
         settings(storeID, &storeSettings)
         stores[storeID] = try StoreCore(db: db, storeID: storeID, settings: storeSettings) { id in
