@@ -70,6 +70,8 @@ public final class FlotillaClient: Sendable {
         // channel backoff (up to minutes): the client's own retry loop paces attempts.
         var config = HTTP2ClientTransport.Posix.Config.defaults
         config.backoff = .init(initial: .milliseconds(20), max: .seconds(1), multiplier: 2, jitter: 0.2)
+        // No flush coalescing (a request held up to 100 µs for company): see FlotillaServer.
+        config.connection.flushCoalescing = nil
         for store in stores {
             clients[store.id] = GRPCClient(transport: try .http2NIOPosix(target: .ipv4(address: store.host, port: store.port),
                                                                        transportSecurity: .plaintext, config: config))
