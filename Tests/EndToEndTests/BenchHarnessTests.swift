@@ -38,11 +38,32 @@ struct BenchHarnessTests {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-bench-test-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: root) }
+        // This test process stands in for a server whose CPU is watched.
+        let watched = ProcessInfo.processInfo.processIdentifier
         let (status, output) = try bench(["run", "--embedded", "--embedded-regions", "8", "--records", "300", "--operations", "400",
-                                          "--warmup", "0", "--concurrency", "8", "--quiet", "--json", root + "/result.json"] + Self.everyOperation)
+                                          "--warmup", "0", "--concurrency", "8", "--quiet", "--json", root + "/result.json",
+                                          "--watch-pids", "\(watched)"] + Self.everyOperation)
         #expect(status == 0, "\(output)")
         #expect(output.contains("regions per log batch"), "store activity is reported: \(output)")
+        #expect(output.contains("CPU per operation: client"), "\(output)")
         try checkResult(root + "/result.json", operations: 400, target: "flotilla")
+        let result = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/result.json"))) as? [String: Any])
+        let cpu = try #require(result["cpu"] as? [String: Any], "CPU per operation is recorded")
+        #expect((cpu["clientMicrosecondsPerOperation"] as? Double ?? 0) > 0, "\(cpu)")
+        let processes = cpu["processes"] as? [[String: Any]] ?? []
+        #expect(processes.count == 1 && processes.first?["pid"] as? Int == Int(watched), "\(cpu)")
+        // etcd's Go client as a third column: every ratio is against the better etcd figure.
+        let throughput = try #require(result["throughputOpsPerSecond"] as? Double)
+        let goClient: [String: Any] = ["tool": "etcd-load", "workload": "custom", "op": "put", "clients": 8, "measuredSeconds": 1.0,
+                                       "throughputOpsPerSecond": throughput * 2, "p50Microseconds": 100.0, "p99Microseconds": 200.0,
+                                       "errors": 0, "clientMicrosecondsPerOperation": 10.0, "processes": [] as [Any]]
+        try JSONSerialization.data(withJSONObject: goClient).write(to: URL(fileURLWithPath: root + "/go.json"))
+        let (goStatus, goTable) = try bench(["compare", root + "/result.json", root + "/result.json", "--go-client", root + "/go.json"])
+        #expect(goStatus == 0 && goTable.contains("(Go client)") && goTable.contains("| custom | all | ops/s |"), "\(goTable)")
+        let opsRow = goTable.split(separator: "\n").first { $0.hasPrefix("| custom | all | ops/s |") }.map(String.init) ?? ""
+        #expect(opsRow.hasSuffix("0.50× |"), "the Go client's figure is twice as good, so the ratio is against it: \(opsRow)")
+        let (badGoStatus, badGo) = try bench(["compare", root + "/result.json", root + "/result.json", "--go-client", "/nonexistent/go.json"])
+        #expect(badGoStatus != 0 && badGo.contains("cannot read /nonexistent/go.json"), "\(badGo)")
         let (compareStatus, table) = try bench(["compare", root + "/result.json", root + "/result.json"])
         #expect(compareStatus == 0 && table.contains("1.00×"), "\(table)")
         // Three rounds of the same workload: medians, and every round's ratio listed.
@@ -86,10 +107,18 @@ struct BenchHarnessTests {
         // One HTTP/2 connection, kept for the whole run: etcd's pings do not close it.
         let json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/etcd.json"))) as? [String: Any])
         #expect(json["connectionsOpened"] as? Int == 1 && json["totalRetries"] as? Int == 0, "\(json["connectionsOpened"] ?? "none") connections, \(json["totalRetries"] ?? "none") retries")
-        #expect(output.contains("connections opened: 1, retries: 0"), "\(output)")
+        #expect(output.contains("connections opened: 1 (1 kept), retries: 0"), "\(output)")
         // The old driver still runs, for comparisons in one run.
         let (oldStatus, oldOutput) = try bench(["run", "--operations", "200", "--warmup", "0", "--quiet", "--etcd-driver", "grpc-swift"] + target)
         #expect(oldStatus == 0, "\(oldOutput)")
+    }
+
+    /// The store write path in one process reports what a write costs.
+    @Test func writePathReportsCostPerWrite() throws {
+        let (status, output) = try bench(["write-path", "--regions", "4", "--rounds", "60"])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("per write: CPU") && output.contains("RocksDB records") && output.contains("messages"), "\(output)")
+        #expect(!output.contains("writes failed"), "\(output)")
     }
 
     @Test func badArgumentsAreRejectedClearly() throws {
@@ -103,6 +132,12 @@ struct BenchHarnessTests {
         #expect(driverStatus != 0 && driver.contains("--etcd-driver must be one of direct, grpc-swift"), "\(driver)")
         let (connectionsStatus, connections) = try bench(["run", "--etcd", "127.0.0.1:1", "--etcd-connections", "0"])
         #expect(connectionsStatus != 0 && connections.contains("--etcd-connections must be 1 to 64"), "\(connections)")
+        let (pidStatus, pid) = try bench(["run", "--embedded", "--watch-pids", "0"])
+        #expect(pidStatus != 0 && pid.contains("--watch-pids: '0' is not a positive process id"), "\(pid)")
+        let (pidsStatus, pids) = try bench(["run", "--embedded", "--watch-pids", Array(repeating: "1", count: 65).joined(separator: ",")])
+        #expect(pidsStatus != 0 && pids.contains("at most 64"), "\(pids)")
+        let (regionsStatus, regions) = try bench(["write-path", "--regions", "0"])
+        #expect(regionsStatus != 0 && regions.contains("--regions must be 1 to 4096"), "\(regions)")
         let (pairStatus, pair) = try bench(["compare", "one.json"])
         #expect(pairStatus != 0 && pair.contains("in pairs"), "\(pair)")
         let (missingStatus, missing) = try bench(["compare", "/nonexistent/a.json", "/nonexistent/b.json"])
