@@ -95,4 +95,3 @@ extension Flotilla_V1_Region {
     func peer(withID id: UInt64) -> Flotilla_V1_Peer? { peers.first { $0.id == id } }
     func peer(onStore storeID: UInt64) -> Flotilla_V1_Peer? { peers.first { $0.storeID == storeID } }
 }
-
