@@ -339,15 +339,14 @@ struct Compare: AsyncParsableCommand {
 
     /// What ops/etcd-load -json writes.
     struct GoClientResult: Decodable {
-        struct Process: Decodable { var microsecondsPerOperation: Double }
         var workload: String
         var throughputOpsPerSecond: Double
         var p50Microseconds: Double
         var p99Microseconds: Double
         var errors: Int
         var clientMicrosecondsPerOperation: Double
-        var processes: [Process]
-        var serversMicrosecondsPerOperation: Double? { processes.isEmpty ? nil : processes.reduce(0) { $0 + $1.microsecondsPerOperation } }
+        var processes: [CPUFigures.Process]
+        var serversMicrosecondsPerOperation: Double? { CPUFigures.total(processes) }
     }
 
     func run() async throws {

@@ -87,7 +87,10 @@ struct CPUFigures: Codable, Sendable {
     var processes: [Process]
 
     /// The watched processes together.
-    var serversMicrosecondsPerOperation: Double? {
+    var serversMicrosecondsPerOperation: Double? { Self.total(processes) }
+
+    /// The CPU per operation of `processes` together; nil when none was watched.
+    static func total(_ processes: [Process]) -> Double? {
         processes.isEmpty ? nil : processes.reduce(0) { $0 + $1.microsecondsPerOperation }
     }
 

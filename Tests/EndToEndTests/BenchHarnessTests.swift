@@ -164,5 +164,13 @@ struct BenchHarnessTests {
         #expect(roundsStatus == 2 && rounds.contains("--rounds must be a positive integer, got '0'"), "\(rounds)")
         let (unknownStatus, unknown) = try LocalCluster.runToEnd("/bin/bash", [loadTest, "--fast"])
         #expect(unknownStatus == 2 && unknown.contains("unknown argument '--fast'"), "\(unknown)")
+        // ops/fsync-probe (run before every load-test round) bounds its writers and time.
+        let probe = URL(fileURLWithPath: loadTest).deletingLastPathComponent().appendingPathComponent("fsync-probe").path
+        for arguments in [["--writers", "0"], ["--writers", "65"], ["--seconds", "nan"], ["--seconds", "1e9"]] {
+            let (probeStatus, probeOutput) = try LocalCluster.runToEnd("/usr/bin/python3", [probe] + arguments)
+            #expect(probeStatus == 2 && probeOutput.contains("--writers must be 1 to 64 and --seconds 0.1 to 600"), "\(arguments): \(probeOutput)")
+        }
+        let (probeStatus, probeOutput) = try LocalCluster.runToEnd("/usr/bin/python3", [probe, "--seconds", "0.2", "--writers", "1"])
+        #expect(probeStatus == 0 && probeOutput.contains("fdatasync p50"), "\(probeOutput)")
     }
 }
