@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "Raft", targets: ["Raft"]),
         .library(name: "RaftStore", targets: ["RaftStore"]),
         .library(name: "FlotillaProto", targets: ["FlotillaProto"]),
+        .library(name: "PlacementDriver", targets: ["PlacementDriver"]),
         .executable(name: "flotillactl", targets: ["flotillactl"]),
         .executable(name: "flotilla-server", targets: ["flotilla-server"]),
         .executable(name: "flotilla-bench", targets: ["flotilla-bench"]),
@@ -67,6 +68,16 @@ let package = Package(
         .target(
             name: "RaftStore",
             dependencies: ["Raft", "RocksDB", "FlotillaProto"],
+            swiftSettings: strictSettings
+        ),
+        // The placement driver's logic without I/O: replicated cluster state, routes,
+        // operators and schedulers, fed requests, heartbeats and the time.
+        .target(
+            name: "PlacementDriver",
+            dependencies: [
+                "FlotillaProto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
             swiftSettings: strictSettings
         ),
         // KV client: routing to region leaders, retries, exactly-once write tags.
@@ -189,6 +200,11 @@ let package = Package(
         .testTarget(
             name: "RaftStoreTests",
             dependencies: ["RaftStore", "Raft", "RocksDB", "FlotillaProto", "FuzzSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "PlacementDriverTests",
+            dependencies: ["PlacementDriver", "FlotillaProto"],
             swiftSettings: strictSettings
         ),
         .testTarget(

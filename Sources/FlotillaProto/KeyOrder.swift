@@ -17,3 +17,23 @@ public enum KeyOrder {
         }
     }
 }
+
+extension Flotilla_V1_Region {
+    /// Whether `key` lies in [start_key, end_key) (an empty end key: to the end).
+    public func contains(_ key: Data) -> Bool {
+        KeyOrder.compare(key, startKey) >= 0 && (endKey.isEmpty || KeyOrder.compare(key, endKey) < 0)
+    }
+
+    /// Whether the region's range and [start, end) share a key (an empty end: to the end).
+    public func overlaps(start: Data, end: Data) -> Bool {
+        (end.isEmpty || KeyOrder.compare(startKey, end) < 0) && (endKey.isEmpty || KeyOrder.compare(start, endKey) < 0)
+    }
+}
+
+extension Flotilla_V1_RegionEpoch {
+    /// Whether this epoch is older than `other` in either part: a region described with it
+    /// was since split or merged (version) or changed membership (conf_ver).
+    public func isStale(comparedTo other: Flotilla_V1_RegionEpoch) -> Bool {
+        version < other.version || confVer < other.confVer
+    }
+}

@@ -87,11 +87,6 @@ extension Flotilla_V1_Region {
                   learners: Set(peers.filter { $0.role == .learner }.map(\.id)))
     }
 
-    /// Whether `key` falls in [start, end); an empty end is the end of the key space.
-    public func contains(_ key: Data) -> Bool {
-        KeyOrder.compare(key, startKey) >= 0 && (endKey.isEmpty || KeyOrder.compare(key, endKey) < 0)
-    }
-
     func peer(withID id: UInt64) -> Flotilla_V1_Peer? { peers.first { $0.id == id } }
     func peer(onStore storeID: UInt64) -> Flotilla_V1_Peer? { peers.first { $0.storeID == storeID } }
 }

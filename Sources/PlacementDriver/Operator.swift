@@ -1,0 +1,218 @@
+import FlotillaProto
+
+/// One step of an operator: a change PD asks a region's leader to make, finished when a
+/// region heartbeat shows it.
+public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
+    /// Add `peer` as a learner; finished once it exists and has caught up (not pending).
+    case addLearner(Flotilla_V1_Peer)
+    /// Make the learner `peer` a voter; finished once it is one.
+    case promoteLearner(Flotilla_V1_Peer)
+    /// Remove the region's peer on `peer.storeID`; finished once no peer is there.
+    case removePeer(Flotilla_V1_Peer)
+    /// Make `peer` the leader; finished once the leader is on its store.
+    case transferLeader(Flotilla_V1_Peer)
+
+    /// The change has been made (it may still be catching up).
+    public func isApplied(to info: Flotilla_V1_RegionInfo) -> Bool {
+        switch self {
+        case .addLearner(let peer): info.region.peers.contains { $0.id == peer.id }
+        default: isFinished(on: info)
+        }
+    }
+
+    public func isFinished(on info: Flotilla_V1_RegionInfo) -> Bool {
+        switch self {
+        case .addLearner(let peer):
+            info.region.peers.contains { $0.id == peer.id } && !info.pendingPeers.contains { $0.id == peer.id }
+        case .promoteLearner(let peer):
+            info.region.peers.contains { $0.id == peer.id && $0.role == .voter }
+        case .removePeer(let peer):
+            !info.region.peers.contains { $0.storeID == peer.storeID }
+        case .transferLeader(let peer):
+            info.hasLeader && info.leader.storeID == peer.storeID
+        }
+    }
+
+    /// The step as PD's API and a heartbeat answer carry it.
+    public var proto: Flotilla_V1_OperatorStep {
+        var step = Flotilla_V1_OperatorStep()
+        switch self {
+        case .addLearner(let peer): step.changePeer = Self.change(.addLearner, peer)
+        case .promoteLearner(let peer): step.changePeer = Self.change(.promoteLearner, peer)
+        case .removePeer(let peer): step.changePeer = Self.change(.removePeer, peer)
+        case .transferLeader(let peer):
+            var transfer = Flotilla_V1_TransferLeader()
+            transfer.peer = peer
+            step.transferLeader = transfer
+        }
+        return step
+    }
+
+    private static func change(_ kind: Flotilla_V1_ChangePeer.Kind, _ peer: Flotilla_V1_Peer) -> Flotilla_V1_ChangePeer {
+        var change = Flotilla_V1_ChangePeer()
+        change.kind = kind
+        change.peer = peer
+        return change
+    }
+
+    public var description: String {
+        switch self {
+        case .addLearner(let peer): "add learner \(peer.id) on store \(peer.storeID)"
+        case .promoteLearner(let peer): "promote learner \(peer.id) on store \(peer.storeID)"
+        case .removePeer(let peer): "remove peer on store \(peer.storeID)"
+        case .transferLeader(let peer): "transfer leader to store \(peer.storeID)"
+        }
+    }
+}
+
+/// A sequence of steps for one region, with where it stands and how it ended.
+public struct Operator: Equatable, Sendable {
+    public enum Status: Equatable, Sendable {
+        case running
+        case succeeded
+        case timedOut
+        case cancelled
+        case failed
+    }
+
+    public let id: UInt64
+    public let regionID: UInt64
+    /// What made it: "replica-checker", "admin", ...
+    public let origin: String
+    public let steps: [OperatorStep]
+    /// The region's epoch version when the operator was made: a split or merge ends it.
+    public let regionVersion: UInt64
+    public let createdMs: UInt64
+    public internal(set) var currentStep = 0
+    public internal(set) var stepStartedMs: UInt64
+    public internal(set) var status = Status.running
+    public internal(set) var reason = ""
+    public internal(set) var endedMs: UInt64 = 0
+
+    public init(id: UInt64, regionID: UInt64, origin: String, steps: [OperatorStep], regionVersion: UInt64, nowMs: UInt64) {
+        precondition(!steps.isEmpty, "an operator has at least one step")
+        self.id = id
+        self.regionID = regionID
+        self.origin = origin
+        self.steps = steps
+        self.regionVersion = regionVersion
+        self.createdMs = nowMs
+        self.stepStartedMs = nowMs
+    }
+
+    public var description: String { steps.map(\.description).joined(separator: ", then ") }
+
+    /// The operator as PD's API shows it at `nowMs`.
+    public func info(nowMs: UInt64) -> Flotilla_V1_OperatorInfo {
+        var info = Flotilla_V1_OperatorInfo()
+        info.id = id
+        info.regionID = regionID
+        info.origin = origin
+        info.description_p = description
+        info.steps = steps.map(\.proto)
+        info.currentStep = UInt32(currentStep)
+        info.status = switch status {
+        case .running: .running
+        case .succeeded: .succeeded
+        case .timedOut: .timedOut
+        case .cancelled: .cancelled
+        case .failed: .failed
+        }
+        info.reason = reason
+        let end = status == .running ? nowMs : endedMs
+        info.ageMs = end >= createdMs ? end - createdMs : 0
+        return info
+    }
+}
+
+/// The operators PD runs: at most one per region, each step bounded by a timeout, ended ones
+/// kept in a bounded history with their outcome.
+public struct OperatorController: Sendable {
+    public private(set) var running: [UInt64: Operator] = [:]
+    /// Ended operators, oldest first, at most `historyMax`.
+    public private(set) var history: [Operator] = []
+    public let stepTimeoutMs: UInt64
+    public let historyMax: Int
+    private var nextID: UInt64 = 1
+
+    /// `history` carries ended operators over from an earlier leadership of this member;
+    /// new operator ids continue after them (ids are unique within one member's memory).
+    public init(stepTimeoutMs: UInt64, historyMax: Int = PDLimits.operatorHistoryMax, history: [Operator] = []) {
+        self.stepTimeoutMs = stepTimeoutMs
+        self.historyMax = historyMax
+        self.history = Array(history.suffix(historyMax))
+        self.nextID = (history.map(\.id).max() ?? 0) + 1
+    }
+
+    /// Starts an operator for `regionID`; refused when one is running for it.
+    public mutating func add(regionID: UInt64, origin: String, steps: [OperatorStep], regionVersion: UInt64,
+                             nowMs: UInt64) throws(PDFailure) -> Operator {
+        if let held = running[regionID] { throw .operatorRunning(regionID: regionID, operatorID: held.id) }
+        guard !steps.isEmpty else { throw .invalidArgument("an operator needs at least one step") }
+        let op = Operator(id: nextID, regionID: regionID, origin: origin, steps: steps, regionVersion: regionVersion, nowMs: nowMs)
+        nextID += 1
+        running[regionID] = op
+        return op
+    }
+
+    /// Ends the region's running operator as cancelled; false when none runs.
+    @discardableResult
+    public mutating func cancel(regionID: UInt64, reason: String, nowMs: UInt64) -> Bool {
+        guard running[regionID] != nil else { return false }
+        end(regionID: regionID, status: .cancelled, reason: reason, nowMs: nowMs)
+        return true
+    }
+
+    /// Advances the region's operator by what its heartbeat shows and returns the step the
+    /// leader should make now, if any (nothing while a made change catches up).
+    public mutating func heartbeat(_ info: Flotilla_V1_RegionInfo, nowMs: UInt64) -> OperatorStep? {
+        let regionID = info.region.id
+        guard var op = running[regionID] else { return nil }
+        if info.region.epoch.version != op.regionVersion {
+            end(regionID: regionID, status: .failed,
+                reason: "the region split or merged (version \(op.regionVersion) → \(info.region.epoch.version))", nowMs: nowMs)
+            return nil
+        }
+        while op.currentStep < op.steps.count, op.steps[op.currentStep].isFinished(on: info) {
+            op.currentStep += 1
+            op.stepStartedMs = nowMs
+        }
+        running[regionID] = op
+        if op.currentStep == op.steps.count {
+            end(regionID: regionID, status: .succeeded, reason: "", nowMs: nowMs)
+            return nil
+        }
+        if timedOut(op, nowMs: nowMs) { return nil }
+        let step = op.steps[op.currentStep]
+        return step.isApplied(to: info) ? nil : step
+    }
+
+    /// Ends operators whose current step ran past its timeout (also for regions that stopped
+    /// reporting). Returns the ones it ended.
+    @discardableResult
+    public mutating func tick(nowMs: UInt64) -> [Operator] {
+        var ended: [Operator] = []
+        for op in running.values.sorted(by: { $0.id < $1.id }) where timedOut(op, nowMs: nowMs) {
+            if let last = history.last, last.id == op.id { ended.append(last) }
+        }
+        return ended
+    }
+
+    /// Ends `op` as timed out when its step is past the timeout.
+    private mutating func timedOut(_ op: Operator, nowMs: UInt64) -> Bool {
+        guard nowMs >= op.stepStartedMs, nowMs - op.stepStartedMs > stepTimeoutMs else { return false }
+        end(regionID: op.regionID, status: .timedOut,
+            reason: "step \(op.currentStep + 1) of \(op.steps.count) (\(op.steps[op.currentStep])) did not finish in \(stepTimeoutMs) ms",
+            nowMs: nowMs)
+        return true
+    }
+
+    private mutating func end(regionID: UInt64, status: Operator.Status, reason: String, nowMs: UInt64) {
+        guard var op = running.removeValue(forKey: regionID) else { return }
+        op.status = status
+        op.reason = reason
+        op.endedMs = nowMs
+        history.append(op)
+        if history.count > historyMax { history.removeFirst(history.count - historyMax) }
+    }
+}

@@ -1,0 +1,347 @@
+import FlotillaProto
+import Foundation
+
+/// Timings of PD's leader, in milliseconds of the caller's monotonic clock.
+public struct PDTimings: Sendable, Equatable {
+    /// A store silent this long is disconnected (not yet down: see `max-store-down-time`).
+    public var storeDisconnectMs: UInt64 = 20_000
+    /// How often region leaders report; a new PD leader waits one such round (plus slack)
+    /// before it schedules, so it decides from every region's report, not its persisted
+    /// routes alone.
+    public var regionHeartbeatIntervalMs: UInt64 = 10_000
+    /// An operator step not finished in this long ends the operator (timed out).
+    public var operatorStepTimeoutMs: UInt64 = 60_000
+    /// Ids a leader reserves through PD's log at a time.
+    public var idBatch: UInt64 = 1_000
+
+    public init() {}
+
+    /// The wait after election before scheduling: one heartbeat round and a half.
+    public var scheduleDelayMs: UInt64 { regionHeartbeatIntervalMs + regionHeartbeatIntervalMs / 2 }
+}
+
+/// The placement driver's logic, without I/O: the replicated `ClusterState` (changed only by
+/// `apply`, in log order) and, while this member leads, the leader's memory: fresher routes
+/// from region heartbeats, store liveness and statistics, the id window, and operators.
+///
+/// Requests that change replicated state are answered with the commands to propose; the
+/// caller replicates them, calls `apply` on every member, and answers from the outcome.
+/// Everything takes the time as `nowMs` (monotonic): tests drive it.
+public struct PlacementDriver: Sendable {
+    public private(set) var state = ClusterState()
+    public let timings: PDTimings
+
+    /// The leader's routes: persisted routes at election, then every accepted heartbeat.
+    public private(set) var regions = RegionTree()
+    public private(set) var operators: OperatorController
+    private var storeHeard: [UInt64: (atMs: UInt64, stats: Flotilla_V1_StoreStats)] = [:]
+    private var leaderSinceMs: UInt64?
+    /// Ids this leader may hand out: idNext...idLimit (empty when idNext > idLimit).
+    private var idNext: UInt64 = 1
+    private var idLimit: UInt64 = 0
+
+    public init(timings: PDTimings = PDTimings(), state: ClusterState = ClusterState()) {
+        self.timings = timings
+        self.state = state
+        self.operators = OperatorController(stepTimeoutMs: timings.operatorStepTimeoutMs)
+    }
+
+    public var isLeader: Bool { leaderSinceMs != nil }
+
+    // MARK: Leadership
+
+    /// This member became PD's leader at `nowMs` (after applying every entry of earlier terms).
+    /// Ids it hands out start past everything reserved so far, so none is ever handed out
+    /// twice, whatever the last leader handed out of its batch.
+    public mutating func becomeLeader(nowMs: UInt64) {
+        leaderSinceMs = nowMs
+        regions = state.routes
+        storeHeard = [:]
+        idNext = state.reservedIDsThrough + 1
+        idLimit = state.reservedIDsThrough
+        operators = OperatorController(stepTimeoutMs: timings.operatorStepTimeoutMs, history: operators.history)
+    }
+
+    /// This member stopped leading: the leader's memory is dropped (operators end as
+    /// cancelled in the history).
+    public mutating func becomeFollower(nowMs: UInt64) {
+        guard leaderSinceMs != nil else { return }
+        for regionID in operators.running.keys.sorted() {
+            operators.cancel(regionID: regionID, reason: "PD leader changed", nowMs: nowMs)
+        }
+        leaderSinceMs = nil
+        regions = RegionTree()
+        storeHeard = [:]
+        idLimit = 0
+    }
+
+    private func requireLeader() throws(PDFailure) {
+        guard isLeader else { throw .notLeader(leaderAddress: "") }
+    }
+
+    /// Refuses a request for another cluster (0 is accepted only where a caller learns the id).
+    public func check(header: Flotilla_V1_PDRequestHeader, allowUnknown: Bool = false) throws(PDFailure) {
+        if header.clusterID == state.clusterID { return }
+        if allowUnknown && header.clusterID == 0 { return }
+        throw .clusterMismatch(expected: state.clusterID, got: header.clusterID)
+    }
+
+    // MARK: Applying PD's log
+
+    /// Applies one committed command (every member, in log order). The leader's memory
+    /// follows: reserved ids widen its window, bootstrap and persisted routes reach its routes.
+    public mutating func apply(_ command: Flotilla_V1_PDCommand) -> (outcome: Result<Void, PDFailure>, writes: [ClusterState.RecordWrite]) {
+        let result = state.apply(command)
+        guard case .success = result.outcome, isLeader else { return result }
+        switch command.command {
+        case .reserveIdsThrough(let bound):
+            if bound > idLimit { idLimit = bound }
+        case .bootstrap(let request):
+            var info = Flotilla_V1_RegionInfo()
+            info.region = request.region
+            regions.update(info)
+        default:
+            break
+        }
+        return result
+    }
+
+    /// Replaces the replicated state (a snapshot installed, or a restart's load).
+    public mutating func restore(_ loaded: ClusterState) {
+        state = loaded
+        if isLeader { regions = loaded.routes }
+    }
+
+    // MARK: Ids
+
+    public enum IDAllocation: Equatable, Sendable {
+        /// first ..< first + count
+        case ids(first: UInt64, count: UInt32)
+        /// Propose this, apply it, then ask again.
+        case reserve(Flotilla_V1_PDCommand)
+    }
+
+    /// Hands out `count` ids from the leader's reserved window, or asks for a reservation.
+    public mutating func allocateIDs(count: UInt32) throws(PDFailure) -> IDAllocation {
+        try requireLeader()
+        guard (1...PDLimits.idsPerAllocationMax).contains(count) else {
+            throw .invalidArgument("count: must be 1 to \(PDLimits.idsPerAllocationMax)")
+        }
+        if idNext <= idLimit, idLimit - idNext + 1 >= UInt64(count) {
+            let first = idNext
+            idNext += UInt64(count)
+            return .ids(first: first, count: count)
+        }
+        var command = Flotilla_V1_PDCommand()
+        command.reserveIdsThrough = max(idLimit, state.reservedIDsThrough) + max(timings.idBatch, UInt64(count))
+        return .reserve(command)
+    }
+
+    // MARK: Stores
+
+    /// The store's liveness at `nowMs`: a store this leader has not heard from counts from
+    /// the leader's start.
+    public func liveness(ofStore id: UInt64, nowMs: UInt64) -> Flotilla_V1_StoreLiveness {
+        let since = storeHeard[id]?.atMs ?? leaderSinceMs ?? nowMs
+        let silentMs = nowMs >= since ? nowMs - since : 0
+        if silentMs > state.settings.maxStoreDownTimeSeconds * 1000 { return .down }
+        if silentMs > timings.storeDisconnectMs { return .disconnected }
+        return .up
+    }
+
+    public func storeInfo(id: UInt64, nowMs: UInt64) -> Flotilla_V1_StoreInfo? {
+        guard let store = state.stores[id] else { return nil }
+        var info = Flotilla_V1_StoreInfo()
+        info.store = store
+        info.liveness = liveness(ofStore: id, nowMs: nowMs)
+        if let heard = storeHeard[id] {
+            info.stats = heard.stats
+            info.lastHeartbeatAgeMs = nowMs >= heard.atMs ? nowMs - heard.atMs : 0
+        }
+        return info
+    }
+
+    /// The command registering `store` (id 0: a new store, given `newID`), or the store as
+    /// held when nothing changes.
+    public func putStoreCommand(_ store: Flotilla_V1_Store, newID: UInt64?) throws(PDFailure) -> Flotilla_V1_PDCommand {
+        try requireLeader()
+        try PDValidation.check(store: store)
+        var stored = store
+        if store.id == 0 {
+            guard let newID else { throw .invalidArgument("store.id: 0 needs a new id") }
+            stored.id = newID
+            stored.state = .up
+        } else {
+            guard let held = state.stores[store.id] else { throw .unknownStore(store.id) }
+            guard held.state != .tombstone else { throw .storeTombstone(store.id) }
+            stored.state = held.state
+        }
+        var command = Flotilla_V1_PDCommand()
+        command.putStore = stored
+        return command
+    }
+
+    /// Records a store heartbeat.
+    public mutating func storeHeartbeat(storeID: UInt64, stats: Flotilla_V1_StoreStats, nowMs: UInt64) throws(PDFailure) {
+        try requireLeader()
+        guard let store = state.stores[storeID] else { throw .unknownStore(storeID) }
+        guard store.state != .tombstone else { throw .storeTombstone(storeID) }
+        storeHeard[storeID] = (nowMs, stats)
+    }
+
+    // MARK: Regions
+
+    /// What a region heartbeat produced: the step for the leader (if any) and the commands to
+    /// propose (a changed route persisted; a reservation for new peer ids).
+    public struct HeartbeatOutcome: Equatable, Sendable {
+        public var step: OperatorStep?
+        public var commands: [Flotilla_V1_PDCommand] = []
+    }
+
+    /// Takes a region leader's heartbeat: refused when stale (PD holds a newer epoch for the
+    /// region or an overlapping one) or from an unknown store; otherwise the route is updated,
+    /// the region's operator advanced, and the replica checker consulted once the leader has
+    /// waited a heartbeat round.
+    public mutating func regionHeartbeat(_ request: Flotilla_V1_RegionHeartbeatRequest, nowMs: UInt64) throws(PDFailure) -> HeartbeatOutcome {
+        try requireLeader()
+        guard state.isBootstrapped else { throw .notBootstrapped }
+        guard let store = state.stores[request.storeID] else { throw .unknownStore(request.storeID) }
+        guard store.state != .tombstone else { throw .storeTombstone(request.storeID) }
+        let info = request.region
+        try PDValidation.check(region: info.region)
+        guard info.hasLeader, info.leader.storeID == request.storeID,
+              info.region.peers.contains(where: { $0.id == info.leader.id && $0.storeID == info.leader.storeID }) else {
+            throw .invalidArgument("region \(info.region.id): the heartbeat must come from the leader's store, and the leader must be a peer")
+        }
+        for peer in info.region.peers where state.stores[peer.storeID] == nil {
+            throw .unknownStore(peer.storeID)
+        }
+        var outcome = HeartbeatOutcome()
+        switch regions.update(info) {
+        case .stale(let current):
+            throw .staleRegion(current: current)
+        case .sameMeta:
+            break
+        case .changed:
+            var command = Flotilla_V1_PDCommand()
+            command.putRegion = info.region
+            outcome.commands.append(command)
+        }
+        outcome.step = operators.heartbeat(info, nowMs: nowMs)
+        if operators.running[info.region.id] == nil, schedulingAllowed(nowMs: nowMs), state.settings.replicaCheckerEnabled {
+            if let reservation = planReplicas(info, nowMs: nowMs) { outcome.commands.append(reservation) }
+            // An operator the checker just made sends its first step with this answer.
+            if operators.running[info.region.id] != nil { outcome.step = operators.heartbeat(info, nowMs: nowMs) }
+        }
+        return outcome
+    }
+
+    /// Schedulers wait one heartbeat round after election.
+    public func schedulingAllowed(nowMs: UInt64) -> Bool {
+        guard let since = leaderSinceMs else { return false }
+        return nowMs >= since && nowMs - since >= timings.scheduleDelayMs
+    }
+
+    /// Runs the replica checker for one region; returns a reservation to propose when it
+    /// needs a peer id and the window is empty (the next heartbeat retries).
+    private mutating func planReplicas(_ info: Flotilla_V1_RegionInfo, nowMs: UInt64) -> Flotilla_V1_PDCommand? {
+        var views = storeViews(nowMs: nowMs)
+        // Replicas operators are adding count toward their target store's load already.
+        for op in operators.running.values {
+            if case .addLearner(let peer) = op.steps[op.currentStep] { views[peer.storeID]?.stats.regionCount += 1 }
+        }
+        switch ReplicaChecker.check(info, stores: views, settings: state.settings) {
+        case nil:
+            return nil
+        case .promote(let learner):
+            _ = try? operators.add(regionID: info.region.id, origin: "replica-checker",
+                                   steps: [.addLearner(learner), .promoteLearner(learner)],
+                                   regionVersion: info.region.epoch.version, nowMs: nowMs)
+            return nil
+        case .addReplica(let storeID):
+            switch try? allocateIDs(count: 1) {
+            case .ids(let first, _):
+                var peer = Flotilla_V1_Peer()
+                peer.id = first
+                peer.storeID = storeID
+                peer.role = .learner
+                _ = try? operators.add(regionID: info.region.id, origin: "replica-checker",
+                                       steps: [.addLearner(peer), .promoteLearner(peer)],
+                                       regionVersion: info.region.epoch.version, nowMs: nowMs)
+                return nil
+            case .reserve(let command):
+                return command
+            case nil:
+                return nil
+            }
+        }
+    }
+
+    /// Every non-tombstone store as the schedulers see it.
+    public func storeViews(nowMs: UInt64) -> [UInt64: StoreView] {
+        var views: [UInt64: StoreView] = [:]
+        for (id, store) in state.stores where store.state != .tombstone {
+            views[id] = StoreView(store: store, liveness: liveness(ofStore: id, nowMs: nowMs),
+                                  stats: storeHeard[id]?.stats ?? Flotilla_V1_StoreStats())
+        }
+        return views
+    }
+
+    // MARK: Operators
+
+    /// An operator an admin asked for, checked against the region as PD knows it.
+    public mutating func addOperator(_ request: Flotilla_V1_AddOperatorRequest, newPeerID: UInt64?, nowMs: UInt64) throws(PDFailure) -> Operator {
+        try requireLeader()
+        guard let info = regions.region(id: request.regionID) else { throw .unknownRegion(request.regionID) }
+        let region = info.region
+        let steps: [OperatorStep]
+        switch request.kind {
+        case .addPeerStoreID(let storeID):
+            guard let store = state.stores[storeID], store.state == .up else { throw .unknownStore(storeID) }
+            guard !region.peers.contains(where: { $0.storeID == storeID }) else {
+                throw .invalidArgument("region \(region.id) already has a peer on store \(storeID)")
+            }
+            guard region.peers.count < PDLimits.peersPerRegionMax else {
+                throw .invalidArgument("region \(region.id) has \(region.peers.count) peers, the most a region may have")
+            }
+            guard let newPeerID else { throw .invalidArgument("adding a peer needs a new peer id") }
+            var peer = Flotilla_V1_Peer()
+            peer.id = newPeerID
+            peer.storeID = storeID
+            peer.role = .learner
+            steps = [.addLearner(peer), .promoteLearner(peer)]
+        case .removePeerStoreID(let storeID):
+            guard let peer = region.peers.first(where: { $0.storeID == storeID }) else {
+                throw .invalidArgument("region \(region.id) has no peer on store \(storeID)")
+            }
+            guard !(info.hasLeader && info.leader.storeID == storeID) else {
+                throw .invalidArgument("the peer on store \(storeID) leads region \(region.id): transfer the leader first")
+            }
+            guard peer.role == .learner || region.peers.filter({ $0.role == .voter }).count > 1 else {
+                throw .invalidArgument("the peer on store \(storeID) is region \(region.id)'s only voter")
+            }
+            steps = [.removePeer(peer)]
+        case .transferLeaderStoreID(let storeID):
+            guard let peer = region.peers.first(where: { $0.storeID == storeID }), peer.role == .voter else {
+                throw .invalidArgument("region \(region.id) has no voter on store \(storeID)")
+            }
+            steps = [.transferLeader(peer)]
+        case nil:
+            throw .invalidArgument("an operator request needs a kind")
+        }
+        return try operators.add(regionID: region.id, origin: "admin", steps: steps, regionVersion: region.epoch.version, nowMs: nowMs)
+    }
+
+    public mutating func cancelOperator(regionID: UInt64, nowMs: UInt64) throws(PDFailure) {
+        try requireLeader()
+        guard operators.cancel(regionID: regionID, reason: "cancelled by an admin", nowMs: nowMs) else {
+            throw .invalidArgument("region \(regionID) has no running operator")
+        }
+    }
+
+    /// Ends operators whose step ran out of time.
+    public mutating func tick(nowMs: UInt64) {
+        guard isLeader else { return }
+        operators.tick(nowMs: nowMs)
+    }
+}
