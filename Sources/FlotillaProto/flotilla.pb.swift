@@ -1629,6 +1629,10 @@ public nonisolated struct Flotilla_V1_WriteCommand: Sendable {
   /// Clears the value of `compareAndSwap`. Subsequent reads from it will return its default value.
   public mutating func clearCompareAndSwap() {self._compareAndSwap = nil}
 
+  /// For a region run by another state machine than KV (PD's metadata): its command, applied
+  /// by that machine. A store without one refuses it.
+  public var stateMachineCommand: Data = Data()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1674,6 +1678,9 @@ public nonisolated struct Flotilla_V1_WriteResult: Sendable {
   /// The command broke a rule at apply (keys outside the region, several kinds at once): not
   /// applied, on every replica alike. Only a forged or corrupt entry can carry one.
   public var refused: String = String()
+
+  /// What the state machine answered a state_machine_command.
+  public var stateMachineReply: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4415,7 +4422,7 @@ nonisolated extension Flotilla_V1_CompareAndSwapOp: SwiftProtobuf.Message, Swift
 
 nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WriteCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_id\0\u{1}sequence\0\u{1}puts\0\u{1}deletes\0\u{3}delete_range\0\u{3}compare_and_swap\0\u{3}first_incomplete_sequence\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}client_id\0\u{1}sequence\0\u{1}puts\0\u{1}deletes\0\u{3}delete_range\0\u{3}compare_and_swap\0\u{3}first_incomplete_sequence\0\u{3}state_machine_command\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4430,6 +4437,7 @@ nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProt
       case 5: try { try decoder.decodeSingularMessageField(value: &self._deleteRange) }()
       case 6: try { try decoder.decodeSingularMessageField(value: &self._compareAndSwap) }()
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.firstIncompleteSequence) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.stateMachineCommand) }()
       default: break
       }
     }
@@ -4461,6 +4469,9 @@ nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProt
     if self.firstIncompleteSequence != 0 {
       try visitor.visitSingularUInt64Field(value: self.firstIncompleteSequence, fieldNumber: 7)
     }
+    if !self.stateMachineCommand.isEmpty {
+      try visitor.visitSingularBytesField(value: self.stateMachineCommand, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4472,6 +4483,7 @@ nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProt
     if lhs.deletes != rhs.deletes {return false}
     if lhs._deleteRange != rhs._deleteRange {return false}
     if lhs._compareAndSwap != rhs._compareAndSwap {return false}
+    if lhs.stateMachineCommand != rhs.stateMachineCommand {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4509,7 +4521,7 @@ nonisolated extension Flotilla_V1_CommandBatch: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WriteResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}succeeded\0\u{3}previous_exists\0\u{3}previous_value\0\u{3}stale_duplicate\0\u{3}payload_mismatch\0\u{1}refused\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}succeeded\0\u{3}previous_exists\0\u{3}previous_value\0\u{3}stale_duplicate\0\u{3}payload_mismatch\0\u{1}refused\0\u{3}state_machine_reply\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4523,6 +4535,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
       case 4: try { try decoder.decodeSingularBoolField(value: &self.staleDuplicate) }()
       case 5: try { try decoder.decodeSingularBoolField(value: &self.payloadMismatch) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.refused) }()
+      case 7: try { try decoder.decodeSingularBytesField(value: &self.stateMachineReply) }()
       default: break
       }
     }
@@ -4547,6 +4560,9 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
     if !self.refused.isEmpty {
       try visitor.visitSingularStringField(value: self.refused, fieldNumber: 6)
     }
+    if !self.stateMachineReply.isEmpty {
+      try visitor.visitSingularBytesField(value: self.stateMachineReply, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4557,6 +4573,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
     if lhs.staleDuplicate != rhs.staleDuplicate {return false}
     if lhs.payloadMismatch != rhs.payloadMismatch {return false}
     if lhs.refused != rhs.refused {return false}
+    if lhs.stateMachineReply != rhs.stateMachineReply {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

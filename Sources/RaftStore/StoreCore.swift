@@ -175,6 +175,8 @@ public final class StoreCore {
     let dataCF: ColumnFamily
     let metaCF: ColumnFamily
     let makeRaftConfig: @Sendable (UInt64) -> RaftConfig
+    /// Applies `state_machine_command`s (PD's metadata); nil on a KV store, which refuses them.
+    let stateMachine: (any RegionStateMachine)?
     var peers: [UInt64: RegionPeer] = [:]
     private var nextProposal: UInt64 = 1
     /// Writes and reads accepted and not yet completed, over all regions.
@@ -195,9 +197,14 @@ public final class StoreCore {
 
     /// Opens the store's regions from `db`: every normal `RegionLocalState`, finishing any
     /// snapshot install a crash interrupted, and removes staged snapshots no region refers to.
+    ///
+    /// `stateMachine` applies the `state_machine_command`s of this store's regions (PD's
+    /// metadata); it is given each opened region's data before the first turn.
     public init(db: Database, storeID: UInt64, settings: StoreSettings,
-                raftConfig: @escaping @Sendable (UInt64) -> RaftConfig) throws {
+                raftConfig: @escaping @Sendable (UInt64) -> RaftConfig,
+                stateMachine: (any RegionStateMachine)? = nil) throws {
         self.db = db
+        self.stateMachine = stateMachine
         self.storeID = storeID
         self.settings = settings
         self.makeRaftConfig = raftConfig
@@ -223,6 +230,21 @@ public final class StoreCore {
             if state.state == .normal { try openPeer(state) }
         }
         try removeStagedSnapshots(except: directoriesInUse)
+        for regionID in regionIDs { try restoreStateMachine(regionID) }
+    }
+
+    /// Hands the state machine the region's data as it is on disk now.
+    func restoreStateMachine(_ regionID: UInt64) throws {
+        guard let stateMachine, let region = peers[regionID]?.region else { return }
+        let iterator = db.makeIterator(in: dataCF, lowerBound: [UInt8](region.startKey), upperBound: StoreKeys.dataUpperBound(region))
+        iterator.seekToFirst()
+        var records: [(key: Data, value: Data)] = []
+        while iterator.isValid {
+            records.append((Data(iterator.key), Data(iterator.value)))
+            iterator.next()
+        }
+        try iterator.checkError()
+        try stateMachine.restore(regionID: regionID, records: records)
     }
 
     /// Regions hosted here, by id (initialized peers only).
@@ -609,9 +631,13 @@ public final class StoreCore {
     /// The rules every write meets: one kind of operation, keys within bounds and inside the
     /// region. Checked when a write is accepted and again when it is applied.
     func validate(_ command: Flotilla_V1_WriteCommand, in region: Flotilla_V1_Region) throws(StoreRequestError) {
-        let kinds = [!command.puts.isEmpty, !command.deletes.isEmpty, command.hasDeleteRange, command.hasCompareAndSwap]
+        let kinds = [!command.puts.isEmpty, !command.deletes.isEmpty, command.hasDeleteRange, command.hasCompareAndSwap,
+                     !command.stateMachineCommand.isEmpty]
         guard kinds.filter({ $0 }).count == 1 else {
-            throw .invalidArgument(field: "command", reason: "exactly one of puts, deletes, delete_range, compare_and_swap must be set")
+            throw .invalidArgument(field: "command", reason: "exactly one of puts, deletes, delete_range, compare_and_swap, state_machine_command must be set")
+        }
+        guard command.stateMachineCommand.isEmpty || stateMachine != nil else {
+            throw .invalidArgument(field: "command", reason: "state_machine_command: this store's regions run KV commands only")
         }
         for key in command.puts.map(\.key) + command.deletes + (command.hasCompareAndSwap ? [command.compareAndSwap.key] : []) {
             guard key.count <= StoreKeys.dataKeyBytesMax else {

@@ -320,6 +320,7 @@ extension StoreCore {
         peer.sessions = [:]
         peer.receivedSnapshot = nil
         peer.logBytesSinceTruncation = 0
+        try restoreStateMachine(peer.region.id)
     }
 
     /// The install itself, also run on restart for a region left `applying`: clear the

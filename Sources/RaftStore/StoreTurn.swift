@@ -282,7 +282,21 @@ extension StoreCore {
         }
         var result = Flotilla_V1_WriteResult()
         result.succeeded = true
-        if !command.puts.isEmpty {
+        if !command.stateMachineCommand.isEmpty, let stateMachine {
+            let (reply, writes) = stateMachine.apply(command: command.stateMachineCommand, regionID: peer.region.id, index: index)
+            result.stateMachineReply = reply
+            for write in writes {
+                // The machine's records stay inside its region, like any write.
+                switch write {
+                case .put(let key, let value):
+                    precondition(peer.region.contains(key) && key.count <= StoreKeys.dataKeyBytesMax, "a state machine wrote outside its region")
+                    batch.put(key, value)
+                case .delete(let key):
+                    precondition(peer.region.contains(key), "a state machine deleted outside its region")
+                    batch.delete(key)
+                }
+            }
+        } else if !command.puts.isEmpty {
             for pair in command.puts { batch.put(pair.key, pair.value) }
         } else if !command.deletes.isEmpty {
             for key in command.deletes { batch.delete(key) }

@@ -21,12 +21,16 @@ final class InProcessCluster {
     var snapshotsSent = 0
     var logsTruncated = 0
     var settings: (UInt64, inout StoreSettings) -> Void
+    /// Each store's state machine for `state_machine_command`s (none: KV only).
+    let stateMachine: (UInt64) -> (any RegionStateMachine)?
 
     /// `splitKeys` cut the key space into regions; every region has a peer on each of the
     /// first `replicas` stores (all by default).
     init(storeCount: Int, splitKeys: [String], replicas: Int? = nil,
-         settings: @escaping (UInt64, inout StoreSettings) -> Void = { _, _ in }) throws {
+         settings: @escaping (UInt64, inout StoreSettings) -> Void = { _, _ in },
+         stateMachine: @escaping (UInt64) -> (any RegionStateMachine)? = { _ in nil }) throws {
         self.settings = settings
+        self.stateMachine = stateMachine
         storeIDs = (1...UInt64(storeCount)).map { $0 }
         let regionStores = storeIDs.prefix(replicas ?? storeCount)
         let bounds = [Data()] + splitKeys.map { Data($0.utf8) } + [Data()]
@@ -62,11 +66,11 @@ final class InProcessCluster {
         let db = try StoreDatabase.open(path: path + "/db")
         var storeSettings = StoreSettings(snapshotDirectory: path + "/snapshots")
         settings(storeID, &storeSettings)
-        stores[storeID] = try StoreCore(db: db, storeID: storeID, settings: storeSettings) { id in
+        stores[storeID] = try StoreCore(db: db, storeID: storeID, settings: storeSettings, raftConfig: { id in
             var config = RaftConfig(id: id)
             config.randomSeed = id
             return config
-        }
+        }, stateMachine: stateMachine(storeID))
     }
 
     func crash(_ storeID: UInt64) {
