@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "PlacementDriver", targets: ["PlacementDriver"]),
         .executable(name: "flotillactl", targets: ["flotillactl"]),
         .executable(name: "flotilla-server", targets: ["flotilla-server"]),
+        .executable(name: "flotilla-pd", targets: ["flotilla-pd"]),
         .executable(name: "flotilla-bench", targets: ["flotilla-bench"]),
         .library(name: "FlotillaClient", targets: ["FlotillaClient"]),
     ],
@@ -94,7 +95,7 @@ let package = Package(
         .target(
             name: "FlotillaServer",
             dependencies: [
-                "RaftStore", "Raft", "RocksDB", "FlotillaProto", "CLinuxEvents",
+                "RaftStore", "Raft", "RocksDB", "FlotillaProto", "CLinuxEvents", "PlacementDriver",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "Logging", package: "swift-log"),
@@ -119,6 +120,17 @@ let package = Package(
         ),
         .executableTarget(
             name: "flotilla-server",
+            dependencies: [
+                "FlotillaServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                "FlotillaCommandLine",
+            ],
+            swiftSettings: strictSettings
+        ),
+        // One member of the placement driver's Raft group.
+        .executableTarget(
+            name: "flotilla-pd",
             dependencies: [
                 "FlotillaServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -209,7 +221,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["FlotillaClient", "FlotillaServer", "flotilla-server", "flotilla-bench", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
+            dependencies: ["FlotillaClient", "FlotillaServer", "flotilla-server", "flotilla-pd", "flotilla-bench", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
                            .product(name: "GRPCCore", package: "grpc-swift-2"),
                            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")],
             swiftSettings: strictSettings

@@ -242,6 +242,19 @@ public enum Flotilla_V1_PD: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "PutMember" metadata.
+        public enum PutMember: Sendable {
+            /// Request type for "PutMember".
+            public typealias Input = Flotilla_V1_PutMemberRequest
+            /// Response type for "PutMember".
+            public typealias Output = Flotilla_V1_PutMemberResponse
+            /// Descriptor for "PutMember".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.PD"),
+                method: "PutMember",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "flotilla.v1.PD" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             GetMembers.descriptor,
@@ -259,7 +272,8 @@ public enum Flotilla_V1_PD: Sendable {
             AddOperator.descriptor,
             CancelOperator.descriptor,
             GetSchedulerSettings.descriptor,
-            SetSchedulerSettings.descriptor
+            SetSchedulerSettings.descriptor,
+            PutMember.descriptor
         ]
     }
 }
@@ -509,6 +523,20 @@ extension Flotilla_V1_PD {
             request: GRPCCore.StreamingServerRequest<Flotilla_V1_SetSchedulerSettingsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_SetSchedulerSettingsResponse>
+
+        /// Handle the "PutMember" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_PutMemberRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_PutMemberResponse` messages.
+        func putMember(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_PutMemberRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_PutMemberResponse>
     }
 
     /// Service protocol for the "flotilla.v1.PD" service.
@@ -742,6 +770,20 @@ extension Flotilla_V1_PD {
             request: GRPCCore.ServerRequest<Flotilla_V1_SetSchedulerSettingsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_SetSchedulerSettingsResponse>
+
+        /// Handle the "PutMember" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_PutMemberRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Flotilla_V1_PutMemberResponse` message.
+        func putMember(
+            request: GRPCCore.ServerRequest<Flotilla_V1_PutMemberRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_PutMemberResponse>
     }
 
     /// Simple service protocol for the "flotilla.v1.PD" service.
@@ -973,6 +1015,20 @@ extension Flotilla_V1_PD {
             request: Flotilla_V1_SetSchedulerSettingsRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Flotilla_V1_SetSchedulerSettingsResponse
+
+        /// Handle the "PutMember" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_PutMemberRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Flotilla_V1_PutMemberResponse` to respond with.
+        func putMember(
+            request: Flotilla_V1_PutMemberRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Flotilla_V1_PutMemberResponse
     }
 }
 
@@ -1156,6 +1212,17 @@ extension Flotilla_V1_PD.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Flotilla_V1_PD.Method.PutMember.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_PutMemberRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_PutMemberResponse>(),
+            handler: { request, context in
+                try await self.putMember(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -1332,6 +1399,17 @@ extension Flotilla_V1_PD.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_SetSchedulerSettingsResponse> {
         let response = try await self.setSchedulerSettings(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func putMember(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_PutMemberRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_PutMemberResponse> {
+        let response = try await self.putMember(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1543,6 +1621,19 @@ extension Flotilla_V1_PD.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_SetSchedulerSettingsResponse> {
         return GRPCCore.ServerResponse<Flotilla_V1_SetSchedulerSettingsResponse>(
             message: try await self.setSchedulerSettings(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func putMember(
+        request: GRPCCore.ServerRequest<Flotilla_V1_PutMemberRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_PutMemberResponse> {
+        return GRPCCore.ServerResponse<Flotilla_V1_PutMemberResponse>(
+            message: try await self.putMember(
                 request: request.message,
                 context: context
             ),
@@ -1862,6 +1953,25 @@ extension Flotilla_V1_PD {
             deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_SetSchedulerSettingsResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SetSchedulerSettingsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "PutMember" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_PutMemberRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_PutMemberRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_PutMemberResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func putMember<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_PutMemberRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_PutMemberRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_PutMemberResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_PutMemberResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2360,6 +2470,36 @@ extension Flotilla_V1_PD {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "PutMember" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_PutMemberRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_PutMemberRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_PutMemberResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func putMember<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_PutMemberRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_PutMemberRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_PutMemberResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_PutMemberResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Flotilla_V1_PD.Method.PutMember.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2761,6 +2901,31 @@ extension Flotilla_V1_PD.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_SetSchedulerSettingsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_SetSchedulerSettingsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PutMember" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_PutMemberRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func putMember<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_PutMemberRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_PutMemberResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.putMember(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_PutMemberRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_PutMemberResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -3228,6 +3393,35 @@ extension Flotilla_V1_PD.ClientProtocol {
             metadata: metadata
         )
         return try await self.setSchedulerSettings(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "PutMember" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func putMember<Result>(
+        _ message: Flotilla_V1_PutMemberRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_PutMemberResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_PutMemberRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.putMember(
             request: request,
             options: options,
             onResponse: handleResponse

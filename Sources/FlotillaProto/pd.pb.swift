@@ -1674,6 +1674,59 @@ public nonisolated struct Flotilla_V1_SetSchedulerSettingsResponse: Sendable {
   fileprivate var _header: Flotilla_V1_PDResponseHeader? = nil
 }
 
+/// A PD member asks the leader to record its addresses (internal to flotilla-pd).
+public nonisolated struct Flotilla_V1_PutMemberRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var header: Flotilla_V1_PDRequestHeader {
+    get {_header ?? Flotilla_V1_PDRequestHeader()}
+    set {_header = newValue}
+  }
+  /// Returns true if `header` has been explicitly set.
+  public var hasHeader: Bool {self._header != nil}
+  /// Clears the value of `header`. Subsequent reads from it will return its default value.
+  public mutating func clearHeader() {self._header = nil}
+
+  public var member: Flotilla_V1_PDMember {
+    get {_member ?? Flotilla_V1_PDMember()}
+    set {_member = newValue}
+  }
+  /// Returns true if `member` has been explicitly set.
+  public var hasMember: Bool {self._member != nil}
+  /// Clears the value of `member`. Subsequent reads from it will return its default value.
+  public mutating func clearMember() {self._member = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _header: Flotilla_V1_PDRequestHeader? = nil
+  fileprivate var _member: Flotilla_V1_PDMember? = nil
+}
+
+public nonisolated struct Flotilla_V1_PutMemberResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var header: Flotilla_V1_PDResponseHeader {
+    get {_header ?? Flotilla_V1_PDResponseHeader()}
+    set {_header = newValue}
+  }
+  /// Returns true if `header` has been explicitly set.
+  public var hasHeader: Bool {self._header != nil}
+  /// Clears the value of `header`. Subsequent reads from it will return its default value.
+  public mutating func clearHeader() {self._header = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _header: Flotilla_V1_PDResponseHeader? = nil
+}
+
 public nonisolated struct Flotilla_V1_PDCommand: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1743,6 +1796,16 @@ public nonisolated struct Flotilla_V1_PDCommand: Sendable {
     set {command = .deleteRegion(newValue)}
   }
 
+  /// A member's addresses, published by the member itself when it leads, so followers can
+  /// point clients to it.
+  public var putMember: Flotilla_V1_PDMember {
+    get {
+      if case .putMember(let v)? = command {return v}
+      return Flotilla_V1_PDMember()
+    }
+    set {command = .putMember(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Command: Equatable, Sendable {
@@ -1759,6 +1822,9 @@ public nonisolated struct Flotilla_V1_PDCommand: Sendable {
     case setClusterID(UInt64)
     /// Removes routes PD's leader found replaced (by epoch) by another region.
     case deleteRegion(UInt64)
+    /// A member's addresses, published by the member itself when it leads, so followers can
+    /// point clients to it.
+    case putMember(Flotilla_V1_PDMember)
 
   }
 
@@ -4207,9 +4273,82 @@ nonisolated extension Flotilla_V1_SetSchedulerSettingsResponse: SwiftProtobuf.Me
   }
 }
 
+nonisolated extension Flotilla_V1_PutMemberRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PutMemberRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}member\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._member) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._header {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._member {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_PutMemberRequest, rhs: Flotilla_V1_PutMemberRequest) -> Bool {
+    if lhs._header != rhs._header {return false}
+    if lhs._member != rhs._member {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_PutMemberResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PutMemberResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._header {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_PutMemberResponse, rhs: Flotilla_V1_PutMemberResponse) -> Bool {
+    if lhs._header != rhs._header {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Flotilla_V1_PDCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PDCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bootstrap\0\u{3}put_store\0\u{3}reserve_ids_through\0\u{3}put_region\0\u{3}set_settings\0\u{3}set_cluster_id\0\u{3}delete_region\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bootstrap\0\u{3}put_store\0\u{3}reserve_ids_through\0\u{3}put_region\0\u{3}set_settings\0\u{3}set_cluster_id\0\u{3}delete_region\0\u{3}put_member\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4293,6 +4432,19 @@ nonisolated extension Flotilla_V1_PDCommand: SwiftProtobuf.Message, SwiftProtobu
           self.command = .deleteRegion(v)
         }
       }()
+      case 8: try {
+        var v: Flotilla_V1_PDMember?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .putMember(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .putMember(v)
+        }
+      }()
       default: break
       }
     }
@@ -4331,6 +4483,10 @@ nonisolated extension Flotilla_V1_PDCommand: SwiftProtobuf.Message, SwiftProtobu
     case .deleteRegion?: try {
       guard case .deleteRegion(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularUInt64Field(value: v, fieldNumber: 7)
+    }()
+    case .putMember?: try {
+      guard case .putMember(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     }()
     case nil: break
     }

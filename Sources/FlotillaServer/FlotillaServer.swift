@@ -135,11 +135,14 @@ public final class FlotillaServer: Sendable {
     }
 
     /// A store refuses a data dir that another cluster or store wrote.
-    static func checkIdentity(db: Database, clusterID: UInt64, storeID: UInt64, path: String) throws {
+    static func checkIdentity(db: Database, clusterID: UInt64, storeID: UInt64, path: String, what: String? = nil) throws {
         let meta = try db.columnFamily(StoreKeys.metaColumnFamily)
         if let stored = try db.get(StoreKeys.storeIdent, in: meta) {
             let ident = try Flotilla_V1_StoreIdent(serializedBytes: stored)
             guard ident.clusterID == clusterID, ident.storeID == storeID else {
+                if let what {
+                    throw ConfigError("data dir \(path) was written by another PD group or member than \(what)")
+                }
                 throw ConfigError("data dir \(path) belongs to cluster \(ident.clusterID) store \(ident.storeID), not cluster \(clusterID) store \(storeID)")
             }
             return

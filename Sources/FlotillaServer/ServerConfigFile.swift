@@ -37,6 +37,12 @@ public struct ServerConfigFile: Sendable, Equatable {
 
     /// Reads and checks the file at `path`.
     public static func load(path: String) throws(ConfigError) -> ServerConfigFile {
+        let (text, base) = try readText(path: path)
+        return try parse(text, source: path, relativeTo: base)
+    }
+
+    /// A config file's text (bounded, UTF-8) and the directory its relative paths start from.
+    static func readText(path: String) throws(ConfigError) -> (text: String, base: URL) {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw ConfigError("cannot read config file \(path)") }
         defer { try? handle.close() }
         let data: Data
@@ -45,12 +51,11 @@ public struct ServerConfigFile: Sendable, Equatable {
         }
         guard data.count <= fileBytesMax else { throw ConfigError("config file \(path) is larger than \(fileBytesMax) bytes") }
         guard let text = String(data: data, encoding: .utf8) else { throw ConfigError("config file \(path) is not UTF-8") }
-        let base = URL(fileURLWithPath: path).deletingLastPathComponent()
-        return try parse(text, source: path, relativeTo: base)
+        return (text, URL(fileURLWithPath: path).deletingLastPathComponent())
     }
 
-    /// Parses TOML text; `source` names it in errors, relative paths resolve against `base`.
-    public static func parse(_ text: String, source: String, relativeTo base: URL? = nil) throws(ConfigError) -> ServerConfigFile {
+    /// Parses TOML text into its table; `source` names it in errors.
+    static func table(_ text: String, source: String) throws(ConfigError) -> TOMLTable {
         if let problem = TOMLLexicalCheck.problem(in: text) {
             throw ConfigError("config file \(source) is not valid TOML: \(problem)")
         }
@@ -60,6 +65,12 @@ public struct ServerConfigFile: Sendable, Equatable {
         } catch {
             throw ConfigError("config file \(source) is not valid TOML: \(error)")
         }
+        return table
+    }
+
+    /// Parses TOML text; `source` names it in errors, relative paths resolve against `base`.
+    public static func parse(_ text: String, source: String, relativeTo base: URL? = nil) throws(ConfigError) -> ServerConfigFile {
+        let table = try table(text, source: source)
         var reader = Reader(source: source)
         var config = ServerConfigFile()
         config.storeID = try reader.unsigned(table, "store-id")
@@ -83,7 +94,7 @@ public struct ServerConfigFile: Sendable, Equatable {
     }
 
     /// Reads typed values and remembers which keys were read, to reject the others.
-    private struct Reader {
+    struct Reader {
         let source: String
         var known: [String: Set<String>] = [:]
 

@@ -85,7 +85,7 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
 /// (region, peer); a snapshot beyond that is skipped (Raft sends another after its timeout).
 /// Chunks are read from the RocksDB snapshot as the stream drains, never all at once.
 final class SnapshotSender: SnapshotOutbound {
-    private let addresses: [UInt64: HostPort]
+    private let addresses: Mutex<[UInt64: HostPort]>
     private let sendsMax: Int
     private let secret: [UInt8]
     private let logger: Logger
@@ -94,14 +94,22 @@ final class SnapshotSender: SnapshotOutbound {
 
     init(addresses: [UInt64: HostPort], sendsMax: Int, secret: [UInt8], logger: Logger) {
         self.secret = secret
-        self.addresses = addresses
+        self.addresses = Mutex(addresses)
         self.sendsMax = sendsMax
         self.logger = logger
     }
 
+    /// Sets where snapshots for `storeID` go (a store or PD member learnt at run time).
+    func setAddress(_ address: HostPort, for storeID: UInt64) {
+        addresses.withLock { $0[storeID] = address }
+    }
+
     func sendSnapshot(_ snapshot: OutgoingSnapshot) {
         let key = [snapshot.regionID, snapshot.header.toPeer.id]
-        guard let address = addresses[snapshot.toStoreID] else { return }
+        guard let address = addresses.withLock({ $0[snapshot.toStoreID] }) else {
+            logger.warning("snapshot not sent: no address known for the store", metadata: ["to_store": "\(snapshot.toStoreID)"])
+            return
+        }
         let admitted = inFlight.withLock { inFlight -> Bool in
             guard inFlight.count < sendsMax, !inFlight.contains(key) else { return false }
             inFlight.insert(key)

@@ -19,6 +19,8 @@ public struct ClusterState: Sendable, Equatable {
     /// Persisted routes (PD's leader keeps a fresher copy in memory, from heartbeats).
     public private(set) var routes = RegionTree()
     public private(set) var settings: Flotilla_V1_SchedulerSettings = .defaults
+    /// PD members that have published their addresses (each does when it leads).
+    public private(set) var members: [UInt64: Flotilla_V1_PDMember] = [:]
 
     public init() {}
 
@@ -27,7 +29,7 @@ public struct ClusterState: Sendable, Equatable {
     public static func == (lhs: ClusterState, rhs: ClusterState) -> Bool {
         lhs.clusterID == rhs.clusterID && lhs.bootstrapRegionID == rhs.bootstrapRegionID
             && lhs.reservedIDsThrough == rhs.reservedIDsThrough && lhs.stores == rhs.stores
-            && lhs.routes.all == rhs.routes.all && lhs.settings == rhs.settings
+            && lhs.routes.all == rhs.routes.all && lhs.settings == rhs.settings && lhs.members == rhs.members
     }
 
     /// A record write an applied command asks for.
@@ -81,6 +83,15 @@ public struct ClusterState: Sendable, Equatable {
             try PDValidation.check(settings: newSettings)
             settings = newSettings
             return [.put(key: PDRecordKeys.settings, value: try PDRecordKeys.encode(newSettings))]
+        case .putMember(let member):
+            guard member.memberID != 0, !member.name.isEmpty, member.name.utf8.count <= PDLimits.memberNameBytesMax else {
+                throw .invalidArgument("member: a non-zero id and a name of 1 to \(PDLimits.memberNameBytesMax) bytes")
+            }
+            try PDValidation.check(address: member.clientAddress, field: "member.client_address")
+            try PDValidation.check(address: member.peerAddress, field: "member.peer_address")
+            if members[member.memberID] == member { return [] }
+            members[member.memberID] = member
+            return [.put(key: PDRecordKeys.member(member.memberID), value: try PDRecordKeys.encode(member))]
         case .none:
             throw .invalidArgument("an empty PD command")
         }
@@ -161,6 +172,10 @@ public struct ClusterState: Sendable, Equatable {
                     guard case .changed(removed: []) = state.routes.update(info) else {
                         throw CorruptRecord(description: "region \(info.region.id) overlaps another persisted route")
                     }
+                case (PDRecordKeys.memberPrefix, 9):
+                    let member = try Flotilla_V1_PDMember(serializedBytes: value)
+                    guard PDRecordKeys.member(member.memberID) == key else { throw CorruptRecord(description: "member record under another id") }
+                    state.members[member.memberID] = member
                 default:
                     throw CorruptRecord(description: "an unknown PD record key \(key.map { String(format: "%02x", $0) }.joined())")
                 }
@@ -185,6 +200,8 @@ public enum PDRecordKeys {
 
     public static func store(_ id: UInt64) -> Data { Data([storePrefix]) + encode(id) }
     public static func region(_ id: UInt64) -> Data { Data([regionPrefix]) + encode(id) }
+    public static let memberPrefix: UInt8 = 0x12
+    public static func member(_ id: UInt64) -> Data { Data([memberPrefix]) + encode(id) }
 
     /// 8 bytes, big-endian.
     public static func encode(_ id: UInt64) -> Data { withUnsafeBytes(of: id.bigEndian) { Data($0) } }

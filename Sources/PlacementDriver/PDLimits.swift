@@ -17,6 +17,8 @@ public enum PDLimits {
     public static let maxReplicasMax: UInt32 = 7
     /// Bound of `max-store-down-time`, seconds (a week).
     public static let maxStoreDownTimeSecondsMax: UInt64 = 7 * 24 * 3600
+    /// A PD member's name.
+    public static let memberNameBytesMax = 64
     /// Ended operators PD remembers.
     public static let operatorHistoryMax = 1_000
 }

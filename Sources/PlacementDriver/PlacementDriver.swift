@@ -209,6 +209,10 @@ public struct PlacementDriver: Sendable {
         guard store.state != .tombstone else { throw .storeTombstone(request.storeID) }
         let info = request.region
         try PDValidation.check(region: info.region)
+        // Every region and peer id comes from PD's allocator: a larger one was never handed out.
+        guard info.region.id <= state.reservedIDsThrough, info.region.peers.allSatisfy({ $0.id <= state.reservedIDsThrough }) else {
+            throw .unknownRegion(info.region.id)
+        }
         guard info.hasLeader, info.leader.storeID == request.storeID,
               info.region.peers.contains(where: { $0.id == info.leader.id && $0.storeID == info.leader.storeID }) else {
             throw .invalidArgument("region \(info.region.id): the heartbeat must come from the leader's store, and the leader must be a peer")

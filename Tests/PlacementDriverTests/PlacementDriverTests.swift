@@ -76,6 +76,10 @@ struct PlacementDriverTests {
         var request = Build.heartbeat(Build.info(region), clusterID: 7)
         request.storeID = stores[0] + 1
         #expect(throws: PDFailure.self) { try single.pd.regionHeartbeat(request, nowMs: single.nowMs) }
+        // A region id PD never handed out (a forged or foreign region).
+        var foreign = region
+        foreign.id = single.pd.state.reservedIDsThrough + 1
+        #expect(throws: PDFailure.unknownRegion(foreign.id)) { try single.heartbeat(Build.info(foreign)) }
         // A malformed region: two peers on one store.
         var doubled = region
         doubled.peers.append(Build.peer(556, store: stores[0]))

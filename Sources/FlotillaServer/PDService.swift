@@ -1,0 +1,421 @@
+import FlotillaProto
+import Foundation
+import GRPCCore
+import PlacementDriver
+import RaftStore
+
+/// PD's gRPC API on one member. Reads and decisions run on the store thread after a
+/// linearizable read of PD's region (so only the leader answers, from fully applied state);
+/// changes are proposed through PD's log and answered once applied. A follower answers
+/// `not_leader` with the leader's client address when it knows it.
+struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
+    let driver: StoreDriver
+    let machine: PDMachine
+    let memberID: UInt64
+    /// The members as `--initial-members` names them (client addresses as published).
+    let initialMembers: [Flotilla_V1_PDMember]
+
+    /// A PD error on its way to a response header.
+    struct Refusal: Error {
+        let proto: Flotilla_V1_PDError
+        init(_ proto: Flotilla_V1_PDError) { self.proto = proto }
+    }
+
+    private var regionContext: Flotilla_V1_RequestContext {
+        var context = Flotilla_V1_RequestContext()
+        context.regionID = PDServer.regionID
+        return context
+    }
+
+    // MARK: Plumbing
+
+    private func header(_ error: Flotilla_V1_PDError? = nil) -> Flotilla_V1_PDResponseHeader {
+        var header = Flotilla_V1_PDResponseHeader()
+        header.clusterID = machine.published.withLock { $0.clusterID }
+        if let error { header.error = error }
+        return header
+    }
+
+    /// Where a store-side refusal points the caller.
+    private func mapped(_ error: Error) -> Flotilla_V1_PDError {
+        if case StoreRequestError.notLeader(_, let leader) = error {
+            let address = leader.flatMap { peer in machine.published.withLock { $0.members[peer.id]?.clientAddress } } ?? ""
+            return PDFailure.notLeader(leaderAddress: address).proto
+        }
+        // Timeouts, a busy inbox: the caller retries, here or on another member.
+        var failure = PDFailure.notLeader(leaderAddress: "").proto
+        failure.message = "PD cannot serve now: \(error)"
+        return failure
+    }
+
+    /// Runs `body` on the leader's state, after a read index confirmed this member leads.
+    func onLeader<T: Sendable>(_ requestHeader: Flotilla_V1_PDRequestHeader, allowUnknownCluster: Bool = false,
+                                       _ body: @escaping @Sendable (inout PlacementDriver, UInt64) throws(PDFailure) -> T) async -> Result<T, Refusal> {
+        let machine = self.machine
+        let outcome = await driver.read(context: regionContext) { core -> Result<T, PDFailure> in
+            machine.confirmLeader(term: core.raftStatus(PDServer.regionID)?.term ?? 0)
+            return machine.withLeader { pd, nowMs in
+                Result { () throws(PDFailure) -> T in
+                    try pd.check(header: requestHeader, allowUnknown: allowUnknownCluster)
+                    return try body(&pd, nowMs)
+                }
+            }
+        }
+        switch outcome {
+        case .success(.success(let value)): return .success(value)
+        case .success(.failure(let failure)): return .failure(Refusal(failure.proto))
+        case .failure(let error): return .failure(Refusal(mapped(error)))
+        }
+    }
+
+    /// Proposes `command` through PD's log; nil once applied, else why not.
+    func propose(_ command: Flotilla_V1_PDCommand) async -> Flotilla_V1_PDError? {
+        var write = Flotilla_V1_WriteCommand()
+        do { write.stateMachineCommand = try command.serializedData() } catch {
+            return PDFailure.invalidArgument("the command does not encode: \(error)").proto
+        }
+        switch await driver.write(write, context: regionContext) {
+        case .success(let result): return PDMachine.decodeReply(result.stateMachineReply)
+        case .failure(let error): return mapped(error)
+        }
+    }
+
+    /// Allocates ids, reserving a batch through the log when the leader's window is empty.
+    private func allocate(_ requestHeader: Flotilla_V1_PDRequestHeader, count: UInt32) async -> Result<UInt64, Refusal> {
+        for _ in 0..<3 {
+            switch await onLeader(requestHeader, { pd, _ throws(PDFailure) in try pd.allocateIDs(count: count) }) {
+            case .failure(let error): return .failure(error)
+            case .success(.ids(let first, _)): return .success(first)
+            case .success(.reserve(let command)):
+                if let error = await propose(command) { return .failure(Refusal(error)) }
+            }
+        }
+        return .failure(Refusal(PDFailure.notLeader(leaderAddress: "").proto))
+    }
+
+    private func stores(for regions: [Flotilla_V1_RegionInfo], in pd: PlacementDriver) -> [Flotilla_V1_Store] {
+        let ids = Set(regions.flatMap { $0.region.peers.map(\.storeID) })
+        return ids.sorted().compactMap { pd.state.stores[$0] }
+    }
+
+    // MARK: Members and cluster
+
+    func getMembers(request: Flotilla_V1_GetMembersRequest, context: ServerContext) async throws -> Flotilla_V1_GetMembersResponse {
+        var response = Flotilla_V1_GetMembersResponse()
+        let published = machine.published.withLock { $0 }
+        guard request.header.clusterID == 0 || request.header.clusterID == published.clusterID else {
+            response.header = header(PDFailure.clusterMismatch(expected: published.clusterID, got: request.header.clusterID).proto)
+            return response
+        }
+        response.members = initialMembers.map { member in
+            var known = member
+            if let address = published.members[member.memberID]?.clientAddress { known.clientAddress = address }
+            return known
+        }
+        if case .success(let status) = await driver.status(includeRegions: true),
+           let leaderID = status.regionStatus.first(where: { $0.regionID == PDServer.regionID })?.leaderPeerID,
+           let leader = response.members.first(where: { $0.memberID == leaderID }) {
+            response.leader = leader
+        }
+        response.header = header()
+        return response
+    }
+
+    func getClusterInfo(request: Flotilla_V1_GetClusterInfoRequest, context: ServerContext) async throws -> Flotilla_V1_GetClusterInfoResponse {
+        var response = Flotilla_V1_GetClusterInfoResponse()
+        switch await onLeader(request.header, allowUnknownCluster: true, { pd, _ in
+            var info = Flotilla_V1_ClusterInfo()
+            info.clusterID = pd.state.clusterID
+            info.bootstrapped = pd.state.isBootstrapped
+            info.storeCount = UInt64(pd.state.stores.values.filter { $0.state != .tombstone }.count)
+            info.regionCount = UInt64(pd.regions.count)
+            return info
+        }) {
+        case .success(let info):
+            response.info = info
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    func putMember(request: Flotilla_V1_PutMemberRequest, context: ServerContext) async throws -> Flotilla_V1_PutMemberResponse {
+        var response = Flotilla_V1_PutMemberResponse()
+        let member = request.member
+        guard initialMembers.contains(where: { $0.memberID == member.memberID && $0.name == member.name && $0.peerAddress == member.peerAddress }) else {
+            response.header = header(PDFailure.invalidArgument("member \(member.memberID) (\(member.name)) is not one of PD's members").proto)
+            return response
+        }
+        if case .failure(let error) = await onLeader(request.header, { _, _ in () }) {
+            response.header = header(error.proto)
+            return response
+        }
+        var command = Flotilla_V1_PDCommand()
+        command.putMember = member
+        response.header = header(await propose(command))
+        return response
+    }
+
+    // MARK: Ids and bootstrap
+
+    func allocateIDs(request: Flotilla_V1_AllocateIDsRequest, context: ServerContext) async throws -> Flotilla_V1_AllocateIDsResponse {
+        var response = Flotilla_V1_AllocateIDsResponse()
+        switch await allocate(request.header, count: request.count) {
+        case .success(let first):
+            response.first = first
+            response.count = request.count
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    func bootstrap(request: Flotilla_V1_BootstrapRequest, context: ServerContext) async throws -> Flotilla_V1_BootstrapResponse {
+        var response = Flotilla_V1_BootstrapResponse()
+        // Checked on the leader first (cheap refusals); the apply decides exactly once.
+        if case .failure(let error) = await onLeader(request.header, { pd, _ throws(PDFailure) in
+            guard !pd.state.isBootstrapped else { throw .alreadyBootstrapped }
+            try PDValidation.check(store: request.store)
+            try PDValidation.check(region: request.region)
+        }) {
+            response.header = header(error.proto)
+            return response
+        }
+        var command = Flotilla_V1_PDCommand()
+        command.bootstrap = request
+        response.header = header(await propose(command))
+        return response
+    }
+
+    // MARK: Stores
+
+    func putStore(request: Flotilla_V1_PutStoreRequest, context: ServerContext) async throws -> Flotilla_V1_PutStoreResponse {
+        var response = Flotilla_V1_PutStoreResponse()
+        var newID: UInt64?
+        if request.store.id == 0 {
+            switch await allocate(request.header, count: 1) {
+            case .success(let id): newID = id
+            case .failure(let error):
+                response.header = header(error.proto)
+                return response
+            }
+        }
+        let store = request.store
+        switch await onLeader(request.header, { [newID] pd, _ throws(PDFailure) in try pd.putStoreCommand(store, newID: newID) }) {
+        case .failure(let error):
+            response.header = header(error.proto)
+        case .success(let command):
+            if let error = await propose(command) {
+                response.header = header(error)
+            } else {
+                response.store = command.putStore
+                response.header = header()
+            }
+        }
+        return response
+    }
+
+    func getStore(request: Flotilla_V1_GetStoreRequest, context: ServerContext) async throws -> Flotilla_V1_GetStoreResponse {
+        var response = Flotilla_V1_GetStoreResponse()
+        let id = request.storeID
+        switch await onLeader(request.header, { pd, nowMs throws(PDFailure) in
+            guard let info = pd.storeInfo(id: id, nowMs: nowMs) else { throw .unknownStore(id) }
+            return info
+        }) {
+        case .success(let info):
+            response.store = info
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    func getStores(request: Flotilla_V1_GetStoresRequest, context: ServerContext) async throws -> Flotilla_V1_GetStoresResponse {
+        var response = Flotilla_V1_GetStoresResponse()
+        let excludeTombstones = request.excludeTombstones
+        switch await onLeader(request.header, { pd, nowMs in
+            pd.state.stores.keys.sorted().compactMap { pd.storeInfo(id: $0, nowMs: nowMs) }
+                .filter { !excludeTombstones || $0.store.state != .tombstone }
+        }) {
+        case .success(let stores):
+            response.stores = stores
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    func storeHeartbeat(request: Flotilla_V1_StoreHeartbeatRequest, context: ServerContext) async throws -> Flotilla_V1_StoreHeartbeatResponse {
+        var response = Flotilla_V1_StoreHeartbeatResponse()
+        let (storeID, stats) = (request.storeID, request.stats)
+        if case .failure(let error) = await onLeader(request.header, { pd, nowMs throws(PDFailure) in
+            try pd.storeHeartbeat(storeID: storeID, stats: stats, nowMs: nowMs)
+        }) {
+            response.header = header(error.proto)
+            return response
+        }
+        response.header = header()
+        return response
+    }
+
+    // MARK: Regions
+
+    func regionHeartbeat(request: Flotilla_V1_RegionHeartbeatRequest, context: ServerContext) async throws -> Flotilla_V1_RegionHeartbeatResponse {
+        var response = Flotilla_V1_RegionHeartbeatResponse()
+        response.regionID = request.region.region.id
+        response.epoch = request.region.region.epoch
+        switch await onLeader(request.header, { pd, nowMs throws(PDFailure) in try pd.regionHeartbeat(request, nowMs: nowMs) }) {
+        case .failure(let error):
+            response.header = header(error.proto)
+        case .success(let outcome):
+            // Routes persist lazily: the answer does not wait for them; a failed proposal is
+            // made again by a later heartbeat.
+            for command in outcome.commands {
+                if let error = await propose(command), case .notLeader? = error.detail {
+                    response.header = header(error)
+                    return response
+                }
+            }
+            switch outcome.step {
+            case .addLearner(let peer)?: response.changePeer = Self.change(.addLearner, peer)
+            case .promoteLearner(let peer)?: response.changePeer = Self.change(.promoteLearner, peer)
+            case .removePeer(let peer)?: response.changePeer = Self.change(.removePeer, peer)
+            case .transferLeader(let peer)?:
+                var transfer = Flotilla_V1_TransferLeader()
+                transfer.peer = peer
+                response.transferLeader = transfer
+            case nil: break
+            }
+            response.header = header()
+        }
+        return response
+    }
+
+    private static func change(_ kind: Flotilla_V1_ChangePeer.Kind, _ peer: Flotilla_V1_Peer) -> Flotilla_V1_ChangePeer {
+        var change = Flotilla_V1_ChangePeer()
+        change.kind = kind
+        change.peer = peer
+        return change
+    }
+
+    func getRegion(request: Flotilla_V1_GetRegionRequest, context: ServerContext) async throws -> Flotilla_V1_GetRegionResponse {
+        var response = Flotilla_V1_GetRegionResponse()
+        let (regionID, key) = (request.regionID, request.key)
+        guard key.count <= KVLimits.keyBytesMax else {
+            response.header = header(PDFailure.invalidArgument("key: \(key.count) bytes, more than \(KVLimits.keyBytesMax)").proto)
+            return response
+        }
+        switch await onLeader(request.header, { pd, _ throws(PDFailure) in
+            guard pd.state.isBootstrapped else { throw .notBootstrapped }
+            let found = regionID != 0 ? pd.regions.region(id: regionID) : pd.regions.region(containing: key)
+            guard let found else { throw .unknownRegion(regionID) }
+            return (found, stores(for: [found], in: pd))
+        }) {
+        case .success(let (info, stores)):
+            response.region = info
+            response.stores = stores
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    func scanRegions(request: Flotilla_V1_ScanRegionsRequest, context: ServerContext) async throws -> Flotilla_V1_ScanRegionsResponse {
+        var response = Flotilla_V1_ScanRegionsResponse()
+        let (start, end) = (request.startKey, request.endKey)
+        guard start.count <= KVLimits.keyBytesMax, end.count <= KVLimits.keyBytesMax,
+              end.isEmpty || KeyOrder.compare(start, end) < 0 else {
+            response.header = header(PDFailure.invalidArgument("start_key and end_key: at most \(KVLimits.keyBytesMax) bytes, start before end").proto)
+            return response
+        }
+        let limit = request.limit == 0 ? PDLimits.regionsPerScanMax : min(Int(request.limit), PDLimits.regionsPerScanMax)
+        switch await onLeader(request.header, { pd, _ throws(PDFailure) in
+            guard pd.state.isBootstrapped else { throw .notBootstrapped }
+            let regions = pd.regions.regions(from: start, to: end, limit: limit)
+            return (regions, stores(for: regions, in: pd))
+        }) {
+        case .success(let (regions, stores)):
+            response.regions = regions
+            response.stores = stores
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    // MARK: Operators and settings
+
+    func listOperators(request: Flotilla_V1_ListOperatorsRequest, context: ServerContext) async throws -> Flotilla_V1_ListOperatorsResponse {
+        var response = Flotilla_V1_ListOperatorsResponse()
+        let includeHistory = request.includeHistory
+        switch await onLeader(request.header, { pd, nowMs in
+            let running = pd.operators.running.values.sorted { $0.id < $1.id }
+            return (running + (includeHistory ? pd.operators.history : [])).map { $0.info(nowMs: nowMs) }
+        }) {
+        case .success(let operators):
+            response.operators = operators
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    func addOperator(request: Flotilla_V1_AddOperatorRequest, context: ServerContext) async throws -> Flotilla_V1_AddOperatorResponse {
+        var response = Flotilla_V1_AddOperatorResponse()
+        var newPeerID: UInt64?
+        if case .addPeerStoreID = request.kind {
+            switch await allocate(request.header, count: 1) {
+            case .success(let id): newPeerID = id
+            case .failure(let error):
+                response.header = header(error.proto)
+                return response
+            }
+        }
+        switch await onLeader(request.header, { [newPeerID] pd, nowMs throws(PDFailure) in
+            try pd.addOperator(request, newPeerID: newPeerID, nowMs: nowMs).info(nowMs: nowMs)
+        }) {
+        case .success(let info):
+            response.operator = info
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    func cancelOperator(request: Flotilla_V1_CancelOperatorRequest, context: ServerContext) async throws -> Flotilla_V1_CancelOperatorResponse {
+        var response = Flotilla_V1_CancelOperatorResponse()
+        let regionID = request.regionID
+        if case .failure(let error) = await onLeader(request.header, { pd, nowMs throws(PDFailure) in
+            try pd.cancelOperator(regionID: regionID, nowMs: nowMs)
+        }) {
+            response.header = header(error.proto)
+            return response
+        }
+        response.header = header()
+        return response
+    }
+
+    func getSchedulerSettings(request: Flotilla_V1_GetSchedulerSettingsRequest, context: ServerContext) async throws -> Flotilla_V1_GetSchedulerSettingsResponse {
+        var response = Flotilla_V1_GetSchedulerSettingsResponse()
+        switch await onLeader(request.header, { pd, _ in pd.state.settings }) {
+        case .success(let settings):
+            response.settings = settings
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    func setSchedulerSettings(request: Flotilla_V1_SetSchedulerSettingsRequest, context: ServerContext) async throws -> Flotilla_V1_SetSchedulerSettingsResponse {
+        var response = Flotilla_V1_SetSchedulerSettingsResponse()
+        let settings = request.settings
+        if case .failure(let error) = await onLeader(request.header, { _, _ throws(PDFailure) in try PDValidation.check(settings: settings) }) {
+            response.header = header(error.proto)
+            return response
+        }
+        var command = Flotilla_V1_PDCommand()
+        command.setSettings = settings
+        response.header = header(await propose(command))
+        return response
+    }
+}

@@ -1,0 +1,176 @@
+import FlotillaClient
+import FlotillaProto
+import FlotillaServer
+import Foundation
+import Testing
+
+/// The placement driver as real `flotilla-pd` processes on loopback.
+@Suite("PD: a replicated flotilla-pd group", .serialized)
+struct PDEndToEndTests {
+    /// Polls `condition` until it holds or `seconds` pass.
+    func eventually(seconds: Double, _ condition: () async -> Bool) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if await condition() { return true }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return false
+    }
+
+    @Test func idsNeverRepeatAcrossLeaderKillsAndANewLeaderServesQuickly() async throws {
+        let pd = try LocalPD(members: 3)
+        try await pd.withClient { client in
+            #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
+            var handedOut: Set<UInt64> = []
+            func take(_ batches: Int) async throws {
+                for _ in 0..<batches {
+                    let first = try await client.allocateIDs(100)
+                    for id in first..<(first + 100) { #expect(handedOut.insert(id).inserted, "id \(id) handed out twice") }
+                }
+            }
+            var failoverSeconds: [Double] = []
+            for _ in 0..<3 {
+                try await take(3)
+                let leader = try #require(try await pd.leaderIndex(client))
+                let killed = Date()
+                pd.kill(leader)
+                try await take(1)
+                failoverSeconds.append(Date().timeIntervalSince(killed))
+                try pd.start(leader)
+            }
+            try await take(2)
+            // Election timeout 10 ticks of 50 ms: a new leader should serve within ~2 timeouts
+            // plus the client's retry pacing.
+            print("PD failover, kill -9 of the leader to the next id served: \(failoverSeconds.map { String(format: "%.2f s", $0) })")
+            #expect(failoverSeconds.allSatisfy { $0 < 5 })
+            #expect(handedOut.count == 1_400)
+        }
+    }
+
+    @Test func sixStoresRacingToBootstrapMakeExactlyOneClusterAndTheGroupRecoversAfterAFullRestart() async throws {
+        let pd = try LocalPD(members: 3)
+        let (clusterID, winner) = try await pd.withClient { client in
+            #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
+            let outcomes = try await withThrowingTaskGroup(of: (UInt64, Bool).self) { group in
+                for index in 0..<6 {
+                    group.addTask {
+                        var store = Flotilla_V1_Store()
+                        store.address = "127.0.0.1:\(31_000 + index)"
+                        store.raftAddress = "127.0.0.1:\(32_000 + index)"
+                        let registered = try await client.putStore(store)
+                        let regionID = try await client.allocateIDs(2)
+                        var region = Flotilla_V1_Region()
+                        region.id = regionID
+                        region.epoch.confVer = 1
+                        region.epoch.version = 1
+                        var peer = Flotilla_V1_Peer()
+                        peer.id = regionID + 1
+                        peer.storeID = registered.id
+                        region.peers = [peer]
+                        do {
+                            try await client.bootstrap(store: registered, region: region)
+                            return (registered.id, true)
+                        } catch PDClientError.refused(let error) {
+                            #expect(error.alreadyBootstrapped, "\(error.message)")
+                            return (registered.id, false)
+                        }
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            let winners = outcomes.filter(\.1)
+            #expect(winners.count == 1)
+            #expect(Set(outcomes.map(\.0)).count == 6, "six distinct store ids")
+            let info = try await client.clusterInfo()
+            #expect(info.bootstrapped && info.regionCount == 1 && info.storeCount == 6)
+            let first = try await client.region(key: Data("any key".utf8))
+            #expect(first.region.region.peers.map(\.storeID) == [winners.first?.0 ?? 0])
+            #expect(first.stores.map(\.id) == [winners.first?.0 ?? 0])
+            return (info.clusterID, winners.first?.0 ?? 0)
+        }
+
+        // Every member killed and started again: the state comes back from disk.
+        for index in 0..<3 { pd.kill(index) }
+        for index in 0..<3 { try pd.start(index) }
+        try await pd.withClient { client in
+            var info = Flotilla_V1_ClusterInfo()
+            #expect(await eventually(seconds: 20) {
+                guard let answer = try? await client.clusterInfo() else { return false }
+                info = answer
+                return true
+            })
+            #expect(info.clusterID == clusterID && info.bootstrapped && info.storeCount == 6 && info.regionCount == 1)
+            let stores = try await client.stores()
+            #expect(stores.count == 6 && stores.contains { $0.store.id == winner })
+            let next = try await client.allocateIDs(1)
+            #expect(next > stores.map(\.store.id).max() ?? 0)
+        }
+    }
+
+    @Test func badRequestsAreRefusedWithTypedErrorsAndChangeNothing() async throws {
+        let pd = try LocalPD(members: 1)
+        try await pd.withClient { client in
+            #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
+            var store = Flotilla_V1_Store()
+            store.address = "127.0.0.1:31001"
+            store.raftAddress = "127.0.0.1:32001"
+            let first = try await client.putStore(store)
+
+            func refusal(_ body: () async throws -> Void) async -> Flotilla_V1_PDError? {
+                do { try await body() } catch PDClientError.refused(let error) { return error } catch { Issue.record("\(error)") }
+                return nil
+            }
+            // Another store claiming the same address.
+            var thief = store
+            thief.raftAddress = "127.0.0.1:32002"
+            #expect(await refusal { _ = try await client.putStore(thief) }?.addressInUse == first.id)
+            // Malformed addresses, an unknown store id, bounds on counts and keys.
+            var malformed = store
+            malformed.address = "no port"
+            #expect(await refusal { _ = try await client.putStore(malformed) }?.invalidArgument.hasPrefix("store.address") == true)
+            var unknown = store
+            unknown.id = 999_999
+            #expect(await refusal { _ = try await client.putStore(unknown) }?.unknownStore == 999_999)
+            #expect(await refusal { _ = try await client.allocateIDs(0) }?.invalidArgument.isEmpty == false)
+            #expect(await refusal { _ = try await client.allocateIDs(1_000_000) }?.invalidArgument.isEmpty == false)
+            #expect(await refusal { _ = try await client.region(key: Data(count: 9_000)) }?.invalidArgument.isEmpty == false)
+            // Not bootstrapped yet: routes are refused as such.
+            #expect(await refusal { _ = try await client.region(key: Data()) }?.notBootstrapped == true)
+            // A heartbeat from a store PD does not know.
+            #expect(await refusal {
+                try await client.call { pdClient, header in
+                    var request = Flotilla_V1_StoreHeartbeatRequest()
+                    request.header = header
+                    request.storeID = 4242
+                    let response = try await pdClient.storeHeartbeat(request)
+                    return ((), response.header)
+                }
+            }?.unknownStore == 4242)
+            #expect(try await client.stores().count == 1)
+        }
+        // A client of another cluster is refused.
+        let other = try PDClient(endpoints: pd.clientAddresses, clusterID: 12_345, requestTimeout: .seconds(5))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await other.run() }
+            defer { other.close(); group.cancelAll() }
+            do {
+                _ = try await other.allocateIDs(1)
+                Issue.record("another cluster's request was served")
+            } catch PDClientError.refused(let error) {
+                #expect(error.clusterMismatch != 0)
+            }
+        }
+        // A data dir of another PD group is refused at start, with a reason.
+        pd.kill(0)
+        var arguments = pd.arguments(0)
+        if let position = arguments.firstIndex(of: "--initial-members") {
+            arguments[position + 1] = pd.initialMembers + ",pd9=127.0.0.1:1"
+        }
+        let (status, output) = try LocalCluster.runToEnd(LocalPD.binary, arguments)
+        #expect(status == 2)
+        #expect(output.contains("another PD group or member"), "\(output)")
+        let (badStatus, badOutput) = try LocalCluster.runToEnd(LocalPD.binary, ["--name", "x", "--data-dir", pd.root + "/x", "--client-address", "127.0.0.1:1",
+                                                                               "--peer-address", "127.0.0.1:2", "--initial-members", "x=nonsense"])
+        #expect(badStatus == 2 && badOutput.contains("is not name=host:port"), "\(badOutput)")
+    }
+}
