@@ -95,7 +95,7 @@ let package = Package(
         .target(
             name: "FlotillaServer",
             dependencies: [
-                "RaftStore", "Raft", "RocksDB", "FlotillaProto", "CLinuxEvents", "PlacementDriver",
+                "RaftStore", "Raft", "RocksDB", "FlotillaProto", "CLinuxEvents", "PlacementDriver", "FlotillaClient",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "Logging", package: "swift-log"),

@@ -35,7 +35,8 @@ public enum FlotillaClientError: Error, CustomStringConvertible, Sendable {
 /// A KV client for a Flotilla cluster: routes each request to the leader of the region that
 /// holds its key, learns leaders from NotLeader answers, retries with jittered backoff until a
 /// per-request timeout, and tags writes with (client id, sequence) so a retried write is
-/// applied once. Until the placement driver exists it is given the static region map.
+/// applied once. Routes and store addresses come from PD (`init(pd:)`), or from a static
+/// region map (`init(stores:regions:)`, a cluster file's).
 public final class FlotillaClient: Sendable {
     public struct Store: Sendable {
         public var id: UInt64
@@ -47,9 +48,23 @@ public final class FlotillaClient: Sendable {
     /// The region map, sorted by start key; epochs and peers are refreshed from
     /// EpochNotMatch answers.
     private let regions: Mutex<[Flotilla_V1_Region]>
-    private let clients: [UInt64: GRPCClient<HTTP2ClientTransport.Posix>]
+    private let clients: Mutex<[UInt64: GRPCClient<HTTP2ClientTransport.Posix>]>
     /// One command stream per store: every KV request goes through these.
-    private let channels: [UInt64: CommandChannel]
+    private let channels: Mutex<[UInt64: CommandChannel]>
+    /// Stores learnt from PD after the start: `run()` starts their connections.
+    private let newStores: AsyncStream<UInt64>.Continuation
+    private let newStoreIDs: AsyncStream<UInt64>
+    /// Where routes and store addresses come from when the client was given PD endpoints.
+    private let pd: PDClient?
+    private static var transportConfig: HTTP2ClientTransport.Posix.Config {
+        // A restarted store must be reachable again within a second, not after the default
+        // channel backoff (up to minutes): the client's own retry loop paces attempts.
+        var config = HTTP2ClientTransport.Posix.Config.defaults
+        config.backoff = .init(initial: .milliseconds(20), max: .seconds(1), multiplier: 2, jitter: 0.2)
+        // No flush coalescing (a request held up to 100 µs for company): see FlotillaServer.
+        config.connection.flushCoalescing = nil
+        return config
+    }
     /// One attempt at one store waits at most this long before the request is tried again.
     private let attemptTimeout: Duration
     private let leaders = Mutex<[UInt64: UInt64]>([:])  // region id → store id
@@ -63,21 +78,27 @@ public final class FlotillaClient: Sendable {
     public let clientID: UInt64
     public let requestTimeout: Duration
 
-    public init(stores: [Store], regions: [Flotilla_V1_Region], requestTimeout: Duration = .seconds(10)) throws {
+    public convenience init(stores: [Store], regions: [Flotilla_V1_Region], requestTimeout: Duration = .seconds(10)) throws {
+        try self.init(stores: stores, regions: regions, pd: nil, requestTimeout: requestTimeout)
+    }
+
+    /// A client that learns routes and store addresses from PD (`endpoints`: its members'
+    /// client addresses), caches them, and refreshes a route when a store says it is stale.
+    public convenience init(pd endpoints: [String], requestTimeout: Duration = .seconds(10)) throws {
+        try self.init(stores: [], regions: [], pd: try PDClient(endpoints: endpoints, requestTimeout: requestTimeout), requestTimeout: requestTimeout)
+    }
+
+    private init(stores: [Store], regions: [Flotilla_V1_Region], pd: PDClient?, requestTimeout: Duration) throws {
         self.regions = Mutex(regions.sorted { $0.startKey.lexicographicallyPrecedes($1.startKey) })
         var clients: [UInt64: GRPCClient<HTTP2ClientTransport.Posix>] = [:]
-        // A restarted store must be reachable again within a second, not after the default
-        // channel backoff (up to minutes): the client's own retry loop paces attempts.
-        var config = HTTP2ClientTransport.Posix.Config.defaults
-        config.backoff = .init(initial: .milliseconds(20), max: .seconds(1), multiplier: 2, jitter: 0.2)
-        // No flush coalescing (a request held up to 100 µs for company): see FlotillaServer.
-        config.connection.flushCoalescing = nil
         for store in stores {
             clients[store.id] = GRPCClient(transport: try .http2NIOPosix(target: .ipv4(address: store.host, port: store.port),
-                                                                       transportSecurity: .plaintext, config: config))
+                                                                       transportSecurity: .plaintext, config: Self.transportConfig))
         }
-        self.clients = clients
-        channels = Dictionary(uniqueKeysWithValues: clients.map { ($0.key, CommandChannel(storeID: $0.key, client: $0.value)) })
+        self.clients = Mutex(clients)
+        channels = Mutex(Dictionary(uniqueKeysWithValues: clients.map { ($0.key, CommandChannel(storeID: $0.key, client: $0.value)) }))
+        (newStoreIDs, newStores) = AsyncStream.makeStream(of: UInt64.self)
+        self.pd = pd
         attemptTimeout = min(requestTimeout, .seconds(3))
         self.requestTimeout = requestTimeout
         clientID = UInt64.random(in: 1...UInt64.max)
@@ -86,14 +107,22 @@ public final class FlotillaClient: Sendable {
     /// Runs the client's connections until `close()`; run it in a task before sending requests.
     public func run() async throws {
         try await withThrowingDiscardingTaskGroup { group in
-            for client in clients.values { group.addTask { try await client.runConnections() } }
-            for channel in channels.values { group.addTask { await channel.run() } }
+            if let pd { group.addTask { try await pd.run() } }
+            for client in clients.withLock({ Array($0.values) }) { group.addTask { try await client.runConnections() } }
+            for channel in channels.withLock({ Array($0.values) }) { group.addTask { await channel.run() } }
+            for await storeID in newStoreIDs {
+                guard let client = clients.withLock({ $0[storeID] }), let channel = channels.withLock({ $0[storeID] }) else { continue }
+                group.addTask { try await client.runConnections() }
+                group.addTask { await channel.run() }
+            }
         }
     }
 
     public func close() {
-        for channel in channels.values { channel.close() }
-        for client in clients.values { client.beginGracefulShutdown() }
+        newStores.finish()
+        pd?.close()
+        for channel in channels.withLock({ Array($0.values) }) { channel.close() }
+        for client in clients.withLock({ Array($0.values) }) { client.beginGracefulShutdown() }
     }
 
     // MARK: Operations
@@ -159,7 +188,7 @@ public final class FlotillaClient: Sendable {
     /// Writes every pair: one BatchPut per region, the regions in parallel. Each region's part
     /// is atomic; the whole is not (a failure names what may be partly written).
     public func batchPut(_ pairs: [(key: Data, value: Data)]) async throws {
-        let groups = try groupByRegion(pairs.map(\.key))
+        let groups = try await groupByRegion(pairs.map(\.key))
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (_, positions) in groups {
                 let part = positions.map { pairs[$0] }
@@ -186,7 +215,7 @@ public final class FlotillaClient: Sendable {
     /// Reads every key (linearizable): one BatchGet per region, in parallel. The result has
     /// the keys that exist.
     public func batchGet(_ keys: [Data]) async throws -> [Data: Data] {
-        let groups = try groupByRegion(keys)
+        let groups = try await groupByRegion(keys)
         return try await withThrowingTaskGroup(of: [Flotilla_V1_KeyValue].self) { group in
             for (_, positions) in groups {
                 let part = positions.map { keys[$0] }
@@ -212,7 +241,7 @@ public final class FlotillaClient: Sendable {
     /// A store's status: counters of its store loop and, with `includeRegions`, the Raft
     /// state of each region it hosts.
     public func storeStatus(_ storeID: UInt64, includeRegions: Bool = false) async throws -> Flotilla_V1_StoreStatus {
-        guard let client = clients[storeID] else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
+        guard let client = clients.withLock({ $0[storeID] }) else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
         var request = Flotilla_V1_StoreStatusRequest()
         request.includeRegions = includeRegions
         var options = CallOptions.defaults
@@ -229,7 +258,7 @@ public final class FlotillaClient: Sendable {
     public var retryCount: Int { retries.load(ordering: .relaxed) }
 
     /// The ids of the stores this client knows.
-    public var storeIDs: [UInt64] { clients.keys.sorted() }
+    public var storeIDs: [UInt64] { clients.withLock { $0.keys.sorted() } }
 
     private func beginWrite() -> UInt64 {
         writesInFlight.withLock { inFlight in
@@ -254,10 +283,10 @@ public final class FlotillaClient: Sendable {
     }
 
     /// Positions of `keys` by the region holding them.
-    private func groupByRegion(_ keys: [Data]) throws -> [UInt64: [Int]] {
+    private func groupByRegion(_ keys: [Data]) async throws -> [UInt64: [Int]] {
         var groups: [UInt64: [Int]] = [:]
         for (position, key) in keys.enumerated() {
-            guard let region = region(for: key) else { throw FlotillaClientError.noRoute("no region holds a key") }
+            let region = try await locate(key)
             groups[region.id, default: []].append(position)
         }
         return groups
@@ -271,7 +300,7 @@ public final class FlotillaClient: Sendable {
         var result: [(key: Data, value: Data)] = []
         var cursor = start
         while result.count < limit {
-            guard let region = region(for: cursor) else { break }
+            guard let region = try? await locate(cursor) else { break }
             var regionEnd = region.endKey
             if !end.isEmpty && (regionEnd.isEmpty || end.lexicographicallyPrecedes(regionEnd)) { regionEnd = end }
             // The server answers at most a bounded piece; ask for no more than that.
@@ -318,27 +347,70 @@ public final class FlotillaClient: Sendable {
         }
     }
 
-    /// Takes the stores' newer descriptors (epoch, peers) of regions whose range is unchanged.
-    /// Returns whether any was newer.
+    /// Takes the stores' newer descriptors of regions (epoch, peers, range), replacing what
+    /// the cache held for their ranges. Returns whether any was newer.
     private func refresh(from current: [Flotilla_V1_Region]) -> Bool {
+        var changed = false
+        for update in current {
+            let held = regions.withLock { $0.first { $0.id == update.id } }
+            if let held, !held.epoch.isStale(comparedTo: update.epoch), held == update { continue }
+            if let held, update.epoch.isStale(comparedTo: held.epoch) { continue }
+            cache(update)
+            changed = true
+        }
+        return changed
+    }
+
+    /// Puts `region` in the cache, dropping the cached regions its range overlaps.
+    private func cache(_ region: Flotilla_V1_Region) {
         regions.withLock { regions in
-            var changed = false
-            for update in current {
-                guard let position = regions.firstIndex(where: { $0.id == update.id }),
-                      regions[position].startKey == update.startKey, regions[position].endKey == update.endKey,
-                      update.epoch.confVer > regions[position].epoch.confVer || update.epoch.version > regions[position].epoch.version
-                else { continue }
-                regions[position] = update
-                changed = true
+            regions.removeAll { $0.id == region.id || $0.overlaps(start: region.startKey, end: region.endKey) }
+            let position = regions.firstIndex { KeyOrder.compare($0.startKey, region.startKey) > 0 } ?? regions.endIndex
+            regions.insert(region, at: position)
+        }
+    }
+
+    /// Forgets a cached region (the next request for its keys asks PD).
+    private func forget(regionID: UInt64) {
+        regions.withLock { $0.removeAll { $0.id == regionID } }
+    }
+
+    /// The region holding `key`: from the cache, else from PD (with its stores' addresses).
+    private func locate(_ key: Data) async throws -> Flotilla_V1_Region {
+        if let cached = region(for: key) { return cached }
+        guard let pd else { throw FlotillaClientError.noRoute("no region holds the key") }
+        let answer: Flotilla_V1_GetRegionResponse
+        do { answer = try await pd.region(key: key) } catch {
+            throw FlotillaClientError.unavailable("PD: \(error)")
+        }
+        learn(stores: answer.stores)
+        cache(answer.region.region)
+        if answer.region.hasLeader { leaders.withLock { $0[answer.region.region.id] = answer.region.leader.storeID } }
+        return answer.region.region
+    }
+
+    /// Starts connections to stores PD named that the client did not know (or whose address changed).
+    private func learn(stores: [Flotilla_V1_Store]) {
+        for store in stores {
+            guard let colon = store.address.lastIndex(of: ":"), let port = Int(store.address[store.address.index(after: colon)...]),
+                  (1...65_535).contains(port), clients.withLock({ $0[store.id] }) == nil,
+                  let client = try? GRPCClient(transport: .http2NIOPosix(target: .ipv4(address: String(store.address[..<colon]), port: port),
+                                                                       transportSecurity: .plaintext, config: Self.transportConfig)) else { continue }
+            let added = clients.withLock { clients -> Bool in
+                guard clients[store.id] == nil else { return false }
+                clients[store.id] = client
+                return true
             }
-            return changed
+            guard added else { continue }
+            channels.withLock { $0[store.id] = CommandChannel(storeID: store.id, client: client) }
+            newStores.yield(store.id)
         }
     }
 
     /// Sends to the region's leader, following NotLeader hints and retrying retryable errors
     /// with jittered exponential backoff until the request timeout.
     private func routed(key: Data, anyReplica: Bool = false, _ call: (StoreKV, Flotilla_V1_RequestContext) async throws -> Flotilla_V1_Error?) async throws -> Void {
-        guard var region = region(for: key) else { throw FlotillaClientError.noRoute("no region holds the key") }
+        var region = try await locate(key)
         let deadline = ContinuousClock.now + requestTimeout
         var backoffMilliseconds = 10
         var attempt = 0
@@ -354,7 +426,17 @@ public final class FlotillaClient: Sendable {
                 retries.add(1, ordering: .relaxed)
                 Self.retryObserver?.add()
             }
-            guard let channel = channels[storeID] else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
+            guard let channel = channels.withLock({ $0[storeID] }) else {
+                // A store PD has not described to this client yet: ask PD again, then go on
+                // to the next replica.
+                guard pd != nil else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
+                lastProblem = "store \(storeID) has no known address"
+                leaders.withLock { $0[region.id] = nil }
+                forget(regionID: region.id)
+                region = try await locate(key)
+                try await Task.sleep(for: .milliseconds(backoffMilliseconds))
+                continue
+            }
             var context = Flotilla_V1_RequestContext()
             context.regionID = region.id
             context.epoch = region.epoch
@@ -369,14 +451,24 @@ public final class FlotillaClient: Sendable {
                 case .notLeader(let notLeader):
                     leaders.withLock { $0[region.id] = notLeader.hasLeader ? notLeader.leader.storeID : nil }
                     if notLeader.hasLeader { continue }  // go straight to the named leader
-                case .serverIsBusy, .proposalDropped, .timeout, .regionNotFound:
+                case .serverIsBusy, .proposalDropped, .timeout:
                     leaders.withLock { $0[region.id] = nil }
-                case .epochNotMatch(let stale):
-                    // Membership changed: take the newer descriptor and go again.
-                    guard refresh(from: stale.currentRegions), let refreshed = self.region(for: key), refreshed.id == region.id else {
-                        throw FlotillaClientError.rejected(error.message)
+                case .regionNotFound:
+                    leaders.withLock { $0[region.id] = nil }
+                    // The store no longer holds it (moved away): PD knows where it went.
+                    if pd != nil {
+                        forget(regionID: region.id)
+                        if let relocated = try? await locate(key) { region = relocated }
                     }
-                    region = refreshed
+                case .epochNotMatch(let stale):
+                    // Membership or range changed: take the newer descriptors and go again.
+                    if refresh(from: stale.currentRegions), let refreshed = self.region(for: key) {
+                        region = refreshed
+                        continue
+                    }
+                    guard pd != nil else { throw FlotillaClientError.rejected(error.message) }
+                    forget(regionID: region.id)
+                    region = try await locate(key)
                     continue
                 case .invalidArgument, .keyNotInRegion, .none:
                     throw FlotillaClientError.rejected(error.message)

@@ -88,11 +88,12 @@ public final class PDClient: Sendable {
             header.clusterID = clusterID
             do {
                 let (response, responseHeader) = try await body(Flotilla_V1_PD.Client(wrapping: clients[index]), header)
-                if responseHeader.clusterID != 0 && clusterID == 0 {
-                    knownClusterID.store(responseHeader.clusterID, ordering: .relaxed)
-                }
+                let learnt = responseHeader.clusterID != 0 && header.clusterID == 0
+                if learnt { knownClusterID.store(responseHeader.clusterID, ordering: .relaxed) }
                 guard responseHeader.hasError else { return response }
                 let error = responseHeader.error
+                // Sent before the cluster id was known: again, now with it.
+                if learnt, case .clusterMismatch? = error.detail { continue }
                 guard case .notLeader(let hint)? = error.detail else { throw PDClientError.refused(error) }
                 lastError = "\(endpoints[index]): \(error.message)"
                 if let leader = endpoints.firstIndex(of: hint.leaderAddress), leader != index {

@@ -1,4 +1,5 @@
 import FlotillaProto
+import FlotillaClient
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -9,9 +10,17 @@ import RocksDB
 
 /// Settings of one store process.
 public struct ServerSettings: Sendable {
+    /// The store's id: named in the cluster file, or given by PD when the store joins.
     public var storeID: UInt64
-    public var cluster: ClusterFile
+    /// The static cluster (tests and the bench's embedded cluster); nil for a store that
+    /// joins through PD.
+    public var cluster: ClusterFile?
+    /// How a store joins through PD: PD's endpoints and this store's addresses.
+    public var pd: PDJoin?
     public var dataDirectory: String
+    /// How often the store reports itself and its led regions to PD.
+    public var storeHeartbeatInterval: Duration = .seconds(1)
+    public var regionHeartbeatInterval: Duration = .seconds(10)
     public var tickInterval: Duration = .milliseconds(100)
     public var electionTimeoutTicks = 10
     /// Log truncation thresholds, request bound and snapshot limits (see `StoreSettings`).
@@ -29,6 +38,30 @@ public struct ServerSettings: Sendable {
         self.cluster = cluster
         self.dataDirectory = dataDirectory
     }
+
+    /// A store that joins the cluster PD serves (its id comes from PD).
+    public init(pd: PDJoin, dataDirectory: String) {
+        self.storeID = 0
+        self.pd = pd
+        self.dataDirectory = dataDirectory
+    }
+}
+
+/// Where a joining store finds PD and where it listens itself.
+public struct PDJoin: Sendable {
+    public var endpoints: [String]
+    /// host:port of the store's KV service, as clients reach it.
+    public var address: String
+    /// host:port of the store's Raft transport, as other stores reach it.
+    public var raftAddress: String
+    /// How long a starting store waits for PD to answer.
+    public var startTimeout: Duration = .seconds(60)
+
+    public init(endpoints: [String], address: String, raftAddress: String) {
+        self.endpoints = endpoints
+        self.address = address
+        self.raftAddress = raftAddress
+    }
 }
 
 /// A running store: its RocksDB, store loop (which also runs the Raft transport to the other
@@ -36,6 +69,8 @@ public struct ServerSettings: Sendable {
 public final class FlotillaServer: Sendable {
     public let settings: ServerSettings
     private let driver: StoreDriver
+    /// Reports to PD and carries out its steps, for a store that joined through PD.
+    private let agent: PDStoreAgent?
     /// Where the Raft transport listens (the kernel's port when the cluster file says 0).
     public let raftListeningAddress: String
     private let server: GRPCServer<HTTP2ServerTransport.Posix>
@@ -46,16 +81,144 @@ public final class FlotillaServer: Sendable {
 
     /// Opens (or creates) the store's data and prepares everything; `run()` serves.
     /// - Throws: `ConfigError` when the data dir belongs to another cluster or store.
-    public init(settings: ServerSettings, logger: Logger, onFailure: @escaping @Sendable (Error) -> Void) throws {
-        self.settings = settings
-        self.logger = logger
-        guard let me = settings.cluster.stores.first(where: { $0.id == settings.storeID }) else {
-            throw ConfigError("store \(settings.storeID) is not in the cluster file (stores: \(settings.cluster.stores.map(\.id)))")
+    public convenience init(settings: ServerSettings, logger: Logger, onFailure: @escaping @Sendable (Error) -> Void) throws {
+        guard let cluster = settings.cluster else { throw ConfigError("no cluster file: a store joining through PD starts with join()") }
+        guard let me = cluster.stores.first(where: { $0.id == settings.storeID }) else {
+            throw ConfigError("store \(settings.storeID) is not in the cluster file (stores: \(cluster.stores.map(\.id)))")
         }
         guard let address = HostPort(me.address) else { throw ConfigError("bad address \(me.address)") }
         guard let raftAddress = HostPort(me.raftAddress) else { throw ConfigError("bad raftAddress \(me.raftAddress)") }
         let db = try StoreDatabase.open(path: settings.dataDirectory + "/db")
-        try Self.checkIdentity(db: db, clusterID: settings.cluster.clusterID, storeID: settings.storeID, path: settings.dataDirectory)
+        try Self.checkIdentity(db: db, clusterID: cluster.clusterID, storeID: settings.storeID, path: settings.dataDirectory)
+        var addresses: [UInt64: HostPort] = [:]
+        var raftPeers: [UInt64: HostPort] = [:]
+        for store in cluster.stores {
+            addresses[store.id] = HostPort(store.address)
+            if store.id != settings.storeID { raftPeers[store.id] = HostPort(store.raftAddress) }
+        }
+        if settings.clusterSecret == nil {
+            logger.warning("no cluster secret (secretFile in the cluster file): the Raft port accepts any peer that knows the cluster and store ids")
+        }
+        try self.init(settings: settings, db: db, clusterID: cluster.clusterID, address: address, raftAddress: raftAddress,
+                      addresses: addresses, raftPeers: raftPeers, knownStores: Set(cluster.stores.map(\.id)),
+                      pd: nil, logger: logger, onFailure: onFailure) { core in
+            let initialRegions = cluster.initialRegions()
+            try Self.checkRegionsMatch(stored: core.regionIDs.compactMap { core.region($0) }, clusterFile: initialRegions)
+            for region in initialRegions { try core.bootstrapRegion(region) }
+        }
+    }
+
+    /// Starts a store that joins through PD: PD gives it an id on its first start (kept in its
+    /// data dir), the first store of an unbootstrapped cluster bootstraps it (one region over
+    /// every key, one replica here; exactly one store wins), and the store then reports to PD
+    /// and carries out its steps.
+    /// - Throws: `ConfigError` when PD cannot be reached, the data dir belongs to another
+    ///   cluster, the address is another store's, or the store was removed (tombstone).
+    public static func join(settings: ServerSettings, logger: Logger, onFailure: @escaping @Sendable (Error) -> Void) async throws -> FlotillaServer {
+        guard let join = settings.pd else { throw ConfigError("no PD endpoints") }
+        guard let address = HostPort(join.address) else { throw ConfigError("--address \(join.address) is not host:port") }
+        guard let raftAddress = HostPort(join.raftAddress) else { throw ConfigError("--raft-address \(join.raftAddress) is not host:port") }
+        let db = try StoreDatabase.open(path: settings.dataDirectory + "/db")
+        let meta = try db.columnFamily(StoreKeys.metaColumnFamily)
+        let ident = try db.get(StoreKeys.storeIdent, in: meta).map { try Flotilla_V1_StoreIdent(serializedBytes: $0) }
+        let client: PDClient
+        do { client = try PDClient(endpoints: join.endpoints, clusterID: ident?.clusterID ?? 0, requestTimeout: join.startTimeout) } catch {
+            throw ConfigError("--pd: \(error)")
+        }
+        let connections = Task { try await client.run() }
+        defer {
+            client.close()
+            connections.cancel()
+        }
+        var store = Flotilla_V1_Store()
+        store.id = ident?.storeID ?? 0
+        store.address = join.address
+        store.raftAddress = join.raftAddress
+        let first: Flotilla_V1_Region?
+        do {
+            var info = try await client.clusterInfo()
+            // A PD group just started sets its cluster id with its first leader.
+            let waitUntil = ContinuousClock.now + join.startTimeout
+            while info.clusterID == 0 && ContinuousClock.now < waitUntil {
+                try await Task.sleep(for: .milliseconds(100))
+                info = try await client.clusterInfo()
+            }
+            guard info.clusterID != 0 else { throw ConfigError("PD at \(join.endpoints.joined(separator: ",")) has no cluster id after \(join.startTimeout)") }
+            if let ident, ident.clusterID != info.clusterID {
+                throw ConfigError("data dir \(settings.dataDirectory) belongs to cluster \(ident.clusterID), not to the cluster PD serves (\(info.clusterID))")
+            }
+            store = try await client.putStore(store)
+            if ident == nil {
+                var newIdent = Flotilla_V1_StoreIdent()
+                newIdent.clusterID = info.clusterID
+                newIdent.storeID = store.id
+                try db.put(StoreKeys.storeIdent, try newIdent.serializedBytes(), in: meta, sync: true)
+                logger.notice("joined the cluster", metadata: ["cluster_id": "\(info.clusterID)", "store_id": "\(store.id)"])
+            }
+            if !info.bootstrapped {
+                let regionID = try await client.allocateIDs(2)
+                var region = Flotilla_V1_Region()
+                region.id = regionID
+                region.epoch.confVer = 1
+                region.epoch.version = 1
+                var peer = Flotilla_V1_Peer()
+                peer.id = regionID + 1
+                peer.storeID = store.id
+                region.peers = [peer]
+                if try await Self.bootstrap(client, store: store, region: region) {
+                    logger.notice("bootstrapped the cluster", metadata: ["region_id": "\(regionID)"])
+                } else {
+                    logger.info("the cluster was bootstrapped by another store")
+                }
+            }
+            // The first region, if it is this store's alone and not here yet (a crash after
+            // PD recorded the bootstrap and before the store wrote it).
+            let found = try await client.region(key: Data()).region.region
+            first = found.peers.count == 1 && found.peers[0].storeID == store.id && found.epoch.version == 1 && found.epoch.confVer == 1 ? found : nil
+        } catch let error as ConfigError {
+            throw error
+        } catch {
+            throw Self.joinError(error)
+        }
+        var resolved = settings
+        resolved.storeID = store.id
+        let agentClient: PDClient
+        do { agentClient = try PDClient(endpoints: join.endpoints, clusterID: client.clusterID) } catch { throw ConfigError("--pd: \(error)") }
+        var link = PDStoreAgent.Link(client: agentClient, store: store)
+        link.storeHeartbeatInterval = settings.storeHeartbeatInterval
+        link.regionHeartbeatInterval = settings.regionHeartbeatInterval
+        return try FlotillaServer(settings: resolved, db: db, clusterID: client.clusterID, address: address, raftAddress: raftAddress,
+                                  addresses: [:], raftPeers: [:], knownStores: nil, pd: link, logger: logger, onFailure: onFailure) { core in
+            if let first, core.region(first.id) == nil { try core.bootstrapRegion(first) }
+        }
+    }
+
+    /// Asks PD to bootstrap with `region`; false when another store did it first.
+    private static func bootstrap(_ client: PDClient, store: Flotilla_V1_Store, region: Flotilla_V1_Region) async throws -> Bool {
+        do {
+            try await client.bootstrap(store: store, region: region)
+            return true
+        } catch {
+            if case .refused(let refusal) = error, refusal.alreadyBootstrapped { return false }
+            throw error
+        }
+    }
+
+    private static func joinError(_ error: Error) -> ConfigError {
+        if let failure = error as? PDClientError, case .refused(let refusal) = failure {
+            return ConfigError("PD refused this store: \(refusal.message)")
+        }
+        return ConfigError("\(error)")
+    }
+
+    /// The store's core, Raft transport, loop and gRPC services, for a cluster file's store
+    /// or one that joined through PD (`pd`: its agent runs beside the server, and stores
+    /// not named up front are accepted and resolved through PD).
+    init(settings: ServerSettings, db: Database, clusterID: UInt64, address: HostPort, raftAddress: HostPort,
+         addresses: [UInt64: HostPort], raftPeers: [UInt64: HostPort], knownStores: Set<UInt64>?, pd: PDStoreAgent.Link?,
+         logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, prepare: (StoreCore) throws -> Void) throws {
+        self.settings = settings
+        self.logger = logger
         let electionTimeoutTicks = settings.electionTimeoutTicks
         var storeSettings = StoreSettings(snapshotDirectory: settings.dataDirectory + "/snapshots")
         storeSettings.logGCCountThreshold = settings.logGCCountThreshold
@@ -70,29 +233,18 @@ public final class FlotillaServer: Sendable {
             config.randomSeed = peerID &* 0x9E37_79B9 ^ UInt64(UInt32(truncatingIfNeeded: ProcessInfo.processInfo.processIdentifier))
             return config
         }
-        let initialRegions = settings.cluster.initialRegions()
-        try Self.checkRegionsMatch(stored: core.regionIDs.compactMap { core.region($0) }, clusterFile: initialRegions)
-        for region in initialRegions { try core.bootstrapRegion(region) }
-
-        let clusterID = settings.cluster.clusterID
+        try prepare(core)
         let storeID = settings.storeID
-        var addresses: [UInt64: HostPort] = [:]
-        var raftPeers: [UInt64: HostPort] = [:]
-        for store in settings.cluster.stores {
-            addresses[store.id] = HostPort(store.address)
-            if store.id != storeID { raftPeers[store.id] = HostPort(store.raftAddress) }
-        }
-        if settings.clusterSecret == nil {
-            logger.warning("no cluster secret (secretFile in the cluster file): the Raft port accepts any peer that knows the cluster and store ids")
-        }
         let network = try RaftSocketTransport(listen: raftAddress, clusterID: clusterID, storeID: storeID, peers: raftPeers,
-                                              secret: settings.clusterSecret ?? [], logger: logger)
+                                              secret: settings.clusterSecret ?? [], acceptAnyStore: knownStores == nil, logger: logger)
         raftListeningAddress = "\(raftAddress.host):\(network.listeningPort)"
         let snapshotSender = SnapshotSender(addresses: addresses, sendsMax: settings.snapshotSendsMax,
                                             secret: settings.clusterSecret ?? [], logger: logger)
-        driver = StoreDriver(core: core, network: network, tickInterval: settings.tickInterval,
-                             tickCatchUpMax: 2 * settings.electionTimeoutTicks + 1, logger: logger, onFailure: onFailure,
-                             snapshots: snapshotSender)
+        let driver = StoreDriver(core: core, network: network, tickInterval: settings.tickInterval,
+                                 tickCatchUpMax: 2 * settings.electionTimeoutTicks + 1, logger: logger, onFailure: onFailure,
+                                 snapshots: snapshotSender)
+        self.driver = driver
+        agent = pd.map { PDStoreAgent(link: $0, driver: driver, snapshotSender: snapshotSender, logger: logger, dataDirectory: settings.dataDirectory) }
         (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
         var transportConfig = HTTP2ServerTransport.Posix.Config.defaults
         // Room for the largest request the KV service accepts, and no more (see `KVLimits`).
@@ -107,7 +259,7 @@ public final class FlotillaServer: Sendable {
                                                config: transportConfig)
         server = GRPCServer(transport: transport, services: [
             KVService(driver: driver),
-            SnapshotTransferService(storeID: storeID, knownStores: Set(settings.cluster.stores.map(\.id)),
+            SnapshotTransferService(storeID: storeID, knownStores: knownStores,
                                     driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory,
                                     secret: settings.clusterSecret ?? []),
             StoreAdminService(driver: driver, snapshotSender: snapshotSender),
@@ -181,6 +333,9 @@ public final class FlotillaServer: Sendable {
                 }
             }
             group.addTask { try await self.server.serve() }
+            if let agent = self.agent {
+                group.addTask { await agent.run() }
+            }
             if let address = try await transport.listeningAddress.ipv4 {
                 onListening("\(address.host):\(address.port)")
             }

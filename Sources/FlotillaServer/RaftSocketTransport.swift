@@ -225,7 +225,12 @@ final class RaftSocketTransport {
     private let handshake: RaftHandshake
     /// Connections refused: handshake failures, timeouts, over the inbound bound.
     private(set) var connectionsRefused = 0
-    private let knownStores: Set<UInt64>
+    /// Stores whose connections are accepted; nil: any store (stores joining through PD,
+    /// proven by the cluster secret when there is one).
+    private let knownStores: Set<UInt64>?
+    /// Destinations messages were sent to without a known address (PD resolves them).
+    private(set) var unresolvedStores: Set<UInt64> = []
+    static let unresolvedStoresMax = 1_024
     private let limits: RaftTransportLimits
     private let logger: Logger
     private let epollFD: Int32
@@ -247,11 +252,11 @@ final class RaftSocketTransport {
     /// Binds `listen` and prepares links to `peers` (addresses resolved now, once).
     /// - Throws: `ConfigError` naming the address that cannot be resolved or bound.
     init(listen: HostPort, clusterID: UInt64, storeID: UInt64, peers: [UInt64: HostPort], secret: [UInt8],
-         limits: RaftTransportLimits = RaftTransportLimits(), logger: Logger) throws(ConfigError) {
+         acceptAnyStore: Bool = false, limits: RaftTransportLimits = RaftTransportLimits(), logger: Logger) throws(ConfigError) {
         handshake = RaftHandshake(secret: secret)
         self.clusterID = clusterID
         self.storeID = storeID
-        self.knownStores = Set(peers.keys)
+        self.knownStores = acceptAnyStore ? nil : Set(peers.keys)
         self.limits = limits
         self.logger = logger
         let now = clock.now
@@ -307,9 +312,24 @@ final class RaftSocketTransport {
 
     /// Queues each store's messages as frames and writes what the kernel takes now; the rest
     /// goes out as the socket drains (during `wait`).
+    /// Sets (or changes) where store `storeID`'s Raft transport listens.
+    func setPeer(_ storeID: UInt64, address: HostPort) throws(ConfigError) {
+        guard storeID != self.storeID else { return }
+        unresolvedStores.remove(storeID)
+        let resolved = try Self.resolve(address)
+        if let link = links[storeID], link.description == address.description { return }
+        if let fd = links[storeID]?.connectionFD, let connection = connections[fd] { drop(connection, reason: "the store moved to \(address)") }
+        links[storeID] = PeerLink(address: resolved, description: address.description, connectionFD: nil,
+                                  nextConnectAt: clock.now, backoffMilliseconds: limits.reconnectBackoffMilliseconds)
+    }
+
     func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) {
         for (destination, messages) in messagesByStore where !messages.isEmpty {
-            guard links[destination] != nil else { continue }
+            guard links[destination] != nil else {
+                droppedMessages += messages.count
+                if unresolvedStores.count < Self.unresolvedStoresMax { unresolvedStores.insert(destination) }
+                continue
+            }
             connectIfDue(destination)
             guard let fd = links[destination]?.connectionFD, let connection = connections[fd] else {
                 droppedMessages += messages.count
@@ -479,7 +499,7 @@ final class RaftSocketTransport {
                 refuse(connection, reason: "a malformed handshake hello")
                 return false
             }
-            guard hello.clusterID == clusterID, hello.toStoreID == storeID, knownStores.contains(hello.fromStoreID) else {
+            guard hello.clusterID == clusterID, hello.toStoreID == storeID, knownStores?.contains(hello.fromStoreID) ?? (hello.fromStoreID != storeID) else {
                 refuse(connection, reason: "a hello from store \(hello.fromStoreID) of cluster \(hello.clusterID) to store \(hello.toStoreID) "
                                            + "does not belong here (cluster \(clusterID), store \(storeID))")
                 return false

@@ -4,7 +4,10 @@ import TOMLKit
 /// A store's TOML configuration file. Every setting may also be given as a flag, which wins.
 /// Unknown keys and wrongly typed values are errors (a typo must not be silently ignored).
 ///
-///     store-id = 1
+///     pd = "127.0.0.1:2379,127.0.0.1:2381"  # join through PD (or store-id + cluster-file)
+///     address = "127.0.0.1:20160"
+///     raft-address = "127.0.0.1:20161"
+///     store-id = 1                       # a static cluster: this store's id
 ///     cluster-file = "cluster.json"      # relative to this file
 ///     data-dir = "/var/lib/flotilla/1"   # relative to this file
 ///     tick-interval-ms = 100
@@ -21,6 +24,10 @@ import TOMLKit
 public struct ServerConfigFile: Sendable, Equatable {
     public var storeID: UInt64?
     public var clusterFile: String?
+    /// PD endpoints, comma-separated; with `address` and `raft-address` the store joins through PD.
+    public var pdEndpoints: String?
+    public var address: String?
+    public var raftAddress: String?
     public var dataDirectory: String?
     public var tickIntervalMilliseconds: Int?
     public var electionTimeoutTicks: Int?
@@ -75,6 +82,9 @@ public struct ServerConfigFile: Sendable, Equatable {
         var config = ServerConfigFile()
         config.storeID = try reader.unsigned(table, "store-id")
         config.clusterFile = try reader.path(table, "cluster-file", base: base)
+        config.pdEndpoints = try reader.string(table, "pd")
+        config.address = try reader.string(table, "address")
+        config.raftAddress = try reader.string(table, "raft-address")
         config.dataDirectory = try reader.path(table, "data-dir", base: base)
         config.tickIntervalMilliseconds = try reader.integer(table, "tick-interval-ms")
         config.electionTimeoutTicks = try reader.integer(table, "election-timeout-ticks")

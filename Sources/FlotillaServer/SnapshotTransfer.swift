@@ -12,7 +12,8 @@ import Synchronization
 /// store is refused with a logged reason.
 public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServiceProtocol {
     let storeID: UInt64
-    let knownStores: Set<UInt64>
+    /// Stores snapshots are accepted from; nil: any (stores joining through PD).
+    let knownStores: Set<UInt64>?
     let driver: StoreDriver
     let logger: Logger
     /// Where incoming snapshots are staged as SST files.
@@ -23,7 +24,7 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
     let secret: [UInt8]
     private let receiving = ReceiveCount()
 
-    public init(storeID: UInt64, knownStores: Set<UInt64>, driver: StoreDriver, logger: Logger,
+    public init(storeID: UInt64, knownStores: Set<UInt64>?, driver: StoreDriver, logger: Logger,
                 snapshotDirectory: String, secret: [UInt8], receivesMax: Int = 4) {
         self.secret = secret
         self.storeID = storeID
@@ -58,7 +59,7 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
                     continue
                 }
                 let header = chunk.message
-                guard header.toPeer.storeID == storeID, knownStores.contains(header.fromPeer.storeID) else {
+                guard header.toPeer.storeID == storeID, knownStores?.contains(header.fromPeer.storeID) ?? (header.fromPeer.storeID != storeID) else {
                     throw SnapshotTransferError(reason: "snapshot from store \(header.fromPeer.storeID) to store \(header.toPeer.storeID) does not belong here (store \(storeID))")
                 }
                 let directory = snapshotDirectory

@@ -35,6 +35,9 @@ public final class StoreDriver: Sendable {
         case read(Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, ReadAction)
         case snapshot(ReceivedSnapshot)
         case status(includeRegions: Bool, @Sendable (Flotilla_V1_StoreStatus) -> Void)
+        /// Work of the server's edge on the store thread (PD heartbeats and their steps,
+        /// addresses of stores learnt from PD).
+        case perform(@Sendable (StoreCore, RaftSocketTransport) -> Void)
     }
 
     /// Runs on the store thread once a read may be served (or fails with the reason).
@@ -119,6 +122,15 @@ public final class StoreDriver: Sendable {
         }
         if wake { wakeup.wake() }
         return accepted
+    }
+
+    /// Runs `body` on the store thread between turns and returns what it returned; nil when
+    /// the store is stopping or its inbox is full.
+    func perform<T: Sendable>(_ body: @escaping @Sendable (StoreCore, RaftSocketTransport) -> T) async -> T? {
+        await withCheckedContinuation { continuation in
+            let once = Once<T?>(continuation)
+            if !enqueue(.perform({ core, network in once.resume(body(core, network)) })) { once.resume(nil) }
+        }
     }
 
     /// Hands a fully received snapshot to the store; its files are removed when the store
@@ -226,7 +238,19 @@ public final class StoreDriver: Sendable {
                 defer { inbox.events.removeAll(keepingCapacity: true) }
                 return (inbox.events, inbox.stopping)
             }
-            if stopping { break }
+            if stopping {
+                // Nothing taken is left unanswered: a caller awaiting it would wait forever.
+                for event in events {
+                    switch event {
+                    case .write(_, _, _, let complete): complete(.failure(.serverIsBusy(reason: "store stopping")))
+                    case .read(_, _, let action): action.run(.failure(.serverIsBusy(reason: "store stopping")))
+                    case .snapshot(let received): try? FileManager.default.removeItem(atPath: received.directory)
+                    case .status(let includeRegions, let reply): reply(Self.status(of: core, counters: counters, includeRegions: includeRegions))
+                    case .perform(let body): body(core, network)
+                    }
+                }
+                break
+            }
             for event in events {
                 switch event {
                 case .write(let command, let context, let deadline, let complete):
@@ -257,6 +281,8 @@ public final class StoreDriver: Sendable {
                         logger.info("snapshot not taken", metadata: ["region_id": "\(received.header.regionID)"])
                         try? FileManager.default.removeItem(atPath: received.directory)
                     }
+                case .perform(let body):
+                    body(core, network)
                 case .status(let includeRegions, let reply):
                     var status = Self.status(of: core, counters: counters, includeRegions: includeRegions)
                     status.raftFramesSent = UInt64(network.framesSent)

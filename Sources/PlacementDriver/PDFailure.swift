@@ -3,6 +3,9 @@ import FlotillaProto
 /// Why PD refused a request or a command. Every case leaves PD's state unchanged.
 public enum PDFailure: Error, Equatable, Sendable, CustomStringConvertible {
     case notLeader(leaderAddress: String)
+    /// PD's first leader has not set the cluster id yet: retry shortly (answered as
+    /// not_leader without an address, which callers already retry).
+    case starting
     case clusterMismatch(expected: UInt64, got: UInt64)
     case notBootstrapped
     case alreadyBootstrapped
@@ -18,6 +21,7 @@ public enum PDFailure: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .notLeader(let address):
             address.isEmpty ? "not the PD leader, and no leader is known" : "not the PD leader; the leader is \(address)"
+        case .starting: "PD is starting (no cluster id yet); retry shortly"
         case .clusterMismatch(let expected, let got):
             "cluster id \(got) is not this PD's cluster (\(expected))"
         case .notBootstrapped: "the cluster is not bootstrapped yet"
@@ -42,6 +46,7 @@ public enum PDFailure: Error, Equatable, Sendable, CustomStringConvertible {
             var detail = Flotilla_V1_PDNotLeader()
             detail.leaderAddress = address
             error.notLeader = detail
+        case .starting: error.notLeader = Flotilla_V1_PDNotLeader()
         case .clusterMismatch(let expected, _): error.clusterMismatch = expected
         case .notBootstrapped: error.notBootstrapped = true
         case .alreadyBootstrapped: error.alreadyBootstrapped = true

@@ -80,9 +80,11 @@ public struct PlacementDriver: Sendable {
     }
 
     /// Refuses a request for another cluster (0 is accepted only where a caller learns the id).
+    /// Before the first leader set the cluster id, only those requests are served.
     public func check(header: Flotilla_V1_PDRequestHeader, allowUnknown: Bool = false) throws(PDFailure) {
-        if header.clusterID == state.clusterID { return }
         if allowUnknown && header.clusterID == 0 { return }
+        guard state.clusterID != 0 else { throw .starting }
+        if header.clusterID == state.clusterID { return }
         throw .clusterMismatch(expected: state.clusterID, got: header.clusterID)
     }
 

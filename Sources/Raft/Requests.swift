@@ -37,6 +37,15 @@ extension RaftNode {
         if role != .leader { startCampaign(transfer: false) }
     }
 
+    /// On a leader: each other member's highest log index known to match the leader's
+    /// (0 when unknown); empty on a follower.
+    public var matchIndexes: [NodeID: UInt64] {
+        guard role == .leader else { return [:] }
+        var result: [NodeID: UInt64] = [:]
+        for (node, pr) in progress where node != id { result[node] = pr.match }
+        return result
+    }
+
     /// Hands leadership to `target`: catch it up, then tell it to campaign at once. Aborted
     /// after an election timeout; proposals are refused meanwhile.
     public mutating func transferLeader(to target: NodeID) throws(RaftError) {

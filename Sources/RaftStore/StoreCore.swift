@@ -499,6 +499,32 @@ public final class StoreCore {
         return trackWrite(peer: peer, index: index)
     }
 
+    /// Hands the leadership of a region this store leads to its peer `peerID` (a voter).
+    public func transferLeader(regionID: UInt64, to peerID: UInt64) throws(StoreRequestError) {
+        var context = Flotilla_V1_RequestContext()
+        context.regionID = regionID
+        let peer = try leaderPeer(for: context)
+        do { try peer.raft.transferLeader(to: peerID) } catch { throw mapRaftError(error, peer: peer) }
+        touchedRegions.insert(regionID)
+    }
+
+    /// What a region's leader reports to PD: every region this store leads, with its leader
+    /// peer and the peers still catching up (pending: never matched, or behind the leader's
+    /// first log index, so they need a snapshot).
+    public func leaderReports() -> [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer])] {
+        peers.keys.sorted().compactMap { regionID in
+            guard let peer = peers[regionID], peer.isInitialized, peer.raft.role == .leader,
+                  let me = peer.region.peer(withID: peer.peerID) else { return nil }
+            let matches = peer.raft.matchIndexes
+            let pending = peer.region.peers.filter { other in
+                guard other.id != peer.peerID else { return false }
+                let match = matches[other.id] ?? 0
+                return match == 0 || match < peer.storage.firstIndex
+            }
+            return (peer.region, me, pending)
+        }
+    }
+
     /// Starts a read of a region. Linearizable reads need the leader (lease or ReadIndex);
     /// follower reads ask the leader for its read index from any replica; stale reads are
     /// served by any replica from what it applied. The read appears in `readyReads` once

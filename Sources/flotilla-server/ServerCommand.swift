@@ -25,6 +25,18 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("cluster-file"), help: "JSON file naming the stores and the initial split keys.")
     var clusterFile: String?
 
+    @Option(name: .customLong("pd"), help: "PD endpoints host:port,... (or FLOTILLA_PD): the store joins the cluster PD serves.")
+    var pdEndpoints: String?
+
+    @Option(name: .customLong("address"), help: "With --pd: host:port of this store's KV service.")
+    var address: String?
+
+    @Option(name: .customLong("raft-address"), help: "With --pd: host:port of this store's Raft transport.")
+    var raftAddress: String?
+
+    @Option(name: .customLong("region-heartbeat-interval-ms"), help: "With --pd: how often each led region reports to PD (500-600000; default 10000).")
+    var regionHeartbeatIntervalMilliseconds: Int?
+
     @Option(name: .customLong("data-dir"), help: "Directory of this store's data (created if missing).")
     var dataDirectory: String?
 
@@ -49,13 +61,37 @@ struct ServerCommand: AsyncParsableCommand {
     /// The flags over the config file over the defaults, checked; every problem is named.
     func resolvedSettings() throws(ConfigError) -> (settings: ServerSettings, logLevel: Logger.Level) {
         let file = try configFile.map { path throws(ConfigError) in try ServerConfigFile.load(path: path) } ?? ServerConfigFile()
-        guard let storeID = storeID ?? file.storeID else { throw ConfigError("no store id: pass --store-id or set store-id in the config file") }
-        guard storeID > 0 else { throw ConfigError("the store id must be positive") }
-        guard let clusterPath = clusterFile ?? file.clusterFile else {
-            throw ConfigError("no cluster file: pass --cluster-file or set cluster-file in the config file")
-        }
         guard let dataDirectory = dataDirectory ?? file.dataDirectory else {
             throw ConfigError("no data directory: pass --data-dir or set data-dir in the config file")
+        }
+        var settings: ServerSettings
+        if let endpoints = pdEndpoints ?? file.pdEndpoints ?? ProcessInfo.processInfo.environment["FLOTILLA_PD"] {
+            guard storeID ?? file.storeID == nil, clusterFile ?? file.clusterFile == nil else {
+                throw ConfigError("--pd and --store-id/--cluster-file exclude each other: PD gives a joining store its id")
+            }
+            let list = endpoints.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+            guard !list.isEmpty, list.allSatisfy({ HostPort($0) != nil }) else { throw ConfigError("--pd: '\(endpoints)' is not host:port,...") }
+            guard let address = address ?? file.address, HostPort(address) != nil else {
+                throw ConfigError("with --pd, --address (address in the config file) is this store's KV host:port")
+            }
+            guard let raftAddress = raftAddress ?? file.raftAddress, HostPort(raftAddress) != nil else {
+                throw ConfigError("with --pd, --raft-address (raft-address in the config file) is this store's Raft host:port")
+            }
+            settings = ServerSettings(pd: PDJoin(endpoints: list, address: address, raftAddress: raftAddress), dataDirectory: dataDirectory)
+            if let interval = regionHeartbeatIntervalMilliseconds {
+                guard (500...600_000).contains(interval) else { throw ConfigError("--region-heartbeat-interval-ms must be between 500 and 600000, got \(interval)") }
+                settings.regionHeartbeatInterval = .milliseconds(interval)
+                settings.storeHeartbeatInterval = .milliseconds(min(1_000, interval))
+            }
+        } else {
+            guard let storeID = storeID ?? file.storeID else { throw ConfigError("no store id: pass --pd to join through PD, or --store-id with --cluster-file") }
+            guard storeID > 0 else { throw ConfigError("the store id must be positive") }
+            guard let clusterPath = clusterFile ?? file.clusterFile else {
+                throw ConfigError("no cluster file: pass --pd to join through PD, or --cluster-file")
+            }
+            let cluster = try ClusterFile.load(path: clusterPath)
+            settings = ServerSettings(storeID: storeID, cluster: cluster, dataDirectory: dataDirectory)
+            settings.clusterSecret = try cluster.loadSecret(clusterFilePath: clusterPath)
         }
         let tick = tickIntervalMilliseconds ?? file.tickIntervalMilliseconds ?? 100
         guard (10...10_000).contains(tick) else { throw ConfigError("--tick-interval-ms (tick-interval-ms) must be between 10 and 10000, got \(tick)") }
@@ -63,9 +99,6 @@ struct ServerCommand: AsyncParsableCommand {
         guard (3...1_000).contains(election) else { throw ConfigError("--election-timeout-ticks (election-timeout-ticks) must be between 3 and 1000, got \(election)") }
         let levelName = logLevel ?? file.logLevel ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else { throw ConfigError("log level '\(levelName)' is not a level") }
-        let cluster = try ClusterFile.load(path: clusterPath)
-        var settings = ServerSettings(storeID: storeID, cluster: cluster, dataDirectory: dataDirectory)
-        settings.clusterSecret = try cluster.loadSecret(clusterFilePath: clusterPath)
         settings.tickInterval = .milliseconds(tick)
         settings.electionTimeoutTicks = election
         if let value = logGCCountThreshold ?? file.logGCCountThreshold {
@@ -89,16 +122,19 @@ struct ServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         let server: FlotillaServer
-        let storeID: UInt64
         do {
             let (settings, level) = try resolvedSettings()
-            storeID = settings.storeID
             var logger = Logger(label: "flotilla.store")
             logger.logLevel = level
-            logger[metadataKey: "store_id"] = "\(storeID)"
-            server = try FlotillaServer(settings: settings, logger: logger) { error in
+            if settings.storeID != 0 { logger[metadataKey: "store_id"] = "\(settings.storeID)" }
+            let onFailure: @Sendable (Error) -> Void = { error in
                 FileHandle.standardError.write(Data("flotilla-server: store loop failed, stopping: \(error)\n".utf8))
                 Foundation.exit(70)
+            }
+            if settings.pd != nil {
+                server = try await FlotillaServer.join(settings: settings, logger: logger, onFailure: onFailure)
+            } else {
+                server = try FlotillaServer(settings: settings, logger: logger, onFailure: onFailure)
             }
         } catch let error as ConfigError {
             FileHandle.standardError.write(Data("flotilla-server: \(error)\n".utf8))
@@ -112,6 +148,7 @@ struct ServerCommand: AsyncParsableCommand {
             return source
         }
         let raftAddress = server.raftListeningAddress
+        let storeID = server.settings.storeID
         try await server.run { address in
             FileHandle.standardOutput.write(Data("flotilla-server store \(storeID) serving on \(address), Raft on \(raftAddress)\n".utf8))
         }

@@ -50,6 +50,42 @@ final class LocalPD {
         processes[index] = process
     }
 
+    /// Stores joined through this PD, by index: their processes and addresses.
+    var stores: [Int: Process] = [:]
+    var storeAddresses: [Int: (address: String, raftAddress: String)] = [:]
+
+    /// Starts store `index` with `--pd` (its addresses kept across restarts).
+    func startStore(_ index: Int) throws {
+        if storeAddresses[index] == nil {
+            storeAddresses[index] = ("127.0.0.1:\(try LocalCluster.freePort())", "127.0.0.1:\(try LocalCluster.freePort())")
+        }
+        guard let addresses = storeAddresses[index] else { return }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: LocalCluster.serverBinary)
+        process.arguments = ["--pd", clientAddresses.joined(separator: ","), "--data-dir", root + "/store-\(index)",
+                             "--address", addresses.address, "--raft-address", addresses.raftAddress,
+                             "--tick-interval-ms", "\(tickMilliseconds)", "--region-heartbeat-interval-ms", "1000",
+                             "--log-level", ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"]
+        let log = root + "/store-\(index).log"
+        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        try handle.seekToEnd()
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        stores[index] = process
+    }
+
+    func killStore(_ index: Int, signal: Int32 = SIGKILL) {
+        guard let process = stores.removeValue(forKey: index) else { return }
+        Glibc.kill(process.processIdentifier, signal)
+        process.waitUntilExit()
+    }
+
+    func storeLog(_ index: Int) -> String {
+        (try? String(contentsOfFile: root + "/store-\(index).log", encoding: .utf8)) ?? ""
+    }
+
     func kill(_ index: Int, signal: Int32 = SIGKILL) {
         guard let process = processes.removeValue(forKey: index) else { return }
         Glibc.kill(process.processIdentifier, signal)
@@ -81,6 +117,7 @@ final class LocalPD {
     }
 
     deinit {
+        for index in stores.keys { killStore(index, signal: SIGKILL) }
         for index in processes.keys { kill(index, signal: SIGKILL) }
         if ProcessInfo.processInfo.environment["FLOTILLA_KEEP_E2E"] == nil {
             try? FileManager.default.removeItem(atPath: root)

@@ -174,3 +174,77 @@ struct PDEndToEndTests {
         #expect(badStatus == 2 && badOutput.contains("is not name=host:port"), "\(badOutput)")
     }
 }
+
+/// Stores that join through PD, and clients that know only PD.
+@Suite("PD: stores join through PD, clients route through PD", .serialized)
+struct PDClusterEndToEndTests {
+    func eventually(seconds: Double, _ condition: () async -> Bool) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if await condition() { return true }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return false
+    }
+
+    func withKV<T: Sendable>(_ pd: LocalPD, _ body: (FlotillaClient) async throws -> T) async throws -> T {
+        let client = try FlotillaClient(pd: pd.clientAddresses, requestTimeout: .seconds(20))
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await client.run() }
+            defer {
+                client.close()
+                group.cancelAll()
+            }
+            return try await body(client)
+        }
+    }
+
+    @Test func fromNothingOneStoreBootstrapsTwoJoinAndTheRegionReachesThreeVotersWhileClientsWork() async throws {
+        let pd = try LocalPD(members: 3)
+        try pd.startStore(0)
+        let routes = try PDClient(endpoints: pd.clientAddresses, requestTimeout: .seconds(30))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await routes.run() }
+            defer { routes.close(); group.cancelAll() }
+            #expect(await eventually(seconds: 30) { (try? await routes.clusterInfo())?.bootstrapped == true })
+
+            try await withKV(pd) { kv in
+                for index in 0..<50 { try await kv.put(Data("key-\(index)".utf8), Data("one store \(index)".utf8)) }
+            }
+            try pd.startStore(1)
+            try pd.startStore(2)
+            var voters: [UInt64] = []
+            #expect(await eventually(seconds: 60) {
+                guard let region = try? await routes.region(key: Data()) else { return false }
+                voters = region.region.region.peers.filter { $0.role == .voter }.map(\.storeID)
+                return voters.count == 3
+            }, "voters: \(voters)")
+            let stores = try await routes.stores()
+            #expect(stores.count == 3 && stores.allSatisfy { $0.liveness == .up })
+
+            // A client given only PD's endpoints reads what was written before the others
+            // joined, and writes more; then the PD leader is killed under its load.
+            try await withKV(pd) { kv in
+                for index in 0..<50 {
+                    #expect(try await kv.get(Data("key-\(index)".utf8)) == Data("one store \(index)".utf8))
+                }
+                let leader = try #require(try await pd.leaderIndex(routes))
+                pd.kill(leader)
+                for index in 50..<150 { try await kv.put(Data("key-\(index)".utf8), Data("three stores \(index)".utf8)) }
+                try pd.start(leader)
+                for index in 50..<150 {
+                    #expect(try await kv.get(Data("key-\(index)".utf8)) == Data("three stores \(index)".utf8))
+                }
+            }
+            // The operators that made the replicas are recorded with their outcome.
+            let operators = try await routes.call { client, header in
+                var request = Flotilla_V1_ListOperatorsRequest()
+                request.header = header
+                request.includeHistory = true
+                let response = try await client.listOperators(request)
+                return (response.operators, response.header)
+            }
+            _ = operators  // The history is this leader's memory: after a PD failover it may be empty.
+        }
+    }
+}

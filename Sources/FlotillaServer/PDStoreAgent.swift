@@ -1,0 +1,207 @@
+import FlotillaClient
+import FlotillaProto
+import Foundation
+import Logging
+import Raft
+import RaftStore
+
+/// A store's side of PD: store heartbeats, a heartbeat from every region it leads
+/// (periodically, and at once when the region or its leader changed), PD's operator steps
+/// carried out through the region's log, and addresses of other stores learnt from PD.
+final class PDStoreAgent: Sendable {
+    /// What the agent needs to talk to PD.
+    struct Link: Sendable {
+        let client: PDClient
+        let store: Flotilla_V1_Store
+        var storeHeartbeatInterval: Duration = .seconds(1)
+        var regionHeartbeatInterval: Duration = .seconds(10)
+    }
+
+    let link: Link
+    private let driver: StoreDriver
+    private let snapshotSender: SnapshotSender
+    private let logger: Logger
+    private let dataDirectory: String
+
+    init(link: Link, driver: StoreDriver, snapshotSender: SnapshotSender, logger: Logger, dataDirectory: String) {
+        self.link = link
+        self.driver = driver
+        self.snapshotSender = snapshotSender
+        self.logger = logger
+        self.dataDirectory = dataDirectory
+    }
+
+    /// What the store thread reports each round.
+    private struct Report: Sendable {
+        var leaders: [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer])] = []
+        var regionCount = 0
+        var pendingRequests = 0
+        var unresolved: Set<UInt64> = []
+        var peerStores: Set<UInt64> = []
+    }
+
+    /// Runs until cancelled, with the PD client's connections.
+    func run() async {
+        await withDiscardingTaskGroup { group in
+            group.addTask { try? await self.link.client.run() }
+            group.addTask {
+                await self.loop()
+                self.link.client.close()
+            }
+        }
+    }
+
+    private func loop() async {
+        var lastSent: [UInt64: (region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, at: ContinuousClock.Instant)] = [:]
+        var known: Set<UInt64> = [link.store.id]
+        let clock = ContinuousClock()
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: link.storeHeartbeatInterval) } catch { return }
+            guard let report = await driver.perform({ core, network -> Report in
+                var report = Report()
+                report.leaders = core.leaderReports()
+                report.regionCount = core.regionIDs.count
+                report.pendingRequests = core.pendingRequestCount
+                report.unresolved = network.unresolvedStores
+                report.peerStores = Set(core.regionIDs.compactMap { core.region($0) }.flatMap { $0.peers.map(\.storeID) })
+                return report
+            }) else { return }
+            // Addresses of stores this one talks to, from PD.
+            for storeID in report.unresolved.union(report.peerStores).subtracting(known).sorted() {
+                if await resolve(storeID) { known.insert(storeID) }
+            }
+            await storeHeartbeat(report)
+            let now = clock.now
+            for (region, leader, pending) in report.leaders {
+                let previous = lastSent[region.id]
+                let due = previous.map { $0.region != region || $0.leader != leader || now - $0.at >= link.regionHeartbeatInterval } ?? true
+                guard due || !pending.isEmpty else { continue }
+                lastSent[region.id] = (region, leader, now)
+                await regionHeartbeat(region: region, leader: leader, pending: pending)
+            }
+            let leading = Set(report.leaders.map(\.region.id))
+            lastSent = lastSent.filter { leading.contains($0.key) }
+        }
+    }
+
+    /// Learns where store `storeID` listens (KV and Raft) and tells the transport and the
+    /// snapshot sender. False when PD does not know it (yet).
+    @discardableResult
+    func resolve(_ storeID: UInt64) async -> Bool {
+        let info: Flotilla_V1_StoreInfo
+        do {
+            info = try await link.client.call { client, header in
+                var request = Flotilla_V1_GetStoreRequest()
+                request.header = header
+                request.storeID = storeID
+                let response = try await client.getStore(request)
+                return (response.store, response.header)
+            }
+        } catch {
+            logger.debug("cannot resolve store \(storeID) through PD: \(error)")
+            return false
+        }
+        guard let address = HostPort(info.store.address), let raftAddress = HostPort(info.store.raftAddress) else { return false }
+        snapshotSender.setAddress(address, for: storeID)
+        let logger = self.logger
+        _ = await driver.perform { _, network in
+            do { try network.setPeer(storeID, address: raftAddress) } catch {
+                logger.warning("store \(storeID)'s Raft address \(raftAddress) is unusable: \(error)")
+            }
+        }
+        return true
+    }
+
+    private func storeHeartbeat(_ report: Report) async {
+        var stats = Flotilla_V1_StoreStats()
+        stats.regionCount = UInt64(report.regionCount)
+        stats.leaderCount = UInt64(report.leaders.count)
+        var fs = statvfs()
+        if statvfs(dataDirectory, &fs) == 0 {
+            stats.capacityBytes = UInt64(fs.f_blocks) * UInt64(fs.f_frsize)
+            stats.availableBytes = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
+            stats.usedBytes = stats.capacityBytes - min(stats.capacityBytes, UInt64(fs.f_bfree) * UInt64(fs.f_frsize))
+        }
+        stats.busy = report.pendingRequests > 8_192
+        let storeID = link.store.id
+        let sentStats = stats
+        do {
+            try await link.client.call { client, header in
+                var request = Flotilla_V1_StoreHeartbeatRequest()
+                request.header = header
+                request.storeID = storeID
+                request.stats = sentStats
+                let response = try await client.storeHeartbeat(request)
+                return ((), response.header)
+            }
+        } catch {
+            logger.warning("store heartbeat to PD failed: \(error)")
+        }
+    }
+
+    private func regionHeartbeat(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer]) async {
+        var info = Flotilla_V1_RegionInfo()
+        info.region = region
+        info.leader = leader
+        info.pendingPeers = pending
+        let storeID = link.store.id
+        let sentInfo = info
+        let response: Flotilla_V1_RegionHeartbeatResponse
+        do {
+            response = try await link.client.call { client, header in
+                var request = Flotilla_V1_RegionHeartbeatRequest()
+                request.header = header
+                request.storeID = storeID
+                request.region = sentInfo
+                let response = try await client.regionHeartbeat(request)
+                return (response, response.header)
+            }
+        } catch {
+            logger.warning("region heartbeat to PD failed", metadata: ["region_id": "\(region.id)", "error": "\(error)"])
+            return
+        }
+        guard response.regionID == region.id, response.epoch == region.epoch, let step = response.step else { return }
+        await carryOut(step, region: region)
+    }
+
+    /// Makes one operator step through the region's log (or a leadership transfer).
+    private func carryOut(_ step: Flotilla_V1_RegionHeartbeatResponse.OneOf_Step, region: Flotilla_V1_Region) async {
+        let regionID = region.id
+        let logger = self.logger
+        switch step {
+        case .changePeer(let change):
+            var peer = change.peer
+            let kind: ConfChangeKind
+            switch change.kind {
+            case .addLearner:
+                // The new replica's store must be reachable before it is asked to catch up.
+                guard await resolve(peer.storeID) else { return }
+                peer.role = .learner
+                kind = .addLearner
+            case .promoteLearner:
+                peer.role = .voter
+                kind = .addVoter
+            case .removePeer:
+                kind = .remove
+            case .UNRECOGNIZED:
+                return
+            }
+            let changed = peer
+            _ = await driver.perform { core, _ in
+                let peer = changed
+                do {
+                    _ = try core.proposeMembershipChange(regionID: regionID, changes: [(kind, peer)])
+                    logger.info("PD step proposed", metadata: ["region_id": "\(regionID)", "change": "\(kind) \(peer.id) on store \(peer.storeID)"])
+                } catch {
+                    logger.warning("PD step refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
+                }
+            }
+        case .transferLeader(let transfer):
+            _ = await driver.perform { core, _ in
+                do { try core.transferLeader(regionID: regionID, to: transfer.peer.id) } catch {
+                    logger.warning("PD leader transfer refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
+                }
+            }
+        }
+    }
+}
