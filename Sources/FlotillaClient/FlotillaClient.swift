@@ -254,6 +254,14 @@ public final class FlotillaClient: Sendable {
         }
     }
 
+    /// With PD: learns every live store PD knows (so `storeIDs` and `storeStatus` cover them).
+    public func discoverStores() async throws {
+        guard let pd else { return }
+        do { learn(stores: try await pd.stores(excludeTombstones: true).map(\.store)) } catch {
+            throw FlotillaClientError.unavailable("PD: \(error)")
+        }
+    }
+
     /// Attempts beyond the first, over all requests so far.
     public var retryCount: Int { retries.load(ordering: .relaxed) }
 

@@ -64,7 +64,9 @@ struct ServerCommand: AsyncParsableCommand {
         guard let dataDirectory = dataDirectory ?? file.dataDirectory else {
             throw ConfigError("no data directory: pass --data-dir or set data-dir in the config file")
         }
-        var settings: ServerSettings
+        var join: PDJoin?
+        // Loaded after the flags are checked, so a flag's error is named first.
+        var staticCluster: (storeID: UInt64, path: String)?
         if let endpoints = pdEndpoints ?? file.pdEndpoints ?? ProcessInfo.processInfo.environment["FLOTILLA_PD"] {
             guard storeID ?? file.storeID == nil, clusterFile ?? file.clusterFile == nil else {
                 throw ConfigError("--pd and --store-id/--cluster-file exclude each other: PD gives a joining store its id")
@@ -77,21 +79,14 @@ struct ServerCommand: AsyncParsableCommand {
             guard let raftAddress = raftAddress ?? file.raftAddress, HostPort(raftAddress) != nil else {
                 throw ConfigError("with --pd, --raft-address (raft-address in the config file) is this store's Raft host:port")
             }
-            settings = ServerSettings(pd: PDJoin(endpoints: list, address: address, raftAddress: raftAddress), dataDirectory: dataDirectory)
-            if let interval = regionHeartbeatIntervalMilliseconds {
-                guard (500...600_000).contains(interval) else { throw ConfigError("--region-heartbeat-interval-ms must be between 500 and 600000, got \(interval)") }
-                settings.regionHeartbeatInterval = .milliseconds(interval)
-                settings.storeHeartbeatInterval = .milliseconds(min(1_000, interval))
-            }
+            join = PDJoin(endpoints: list, address: address, raftAddress: raftAddress)
         } else {
             guard let storeID = storeID ?? file.storeID else { throw ConfigError("no store id: pass --pd to join through PD, or --store-id with --cluster-file") }
             guard storeID > 0 else { throw ConfigError("the store id must be positive") }
             guard let clusterPath = clusterFile ?? file.clusterFile else {
                 throw ConfigError("no cluster file: pass --pd to join through PD, or --cluster-file")
             }
-            let cluster = try ClusterFile.load(path: clusterPath)
-            settings = ServerSettings(storeID: storeID, cluster: cluster, dataDirectory: dataDirectory)
-            settings.clusterSecret = try cluster.loadSecret(clusterFilePath: clusterPath)
+            staticCluster = (storeID, clusterPath)
         }
         let tick = tickIntervalMilliseconds ?? file.tickIntervalMilliseconds ?? 100
         guard (10...10_000).contains(tick) else { throw ConfigError("--tick-interval-ms (tick-interval-ms) must be between 10 and 10000, got \(tick)") }
@@ -99,6 +94,20 @@ struct ServerCommand: AsyncParsableCommand {
         guard (3...1_000).contains(election) else { throw ConfigError("--election-timeout-ticks (election-timeout-ticks) must be between 3 and 1000, got \(election)") }
         let levelName = logLevel ?? file.logLevel ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else { throw ConfigError("log level '\(levelName)' is not a level") }
+        let interval = regionHeartbeatIntervalMilliseconds ?? 10_000
+        guard (500...600_000).contains(interval) else { throw ConfigError("--region-heartbeat-interval-ms must be between 500 and 600000, got \(interval)") }
+        var settings: ServerSettings
+        if let join {
+            settings = ServerSettings(pd: join, dataDirectory: dataDirectory)
+            settings.regionHeartbeatInterval = .milliseconds(interval)
+            settings.storeHeartbeatInterval = .milliseconds(min(1_000, interval))
+        } else if let (storeID, clusterPath) = staticCluster {
+            let cluster = try ClusterFile.load(path: clusterPath)
+            settings = ServerSettings(storeID: storeID, cluster: cluster, dataDirectory: dataDirectory)
+            settings.clusterSecret = try cluster.loadSecret(clusterFilePath: clusterPath)
+        } else {
+            throw ConfigError("no store id: pass --pd to join through PD, or --store-id with --cluster-file")
+        }
         settings.tickInterval = .milliseconds(tick)
         settings.electionTimeoutTicks = election
         if let value = logGCCountThreshold ?? file.logGCCountThreshold {

@@ -3,8 +3,8 @@ import FlotillaClient
 import FlotillaServer
 import Foundation
 
-/// `flotillactl kv …`: reads and writes through the routing client, against the stores of a
-/// static cluster file.
+/// `flotillactl kv …`: reads and writes through the routing client, which finds regions and
+/// stores through PD (or a static cluster file, for tests).
 struct KV: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kv",
@@ -13,21 +13,31 @@ struct KV: AsyncParsableCommand {
     )
 
     struct Connection: ParsableArguments {
-        @Option(name: .customLong("cluster-file"), help: "JSON cluster file naming the stores and split keys.")
-        var clusterFile: String
+        @Option(name: .customLong("pd"), help: "PD endpoints host:port,... (default: FLOTILLA_PD).")
+        var pd: String?
+
+        @Option(name: .customLong("cluster-file"), help: "A static cluster's JSON file (tests), instead of --pd.")
+        var clusterFile: String?
 
         @Option(name: .customLong("timeout-ms"), help: "Per-request timeout in milliseconds, retries included.")
         var timeoutMilliseconds = 10_000
 
         func withClient<T: Sendable>(_ body: @Sendable (FlotillaClient) async throws -> T) async throws -> T {
-            let cluster: ClusterFile
-            do { cluster = try ClusterFile.load(path: clusterFile) } catch { throw ValidationError(error.description) }
             guard (1...3_600_000).contains(timeoutMilliseconds) else { throw ValidationError("--timeout-ms must be 1 to 3600000") }
-            let stores = cluster.stores.compactMap { store in
-                HostPort(store.address).map { FlotillaClient.Store(id: store.id, host: $0.host, port: $0.port) }
+            let client: FlotillaClient
+            if let clusterFile {
+                let cluster: ClusterFile
+                do { cluster = try ClusterFile.load(path: clusterFile) } catch { throw ValidationError(error.description) }
+                let stores = cluster.stores.compactMap { store in
+                    HostPort(store.address).map { FlotillaClient.Store(id: store.id, host: $0.host, port: $0.port) }
+                }
+                client = try FlotillaClient(stores: stores, regions: cluster.initialRegions(), requestTimeout: .milliseconds(timeoutMilliseconds))
+            } else {
+                let endpoints = try PDEndpoints.resolve(pd)
+                do { client = try FlotillaClient(pd: endpoints, requestTimeout: .milliseconds(timeoutMilliseconds)) } catch {
+                    throw ValidationError("--pd: \(error)")
+                }
             }
-            let client = try FlotillaClient(stores: stores, regions: cluster.initialRegions(),
-                                            requestTimeout: .milliseconds(timeoutMilliseconds))
             let connections = Task { try await client.run() }
             defer {
                 client.close()
@@ -116,6 +126,7 @@ struct Status: AsyncParsableCommand {
         let includeRegions = regions
         let lines = try await connection.withClient { client in
             var lines: [String] = []
+            try await client.discoverStores()
             for storeID in client.storeIDs {
                 do {
                     let status = try await client.storeStatus(storeID, includeRegions: includeRegions)
@@ -138,5 +149,19 @@ struct Status: AsyncParsableCommand {
             return lines
         }
         for line in lines { print(line) }
+    }
+}
+
+/// PD endpoints from `--pd` or `FLOTILLA_PD`, checked.
+enum PDEndpoints {
+    static func resolve(_ flag: String?) throws -> [String] {
+        guard let text = flag ?? ProcessInfo.processInfo.environment["FLOTILLA_PD"], !text.isEmpty else {
+            throw ValidationError("no PD endpoints: pass --pd host:port,... or set FLOTILLA_PD")
+        }
+        let endpoints = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        for endpoint in endpoints where HostPort(endpoint) == nil || HostPort(endpoint)?.port == 0 {
+            throw ValidationError("--pd: '\(endpoint)' is not host:port")
+        }
+        return endpoints
     }
 }
