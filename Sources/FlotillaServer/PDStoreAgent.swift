@@ -43,9 +43,17 @@ final class PDStoreAgent: Sendable {
     /// Runs until cancelled, with the PD client's connections.
     func run() async {
         await withDiscardingTaskGroup { group in
-            group.addTask { try? await self.link.client.run() }
+            group.addTask {
+                do {
+                    try await self.link.client.run()
+                    self.logger.notice("PD client connections ended")
+                } catch {
+                    self.logger.error("PD client connections failed: \(error)")
+                }
+            }
             group.addTask {
                 await self.loop()
+                self.logger.notice("PD agent stopped")
                 self.link.client.close()
             }
         }
