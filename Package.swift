@@ -152,7 +152,7 @@ let package = Package(
         .executableTarget(
             name: "flotilla-bench",
             dependencies: [
-                "FlotillaClient", "FlotillaProto", "FlotillaServer", "RaftStore", "Raft", "RocksDB",
+                "FlotillaClient", "FlotillaProto", "FlotillaServer", "RaftStore", "Raft", "RocksDB", "PlacementDriver",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),

@@ -20,13 +20,16 @@ struct BenchCommand: AsyncParsableCommand {
             With --embedded, `run` starts a local cluster of real flotilla-server processes, loads
             it, runs and stops it. `compare` prints two results side by side.
             """,
-        subcommands: [Load.self, Run.self, Compare.self, MakeClusterFile.self, WritePath.self]
+        subcommands: [Load.self, Run.self, Compare.self, MakeClusterFile.self, WritePath.self, PDHeartbeats.self]
     )
 }
 
 /// Where the load goes.
 struct TargetOptions: ParsableArguments {
-    @Option(name: .customLong("cluster-file"), help: "A running Flotilla cluster: its JSON cluster file.")
+    @Option(name: .customLong("pd"), help: "A running Flotilla cluster: its PD endpoints host:port,... (or FLOTILLA_PD when no other target is given).")
+    var pd: String?
+
+    @Option(name: .customLong("cluster-file"), help: "A running static Flotilla cluster (tests): its JSON cluster file.")
     var clusterFile: String?
 
     @Flag(help: "Start a local Flotilla cluster of real processes for this run, and stop it after.")
@@ -54,8 +57,13 @@ struct TargetOptions: ParsableArguments {
     var timeoutMilliseconds = 10_000
 
     func validate() throws {
-        let chosen = [clusterFile != nil, embedded, etcdEndpoints != nil].filter { $0 }.count
-        guard chosen == 1 else { throw ValidationError("choose exactly one target: --cluster-file, --embedded or --etcd") }
+        let chosen = [pdEndpoints != nil, clusterFile != nil, embedded, etcdEndpoints != nil].filter { $0 }.count
+        guard chosen == 1 else { throw ValidationError("choose exactly one target: --pd, --cluster-file, --embedded or --etcd") }
+        if let pdEndpoints {
+            for endpoint in pdEndpoints.split(separator: ",") where HostPort(String(endpoint)) == nil {
+                throw ValidationError("--pd: '\(endpoint)' is not host:port")
+            }
+        }
         if let etcdEndpoints {
             for endpoint in etcdEndpoints.split(separator: ",") where HostPort(String(endpoint)) == nil {
                 throw ValidationError("--etcd: '\(endpoint)' is not host:port")
@@ -70,6 +78,13 @@ struct TargetOptions: ParsableArguments {
         }
     }
 
+    /// `--pd`, else FLOTILLA_PD when no other target was chosen.
+    var pdEndpoints: String? {
+        if let pd { return pd }
+        guard clusterFile == nil, !embedded, etcdEndpoints == nil else { return nil }
+        return ProcessInfo.processInfo.environment["FLOTILLA_PD"]
+    }
+
     /// Connects to (or starts) the target and runs `body` with it; stops what it started.
     func withTarget<T: Sendable>(keySpace: KeySpace, _ body: @Sendable (any BenchTarget, FlotillaClient?) async throws -> T) async throws -> T {
         var embeddedCluster: EmbeddedCluster?
@@ -78,6 +93,10 @@ struct TargetOptions: ParsableArguments {
         if let etcdEndpoints {
             target = try EtcdTarget(endpoints: etcdEndpoints.split(separator: ",").compactMap { HostPort(String($0)) },
                                     connectionsPerEndpoint: etcdConnectionsPerEndpoint, driver: EtcdTarget.Driver(rawValue: etcdDriver) ?? .direct)
+        } else if let pdEndpoints {
+            let client = try FlotillaClient(pd: pdEndpoints.split(separator: ",").map(String.init), requestTimeout: .milliseconds(timeoutMilliseconds))
+            flotilla = client
+            target = FlotillaTarget(client: client)
         } else {
             let cluster: ClusterFile
             if embedded {

@@ -1,0 +1,218 @@
+import ArgumentParser
+import FlotillaClient
+import FlotillaProto
+import Foundation
+import Histogram
+import PlacementDriver
+import Synchronization
+
+/// How many region heartbeats one PD leader handles per second, and how long a route lookup
+/// takes, against a fresh PD group (which it bootstraps with one pretend store and fills with
+/// `--regions` regions). Also the same heartbeats through `PlacementDriver` in this process,
+/// without gRPC and PD's Raft group, to show what the decisions themselves cost.
+struct PDHeartbeats: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pd-heartbeats",
+        abstract: "Measure region heartbeats per second and route lookups on a fresh PD group.")
+
+    @Option(name: .customLong("pd"), help: "Endpoints of a fresh, unbootstrapped PD group (default: FLOTILLA_PD).")
+    var pd: String?
+
+    @Option(help: "Regions to report.")
+    var regions = 10_000
+
+    @Option(help: "Heartbeats in flight.")
+    var concurrency = 64
+
+    @Option(help: "Seconds of steady heartbeats.")
+    var duration = 10
+
+    func validate() throws {
+        guard (1...1_000_000).contains(regions) else { throw ValidationError("--regions must be 1 to 1000000") }
+        guard (1...1_024).contains(concurrency) else { throw ValidationError("--concurrency must be 1 to 1024") }
+        guard (1...3_600).contains(duration) else { throw ValidationError("--duration must be 1 to 3600 seconds") }
+    }
+
+    static func key(_ index: Int) -> Data { Data(String(format: "r%08d", index).utf8) }
+
+    func run() async throws {
+        let inProcess = try Self.inProcessRate(regions: regions)
+        print(String(format: "in process (PlacementDriver alone): %.0f steady heartbeats/s over %d regions", inProcess, regions))
+        guard let endpoints = (pd ?? ProcessInfo.processInfo.environment["FLOTILLA_PD"])?.split(separator: ",").map(String.init) else {
+            throw ValidationError("no PD endpoints: pass --pd or set FLOTILLA_PD")
+        }
+        let client = try PDClient(endpoints: endpoints, requestTimeout: .seconds(30))
+        let connections = Task { try await client.run() }
+        defer {
+            client.close()
+            connections.cancel()
+        }
+        guard try await client.clusterInfo().bootstrapped == false else {
+            throw ValidationError("the PD group is bootstrapped already: start a fresh one (this command fills it with pretend regions)")
+        }
+        var store = Flotilla_V1_Store()
+        store.address = "127.0.0.1:9"
+        store.raftAddress = "127.0.0.1:10"
+        store = try await client.putStore(store)
+        let first = try await client.allocateIDs(UInt32(min(regions * 2, Int(PDLimits.idsPerAllocationMax))))
+        var nextID = first
+        var idsLeft = UInt64(min(regions * 2, Int(PDLimits.idsPerAllocationMax)))
+        func takeID() async throws -> UInt64 {
+            if idsLeft == 0 {
+                nextID = try await client.allocateIDs(PDLimits.idsPerAllocationMax)
+                idsLeft = UInt64(PDLimits.idsPerAllocationMax)
+            }
+            idsLeft -= 1
+            nextID += 1
+            return nextID - 1
+        }
+        var layout: [Flotilla_V1_RegionInfo] = []
+        for index in 0..<regions {
+            var region = Flotilla_V1_Region()
+            region.id = try await takeID()
+            region.startKey = index == 0 ? Data() : Self.key(index)
+            region.endKey = index == regions - 1 ? Data() : Self.key(index + 1)
+            region.epoch.confVer = 1
+            region.epoch.version = 2
+            var peer = Flotilla_V1_Peer()
+            peer.id = try await takeID()
+            peer.storeID = store.id
+            region.peers = [peer]
+            var info = Flotilla_V1_RegionInfo()
+            info.region = region
+            info.leader = peer
+            layout.append(info)
+        }
+        // Bootstrapped as one region over every key; the reported layout is its split (version 2).
+        var whole = layout[0].region
+        whole.endKey = Data()
+        whole.epoch.version = 1
+        try await client.bootstrap(store: store, region: whole)
+        // The first heartbeat of each region is a new route: proposed through PD's log.
+        let storeID = store.id
+        let clock = ContinuousClock()
+        let learnStarted = clock.now
+        try await Self.send(layout, client: client, storeID: storeID, concurrency: concurrency, until: nil)
+        let learn = clock.now - learnStarted
+        print(String(format: "new routes: %d regions reported in %.2f s (%.0f/s; each one a PD log write)",
+                     regions, learn.seconds, Double(regions) / max(learn.seconds, 1e-9)))
+        let steadyStarted = clock.now
+        let sent = try await Self.send(layout, client: client, storeID: storeID, concurrency: concurrency, until: steadyStarted + .seconds(duration))
+        let steady = clock.now - steadyStarted
+        print(String(format: "steady heartbeats: %d in %.2f s = %.0f/s at concurrency %d (%d regions)",
+                     sent, steady.seconds, Double(sent) / max(steady.seconds, 1e-9), concurrency, regions))
+        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+        for index in 0..<1_000 {
+            let key = Self.key((index * 7_919) % regions)
+            let started = clock.now
+            _ = try await client.region(key: key)
+            histogram.record(UInt64((clock.now - started).microseconds))
+        }
+        print("route lookup through PD (a client cache miss), 1000 sequential GetRegion: p50 \(histogram.valueAtPercentile(50)) µs, p99 \(histogram.valueAtPercentile(99)) µs")
+    }
+
+    /// Heartbeats for every region of `layout`, `concurrency` at a time; with `until`, round
+    /// and round until then. Returns how many were answered.
+    @discardableResult
+    static func send(_ layout: [Flotilla_V1_RegionInfo], client: PDClient, storeID: UInt64, concurrency: Int,
+                     until deadline: ContinuousClock.Instant?) async throws -> Int {
+        let next = ManagedCounter()
+        return try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<concurrency {
+                group.addTask {
+                    var answered = 0
+                    while true {
+                        let ticket = next.take()
+                        if let deadline {
+                            if ContinuousClock.now >= deadline { return answered }
+                        } else if ticket >= layout.count {
+                            return answered
+                        }
+                        let info = layout[ticket % layout.count]
+                        try await client.call { pd, header in
+                            var request = Flotilla_V1_RegionHeartbeatRequest()
+                            request.header = header
+                            request.storeID = storeID
+                            request.region = info
+                            let response = try await pd.regionHeartbeat(request)
+                            return ((), response.header)
+                        }
+                        answered += 1
+                    }
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+    }
+
+    /// Steady heartbeats through the PlacementDriver alone (no gRPC, no Raft): per second.
+    static func inProcessRate(regions: Int) throws -> Double {
+        var pd = PlacementDriver()
+        pd.becomeLeader(nowMs: 0)
+        var commands: [Flotilla_V1_PDCommand] = []
+        func apply(_ command: Flotilla_V1_PDCommand) throws {
+            if case .failure(let failure) = pd.apply(command).outcome { throw ValidationError("in-process PD refused a command: \(failure)") }
+        }
+        var setID = Flotilla_V1_PDCommand()
+        setID.setClusterID = 1
+        try apply(setID)
+        var reserve = Flotilla_V1_PDCommand()
+        reserve.reserveIdsThrough = UInt64(regions * 2 + 10)
+        try apply(reserve)
+        var store = Flotilla_V1_Store()
+        store.id = 1
+        store.address = "127.0.0.1:9"
+        store.raftAddress = "127.0.0.1:10"
+        var layout: [Flotilla_V1_RegionHeartbeatRequest] = []
+        for index in 0..<regions {
+            var region = Flotilla_V1_Region()
+            region.id = UInt64(2 + 2 * index)
+            region.startKey = index == 0 ? Data() : key(index)
+            region.endKey = index == regions - 1 ? Data() : key(index + 1)
+            region.epoch.confVer = 1
+            region.epoch.version = 2
+            var peer = Flotilla_V1_Peer()
+            peer.id = region.id + 1
+            peer.storeID = 1
+            region.peers = [peer]
+            var request = Flotilla_V1_RegionHeartbeatRequest()
+            request.header.clusterID = 1
+            request.storeID = 1
+            request.region.region = region
+            request.region.leader = peer
+            layout.append(request)
+        }
+        var bootstrap = Flotilla_V1_PDCommand()
+        bootstrap.bootstrap.header.clusterID = 1
+        bootstrap.bootstrap.store = store
+        bootstrap.bootstrap.region = layout[0].region.region
+        bootstrap.bootstrap.region.endKey = Data()
+        bootstrap.bootstrap.region.epoch.version = 1
+        try apply(bootstrap)
+        for request in layout {
+            commands += try pd.regionHeartbeat(request, nowMs: 0).commands
+        }
+        for command in commands { try apply(command) }
+        let clock = ContinuousClock()
+        let started = clock.now
+        var count = 0
+        while clock.now - started < .seconds(2) {
+            for request in layout.prefix(10_000) {
+                _ = try pd.regionHeartbeat(request, nowMs: 0)
+                count += 1
+            }
+        }
+        return Double(count) / (clock.now - started).seconds
+    }
+}
+
+/// A shared ticket counter for the heartbeat senders.
+final class ManagedCounter: Sendable {
+    private let value = Atomic<Int>(0)
+    func take() -> Int { value.add(1, ordering: .relaxed).oldValue }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+    var microseconds: Int64 { components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000 }
+}
