@@ -2,6 +2,8 @@ import ArgumentParser
 import FlotillaClient
 import FlotillaProto
 import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
 import Histogram
 import PlacementDriver
 import Synchronization
@@ -21,8 +23,8 @@ struct PDHeartbeats: AsyncParsableCommand {
     @Option(help: "Regions to report.")
     var regions = 10_000
 
-    @Option(help: "Heartbeats in flight.")
-    var concurrency = 64
+    @Option(help: "Heartbeat streams (each a store's), each with up to 256 heartbeats unanswered.")
+    var concurrency = 4
 
     @Option(help: "Seconds of steady heartbeats.")
     var duration = 10
@@ -99,7 +101,7 @@ struct PDHeartbeats: AsyncParsableCommand {
         let steadyStarted = clock.now
         let sent = try await Self.send(layout, client: client, storeID: storeID, concurrency: concurrency, until: steadyStarted + .seconds(duration))
         let steady = clock.now - steadyStarted
-        print(String(format: "steady heartbeats: %d in %.2f s = %.0f/s at concurrency %d (%d regions)",
+        print(String(format: "steady heartbeats: %d in %.2f s = %.0f/s on %d streams (%d regions)",
                      sent, steady.seconds, Double(sent) / max(steady.seconds, 1e-9), concurrency, regions))
         var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
         for index in 0..<1_000 {
@@ -111,37 +113,58 @@ struct PDHeartbeats: AsyncParsableCommand {
         print("route lookup through PD (a client cache miss), 1000 sequential GetRegion: p50 \(histogram.valueAtPercentile(50)) µs, p99 \(histogram.valueAtPercentile(99)) µs")
     }
 
-    /// Heartbeats for every region of `layout`, `concurrency` at a time; with `until`, round
-    /// and round until then. Returns how many were answered.
+    /// Heartbeats for every region of `layout` on `concurrency` streams, each with at most
+    /// `window` unanswered (as a store sends a round's heartbeats on one stream); with
+    /// `until`, round and round until then. Returns how many were answered without error.
     @discardableResult
     static func send(_ layout: [Flotilla_V1_RegionInfo], client: PDClient, storeID: UInt64, concurrency: Int,
-                     until deadline: ContinuousClock.Instant?) async throws -> Int {
+                     until deadline: ContinuousClock.Instant?, window: Int = 256) async throws -> Int {
         let next = ManagedCounter()
-        return try await withThrowingTaskGroup(of: Int.self) { group in
-            for _ in 0..<concurrency {
-                group.addTask {
-                    var answered = 0
-                    while true {
-                        let ticket = next.take()
-                        if let deadline {
-                            if ContinuousClock.now >= deadline { return answered }
-                        } else if ticket >= layout.count {
-                            return answered
-                        }
-                        let info = layout[ticket % layout.count]
-                        try await client.call { pd, header in
-                            var request = Flotilla_V1_RegionHeartbeatRequest()
-                            request.header = header
-                            request.storeID = storeID
-                            request.region = info
-                            let response = try await pd.regionHeartbeat(request)
-                            return ((), response.header)
-                        }
-                        answered += 1
+        let header = try await client.call { pd, header in
+            var request = Flotilla_V1_GetClusterInfoRequest()
+            request.header = header
+            let response = try await pd.getClusterInfo(request)
+            return (header, response.header)
+        }
+        let leader = try await client.members().leader.clientAddress
+        let parts = leader.split(separator: ":")
+        guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("PD's leader address \(leader) is not host:port") }
+        var requestHeader = header
+        requestHeader.clusterID = client.clusterID
+        let sentHeader = requestHeader
+        return try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: String(parts[0]), port: port), transportSecurity: .plaintext)) { grpc in
+            let pd = Flotilla_V1_PD.Client(wrapping: grpc)
+            return try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<concurrency {
+                    group.addTask {
+                        let answered = ManagedCounter()
+                        let failed = ManagedCounter()
+                        try await pd.regionHeartbeats(requestProducer: { writer in
+                            var written = 0
+                            while true {
+                                if let deadline { if ContinuousClock.now >= deadline { return } }
+                                let ticket = next.take()
+                                if deadline == nil && ticket >= layout.count { return }
+                                while written - answered.value >= window { try await Task.sleep(for: .microseconds(200)) }
+                                var request = Flotilla_V1_RegionHeartbeatRequest()
+                                request.header = sentHeader
+                                request.storeID = storeID
+                                request.region = layout[ticket % layout.count]
+                                try await writer.write(request)
+                                written += 1
+                            }
+                        }, onResponse: { response in
+                            for try await answer in response.messages {
+                                if answer.header.hasError { _ = failed.take() }
+                                _ = answered.take()
+                            }
+                        })
+                        if failed.value > 0 { throw ValidationError("PD refused \(failed.value) heartbeats") }
+                        return answered.value
                     }
                 }
+                return try await group.reduce(0, +)
             }
-            return try await group.reduce(0, +)
         }
     }
 
@@ -208,8 +231,9 @@ struct PDHeartbeats: AsyncParsableCommand {
 
 /// A shared ticket counter for the heartbeat senders.
 final class ManagedCounter: Sendable {
-    private let value = Atomic<Int>(0)
-    func take() -> Int { value.add(1, ordering: .relaxed).oldValue }
+    private let count = Atomic<Int>(0)
+    func take() -> Int { count.add(1, ordering: .relaxed).oldValue }
+    var value: Int { count.load(ordering: .relaxed) }
 }
 
 extension Duration {

@@ -151,6 +151,19 @@ public enum Flotilla_V1_PD: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "RegionHeartbeats" metadata.
+        public enum RegionHeartbeats: Sendable {
+            /// Request type for "RegionHeartbeats".
+            public typealias Input = Flotilla_V1_RegionHeartbeatRequest
+            /// Response type for "RegionHeartbeats".
+            public typealias Output = Flotilla_V1_RegionHeartbeatResponse
+            /// Descriptor for "RegionHeartbeats".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.PD"),
+                method: "RegionHeartbeats",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Namespace for "GetRegion" metadata.
         public enum GetRegion: Sendable {
             /// Request type for "GetRegion".
@@ -266,6 +279,7 @@ public enum Flotilla_V1_PD: Sendable {
             GetStores.descriptor,
             StoreHeartbeat.descriptor,
             RegionHeartbeat.descriptor,
+            RegionHeartbeats.descriptor,
             GetRegion.descriptor,
             ScanRegions.descriptor,
             ListOperators.descriptor,
@@ -422,6 +436,25 @@ extension Flotilla_V1_PD {
         ///     to an internal error.
         /// - Returns: A streaming response of `Flotilla_V1_RegionHeartbeatResponse` messages.
         func regionHeartbeat(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_RegionHeartbeatRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatResponse>
+
+        /// Handle the "RegionHeartbeats" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Many region heartbeats on one stream (a store sends each round's on one): answered in
+        /// > order, one response per request, handled by PD's leader in batches.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_RegionHeartbeatRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_RegionHeartbeatResponse` messages.
+        func regionHeartbeats(
             request: GRPCCore.StreamingServerRequest<Flotilla_V1_RegionHeartbeatRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatResponse>
@@ -673,6 +706,25 @@ extension Flotilla_V1_PD {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_RegionHeartbeatResponse>
 
+        /// Handle the "RegionHeartbeats" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Many region heartbeats on one stream (a store sends each round's on one): answered in
+        /// > order, one response per request, handled by PD's leader in batches.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_RegionHeartbeatRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_RegionHeartbeatResponse` messages.
+        func regionHeartbeats(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_RegionHeartbeatRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatResponse>
+
         /// Handle the "GetRegion" method.
         ///
         /// - Parameters:
@@ -918,6 +970,26 @@ extension Flotilla_V1_PD {
             context: GRPCCore.ServerContext
         ) async throws -> Flotilla_V1_RegionHeartbeatResponse
 
+        /// Handle the "RegionHeartbeats" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Many region heartbeats on one stream (a store sends each round's on one): answered in
+        /// > order, one response per request, handled by PD's leader in batches.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Flotilla_V1_RegionHeartbeatRequest` messages.
+        ///   - response: A response stream of `Flotilla_V1_RegionHeartbeatResponse` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func regionHeartbeats(
+            request: GRPCCore.RPCAsyncSequence<Flotilla_V1_RegionHeartbeatRequest, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Flotilla_V1_RegionHeartbeatResponse>,
+            context: GRPCCore.ServerContext
+        ) async throws
+
         /// Handle the "GetRegion" method.
         ///
         /// - Parameters:
@@ -1130,6 +1202,17 @@ extension Flotilla_V1_PD.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_RegionHeartbeatResponse>(),
             handler: { request, context in
                 try await self.regionHeartbeat(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Flotilla_V1_PD.Method.RegionHeartbeats.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_RegionHeartbeatRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_RegionHeartbeatResponse>(),
+            handler: { request, context in
+                try await self.regionHeartbeats(
                     request: request,
                     context: context
                 )
@@ -1537,6 +1620,23 @@ extension Flotilla_V1_PD.SimpleServiceProtocol {
         )
     }
 
+    public func regionHeartbeats(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_RegionHeartbeatRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatResponse> {
+        return GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatResponse>(
+            metadata: [:],
+            producer: { writer in
+                try await self.regionHeartbeats(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
     public func getRegion(
         request: GRPCCore.ServerRequest<Flotilla_V1_GetRegionRequest>,
         context: GRPCCore.ServerContext
@@ -1820,6 +1920,30 @@ extension Flotilla_V1_PD {
             deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_RegionHeartbeatResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_RegionHeartbeatResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RegionHeartbeats" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Many region heartbeats on one stream (a store sends each round's on one): answered in
+        /// > order, one response per request, handled by PD's leader in batches.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Flotilla_V1_RegionHeartbeatRequest` messages.
+        ///   - serializer: A serializer for `Flotilla_V1_RegionHeartbeatRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_RegionHeartbeatResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func regionHeartbeats<Result>(
+            request: GRPCCore.StreamingClientRequest<Flotilla_V1_RegionHeartbeatRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_RegionHeartbeatRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_RegionHeartbeatResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_RegionHeartbeatResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "GetRegion" method.
@@ -2254,6 +2378,39 @@ extension Flotilla_V1_PD {
             try await self.client.unary(
                 request: request,
                 descriptor: Flotilla_V1_PD.Method.RegionHeartbeat.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RegionHeartbeats" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Many region heartbeats on one stream (a store sends each round's on one): answered in
+        /// > order, one response per request, handled by PD's leader in batches.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Flotilla_V1_RegionHeartbeatRequest` messages.
+        ///   - serializer: A serializer for `Flotilla_V1_RegionHeartbeatRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_RegionHeartbeatResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func regionHeartbeats<Result>(
+            request: GRPCCore.StreamingClientRequest<Flotilla_V1_RegionHeartbeatRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_RegionHeartbeatRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_RegionHeartbeatResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_RegionHeartbeatResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Flotilla_V1_PD.Method.RegionHeartbeats.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -2731,6 +2888,34 @@ extension Flotilla_V1_PD.ClientProtocol {
         )
     }
 
+    /// Call the "RegionHeartbeats" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Many region heartbeats on one stream (a store sends each round's on one): answered in
+    /// > order, one response per request, handled by PD's leader in batches.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Flotilla_V1_RegionHeartbeatRequest` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func regionHeartbeats<Result>(
+        request: GRPCCore.StreamingClientRequest<Flotilla_V1_RegionHeartbeatRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_RegionHeartbeatResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.regionHeartbeats(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_RegionHeartbeatRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_RegionHeartbeatResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "GetRegion" method.
     ///
     /// - Parameters:
@@ -3190,6 +3375,39 @@ extension Flotilla_V1_PD.ClientProtocol {
             metadata: metadata
         )
         return try await self.regionHeartbeat(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RegionHeartbeats" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Many region heartbeats on one stream (a store sends each round's on one): answered in
+    /// > order, one response per request, handled by PD's leader in batches.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func regionHeartbeats<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Flotilla_V1_RegionHeartbeatRequest>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_RegionHeartbeatResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Flotilla_V1_RegionHeartbeatRequest>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.regionHeartbeats(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import PlacementDriver
 import RaftStore
+import Synchronization
 
 /// PD's gRPC API on one member. Reads and decisions run on the store thread after a
 /// linearizable read of PD's region (so only the leader answers, from fully applied state);
@@ -261,34 +262,109 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
     // MARK: Regions
 
     func regionHeartbeat(request: Flotilla_V1_RegionHeartbeatRequest, context: ServerContext) async throws -> Flotilla_V1_RegionHeartbeatResponse {
-        var response = Flotilla_V1_RegionHeartbeatResponse()
-        response.regionID = request.region.region.id
-        response.epoch = request.region.region.epoch
-        switch await onLeader(request.header, { pd, nowMs throws(PDFailure) in try pd.regionHeartbeat(request, nowMs: nowMs) }) {
-        case .failure(let error):
-            response.header = header(error.proto)
-        case .success(let outcome):
-            // Routes persist lazily: the answer does not wait for them; a failed proposal is
-            // made again by a later heartbeat.
-            for command in outcome.commands {
-                if let error = await propose(command), case .notLeader? = error.detail {
-                    response.header = header(error)
-                    return response
+        await heartbeatBatch([request])[0]
+    }
+
+    /// Heartbeats in flight on one stream that PD has not answered yet, at most.
+    static let streamedHeartbeatsPendingMax = 4_096
+    /// Heartbeats decided in one store-thread hop, at most.
+    static let heartbeatBatchMax = 1_024
+
+    func regionHeartbeats(request: RPCAsyncSequence<Flotilla_V1_RegionHeartbeatRequest, any Error>,
+                          response: RPCWriter<Flotilla_V1_RegionHeartbeatResponse>, context: ServerContext) async throws {
+        let pending = HeartbeatQueue()
+        let (signals, signal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                defer { signal.finish() }
+                for try await heartbeat in request {
+                    guard pending.append(heartbeat) <= Self.streamedHeartbeatsPendingMax else {
+                        throw RPCError(code: .resourceExhausted,
+                                       message: "more than \(Self.streamedHeartbeatsPendingMax) heartbeats unanswered on one stream")
+                    }
+                    signal.yield()
                 }
             }
-            switch outcome.step {
-            case .addLearner(let peer)?: response.changePeer = Self.change(.addLearner, peer)
-            case .promoteLearner(let peer)?: response.changePeer = Self.change(.promoteLearner, peer)
-            case .removePeer(let peer)?: response.changePeer = Self.change(.removePeer, peer)
-            case .transferLeader(let peer)?:
-                var transfer = Flotilla_V1_TransferLeader()
-                transfer.peer = peer
-                response.transferLeader = transfer
-            case nil: break
+            for await _ in signals {
+                while case let batch = pending.take(Self.heartbeatBatchMax), !batch.isEmpty {
+                    try await response.write(contentsOf: await heartbeatBatch(batch))
+                }
             }
-            response.header = header()
+            try await group.waitForAll()
+            while case let batch = pending.take(Self.heartbeatBatchMax), !batch.isEmpty {
+                try await response.write(contentsOf: await heartbeatBatch(batch))
+            }
         }
-        return response
+    }
+
+    /// Decides region heartbeats in one store-thread hop (leadership in this term was
+    /// confirmed by a read index before; a heartbeat needs no read of its own, as it only
+    /// feeds the leader's memory), then proposes the routes they changed. One answer each, in
+    /// order.
+    func heartbeatBatch(_ requests: [Flotilla_V1_RegionHeartbeatRequest]) async -> [Flotilla_V1_RegionHeartbeatResponse] {
+        guard let first = requests.first else { return [] }
+        let machine = self.machine
+        let decide: @Sendable (StoreCore, RaftSocketTransport) -> [Result<PlacementDriver.HeartbeatOutcome, PDFailure>]? = { core, _ in
+            guard let status = core.raftStatus(PDServer.regionID), status.role == .leader, machine.leaderTerm == status.term else { return nil }
+            return machine.withLeader { pd, nowMs in
+                requests.map { request in
+                    Result { () throws(PDFailure) -> PlacementDriver.HeartbeatOutcome in
+                        try pd.check(header: request.header)
+                        return try pd.regionHeartbeat(request, nowMs: nowMs)
+                    }
+                }
+            }
+        }
+        var decided = await driver.perform(decide) ?? nil
+        if decided == nil {
+            // Not confirmed in this term yet: a read index confirms it (or says who leads).
+            if case .failure(let refusal) = await onLeader(first.header, { _, _ in () }) {
+                return requests.map { Self.answer($0, header: header(refusal.proto)) }
+            }
+            decided = await driver.perform(decide) ?? nil
+        }
+        guard let decided else {
+            let refusal = PDFailure.notLeader(leaderAddress: "").proto
+            return requests.map { Self.answer($0, header: header(refusal)) }
+        }
+        var answers: [Flotilla_V1_RegionHeartbeatResponse] = []
+        answers.reserveCapacity(requests.count)
+        for (request, outcome) in zip(requests, decided) {
+            switch outcome {
+            case .failure(let failure):
+                answers.append(Self.answer(request, header: header(failure.proto)))
+            case .success(let outcome):
+                // Routes persist lazily: a failed proposal is made again by a later heartbeat;
+                // only a lost leadership is passed on.
+                var refusal: Flotilla_V1_PDError?
+                for command in outcome.commands {
+                    if let error = await propose(command), case .notLeader? = error.detail { refusal = error }
+                }
+                var answer = Self.answer(request, header: header(refusal))
+                if refusal == nil {
+                    switch outcome.step {
+                    case .addLearner(let peer)?: answer.changePeer = Self.change(.addLearner, peer)
+                    case .promoteLearner(let peer)?: answer.changePeer = Self.change(.promoteLearner, peer)
+                    case .removePeer(let peer)?: answer.changePeer = Self.change(.removePeer, peer)
+                    case .transferLeader(let peer)?:
+                        var transfer = Flotilla_V1_TransferLeader()
+                        transfer.peer = peer
+                        answer.transferLeader = transfer
+                    case nil: break
+                    }
+                }
+                answers.append(answer)
+            }
+        }
+        return answers
+    }
+
+    private static func answer(_ request: Flotilla_V1_RegionHeartbeatRequest, header: Flotilla_V1_PDResponseHeader) -> Flotilla_V1_RegionHeartbeatResponse {
+        var answer = Flotilla_V1_RegionHeartbeatResponse()
+        answer.header = header
+        answer.regionID = request.region.region.id
+        answer.epoch = request.region.region.epoch
+        return answer
     }
 
     private static func change(_ kind: Flotilla_V1_ChangePeer.Kind, _ peer: Flotilla_V1_Peer) -> Flotilla_V1_ChangePeer {
@@ -417,5 +493,27 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
         command.setSettings = settings
         response.header = header(await propose(command))
         return response
+    }
+}
+
+/// Heartbeats a stream received and PD has not decided yet.
+final class HeartbeatQueue: Sendable {
+    private let items = Mutex<[Flotilla_V1_RegionHeartbeatRequest]>([])
+
+    /// Appends one; returns how many wait now.
+    func append(_ item: Flotilla_V1_RegionHeartbeatRequest) -> Int {
+        items.withLock { items in
+            items.append(item)
+            return items.count
+        }
+    }
+
+    /// Takes up to `count`, oldest first.
+    func take(_ count: Int) -> [Flotilla_V1_RegionHeartbeatRequest] {
+        items.withLock { items in
+            let taken = Array(items.prefix(count))
+            items.removeFirst(taken.count)
+            return taken
+        }
     }
 }

@@ -80,13 +80,19 @@ final class PDStoreAgent: Sendable {
             }
             await storeHeartbeat(report)
             let now = clock.now
+            var due: [Flotilla_V1_RegionInfo] = []
             for (region, leader, pending) in report.leaders {
                 let previous = lastSent[region.id]
-                let due = previous.map { $0.region != region || $0.leader != leader || now - $0.at >= link.regionHeartbeatInterval } ?? true
-                guard due || !pending.isEmpty else { continue }
+                let changed = previous.map { $0.region != region || $0.leader != leader || now - $0.at >= link.regionHeartbeatInterval } ?? true
+                guard changed || !pending.isEmpty else { continue }
                 lastSent[region.id] = (region, leader, now)
-                await regionHeartbeat(region: region, leader: leader, pending: pending)
+                var info = Flotilla_V1_RegionInfo()
+                info.region = region
+                info.leader = leader
+                info.pendingPeers = pending
+                due.append(info)
             }
+            if !due.isEmpty { await regionHeartbeats(due) }
             let leading = Set(report.leaders.map(\.region.id))
             lastSent = lastSent.filter { leading.contains($0.key) }
         }
@@ -147,29 +153,50 @@ final class PDStoreAgent: Sendable {
         }
     }
 
-    private func regionHeartbeat(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer]) async {
-        var info = Flotilla_V1_RegionInfo()
-        info.region = region
-        info.leader = leader
-        info.pendingPeers = pending
+    /// The round's region heartbeats on one stream; each answer's step is carried out.
+    private func regionHeartbeats(_ regions: [Flotilla_V1_RegionInfo]) async {
         let storeID = link.store.id
-        let sentInfo = info
-        let response: Flotilla_V1_RegionHeartbeatResponse
+        let answers: [Flotilla_V1_RegionHeartbeatResponse]
         do {
-            response = try await link.client.call { client, header in
-                var request = Flotilla_V1_RegionHeartbeatRequest()
-                request.header = header
-                request.storeID = storeID
-                request.region = sentInfo
-                let response = try await client.regionHeartbeat(request)
-                return (response, response.header)
+            answers = try await link.client.call { client, header in
+                let requests = regions.map { info in
+                    var request = Flotilla_V1_RegionHeartbeatRequest()
+                    request.header = header
+                    request.storeID = storeID
+                    request.region = info
+                    return request
+                }
+                let answers = try await client.regionHeartbeats(requestProducer: { writer in
+                    for request in requests { try await writer.write(request) }
+                }, onResponse: { response in
+                    var answers: [Flotilla_V1_RegionHeartbeatResponse] = []
+                    for try await answer in response.messages { answers.append(answer) }
+                    return answers
+                })
+                // A refusal of the whole round (not the leader, another cluster) is the first answer's.
+                let refused = answers.first { $0.header.hasError && $0.header.error.detail.map { detail in
+                    if case .notLeader = detail { return true }
+                    if case .clusterMismatch = detail { return true }
+                    return false
+                } ?? false }
+                var header = Flotilla_V1_PDResponseHeader()
+                if let refused { header = refused.header } else if let first = answers.first { header.clusterID = first.header.clusterID }
+                return (answers, header)
             }
         } catch {
-            logger.warning("region heartbeat to PD failed", metadata: ["region_id": "\(region.id)", "error": "\(error)"])
+            logger.warning("region heartbeats to PD failed", metadata: ["regions": "\(regions.count)", "error": "\(error)"])
             return
         }
-        guard response.regionID == region.id, response.epoch == region.epoch, let step = response.step else { return }
-        await carryOut(step, region: region)
+        let byID = Dictionary(regions.map { ($0.region.id, $0.region) }, uniquingKeysWith: { first, _ in first })
+        for answer in answers {
+            guard let region = byID[answer.regionID] else { continue }
+            if answer.header.hasError {
+                logger.warning("PD refused a region heartbeat", metadata: ["region_id": "\(region.id)", "error": "\(answer.header.error.message)"])
+                continue
+            }
+            guard answer.epoch == region.epoch, let step = answer.step else { continue }
+            await carryOut(step, region: region)
+        }
     }
 
     /// Makes one operator step through the region's log (or a leadership transfer).

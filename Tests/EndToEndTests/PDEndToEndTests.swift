@@ -146,6 +146,23 @@ struct PDEndToEndTests {
                     return ((), response.header)
                 }
             }?.unknownStore == 4242)
+            // The same on the heartbeat stream: every message gets its own typed refusal.
+            let answers = try await client.call { pdClient, header in
+                let answers = try await pdClient.regionHeartbeats(requestProducer: { writer in
+                    for storeID in [UInt64(4242), 4243] {
+                        var request = Flotilla_V1_RegionHeartbeatRequest()
+                        request.header = header
+                        request.storeID = storeID
+                        try await writer.write(request)
+                    }
+                }, onResponse: { response in
+                    var answers: [Flotilla_V1_RegionHeartbeatResponse] = []
+                    for try await answer in response.messages { answers.append(answer) }
+                    return answers
+                })
+                return (answers, Flotilla_V1_PDResponseHeader())
+            }
+            #expect(answers.count == 2 && answers.allSatisfy { $0.header.hasError && !$0.header.error.message.isEmpty })
             #expect(try await client.stores().count == 1)
         }
         // A client of another cluster is refused.
