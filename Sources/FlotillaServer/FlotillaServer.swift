@@ -118,6 +118,9 @@ public final class FlotillaServer: Sendable {
         guard let join = settings.pd else { throw ConfigError("no PD endpoints") }
         guard let address = HostPort(join.address) else { throw ConfigError("--address \(join.address) is not host:port") }
         guard let raftAddress = HostPort(join.raftAddress) else { throw ConfigError("--raft-address \(join.raftAddress) is not host:port") }
+        if settings.clusterSecret == nil {
+            logger.warning("no cluster secret: the Raft port accepts any peer that knows the cluster id")
+        }
         let db = try StoreDatabase.open(path: settings.dataDirectory + "/db")
         let meta = try db.columnFamily(StoreKeys.metaColumnFamily)
         let ident = try db.get(StoreKeys.storeIdent, in: meta).map { try Flotilla_V1_StoreIdent(serializedBytes: $0) }

@@ -136,7 +136,7 @@ public final class PDServer: Sendable {
                              snapshots: snapshotSender)
         service = PDService(driver: driver, machine: machine, memberID: memberID, initialMembers: members)
         var transportConfig = HTTP2ServerTransport.Posix.Config.defaults
-        transportConfig.rpc.maxRequestPayloadSize = KVLimits.requestMessageBytesMax
+        transportConfig.rpc.maxRequestPayloadSize = PDLimits.requestMessageBytesMax
         GRPCEdgeGuard().install(in: &transportConfig)
         transport = HTTP2ServerTransport.Posix(address: .ipv4(host: clientAddress.host, port: clientAddress.port), transportSecurity: .plaintext,
                                                config: transportConfig)

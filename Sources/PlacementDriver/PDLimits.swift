@@ -19,6 +19,8 @@ public enum PDLimits {
     public static let maxStoreDownTimeSecondsMax: UInt64 = 7 * 24 * 3600
     /// A PD member's name.
     public static let memberNameBytesMax = 64
+    /// One request to PD's API, encoded (larger: gRPC RESOURCE_EXHAUSTED).
+    public static let requestMessageBytesMax = 1 << 20
     /// Ended operators PD remembers.
     public static let operatorHistoryMax = 1_000
 }

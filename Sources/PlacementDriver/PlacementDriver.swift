@@ -211,6 +211,13 @@ public struct PlacementDriver: Sendable {
         guard store.state != .tombstone else { throw .storeTombstone(request.storeID) }
         let info = request.region
         try PDValidation.check(region: info.region)
+        // Pending and down peers are peers of the region (bounded with them).
+        for peer in info.pendingPeers + info.downPeers where !info.region.peers.contains(peer) {
+            throw .invalidArgument("region \(info.region.id): pending or down peer \(peer.id) is not one of its peers")
+        }
+        guard info.pendingPeers.count + info.downPeers.count <= 2 * PDLimits.peersPerRegionMax else {
+            throw .invalidArgument("region \(info.region.id): too many pending and down peers")
+        }
         // Every region and peer id comes from PD's allocator: a larger one was never handed out.
         guard info.region.id <= state.reservedIDsThrough, info.region.peers.allSatisfy({ $0.id <= state.reservedIDsThrough }) else {
             throw .unknownRegion(info.region.id)

@@ -80,6 +80,8 @@ struct PlacementDriverTests {
         var foreign = region
         foreign.id = single.pd.state.reservedIDsThrough + 1
         #expect(throws: PDFailure.unknownRegion(foreign.id)) { try single.heartbeat(Build.info(foreign)) }
+        // A pending peer that is not the region's.
+        #expect(throws: PDFailure.self) { try single.heartbeat(Build.info(region, pending: [Build.peer(999, store: stores[0])])) }
         // A malformed region: two peers on one store.
         var doubled = region
         doubled.peers.append(Build.peer(556, store: stores[0]))
