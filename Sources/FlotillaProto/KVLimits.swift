@@ -1,7 +1,7 @@
 /// The limits a client request meets, as one chain end to end: a request the KV service accepts
 /// fits one gRPC message, its write fits one Raft entry, that entry fits one append and the
 /// append one Raft frame between stores — so nothing accepted can be unreplicable. Larger
-/// requests get a typed error naming the limit. Documented in `proto/flotilla/v1/flotilla.proto`
+/// requests get a typed error naming the limit. Documented in `proto/flotilla/v1/kv.proto`
 /// and `docs/architecture.md`; each has a test at the limit and one past it.
 public enum KVLimits {
     /// Bytes of a key.

@@ -1,5 +1,5 @@
 /// The placement driver's API (flotilla-pd): cluster identity, ids, stores, the routing table,
-/// heartbeats and operators. Clients in any language work from this file and flotilla.proto.
+/// heartbeats and operators. Clients in any language work from this file and kv.proto.
 ///
 /// Rules every caller follows:
 ///   - Every request carries a header with the cluster id it expects (0 only in the first
