@@ -341,16 +341,10 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
                     if let error = await propose(command), case .notLeader? = error.detail { refusal = error }
                 }
                 var answer = Self.answer(request, header: header(refusal))
-                if refusal == nil {
-                    switch outcome.step {
-                    case .addLearner(let peer)?: answer.changePeer = Self.change(.addLearner, peer)
-                    case .promoteLearner(let peer)?: answer.changePeer = Self.change(.promoteLearner, peer)
-                    case .removePeer(let peer)?: answer.changePeer = Self.change(.removePeer, peer)
-                    case .transferLeader(let peer)?:
-                        var transfer = Flotilla_V1_TransferLeader()
-                        transfer.peer = peer
-                        answer.transferLeader = transfer
-                    case nil: break
+                if refusal == nil, let step = outcome.step?.proto.step {
+                    switch step {
+                    case .changePeer(let change): answer.changePeer = change
+                    case .transferLeader(let transfer): answer.transferLeader = transfer
                     }
                 }
                 answers.append(answer)
@@ -365,13 +359,6 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
         answer.regionID = request.region.region.id
         answer.epoch = request.region.region.epoch
         return answer
-    }
-
-    private static func change(_ kind: Flotilla_V1_ChangePeer.Kind, _ peer: Flotilla_V1_Peer) -> Flotilla_V1_ChangePeer {
-        var change = Flotilla_V1_ChangePeer()
-        change.kind = kind
-        change.peer = peer
-        return change
     }
 
     func getRegion(request: Flotilla_V1_GetRegionRequest, context: ServerContext) async throws -> Flotilla_V1_GetRegionResponse {

@@ -7,16 +7,6 @@ import Testing
 /// The placement driver as real `flotilla-pd` processes on loopback.
 @Suite("PD: a replicated flotilla-pd group", .serialized)
 struct PDEndToEndTests {
-    /// Polls `condition` until it holds or `seconds` pass.
-    func eventually(seconds: Double, _ condition: () async -> Bool) async -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
-        return false
-    }
-
     @Test func idsNeverRepeatAcrossLeaderKillsAndANewLeaderServesQuickly() async throws {
         let pd = try LocalPD(members: 3)
         try await pd.withClient { client in
@@ -195,15 +185,6 @@ struct PDEndToEndTests {
 /// Stores that join through PD, and clients that know only PD.
 @Suite("PD: stores join through PD, clients route through PD", .serialized)
 struct PDClusterEndToEndTests {
-    func eventually(seconds: Double, _ condition: () async -> Bool) async -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(100))
-        }
-        return false
-    }
-
     func withKV<T: Sendable>(_ pd: LocalPD, _ body: (FlotillaClient) async throws -> T) async throws -> T {
         let client = try FlotillaClient(pd: pd.clientAddresses, requestTimeout: .seconds(20))
         return try await withThrowingTaskGroup(of: Void.self) { group in
@@ -268,4 +249,14 @@ struct PDClusterEndToEndTests {
             }
         }
     }
+}
+
+/// Polls `condition` until it holds or `seconds` pass.
+func eventually(seconds: Double, _ condition: () async -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return false
 }
