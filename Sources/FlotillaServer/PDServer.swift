@@ -209,6 +209,10 @@ public final class PDServer: Sendable {
                     _ = await service.propose(command)
                 }
             case .failure(let error):
+                // Not leading (any more): drop the leader memory; running operators end in the
+                // history as cancelled.
+                let machine = self.machine
+                _ = await driver.perform { _, _ in machine.confirmFollower() }
                 guard published.members[memberID] != me, case .notLeader(let hint)? = error.proto.detail,
                       let leader = HostPort(hint.leaderAddress) else { continue }
                 var request = Flotilla_V1_PutMemberRequest()
