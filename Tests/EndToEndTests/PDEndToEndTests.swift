@@ -124,6 +124,8 @@ struct PDEndToEndTests {
             #expect(await refusal { _ = try await client.allocateIDs(0) }?.invalidArgument.isEmpty == false)
             #expect(await refusal { _ = try await client.allocateIDs(1_000_000) }?.invalidArgument.isEmpty == false)
             #expect(await refusal { _ = try await client.region(key: Data(count: 9_000)) }?.invalidArgument.isEmpty == false)
+            #expect(await refusal { _ = try await client.scanRegions(from: Data("b".utf8), to: Data("a".utf8)) }?.invalidArgument.isEmpty == false)
+            #expect(await refusal { _ = try await client.scanRegions(from: Data(count: 9_000)) }?.invalidArgument.isEmpty == false)
             // Not bootstrapped yet: routes are refused as such.
             #expect(await refusal { _ = try await client.region(key: Data()) }?.notBootstrapped == true)
             // A heartbeat from a store PD does not know.
