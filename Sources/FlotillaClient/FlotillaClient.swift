@@ -186,25 +186,37 @@ public final class FlotillaClient: Sendable {
     }
 
     /// Writes every pair: one BatchPut per region, the regions in parallel. Each region's part
-    /// is atomic; the whole is not (a failure names what may be partly written).
+    /// is atomic; the whole is not (a failure names what may be partly written). A part whose
+    /// region split meanwhile is sent again per new region, under the same sequence: a region
+    /// made by a split holds its parent's sessions, so a part applied before the split is
+    /// answered from them, never applied twice.
     public func batchPut(_ pairs: [(key: Data, value: Data)]) async throws {
+        try await batchPut(pairs, sequence: nil)
+    }
+
+    private func batchPut(_ pairs: [(key: Data, value: Data)], sequence: UInt64?) async throws {
         let groups = try await groupByRegion(pairs.map(\.key))
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (_, positions) in groups {
                 let part = positions.map { pairs[$0] }
                 group.addTask {
-                    let nextSequence = self.beginWrite()
-                    defer { self.endWrite(nextSequence) }
-                    _ = try await self.routed(key: part[0].key) { kv, context in
-                        var request = Flotilla_V1_BatchPutRequest()
-                        request.context = self.writeContext(context, sequence: nextSequence)
-                        request.pairs = part.map { pair in
-                            var keyValue = Flotilla_V1_KeyValue()
-                            keyValue.key = pair.key
-                            keyValue.value = pair.value
-                            return keyValue
+                    let nextSequence = sequence ?? self.beginWrite()
+                    defer { if sequence == nil { self.endWrite(nextSequence) } }
+                    do {
+                        _ = try await self.routed(key: part[0].key) { kv, context, region in
+                            guard part.allSatisfy({ region.contains($0.key) }) else { throw RegionsChanged() }
+                            var request = Flotilla_V1_BatchPutRequest()
+                            request.context = self.writeContext(context, sequence: nextSequence)
+                            request.pairs = part.map { pair in
+                                var keyValue = Flotilla_V1_KeyValue()
+                                keyValue.key = pair.key
+                                keyValue.value = pair.value
+                                return keyValue
+                            }
+                            return try await kv.batchPut(request).error.nonEmpty
                         }
-                        return try await kv.batchPut(request).error.nonEmpty
+                    } catch is RegionsChanged {
+                        try await self.batchPut(part, sequence: nextSequence)
                     }
                 }
             }
@@ -216,24 +228,29 @@ public final class FlotillaClient: Sendable {
     /// the keys that exist.
     public func batchGet(_ keys: [Data]) async throws -> [Data: Data] {
         let groups = try await groupByRegion(keys)
-        return try await withThrowingTaskGroup(of: [Flotilla_V1_KeyValue].self) { group in
+        return try await withThrowingTaskGroup(of: [Data: Data].self) { group in
             for (_, positions) in groups {
                 let part = positions.map { keys[$0] }
                 group.addTask {
                     var pairs: [Flotilla_V1_KeyValue] = []
-                    _ = try await self.routed(key: part[0]) { kv, context in
-                        var request = Flotilla_V1_BatchGetRequest()
-                        request.context = context
-                        request.keys = part
-                        let response = try await kv.batchGet(request)
-                        pairs = response.pairs
-                        return response.error.nonEmpty
+                    do {
+                        _ = try await self.routed(key: part[0]) { kv, context, region in
+                            guard part.allSatisfy({ region.contains($0) }) else { throw RegionsChanged() }
+                            var request = Flotilla_V1_BatchGetRequest()
+                            request.context = context
+                            request.keys = part
+                            let response = try await kv.batchGet(request)
+                            pairs = response.pairs
+                            return response.error.nonEmpty
+                        }
+                    } catch is RegionsChanged {
+                        return try await self.batchGet(part)
                     }
-                    return pairs
+                    return Dictionary(pairs.map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last })
                 }
             }
             var result: [Data: Data] = [:]
-            for try await pairs in group { for pair in pairs { result[pair.key] = pair.value } }
+            for try await part in group { result.merge(part) { _, last in last } }
             return result
         }
     }
@@ -308,15 +325,17 @@ public final class FlotillaClient: Sendable {
         var result: [(key: Data, value: Data)] = []
         var cursor = start
         while result.count < limit {
-            guard let region = try? await locate(cursor) else { break }
-            var regionEnd = region.endKey
-            if !end.isEmpty && (regionEnd.isEmpty || end.lexicographicallyPrecedes(regionEnd)) { regionEnd = end }
             // The server answers at most a bounded piece; ask for no more than that.
             let remaining = UInt32(clamping: min(limit - result.count, Int(UInt32.max)))
             let from = cursor
             var pairs: [Flotilla_V1_KeyValue] = []
             var resumeKey: Data?
-            _ = try await routed(key: cursor) { kv, context in
+            // The region the answer came from (a split while scanning moves the next cursor).
+            var region = Flotilla_V1_Region()
+            _ = try await routed(key: cursor) { kv, context, routedRegion in
+                region = routedRegion
+                var regionEnd = routedRegion.endKey
+                if !end.isEmpty && (regionEnd.isEmpty || end.lexicographicallyPrecedes(regionEnd)) { regionEnd = end }
                 var request = Flotilla_V1_ScanRequest()
                 request.context = context
                 request.startKey = from
@@ -418,12 +437,30 @@ public final class FlotillaClient: Sendable {
     /// Sends to the region's leader, following NotLeader hints and retrying retryable errors
     /// with jittered exponential backoff until the request timeout.
     private func routed(key: Data, anyReplica: Bool = false, _ call: (StoreKV, Flotilla_V1_RequestContext) async throws -> Flotilla_V1_Error?) async throws -> Void {
-        var region = try await locate(key)
+        try await routed(key: key, anyReplica: anyReplica) { kv, context, _ in try await call(kv, context) }
+    }
+
+    /// Like `routed(key:anyReplica:_:)`, handing `call` the region each attempt goes to. A
+    /// route PD cannot give yet (a split's new region not reported) is asked again with
+    /// backoff until the request timeout.
+    private func routed(key: Data, anyReplica: Bool = false,
+                        _ call: (StoreKV, Flotilla_V1_RequestContext, Flotilla_V1_Region) async throws -> Flotilla_V1_Error?) async throws -> Void {
         let deadline = ContinuousClock.now + requestTimeout
         var backoffMilliseconds = 10
         var attempt = 0
         var lastProblem = "no attempt"
+        var located: Flotilla_V1_Region?
         while ContinuousClock.now < deadline {
+            if located == nil {
+                do { located = try await locate(key) } catch FlotillaClientError.unavailable(let problem) {
+                    lastProblem = problem
+                    try await Task.sleep(for: .milliseconds(backoffMilliseconds + Int.random(in: 0...backoffMilliseconds)))
+                    backoffMilliseconds = min(backoffMilliseconds * 2, 500)
+                    continue
+                }
+            }
+            guard var region = located else { continue }
+            defer { located = region }
             let storeIDs = region.peers.map(\.storeID)
             let regionID = region.id
             let known = leaders.withLock { $0[regionID] }
@@ -441,7 +478,7 @@ public final class FlotillaClient: Sendable {
                 lastProblem = "store \(storeID) has no known address"
                 leaders.withLock { $0[region.id] = nil }
                 forget(regionID: region.id)
-                region = try await locate(key)
+                region = (try? await locate(key)) ?? region
                 try await Task.sleep(for: .milliseconds(backoffMilliseconds))
                 continue
             }
@@ -450,7 +487,7 @@ public final class FlotillaClient: Sendable {
             context.epoch = region.epoch
             do {
                 let attemptDeadline = min(deadline, ContinuousClock.now + attemptTimeout)
-                guard let error = try await call(StoreKV(channel: channel, deadline: attemptDeadline), context) else {
+                guard let error = try await call(StoreKV(channel: channel, deadline: attemptDeadline), context, region) else {
                     if !anyReplica { leaders.withLock { $0[region.id] = storeID } }
                     return
                 }
@@ -476,12 +513,16 @@ public final class FlotillaClient: Sendable {
                     }
                     guard pd != nil else { throw FlotillaClientError.rejected(error.message) }
                     forget(regionID: region.id)
-                    region = try await locate(key)
-                    continue
+                    if let relocated = try? await locate(key) {
+                        region = relocated
+                        continue
+                    }
                 case .invalidArgument, .keyNotInRegion, .none:
                     throw FlotillaClientError.rejected(error.message)
                 }
             } catch let error as FlotillaClientError {
+                throw error
+            } catch let error as RegionsChanged {
                 throw error
             } catch {
                 lastProblem = "store \(storeID): \(error)"
@@ -491,9 +532,12 @@ public final class FlotillaClient: Sendable {
             try await Task.sleep(for: .milliseconds(backoffMilliseconds + jitter))
             backoffMilliseconds = min(backoffMilliseconds * 2, 500)
         }
-        throw FlotillaClientError.unavailable("region \(region.id): \(lastProblem)")
+        throw FlotillaClientError.unavailable(located.map { "region \($0.id): \(lastProblem)" } ?? lastProblem)
     }
 }
+
+/// A request's keys no longer lie in one region (it split): the caller regroups them.
+struct RegionsChanged: Error {}
 
 extension Flotilla_V1_Error {
     /// nil when no error is set.

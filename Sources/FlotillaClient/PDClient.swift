@@ -144,6 +144,18 @@ public final class PDClient: Sendable {
         }
     }
 
+    /// Ids for the regions a split of `region` into `splitCount` more regions creates.
+    public func askSplit(region: Flotilla_V1_Region, splitCount: UInt32) async throws(PDClientError) -> [Flotilla_V1_SplitRegionIDs] {
+        try await call { client, header in
+            var request = Flotilla_V1_AskSplitRequest()
+            request.header = header
+            request.region = region
+            request.splitCount = splitCount
+            let response = try await client.askSplit(request)
+            return (response.newRegions, response.header)
+        }
+    }
+
     public func region(key: Data) async throws(PDClientError) -> Flotilla_V1_GetRegionResponse {
         try await call { client, header in
             var request = Flotilla_V1_GetRegionRequest()

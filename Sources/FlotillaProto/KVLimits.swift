@@ -30,6 +30,9 @@ public enum KVLimits {
     /// What a client must be ready to receive in one response message: a full scan answer
     /// plus one maximal pair that crossed the byte bound.
     public static let responseMessageBytesMax = scanResponseBytesMax + keyBytesMax + valueBytesMax + (64 << 10)
+    /// Keys one split may cut a region at (each a key, so at most `keyBytesMax` bytes): one
+    /// split command of 64 maximal keys stays far below one Raft entry.
+    public static let splitKeysMax = 64
     /// Milliseconds a request may ask as its deadline (`RequestContext.timeout_ms`).
     public static let requestTimeoutMillisecondsMax: UInt32 = 600_000
 }

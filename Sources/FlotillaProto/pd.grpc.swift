@@ -73,6 +73,19 @@ public enum Flotilla_V1_PD: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "AskSplit" metadata.
+        public enum AskSplit: Sendable {
+            /// Request type for "AskSplit".
+            public typealias Input = Flotilla_V1_AskSplitRequest
+            /// Response type for "AskSplit".
+            public typealias Output = Flotilla_V1_AskSplitResponse
+            /// Descriptor for "AskSplit".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.PD"),
+                method: "AskSplit",
+                type: .unary
+            )
+        }
         /// Namespace for "Bootstrap" metadata.
         public enum Bootstrap: Sendable {
             /// Request type for "Bootstrap".
@@ -273,6 +286,7 @@ public enum Flotilla_V1_PD: Sendable {
             GetMembers.descriptor,
             GetClusterInfo.descriptor,
             AllocateIDs.descriptor,
+            AskSplit.descriptor,
             Bootstrap.descriptor,
             PutStore.descriptor,
             GetStore.descriptor,
@@ -355,6 +369,20 @@ extension Flotilla_V1_PD {
             request: GRPCCore.StreamingServerRequest<Flotilla_V1_AllocateIDsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_AllocateIDsResponse>
+
+        /// Handle the "AskSplit" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_AskSplitRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_AskSplitResponse` messages.
+        func askSplit(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_AskSplitRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_AskSplitResponse>
 
         /// Handle the "Bootstrap" method.
         ///
@@ -622,6 +650,20 @@ extension Flotilla_V1_PD {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_AllocateIDsResponse>
 
+        /// Handle the "AskSplit" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_AskSplitRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Flotilla_V1_AskSplitResponse` message.
+        func askSplit(
+            request: GRPCCore.ServerRequest<Flotilla_V1_AskSplitRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_AskSplitResponse>
+
         /// Handle the "Bootstrap" method.
         ///
         /// - Parameters:
@@ -886,6 +928,20 @@ extension Flotilla_V1_PD {
             context: GRPCCore.ServerContext
         ) async throws -> Flotilla_V1_AllocateIDsResponse
 
+        /// Handle the "AskSplit" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_AskSplitRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Flotilla_V1_AskSplitResponse` to respond with.
+        func askSplit(
+            request: Flotilla_V1_AskSplitRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Flotilla_V1_AskSplitResponse
+
         /// Handle the "Bootstrap" method.
         ///
         /// - Parameters:
@@ -1142,6 +1198,17 @@ extension Flotilla_V1_PD.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Flotilla_V1_PD.Method.AskSplit.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_AskSplitRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_AskSplitResponse>(),
+            handler: { request, context in
+                try await self.askSplit(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Flotilla_V1_PD.Method.Bootstrap.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_BootstrapRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_BootstrapResponse>(),
@@ -1345,6 +1412,17 @@ extension Flotilla_V1_PD.ServiceProtocol {
         return GRPCCore.StreamingServerResponse(single: response)
     }
 
+    public func askSplit(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_AskSplitRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_AskSplitResponse> {
+        let response = try await self.askSplit(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
     public func bootstrap(
         request: GRPCCore.StreamingServerRequest<Flotilla_V1_BootstrapRequest>,
         context: GRPCCore.ServerContext
@@ -1535,6 +1613,19 @@ extension Flotilla_V1_PD.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_AllocateIDsResponse> {
         return GRPCCore.ServerResponse<Flotilla_V1_AllocateIDsResponse>(
             message: try await self.allocateIDs(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func askSplit(
+        request: GRPCCore.ServerRequest<Flotilla_V1_AskSplitRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_AskSplitResponse> {
+        return GRPCCore.ServerResponse<Flotilla_V1_AskSplitResponse>(
+            message: try await self.askSplit(
                 request: request.message,
                 context: context
             ),
@@ -1806,6 +1897,25 @@ extension Flotilla_V1_PD {
             deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_AllocateIDsResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_AllocateIDsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "AskSplit" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_AskSplitRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_AskSplitRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_AskSplitResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func askSplit<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_AskSplitRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_AskSplitRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_AskSplitResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_AskSplitResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Bootstrap" method.
@@ -2198,6 +2308,36 @@ extension Flotilla_V1_PD {
             try await self.client.unary(
                 request: request,
                 descriptor: Flotilla_V1_PD.Method.AllocateIDs.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "AskSplit" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_AskSplitRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_AskSplitRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_AskSplitResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func askSplit<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_AskSplitRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_AskSplitRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_AskSplitResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_AskSplitResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Flotilla_V1_PD.Method.AskSplit.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -2738,6 +2878,31 @@ extension Flotilla_V1_PD.ClientProtocol {
         )
     }
 
+    /// Call the "AskSplit" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_AskSplitRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func askSplit<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_AskSplitRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_AskSplitResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.askSplit(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_AskSplitRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_AskSplitResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Bootstrap" method.
     ///
     /// - Parameters:
@@ -3201,6 +3366,35 @@ extension Flotilla_V1_PD.ClientProtocol {
             metadata: metadata
         )
         return try await self.allocateIDs(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "AskSplit" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func askSplit<Result>(
+        _ message: Flotilla_V1_AskSplitRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_AskSplitResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_AskSplitRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.askSplit(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -543,6 +543,80 @@ public nonisolated struct Flotilla_V1_AllocateIDsResponse: Sendable {
   fileprivate var _header: Flotilla_V1_PDResponseHeader? = nil
 }
 
+/// The ids of one region a split creates: the region's and one peer id per peer of the region
+/// being split, in the order of that region's peers.
+public nonisolated struct Flotilla_V1_SplitRegionIDs: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var regionID: UInt64 = 0
+
+  public var peerIds: [UInt64] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Asked by a region's leader before it proposes a split: ids for `split_count` new regions.
+/// Refused when PD knows the region at a newer epoch.
+public nonisolated struct Flotilla_V1_AskSplitRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var header: Flotilla_V1_PDRequestHeader {
+    get {_header ?? Flotilla_V1_PDRequestHeader()}
+    set {_header = newValue}
+  }
+  /// Returns true if `header` has been explicitly set.
+  public var hasHeader: Bool {self._header != nil}
+  /// Clears the value of `header`. Subsequent reads from it will return its default value.
+  public mutating func clearHeader() {self._header = nil}
+
+  public var region: Flotilla_V1_Region {
+    get {_region ?? Flotilla_V1_Region()}
+    set {_region = newValue}
+  }
+  /// Returns true if `region` has been explicitly set.
+  public var hasRegion: Bool {self._region != nil}
+  /// Clears the value of `region`. Subsequent reads from it will return its default value.
+  public mutating func clearRegion() {self._region = nil}
+
+  public var splitCount: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _header: Flotilla_V1_PDRequestHeader? = nil
+  fileprivate var _region: Flotilla_V1_Region? = nil
+}
+
+public nonisolated struct Flotilla_V1_AskSplitResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var header: Flotilla_V1_PDResponseHeader {
+    get {_header ?? Flotilla_V1_PDResponseHeader()}
+    set {_header = newValue}
+  }
+  /// Returns true if `header` has been explicitly set.
+  public var hasHeader: Bool {self._header != nil}
+  /// Clears the value of `header`. Subsequent reads from it will return its default value.
+  public mutating func clearHeader() {self._header = nil}
+
+  public var newRegions: [Flotilla_V1_SplitRegionIDs] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _header: Flotilla_V1_PDResponseHeader? = nil
+}
+
 public nonisolated struct Flotilla_V1_StoreLabel: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1132,6 +1206,19 @@ public nonisolated struct Flotilla_V1_TransferLeader: Sendable {
   fileprivate var _peer: Flotilla_V1_Peer? = nil
 }
 
+/// Split the region at these keys (strictly increasing, strictly inside the region).
+public nonisolated struct Flotilla_V1_SplitRegion: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var splitKeys: [Data] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Flotilla_V1_RegionHeartbeatResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1176,11 +1263,20 @@ public nonisolated struct Flotilla_V1_RegionHeartbeatResponse: Sendable {
     set {step = .transferLeader(newValue)}
   }
 
+  public var splitRegion: Flotilla_V1_SplitRegion {
+    get {
+      if case .splitRegion(let v)? = step {return v}
+      return Flotilla_V1_SplitRegion()
+    }
+    set {step = .splitRegion(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Step: Equatable, Sendable {
     case changePeer(Flotilla_V1_ChangePeer)
     case transferLeader(Flotilla_V1_TransferLeader)
+    case splitRegion(Flotilla_V1_SplitRegion)
 
   }
 
@@ -1326,11 +1422,20 @@ public nonisolated struct Flotilla_V1_OperatorStep: Sendable {
     set {step = .transferLeader(newValue)}
   }
 
+  public var splitRegion: Flotilla_V1_SplitRegion {
+    get {
+      if case .splitRegion(let v)? = step {return v}
+      return Flotilla_V1_SplitRegion()
+    }
+    set {step = .splitRegion(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Step: Equatable, Sendable {
     case changePeer(Flotilla_V1_ChangePeer)
     case transferLeader(Flotilla_V1_TransferLeader)
+    case splitRegion(Flotilla_V1_SplitRegion)
 
   }
 
@@ -1460,6 +1565,16 @@ public nonisolated struct Flotilla_V1_AddOperatorRequest: Sendable {
     set {kind = .transferLeaderStoreID(newValue)}
   }
 
+  /// Split the region at these keys. Refused when a key lies outside the region or on its
+  /// start, or the keys are empty, repeated or out of order.
+  public var split: Flotilla_V1_SplitRegion {
+    get {
+      if case .split(let v)? = kind {return v}
+      return Flotilla_V1_SplitRegion()
+    }
+    set {kind = .split(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -1469,6 +1584,9 @@ public nonisolated struct Flotilla_V1_AddOperatorRequest: Sendable {
     case removePeerStoreID(UInt64)
     /// Make the region's peer on this store its leader.
     case transferLeaderStoreID(UInt64)
+    /// Split the region at these keys. Refused when a key lies outside the region or on its
+    /// start, or the keys are empty, repeated or out of order.
+    case split(Flotilla_V1_SplitRegion)
 
   }
 
@@ -2341,6 +2459,124 @@ nonisolated extension Flotilla_V1_AllocateIDsResponse: SwiftProtobuf.Message, Sw
     if lhs._header != rhs._header {return false}
     if lhs.first != rhs.first {return false}
     if lhs.count != rhs.count {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_SplitRegionIDs: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SplitRegionIDs"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{3}peer_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.regionID) }()
+      case 2: try { try decoder.decodeRepeatedUInt64Field(value: &self.peerIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.regionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.regionID, fieldNumber: 1)
+    }
+    if !self.peerIds.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.peerIds, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_SplitRegionIDs, rhs: Flotilla_V1_SplitRegionIDs) -> Bool {
+    if lhs.regionID != rhs.regionID {return false}
+    if lhs.peerIds != rhs.peerIds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_AskSplitRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AskSplitRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}region\0\u{3}split_count\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._region) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.splitCount) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._header {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._region {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.splitCount != 0 {
+      try visitor.visitSingularUInt32Field(value: self.splitCount, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_AskSplitRequest, rhs: Flotilla_V1_AskSplitRequest) -> Bool {
+    if lhs._header != rhs._header {return false}
+    if lhs._region != rhs._region {return false}
+    if lhs.splitCount != rhs.splitCount {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_AskSplitResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AskSplitResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}new_regions\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.newRegions) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._header {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.newRegions.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.newRegions, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_AskSplitResponse, rhs: Flotilla_V1_AskSplitResponse) -> Bool {
+    if lhs._header != rhs._header {return false}
+    if lhs.newRegions != rhs.newRegions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3276,9 +3512,39 @@ nonisolated extension Flotilla_V1_TransferLeader: SwiftProtobuf.Message, SwiftPr
   }
 }
 
+nonisolated extension Flotilla_V1_SplitRegion: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SplitRegion"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}split_keys\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedBytesField(value: &self.splitKeys) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.splitKeys.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.splitKeys, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_SplitRegion, rhs: Flotilla_V1_SplitRegion) -> Bool {
+    if lhs.splitKeys != rhs.splitKeys {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Flotilla_V1_RegionHeartbeatResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegionHeartbeatResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}region_id\0\u{1}epoch\0\u{3}change_peer\0\u{3}transfer_leader\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}region_id\0\u{1}epoch\0\u{3}change_peer\0\u{3}transfer_leader\0\u{3}split_region\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3315,6 +3581,19 @@ nonisolated extension Flotilla_V1_RegionHeartbeatResponse: SwiftProtobuf.Message
           self.step = .transferLeader(v)
         }
       }()
+      case 6: try {
+        var v: Flotilla_V1_SplitRegion?
+        var hadOneofValue = false
+        if let current = self.step {
+          hadOneofValue = true
+          if case .splitRegion(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.step = .splitRegion(v)
+        }
+      }()
       default: break
       }
     }
@@ -3342,6 +3621,10 @@ nonisolated extension Flotilla_V1_RegionHeartbeatResponse: SwiftProtobuf.Message
     case .transferLeader?: try {
       guard case .transferLeader(let v)? = self.step else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .splitRegion?: try {
+      guard case .splitRegion(let v)? = self.step else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     }()
     case nil: break
     }
@@ -3541,7 +3824,7 @@ nonisolated extension Flotilla_V1_ScanRegionsResponse: SwiftProtobuf.Message, Sw
 
 nonisolated extension Flotilla_V1_OperatorStep: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OperatorStep"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}change_peer\0\u{3}transfer_leader\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}change_peer\0\u{3}transfer_leader\0\u{3}split_region\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3575,6 +3858,19 @@ nonisolated extension Flotilla_V1_OperatorStep: SwiftProtobuf.Message, SwiftProt
           self.step = .transferLeader(v)
         }
       }()
+      case 3: try {
+        var v: Flotilla_V1_SplitRegion?
+        var hadOneofValue = false
+        if let current = self.step {
+          hadOneofValue = true
+          if case .splitRegion(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.step = .splitRegion(v)
+        }
+      }()
       default: break
       }
     }
@@ -3593,6 +3889,10 @@ nonisolated extension Flotilla_V1_OperatorStep: SwiftProtobuf.Message, SwiftProt
     case .transferLeader?: try {
       guard case .transferLeader(let v)? = self.step else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .splitRegion?: try {
+      guard case .splitRegion(let v)? = self.step else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     }()
     case nil: break
     }
@@ -3756,7 +4056,7 @@ nonisolated extension Flotilla_V1_ListOperatorsResponse: SwiftProtobuf.Message, 
 
 nonisolated extension Flotilla_V1_AddOperatorRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AddOperatorRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}region_id\0\u{3}add_peer_store_id\0\u{3}remove_peer_store_id\0\u{3}transfer_leader_store_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}region_id\0\u{3}add_peer_store_id\0\u{3}remove_peer_store_id\0\u{3}transfer_leader_store_id\0\u{1}split\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3790,6 +4090,19 @@ nonisolated extension Flotilla_V1_AddOperatorRequest: SwiftProtobuf.Message, Swi
           self.kind = .transferLeaderStoreID(v)
         }
       }()
+      case 6: try {
+        var v: Flotilla_V1_SplitRegion?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .split(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .split(v)
+        }
+      }()
       default: break
       }
     }
@@ -3818,6 +4131,10 @@ nonisolated extension Flotilla_V1_AddOperatorRequest: SwiftProtobuf.Message, Swi
     case .transferLeaderStoreID?: try {
       guard case .transferLeaderStoreID(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularUInt64Field(value: v, fieldNumber: 5)
+    }()
+    case .split?: try {
+      guard case .split(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     }()
     case nil: break
     }

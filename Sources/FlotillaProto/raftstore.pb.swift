@@ -266,68 +266,81 @@ public nonisolated struct Flotilla_V1_RaftCoreMessage: @unchecked Sendable {
 }
 
 /// A Raft message of one region, addressed peer to peer.
-public nonisolated struct Flotilla_V1_RaftMessage: Sendable {
+public nonisolated struct Flotilla_V1_RaftMessage: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var regionID: UInt64 = 0
+  public var regionID: UInt64 {
+    get {_storage._regionID}
+    set {_uniqueStorage()._regionID = newValue}
+  }
 
   public var fromPeer: Flotilla_V1_Peer {
-    get {_fromPeer ?? Flotilla_V1_Peer()}
-    set {_fromPeer = newValue}
+    get {_storage._fromPeer ?? Flotilla_V1_Peer()}
+    set {_uniqueStorage()._fromPeer = newValue}
   }
   /// Returns true if `fromPeer` has been explicitly set.
-  public var hasFromPeer: Bool {self._fromPeer != nil}
+  public var hasFromPeer: Bool {_storage._fromPeer != nil}
   /// Clears the value of `fromPeer`. Subsequent reads from it will return its default value.
-  public mutating func clearFromPeer() {self._fromPeer = nil}
+  public mutating func clearFromPeer() {_uniqueStorage()._fromPeer = nil}
 
   public var toPeer: Flotilla_V1_Peer {
-    get {_toPeer ?? Flotilla_V1_Peer()}
-    set {_toPeer = newValue}
+    get {_storage._toPeer ?? Flotilla_V1_Peer()}
+    set {_uniqueStorage()._toPeer = newValue}
   }
   /// Returns true if `toPeer` has been explicitly set.
-  public var hasToPeer: Bool {self._toPeer != nil}
+  public var hasToPeer: Bool {_storage._toPeer != nil}
   /// Clears the value of `toPeer`. Subsequent reads from it will return its default value.
-  public mutating func clearToPeer() {self._toPeer = nil}
+  public mutating func clearToPeer() {_uniqueStorage()._toPeer = nil}
 
   public var epoch: Flotilla_V1_RegionEpoch {
-    get {_epoch ?? Flotilla_V1_RegionEpoch()}
-    set {_epoch = newValue}
+    get {_storage._epoch ?? Flotilla_V1_RegionEpoch()}
+    set {_uniqueStorage()._epoch = newValue}
   }
   /// Returns true if `epoch` has been explicitly set.
-  public var hasEpoch: Bool {self._epoch != nil}
+  public var hasEpoch: Bool {_storage._epoch != nil}
   /// Clears the value of `epoch`. Subsequent reads from it will return its default value.
-  public mutating func clearEpoch() {self._epoch = nil}
+  public mutating func clearEpoch() {_uniqueStorage()._epoch = nil}
 
-  /// The sender's region descriptor, so a store can create a peer for a new member.
+  /// The sender's region descriptor, so a store can create a peer for a new member (set on
+  /// snapshots only).
   public var region: Flotilla_V1_Region {
-    get {_region ?? Flotilla_V1_Region()}
-    set {_region = newValue}
+    get {_storage._region ?? Flotilla_V1_Region()}
+    set {_uniqueStorage()._region = newValue}
   }
   /// Returns true if `region` has been explicitly set.
-  public var hasRegion: Bool {self._region != nil}
+  public var hasRegion: Bool {_storage._region != nil}
   /// Clears the value of `region`. Subsequent reads from it will return its default value.
-  public mutating func clearRegion() {self._region = nil}
+  public mutating func clearRegion() {_uniqueStorage()._region = nil}
 
   public var message: Flotilla_V1_RaftCoreMessage {
-    get {_message ?? Flotilla_V1_RaftCoreMessage()}
-    set {_message = newValue}
+    get {_storage._message ?? Flotilla_V1_RaftCoreMessage()}
+    set {_uniqueStorage()._message = newValue}
   }
   /// Returns true if `message` has been explicitly set.
-  public var hasMessage: Bool {self._message != nil}
+  public var hasMessage: Bool {_storage._message != nil}
   /// Clears the value of `message`. Subsequent reads from it will return its default value.
-  public mutating func clearMessage() {self._message = nil}
+  public mutating func clearMessage() {_uniqueStorage()._message = nil}
+
+  /// The sender's range, so a store that has no peer of the region can tell a message of a
+  /// region split from one it holds (which waits for its local split) from a stale one (a
+  /// range it holds at a newer epoch: dropped).
+  public var startKey: Data {
+    get {_storage._startKey}
+    set {_uniqueStorage()._startKey = newValue}
+  }
+
+  public var endKey: Data {
+    get {_storage._endKey}
+    set {_uniqueStorage()._endKey = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _fromPeer: Flotilla_V1_Peer? = nil
-  fileprivate var _toPeer: Flotilla_V1_Peer? = nil
-  fileprivate var _epoch: Flotilla_V1_RegionEpoch? = nil
-  fileprivate var _region: Flotilla_V1_Region? = nil
-  fileprivate var _message: Flotilla_V1_RaftCoreMessage? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// Messages of many regions from one store to another, coalesced into one frame of the Raft
@@ -371,61 +384,43 @@ public nonisolated struct Flotilla_V1_SnapshotPair: Sendable {
 /// carries the Raft message (its snapshot metadata: index, term, configuration) and the
 /// region descriptor; every chunk carries pairs in key order, data before sessions; the last
 /// one carries the count and checksum of everything sent.
-public nonisolated struct Flotilla_V1_SnapshotChunk: @unchecked Sendable {
+public nonisolated struct Flotilla_V1_SnapshotChunk: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var message: Flotilla_V1_RaftMessage {
-    get {_storage._message ?? Flotilla_V1_RaftMessage()}
-    set {_uniqueStorage()._message = newValue}
+    get {_message ?? Flotilla_V1_RaftMessage()}
+    set {_message = newValue}
   }
   /// Returns true if `message` has been explicitly set.
-  public var hasMessage: Bool {_storage._message != nil}
+  public var hasMessage: Bool {self._message != nil}
   /// Clears the value of `message`. Subsequent reads from it will return its default value.
-  public mutating func clearMessage() {_uniqueStorage()._message = nil}
+  public mutating func clearMessage() {self._message = nil}
 
-  public var pairs: [Flotilla_V1_SnapshotPair] {
-    get {_storage._pairs}
-    set {_uniqueStorage()._pairs = newValue}
-  }
+  public var pairs: [Flotilla_V1_SnapshotPair] = []
 
   /// On the last chunk: FNV-1a (64 bit) over every pair's column, key length, key, value
   /// length and value, in order.
-  public var checksum: UInt64 {
-    get {_storage._checksum}
-    set {_uniqueStorage()._checksum = newValue}
-  }
+  public var checksum: UInt64 = 0
 
-  public var last: Bool {
-    get {_storage._last}
-    set {_uniqueStorage()._last = newValue}
-  }
+  public var last: Bool = false
 
-  public var pairCount: UInt64 {
-    get {_storage._pairCount}
-    set {_uniqueStorage()._pairCount = newValue}
-  }
+  public var pairCount: UInt64 = 0
 
   /// On the first chunk: HMAC-SHA256 (key: the cluster secret) of "flotilla-snapshot-header"
   /// and the encoded message; a receiver refuses the stream before writing anything without it.
-  public var headerMac: Data {
-    get {_storage._headerMac}
-    set {_uniqueStorage()._headerMac = newValue}
-  }
+  public var headerMac: Data = Data()
 
   /// On the last chunk: HMAC-SHA256 of "flotilla-snapshot-pairs", the header MAC and every
   /// pair (column, key length, key, value length, value) in order.
-  public var mac: Data {
-    get {_storage._mac}
-    set {_uniqueStorage()._mac = newValue}
-  }
+  public var mac: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+  fileprivate var _message: Flotilla_V1_RaftMessage? = nil
 }
 
 public nonisolated struct Flotilla_V1_SnapshotDone: Sendable {
@@ -636,9 +631,55 @@ public nonisolated struct Flotilla_V1_CommandBatch: Sendable {
 
   public var commands: [Flotilla_V1_WriteCommand] = []
 
+  /// An administrative command, alone in its entry (no commands).
+  public var split: Flotilla_V1_SplitCommand {
+    get {_split ?? Flotilla_V1_SplitCommand()}
+    set {_split = newValue}
+  }
+  /// Returns true if `split` has been explicitly set.
+  public var hasSplit: Bool {self._split != nil}
+  /// Clears the value of `split`. Subsequent reads from it will return its default value.
+  public mutating func clearSplit() {self._split = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _split: Flotilla_V1_SplitCommand? = nil
+}
+
+/// Splits a region at one or more keys, applied by every replica in one atomic batch: the
+/// region keeps [start, split_keys[0]); new region i takes [split_keys[i], split_keys[i+1])
+/// (the last one up to the old end). Each new region has a peer on every store of the region,
+/// with the same roles; the epoch version of the region and of every new region becomes the
+/// old version plus the number of keys. Client sessions are copied to every new region.
+public nonisolated struct Flotilla_V1_SplitCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The epoch the split was planned against: a replica whose region has another epoch
+  /// applies nothing (a membership change or another split came first).
+  public var epoch: Flotilla_V1_RegionEpoch {
+    get {_epoch ?? Flotilla_V1_RegionEpoch()}
+    set {_epoch = newValue}
+  }
+  /// Returns true if `epoch` has been explicitly set.
+  public var hasEpoch: Bool {self._epoch != nil}
+  /// Clears the value of `epoch`. Subsequent reads from it will return its default value.
+  public mutating func clearEpoch() {self._epoch = nil}
+
+  /// Strictly increasing, each strictly inside the region.
+  public var splitKeys: [Data] = []
+
+  /// One per split key, from PD's AskSplit.
+  public var newRegions: [Flotilla_V1_SplitRegionIDs] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _epoch: Flotilla_V1_RegionEpoch? = nil
 }
 
 /// What applying a WriteCommand produced; kept in the client's session for retries.
@@ -1098,58 +1139,118 @@ nonisolated extension Flotilla_V1_RaftCoreMessage: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Flotilla_V1_RaftMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RaftMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{3}from_peer\0\u{3}to_peer\0\u{1}epoch\0\u{1}region\0\u{1}message\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{3}from_peer\0\u{3}to_peer\0\u{1}epoch\0\u{1}region\0\u{1}message\0\u{3}start_key\0\u{3}end_key\0")
+
+  fileprivate class _StorageClass {
+    var _regionID: UInt64 = 0
+    var _fromPeer: Flotilla_V1_Peer? = nil
+    var _toPeer: Flotilla_V1_Peer? = nil
+    var _epoch: Flotilla_V1_RegionEpoch? = nil
+    var _region: Flotilla_V1_Region? = nil
+    var _message: Flotilla_V1_RaftCoreMessage? = nil
+    var _startKey: Data = Data()
+    var _endKey: Data = Data()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _regionID = source._regionID
+      _fromPeer = source._fromPeer
+      _toPeer = source._toPeer
+      _epoch = source._epoch
+      _region = source._region
+      _message = source._message
+      _startKey = source._startKey
+      _endKey = source._endKey
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.regionID) }()
-      case 2: try { try decoder.decodeSingularMessageField(value: &self._fromPeer) }()
-      case 3: try { try decoder.decodeSingularMessageField(value: &self._toPeer) }()
-      case 4: try { try decoder.decodeSingularMessageField(value: &self._epoch) }()
-      case 5: try { try decoder.decodeSingularMessageField(value: &self._region) }()
-      case 6: try { try decoder.decodeSingularMessageField(value: &self._message) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._regionID) }()
+        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._fromPeer) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._toPeer) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._epoch) }()
+        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._region) }()
+        case 6: try { try decoder.decodeSingularMessageField(value: &_storage._message) }()
+        case 7: try { try decoder.decodeSingularBytesField(value: &_storage._startKey) }()
+        case 8: try { try decoder.decodeSingularBytesField(value: &_storage._endKey) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.regionID != 0 {
-      try visitor.visitSingularUInt64Field(value: self.regionID, fieldNumber: 1)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._regionID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._regionID, fieldNumber: 1)
+      }
+      try { if let v = _storage._fromPeer {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+      } }()
+      try { if let v = _storage._toPeer {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
+      try { if let v = _storage._epoch {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
+      try { if let v = _storage._region {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+      } }()
+      try { if let v = _storage._message {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+      } }()
+      if !_storage._startKey.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._startKey, fieldNumber: 7)
+      }
+      if !_storage._endKey.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._endKey, fieldNumber: 8)
+      }
     }
-    try { if let v = self._fromPeer {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    } }()
-    try { if let v = self._toPeer {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-    } }()
-    try { if let v = self._epoch {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-    } }()
-    try { if let v = self._region {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
-    } }()
-    try { if let v = self._message {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
-    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_RaftMessage, rhs: Flotilla_V1_RaftMessage) -> Bool {
-    if lhs.regionID != rhs.regionID {return false}
-    if lhs._fromPeer != rhs._fromPeer {return false}
-    if lhs._toPeer != rhs._toPeer {return false}
-    if lhs._epoch != rhs._epoch {return false}
-    if lhs._region != rhs._region {return false}
-    if lhs._message != rhs._message {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._regionID != rhs_storage._regionID {return false}
+        if _storage._fromPeer != rhs_storage._fromPeer {return false}
+        if _storage._toPeer != rhs_storage._toPeer {return false}
+        if _storage._epoch != rhs_storage._epoch {return false}
+        if _storage._region != rhs_storage._region {return false}
+        if _storage._message != rhs_storage._message {return false}
+        if _storage._startKey != rhs_storage._startKey {return false}
+        if _storage._endKey != rhs_storage._endKey {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1244,109 +1345,61 @@ nonisolated extension Flotilla_V1_SnapshotChunk: SwiftProtobuf.Message, SwiftPro
   public static let protoMessageName: String = _protobuf_package + ".SnapshotChunk"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0\u{1}pairs\0\u{1}checksum\0\u{1}last\0\u{3}pair_count\0\u{3}header_mac\0\u{1}mac\0")
 
-  fileprivate class _StorageClass {
-    var _message: Flotilla_V1_RaftMessage? = nil
-    var _pairs: [Flotilla_V1_SnapshotPair] = []
-    var _checksum: UInt64 = 0
-    var _last: Bool = false
-    var _pairCount: UInt64 = 0
-    var _headerMac: Data = Data()
-    var _mac: Data = Data()
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _message = source._message
-      _pairs = source._pairs
-      _checksum = source._checksum
-      _last = source._last
-      _pairCount = source._pairCount
-      _headerMac = source._headerMac
-      _mac = source._mac
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._message) }()
-        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._pairs) }()
-        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._checksum) }()
-        case 4: try { try decoder.decodeSingularBoolField(value: &_storage._last) }()
-        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._pairCount) }()
-        case 6: try { try decoder.decodeSingularBytesField(value: &_storage._headerMac) }()
-        case 7: try { try decoder.decodeSingularBytesField(value: &_storage._mac) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._message) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.pairs) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.checksum) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.last) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.pairCount) }()
+      case 6: try { try decoder.decodeSingularBytesField(value: &self.headerMac) }()
+      case 7: try { try decoder.decodeSingularBytesField(value: &self.mac) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      try { if let v = _storage._message {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-      } }()
-      if !_storage._pairs.isEmpty {
-        try visitor.visitRepeatedMessageField(value: _storage._pairs, fieldNumber: 2)
-      }
-      if _storage._checksum != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._checksum, fieldNumber: 3)
-      }
-      if _storage._last != false {
-        try visitor.visitSingularBoolField(value: _storage._last, fieldNumber: 4)
-      }
-      if _storage._pairCount != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._pairCount, fieldNumber: 5)
-      }
-      if !_storage._headerMac.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._headerMac, fieldNumber: 6)
-      }
-      if !_storage._mac.isEmpty {
-        try visitor.visitSingularBytesField(value: _storage._mac, fieldNumber: 7)
-      }
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._message {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.pairs.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.pairs, fieldNumber: 2)
+    }
+    if self.checksum != 0 {
+      try visitor.visitSingularUInt64Field(value: self.checksum, fieldNumber: 3)
+    }
+    if self.last != false {
+      try visitor.visitSingularBoolField(value: self.last, fieldNumber: 4)
+    }
+    if self.pairCount != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pairCount, fieldNumber: 5)
+    }
+    if !self.headerMac.isEmpty {
+      try visitor.visitSingularBytesField(value: self.headerMac, fieldNumber: 6)
+    }
+    if !self.mac.isEmpty {
+      try visitor.visitSingularBytesField(value: self.mac, fieldNumber: 7)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_SnapshotChunk, rhs: Flotilla_V1_SnapshotChunk) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._message != rhs_storage._message {return false}
-        if _storage._pairs != rhs_storage._pairs {return false}
-        if _storage._checksum != rhs_storage._checksum {return false}
-        if _storage._last != rhs_storage._last {return false}
-        if _storage._pairCount != rhs_storage._pairCount {return false}
-        if _storage._headerMac != rhs_storage._headerMac {return false}
-        if _storage._mac != rhs_storage._mac {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs._message != rhs._message {return false}
+    if lhs.pairs != rhs.pairs {return false}
+    if lhs.checksum != rhs.checksum {return false}
+    if lhs.last != rhs.last {return false}
+    if lhs.pairCount != rhs.pairCount {return false}
+    if lhs.headerMac != rhs.headerMac {return false}
+    if lhs.mac != rhs.mac {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1740,7 +1793,7 @@ nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_CommandBatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CommandBatch"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}commands\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}commands\0\u{1}split\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1749,20 +1802,73 @@ nonisolated extension Flotilla_V1_CommandBatch: SwiftProtobuf.Message, SwiftProt
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.commands) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._split) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.commands.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.commands, fieldNumber: 1)
     }
+    try { if let v = self._split {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_CommandBatch, rhs: Flotilla_V1_CommandBatch) -> Bool {
     if lhs.commands != rhs.commands {return false}
+    if lhs._split != rhs._split {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_SplitCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SplitCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}epoch\0\u{3}split_keys\0\u{3}new_regions\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._epoch) }()
+      case 2: try { try decoder.decodeRepeatedBytesField(value: &self.splitKeys) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.newRegions) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._epoch {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.splitKeys.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.splitKeys, fieldNumber: 2)
+    }
+    if !self.newRegions.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.newRegions, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_SplitCommand, rhs: Flotilla_V1_SplitCommand) -> Bool {
+    if lhs._epoch != rhs._epoch {return false}
+    if lhs.splitKeys != rhs.splitKeys {return false}
+    if lhs.newRegions != rhs.newRegions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

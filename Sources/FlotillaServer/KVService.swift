@@ -108,7 +108,8 @@ public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
         if let error = checkKey(request.key, field: "key") { response.error = error; return complete(response) }
         let key = request.key
         let regionID = request.context.regionID
-        driver.submitRead(context: request.context, { core in try core.get(key, regionID: regionID) }) { result in
+        let epoch = request.context.hasEpoch ? request.context.epoch : nil
+        driver.submitRead(context: request.context, { core in try core.get(key, regionID: regionID, epoch: epoch) }) { result in
             var response = Flotilla_V1_GetResponse()
             switch result {
             case .success(let value):
@@ -130,8 +131,9 @@ public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
         for key in request.keys { if let error = checkKey(key, field: "keys") { response.error = error; return complete(response) } }
         let keys = request.keys
         let regionID = request.context.regionID
+        let epoch = request.context.hasEpoch ? request.context.epoch : nil
         driver.submitRead(context: request.context, { core in
-            try keys.compactMap { key in try core.get(key, regionID: regionID).map { Flotilla_V1_KeyValue(key: key, value: $0) } }
+            try keys.compactMap { key in try core.get(key, regionID: regionID, epoch: epoch).map { Flotilla_V1_KeyValue(key: key, value: $0) } }
         }) { result in
             var response = Flotilla_V1_BatchGetResponse()
             switch result {
@@ -213,10 +215,11 @@ public struct KVService: Flotilla_V1_KV.SimpleServiceProtocol {
             return complete(response)
         }
         let (start, end, limit, reverse, regionID) = (request.startKey, request.endKey, Int(request.limit), request.reverse, request.context.regionID)
+        let epoch = request.context.hasEpoch ? request.context.epoch : nil
         // The store thread checks the range and takes a snapshot; the pairs are read on the
         // blocking pool, so a large scan never delays other regions' writes.
         driver.submitRead(context: request.context, { core in
-            try core.planScan(regionID: regionID, from: start, to: end, limit: limit, reverse: reverse)
+            try core.planScan(regionID: regionID, from: start, to: end, limit: limit, reverse: reverse, epoch: epoch)
         }) { (planned: Result<ScanPlan, Error>) in
             let plan: ScanPlan
             switch planned {
@@ -315,7 +318,7 @@ func protocolError(_ error: Error) -> Flotilla_V1_Error {
         wire.notLeader.regionID = id
         if let leader { wire.notLeader.leader = leader }
     case .epochNotMatch(let current):
-        wire.epochNotMatch.currentRegions = [current]
+        wire.epochNotMatch.currentRegions = current
     case .keyNotInRegion(let key, let region):
         wire.keyNotInRegion.key = key
         wire.keyNotInRegion.regionID = region.id

@@ -171,6 +171,32 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
         return response
     }
 
+    func askSplit(request: Flotilla_V1_AskSplitRequest, context: ServerContext) async throws -> Flotilla_V1_AskSplitResponse {
+        var response = Flotilla_V1_AskSplitResponse()
+        let (region, splitCount) = (request.region, request.splitCount)
+        let needed: UInt32
+        switch await onLeader(request.header, { pd, _ throws(PDFailure) in try pd.idsForSplit(of: region, splitCount: splitCount) }) {
+        case .success(let count): needed = count
+        case .failure(let error):
+            response.header = header(error.proto)
+            return response
+        }
+        switch await allocate(request.header, count: needed) {
+        case .success(let first):
+            var next = first
+            response.newRegions = (0..<splitCount).map { _ in
+                var ids = Flotilla_V1_SplitRegionIDs()
+                ids.regionID = next
+                ids.peerIds = (1...region.peers.count).map { offset in next + UInt64(offset) }
+                next += UInt64(1 + region.peers.count)
+                return ids
+            }
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
     func bootstrap(request: Flotilla_V1_BootstrapRequest, context: ServerContext) async throws -> Flotilla_V1_BootstrapResponse {
         var response = Flotilla_V1_BootstrapResponse()
         // Checked on the leader first (cheap refusals); the apply decides exactly once.
@@ -345,6 +371,7 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
                     switch step {
                     case .changePeer(let change): answer.changePeer = change
                     case .transferLeader(let transfer): answer.transferLeader = transfer
+                    case .splitRegion(let split): answer.splitRegion = split
                     }
                 }
                 answers.append(answer)

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Raft
 import RaftStore
+import Synchronization
 
 /// A store's side of PD: store heartbeats, a heartbeat from every region it leads
 /// (periodically, and at once when the region or its leader changed), PD's operator steps
@@ -22,6 +23,11 @@ final class PDStoreAgent: Sendable {
     private let snapshotSender: SnapshotSender
     private let logger: Logger
     private let dataDirectory: String
+    /// Splits this store proposed, by region: the epoch version they were planned at and when,
+    /// so the step PD repeats in every heartbeat answer until it sees the split is proposed once.
+    private let splitsProposed = Mutex<[UInt64: (version: UInt64, at: ContinuousClock.Instant)]>([:])
+    /// How often the loop looks for splits to report (between its rounds).
+    private static let splitPollInterval: Duration = .milliseconds(50)
 
     init(link: Link, driver: StoreDriver, snapshotSender: SnapshotSender, logger: Logger, dataDirectory: String) {
         self.link = link
@@ -63,8 +69,15 @@ final class PDStoreAgent: Sendable {
         var lastSent: [UInt64: (region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, at: ContinuousClock.Instant)] = [:]
         var known: Set<UInt64> = [link.store.id]
         let clock = ContinuousClock()
+        var splitsReported = driver.splitsApplied.load(ordering: .acquiring)
         while !Task.isCancelled {
-            do { try await Task.sleep(for: link.storeHeartbeatInterval) } catch { return }
+            // A round every store heartbeat interval, or at once after a split here (the new
+            // regions' routes reach PD without waiting).
+            let roundDue = clock.now + link.storeHeartbeatInterval
+            while clock.now < roundDue, driver.splitsApplied.load(ordering: .acquiring) == splitsReported {
+                do { try await Task.sleep(for: min(Self.splitPollInterval, roundDue - clock.now)) } catch { return }
+            }
+            splitsReported = driver.splitsApplied.load(ordering: .acquiring)
             guard let report = await driver.perform({ core, network -> Report in
                 var report = Report()
                 report.leaders = core.leaderReports()
@@ -237,6 +250,43 @@ final class PDStoreAgent: Sendable {
                     logger.warning("PD leader transfer refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
                 }
             }
+        case .splitRegion(let split):
+            await proposeSplit(region: region, keys: split.splitKeys)
         }
     }
+
+    /// Asks PD for the new regions' ids and proposes the split through the region's log
+    /// (once per epoch version: PD repeats the step until a heartbeat shows it done; a
+    /// proposal lost with a leader change is made again after `splitRetryInterval`).
+    func proposeSplit(region: Flotilla_V1_Region, keys: [Data]) async {
+        let regionID = region.id
+        let now = ContinuousClock.now
+        let fresh = splitsProposed.withLock { proposed -> Bool in
+            if let last = proposed[regionID], last.version == region.epoch.version, now - last.at < Self.splitRetryInterval { return false }
+            proposed[regionID] = (region.epoch.version, now)
+            return true
+        }
+        guard fresh else { return }
+        let newRegions: [Flotilla_V1_SplitRegionIDs]
+        do {
+            newRegions = try await link.client.askSplit(region: region, splitCount: UInt32(keys.count))
+        } catch {
+            logger.warning("PD gave no ids for a split", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
+            splitsProposed.withLock { _ = $0.removeValue(forKey: regionID) }
+            return
+        }
+        let logger = self.logger
+        let epoch = region.epoch
+        _ = await driver.perform { core, _ in
+            do {
+                _ = try core.proposeSplit(regionID: regionID, epoch: epoch, splitKeys: keys, newRegions: newRegions)
+                logger.info("split proposed", metadata: ["region_id": "\(regionID)", "keys": "\(keys.count)",
+                                                         "new_regions": "\(newRegions.map(\.regionID))"])
+            } catch {
+                logger.warning("split refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
+            }
+        }
+    }
+
+    private static let splitRetryInterval: Duration = .seconds(10)
 }

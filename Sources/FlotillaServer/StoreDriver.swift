@@ -54,6 +54,8 @@ public final class StoreDriver: Sendable {
         var storeThreadWaiting = false
     }
 
+    /// Splits applied on this store so far: the PD agent reports the regions at once when it grows.
+    let splitsApplied = Atomic<UInt64>(0)
     private let inbox = Mutex(Inbox())
     private let wakeup: StoreThreadWakeup
     private let stopped = DispatchSemaphore(value: 0)
@@ -309,6 +311,12 @@ public final class StoreDriver: Sendable {
                 for (id, result) in output.completedWrites { pendingWrites.removeValue(forKey: id)?.complete(result) }
                 for read in output.readyReads { pendingReads.removeValue(forKey: read.id)?.action.run(.success(core)) }
                 for read in output.failedReads { pendingReads.removeValue(forKey: read.id)?.action.run(.failure(read.error)) }
+                for split in output.splits {
+                    logger.info("region split", metadata: ["region_id": "\(split.parent.id)",
+                                                           "new_regions": "\(split.children.map(\.id))",
+                                                           "version": "\(split.parent.epoch.version)"])
+                }
+                if !output.splits.isEmpty { splitsApplied.add(UInt64(output.splits.count), ordering: .releasing) }
                 // More work may be ready right away (e.g. commits after this turn's sync).
                 if core.hasPendingWork { continue }
             } catch {

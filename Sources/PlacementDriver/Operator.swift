@@ -1,3 +1,4 @@
+import Foundation
 import FlotillaProto
 
 /// One step of an operator: a change PD asks a region's leader to make, finished when a
@@ -11,6 +12,9 @@ public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
     case removePeer(Flotilla_V1_Peer)
     /// Make `peer` the leader; finished once the leader is on its store.
     case transferLeader(Flotilla_V1_Peer)
+    /// Split the region at these keys; finished once the region's epoch version grew (the
+    /// leader reports the region and the new ones right after applying it).
+    case splitRegion(keys: [Data])
 
     /// The change has been made (it may still be catching up).
     public func isApplied(to info: Flotilla_V1_RegionInfo) -> Bool {
@@ -30,6 +34,8 @@ public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
             !info.region.peers.contains { $0.storeID == peer.storeID }
         case .transferLeader(let peer):
             info.hasLeader && info.leader.storeID == peer.storeID
+        case .splitRegion:
+            false  // the version check of `OperatorController.heartbeat` sees it done
         }
     }
 
@@ -44,6 +50,10 @@ public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
             var transfer = Flotilla_V1_TransferLeader()
             transfer.peer = peer
             step.transferLeader = transfer
+        case .splitRegion(let keys):
+            var split = Flotilla_V1_SplitRegion()
+            split.splitKeys = keys
+            step.splitRegion = split
         }
         return step
     }
@@ -61,6 +71,7 @@ public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
         case .promoteLearner(let peer): "promote learner \(peer.id) on store \(peer.storeID)"
         case .removePeer(let peer): "remove peer on store \(peer.storeID)"
         case .transferLeader(let peer): "transfer leader to store \(peer.storeID)"
+        case .splitRegion(let keys): "split at \(keys.count) key\(keys.count == 1 ? "" : "s")"
         }
     }
 }
@@ -169,6 +180,12 @@ public struct OperatorController: Sendable {
         let regionID = info.region.id
         guard var op = running[regionID] else { return nil }
         if info.region.epoch.version != op.regionVersion {
+            // A split step is done when the version grew; any other step fails with it.
+            if case .splitRegion = op.steps[op.currentStep], op.currentStep == op.steps.count - 1,
+               info.region.epoch.version > op.regionVersion {
+                end(regionID: regionID, status: .succeeded, reason: "", nowMs: nowMs)
+                return nil
+            }
             end(regionID: regionID, status: .failed,
                 reason: "the region split or merged (version \(op.regionVersion) → \(info.region.epoch.version))", nowMs: nowMs)
             return nil

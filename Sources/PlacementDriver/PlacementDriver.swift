@@ -339,10 +339,30 @@ public struct PlacementDriver: Sendable {
                 throw .invalidArgument("region \(region.id) has no voter on store \(storeID)")
             }
             steps = [.transferLeader(peer)]
+        case .split(let split):
+            try PDValidation.check(splitKeys: split.splitKeys, in: region)
+            steps = [.splitRegion(keys: split.splitKeys)]
         case nil:
             throw .invalidArgument("an operator request needs a kind")
         }
         return try operators.add(regionID: region.id, origin: "admin", steps: steps, regionVersion: region.epoch.version, nowMs: nowMs)
+    }
+
+    /// How many ids a split of `region` into `splitCount` more regions needs (a region id and
+    /// one peer id per peer, for each new region), once checked: the region is known here
+    /// and not at a newer epoch than the asking leader's.
+    public func idsForSplit(of region: Flotilla_V1_Region, splitCount: UInt32) throws(PDFailure) -> UInt32 {
+        try requireLeader()
+        try PDValidation.check(region: region)
+        guard (1...UInt32(KVLimits.splitKeysMax)).contains(splitCount) else {
+            throw .invalidArgument("split_count: 1 to \(KVLimits.splitKeysMax), not \(splitCount)")
+        }
+        guard let known = regions.region(id: region.id) else { throw .unknownRegion(region.id) }
+        let epoch = known.region.epoch
+        if epoch.version > region.epoch.version || epoch.confVer > region.epoch.confVer {
+            throw .staleRegion(current: known.region)
+        }
+        return splitCount * UInt32(1 + region.peers.count)
     }
 
     public mutating func cancelOperator(regionID: UInt64, nowMs: UInt64) throws(PDFailure) {

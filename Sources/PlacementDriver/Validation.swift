@@ -58,6 +58,32 @@ public enum PDValidation {
         }
     }
 
+    /// Split keys for `region`: 1 to `splitKeysMax`, each 1 to `keyBytesMax` bytes, strictly
+    /// increasing, each strictly inside the region (not on its start key).
+    public static func check(splitKeys keys: [Data], in region: Flotilla_V1_Region) throws(PDFailure) {
+        guard (1...KVLimits.splitKeysMax).contains(keys.count) else {
+            throw .invalidArgument("split_keys: 1 to \(KVLimits.splitKeysMax) keys, not \(keys.count)")
+        }
+        for (position, key) in keys.enumerated() {
+            guard (1...KVLimits.keyBytesMax).contains(key.count) else {
+                throw .invalidArgument("split_keys: key \(position) is \(key.count) bytes (1 to \(KVLimits.keyBytesMax))")
+            }
+            guard KeyOrder.compare(region.startKey, key) < 0, region.contains(key) else {
+                throw .invalidArgument("split_keys: key \(printable(key)) is not strictly inside region \(region.id) [\(printable(region.startKey)), \(printable(region.endKey)))")
+            }
+            if position > 0, KeyOrder.compare(keys[position - 1], key) >= 0 {
+                throw .invalidArgument("split_keys: keys must be strictly increasing (key \(position) is not after key \(position - 1))")
+            }
+        }
+    }
+
+    /// A key for a message: text when it is printable ASCII, else hexadecimal.
+    public static func printable(_ key: Data) -> String {
+        if key.isEmpty { return "\"\"" }
+        if key.count <= 64, key.allSatisfy({ (0x21...0x7E).contains($0) }) { return String(decoding: key, as: UTF8.self) }
+        return "0x" + key.prefix(64).map { String(format: "%02x", $0) }.joined() + (key.count > 64 ? "…" : "")
+    }
+
     /// Scheduler settings within their bounds.
     public static func check(settings: Flotilla_V1_SchedulerSettings) throws(PDFailure) {
         guard (1...PDLimits.maxReplicasMax).contains(settings.maxReplicas) else {

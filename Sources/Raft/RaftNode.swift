@@ -31,6 +31,8 @@ public struct RaftNode {
     /// Tick at which a current leader was last heard from (or the start: a fresh node waits an
     /// election timeout before granting votes, so a restart cannot break a lease).
     var leaderContactTick: UInt64 = 0
+    /// The start-up wait is waived (`waiveStartupLease`) until a leader is heard from.
+    var startupLeaseWaived = false
     /// Node this leader is handing leadership to, and when the handover started.
     public internal(set) var leadTransferee: NodeID = noNode
     var transferStartedTick: UInt64 = 0

@@ -37,6 +37,15 @@ extension RaftNode {
         if role != .leader { startCampaign(transfer: false) }
     }
 
+    /// For a group that never had a leader (a region a split just made, its log at the split
+    /// point): no node can hold a lease of it yet, so this node grants votes at once instead
+    /// of waiting an election timeout after its start, and the group's first election takes
+    /// one round trip. Ends when a leader is heard from. Never use on a node that may have
+    /// heard from a leader before its start.
+    public mutating func waiveStartupLease() {
+        if leader == noNode { startupLeaseWaived = true }
+    }
+
     /// On a leader: each other member's highest log index known to match the leader's
     /// (0 when unknown); empty on a follower.
     public var matchIndexes: [NodeID: UInt64] {

@@ -22,7 +22,7 @@ extension RaftNode {
                 // Within an election timeout of hearing from a leader, a vote request is a
                 // disruption (a removed or partitioned node): ignore it, term and all (§4.2.3).
                 let inLease = role == .leader
-                    || tickCount < leaderContactTick + UInt64(config.electionTimeoutTicks)
+                    || (!startupLeaseWaived && tickCount < leaderContactTick + UInt64(config.electionTimeoutTicks))
                 if config.checkQuorum && !message.isLeaderTransfer && inLease {
                     return
                 }
@@ -137,6 +137,7 @@ extension RaftNode {
         electionElapsed = 0
         leader = from
         leaderContactTick = tickCount
+        startupLeaseWaived = false
     }
 
     private mutating func handleAppend(_ message: Message) {

@@ -14,7 +14,8 @@ public struct ProposalID: Hashable, Sendable, Comparable, CustomStringConvertibl
 public enum StoreRequestError: Error, Equatable, Sendable, CustomStringConvertible {
     case regionNotFound(regionID: UInt64)
     case notLeader(regionID: UInt64, leader: Flotilla_V1_Peer?)
-    case epochNotMatch(current: Flotilla_V1_Region)
+    /// The request's epoch is stale: the region now, and the regions split from it held here.
+    case epochNotMatch(current: [Flotilla_V1_Region])
     case keyNotInRegion(key: Data, region: Flotilla_V1_Region)
     case serverIsBusy(reason: String)
     case proposalDropped
@@ -26,7 +27,9 @@ public enum StoreRequestError: Error, Equatable, Sendable, CustomStringConvertib
         switch self {
         case .regionNotFound(let id): "region \(id) is not on this store"
         case .notLeader(let id, let leader): "not the leader of region \(id)" + (leader.map { "; leader is peer \($0.id) on store \($0.storeID)" } ?? "; leader unknown")
-        case .epochNotMatch(let region): "stale epoch for region \(region.id): now conf_ver \(region.epoch.confVer), version \(region.epoch.version)"
+        case .epochNotMatch(let regions):
+            regions.first.map { "stale epoch for region \($0.id): now conf_ver \($0.epoch.confVer), version \($0.epoch.version)" }
+                ?? "stale epoch"
         case .keyNotInRegion(let key, let region): "key \(key.map { String(format: "%02x", $0) }.joined()) is outside region \(region.id)"
         case .serverIsBusy(let reason): "server is busy: \(reason)"
         case .proposalDropped: "the proposal was dropped (leadership changed before it committed)"
@@ -94,6 +97,8 @@ public struct StoreTurnOutput {
     public var failedReads: [(id: ProposalID, error: StoreRequestError)] = []
     /// Regions whose log writes went into this turn's single synced batch.
     public var regionsInLogBatch = 0
+    /// Splits this turn applied here (heartbeat the regions to PD at once).
+    public var splits: [AppliedSplit] = []
     /// Synced writes this turn (the log batch, plus one per installed snapshot).
     public var logSyncs = 0
     /// Committed entries applied this turn.
@@ -134,6 +139,9 @@ final class RegionPeer {
     var receivedSnapshot: ReceivedSnapshot?
     /// Approximate bytes of log entries written since the last truncation.
     var logBytesSinceTruncation = 0
+    /// The regions the last split applied here made from this one, as they were made (for
+    /// `EpochNotMatch`).
+    var splitChildren: [Flotilla_V1_Region] = []
 
     init(region: Flotilla_V1_Region, peerID: UInt64, raft: RaftNode, storage: RegionRaftStorage,
          isInitialized: Bool, appliedConfState: ConfState) {
@@ -183,6 +191,10 @@ public final class StoreCore {
     var pendingRequests = 0
     /// Queued writes that could not be proposed (leadership moved): reported by the next turn.
     var refusedQueuedWrites: [(id: ProposalID, error: StoreRequestError)] = []
+    /// The ranges of the initialized replicas: no two may overlap.
+    var regionMap = RegionMap()
+    /// Splits applied by the running turn (handed out in its output).
+    var appliedSplits: [AppliedSplit] = []
     /// Peers with stale reads to serve on the next turn.
     var peersWithImmediateReads: Set<UInt64> = []
     /// Regions that may have a Ready: touched by an event since their last turn, or left with
@@ -268,7 +280,7 @@ public final class StoreCore {
     /// Requests accepted and not yet completed.
     public var pendingRequestCount: Int { pendingRequests }
 
-    private func openPeer(_ state: Flotilla_V1_RegionLocalState) throws {
+    func openPeer(_ state: Flotilla_V1_RegionLocalState) throws {
         let region = state.region
         guard let me = region.peer(onStore: storeID) else {
             throw StoreCorruption(region: region.id, what: "stored region has no peer on store \(storeID)")
@@ -292,6 +304,7 @@ public final class StoreCore {
                               storage: storage, isInitialized: true, appliedConfState: confState)
         peer.storage.snapshotPoint = SnapshotMetadata(index: applied, term: (try? storage.term(at: applied)) ?? 0, confState: confState)
         peers[region.id] = peer
+        regionMap.set(region)
         touchedRegions.insert(region.id)
         if peer.raft.termExhausted {
             refusalReports.append("region \(region.id): persisted term \(peer.raft.term) is at or above the limit \(RaftLimits.termMax) "
@@ -350,9 +363,11 @@ public final class StoreCore {
 
     /// Counts a Raft message the core refused and keeps its reason for the caller's log
     /// (bounded: beyond `refusalReportsMax` unread reports, only the count grows).
-    private func report(refusal: MessageRefusal, regionID: UInt64) {
+    private func report(refusal: MessageRefusal, regionID: UInt64) { report(refusedMessage: refusal.reason, regionID: regionID) }
+
+    private func report(refusedMessage reason: String, regionID: UInt64) {
         raftMessagesRefused += 1
-        if refusalReports.count < Self.refusalReportsMax { refusalReports.append("region \(regionID): \(refusal.reason)") }
+        if refusalReports.count < Self.refusalReportsMax { refusalReports.append("region \(regionID): \(reason)") }
     }
 
     /// Keeps a problem found in the region's log (a forged or corrupt entry) for the log.
@@ -371,6 +386,11 @@ public final class StoreCore {
     /// Returns false when it is not for a peer here; the caller then removes the files.
     public func stepSnapshot(_ received: ReceivedSnapshot) -> Bool {
         let message = received.header
+        if let refusal = refusalOfSnapshot(message) {
+            report(refusedMessage: "snapshot at index \(message.message.snapshot.index) refused: \(refusal)", regionID: message.regionID)
+            removeStagedSnapshot(received.directory)
+            return true
+        }
         guard let core = message.message.core, core.kind == .installSnapshot, core.snapshot != nil,
               let peer = peers[message.regionID] ?? createPeer(for: message, kind: core.kind),
               message.toPeer.id == peer.peerID, !peer.isRemoved else { return false }
@@ -387,15 +407,63 @@ public final class StoreCore {
         return true
     }
 
+    /// Why a snapshot may not be installed here (nil: it may). Its region must be what the
+    /// message names, not older (by epoch) than the replica here, and its range must overlap
+    /// no other replica on this store, initialized or about to be: one holding a newer epoch
+    /// makes the snapshot stale; one holding an older epoch has not applied the split (or the
+    /// removal) that gave the range away yet, and the snapshot waits for it (its leader sends
+    /// again).
+    func refusalOfSnapshot(_ message: Flotilla_V1_RaftMessage) -> String? {
+        let incoming = message.region
+        guard incoming.id == message.regionID, incoming.epoch == message.epoch else {
+            return "its region descriptor (id \(incoming.id)) does not match the message (region \(message.regionID))"
+        }
+        guard incoming.endKey.isEmpty || incoming.startKey.lexicographicallyPrecedes(incoming.endKey) else {
+            return "its range is empty or inverted"
+        }
+        if let local = peers[incoming.id], local.isInitialized {
+            let epoch = local.region.epoch
+            if incoming.epoch.version < epoch.version || incoming.epoch.confVer < epoch.confVer {
+                return "its epoch (conf_ver \(incoming.epoch.confVer), version \(incoming.epoch.version)) is older than the replica's here (\(epoch.confVer), \(epoch.version))"
+            }
+        }
+        for other in regionMap.overlapping(start: incoming.startKey, end: incoming.endKey) where other != incoming.id {
+            let newer = (peers[other]?.region.epoch.version ?? 0) >= incoming.epoch.version
+            return newer ? "region \(other) here holds part of its range at a newer epoch (the snapshot is stale)"
+                         : "region \(other) here still holds part of its range (waiting for it to split or go)"
+        }
+        for (other, peer) in peers where other != incoming.id {
+            guard let pending = peer.receivedSnapshot?.header.region else { continue }
+            let overlaps = (pending.endKey.isEmpty || incoming.startKey.lexicographicallyPrecedes(pending.endKey))
+                && (incoming.endKey.isEmpty || pending.startKey.lexicographicallyPrecedes(incoming.endKey))
+            if overlaps { return "region \(other) here is installing a snapshot of an overlapping range" }
+        }
+        return nil
+    }
+
     /// A peer for a region this store does not have, when `message` is a leader's message to
-    /// a member on this store and the region was not removed from here at a later epoch.
+    /// a member on this store, the region was not removed from here at a later epoch, and no
+    /// replica here holds part of its range at the same or a newer epoch. (A replica holding
+    /// it at an older epoch is a region that has not applied its split yet: the new peer is
+    /// created and waits, uninitialized, until that split replaces it.)
     private func createPeer(for message: Flotilla_V1_RaftMessage, kind: MessageKind) -> RegionPeer? {
-        guard message.regionID != 0, message.toPeer.storeID == storeID, message.toPeer.id != 0,
-              [.appendEntries, .heartbeat, .installSnapshot].contains(kind) else { return nil }
+        guard message.regionID != 0, message.toPeer.storeID == storeID, message.toPeer.id != 0 else { return nil }
+        let overlapping = regionMap.overlapping(start: message.startKey, end: message.endKey).filter { $0 != message.regionID }
+        // A new region's first election (its replica on the split leader's store campaigns at
+        // once, usually before the other stores applied the split): the vote is kept and
+        // carried into the region when the split here creates it.
+        let firstElectionOfSplit = (kind == .requestVote || kind == .requestPreVote)
+            && message.message.term == Self.splitInitialIndex + 1
+            && !overlapping.isEmpty && overlapping.allSatisfy { (peers[$0]?.region.epoch.version ?? .max) < message.epoch.version }
+        guard [.appendEntries, .heartbeat, .installSnapshot].contains(kind) || firstElectionOfSplit else { return nil }
         if let stored = try? db.get(StoreKeys.regionState(region: message.regionID), in: metaCF),
            let state = try? Flotilla_V1_RegionLocalState(serializedBytes: stored),
-           state.state == .tombstone, state.region.epoch.confVer >= message.epoch.confVer {
+           state.state == .tombstone,
+           state.region.epoch.confVer >= message.epoch.confVer || state.region.peer(withID: message.toPeer.id) != nil {
             return nil
+        }
+        for other in overlapping {
+            if let held = peers[other], held.region.epoch.version >= message.epoch.version { return nil }
         }
         guard let storage = try? RegionRaftStorage(db: db, regionID: message.regionID, confState: ConfState()),
               storage.lastIndex == 0 else { return nil }
@@ -557,9 +625,13 @@ public final class StoreCore {
     }
 
     /// Reads `key` from the region's applied data. Call for reads in `readyReads`.
-    public func get(_ key: Data, regionID: UInt64) throws -> Data? {
+    /// With `epoch` (the request's), a region that split since answers `epochNotMatch`.
+    public func get(_ key: Data, regionID: UInt64, epoch: Flotilla_V1_RegionEpoch? = nil) throws -> Data? {
         guard let peer = peers[regionID], peer.isInitialized else { throw StoreRequestError.regionNotFound(regionID: regionID) }
-        guard peer.region.contains(key) else { throw StoreRequestError.keyNotInRegion(key: key, region: peer.region) }
+        guard peer.region.contains(key) else {
+            if let epoch, epoch.version != peer.region.epoch.version { throw StoreRequestError.epochNotMatch(current: currentRegions(of: peer)) }
+            throw StoreRequestError.keyNotInRegion(key: key, region: peer.region)
+        }
         return try db.get([UInt8](key), in: dataCF).map { Data($0) }
     }
 
@@ -567,12 +639,17 @@ public final class StoreCore {
     /// end): checks the range lies inside the region — a range reaching outside is a stale
     /// route (`keyNotInRegion`), never a clipped answer — and takes a RocksDB snapshot, so the
     /// plan can be read off the store thread with `ScanPlan.run()` while other regions write.
-    public func planScan(regionID: UInt64, from start: Data, to end: Data, limit: Int, reverse: Bool) throws(StoreRequestError) -> ScanPlan {
+    public func planScan(regionID: UInt64, from start: Data, to end: Data, limit: Int, reverse: Bool,
+                         epoch: Flotilla_V1_RegionEpoch? = nil) throws(StoreRequestError) -> ScanPlan {
         guard let peer = peers[regionID], peer.isInitialized else { throw .regionNotFound(regionID: regionID) }
         let region = peer.region
-        guard region.contains(start) else { throw .keyNotInRegion(key: start, region: region) }
-        if !end.isEmpty, !region.endKey.isEmpty, region.endKey.lexicographicallyPrecedes(end) {
-            throw .keyNotInRegion(key: end, region: region)
+        let splitSince = epoch.map { $0.version != region.epoch.version } ?? false
+        guard region.contains(start) else {
+            throw splitSince ? .epochNotMatch(current: currentRegions(of: peer)) : .keyNotInRegion(key: start, region: region)
+        }
+        if (end.isEmpty && !region.endKey.isEmpty) || (!end.isEmpty && !region.endKey.isEmpty && region.endKey.lexicographicallyPrecedes(end)) {
+            if splitSince { throw .epochNotMatch(current: currentRegions(of: peer)) }
+            if !end.isEmpty { throw .keyNotInRegion(key: end, region: region) }
         }
         let upper = end.isEmpty ? StoreKeys.dataUpperBound(region) : [UInt8](end)
         return ScanPlan(db: db, snapshot: db.makeSnapshot(), column: dataCF, lower: [UInt8](start), upper: upper,
@@ -615,23 +692,23 @@ public final class StoreCore {
         guard let peer = peers[context.regionID], peer.isInitialized, !peer.isRemoved else {
             throw .regionNotFound(regionID: context.regionID)
         }
-        if context.hasEpoch && context.epoch != peer.region.epoch { throw .epochNotMatch(current: peer.region) }
+        if context.hasEpoch && context.epoch != peer.region.epoch { throw .epochNotMatch(current: currentRegions(of: peer)) }
         return peer
     }
 
-    private func leaderPeer(for context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> RegionPeer {
+    func leaderPeer(for context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> RegionPeer {
         let peer = try initializedPeer(for: context)
         guard peer.raft.role == .leader else { throw .notLeader(regionID: peer.region.id, leader: peer.leaderPeer) }
         return peer
     }
 
-    private func admitRequest() throws(StoreRequestError) {
+    func admitRequest() throws(StoreRequestError) {
         guard pendingRequests < settings.maxPendingRequests else {
             throw .serverIsBusy(reason: "\(pendingRequests) requests in flight on store \(storeID) (limit \(settings.maxPendingRequests))")
         }
     }
 
-    private func trackWrite(peer: RegionPeer, index: UInt64) -> ProposalID {
+    func trackWrite(peer: RegionPeer, index: UInt64) -> ProposalID {
         let id = makeProposalID()
         peer.pendingWrites[index] = (peer.raft.term, [id])
         pendingRequests += 1
@@ -643,7 +720,7 @@ public final class StoreCore {
         return ProposalID(value: nextProposal)
     }
 
-    private func mapRaftError(_ error: RaftError, peer: RegionPeer) -> StoreRequestError {
+    func mapRaftError(_ error: RaftError, peer: RegionPeer) -> StoreRequestError {
         switch error {
         case .notLeader: .notLeader(regionID: peer.region.id, leader: peer.leaderPeer)
         case .leaderTransferInProgress: .serverIsBusy(reason: "leader transfer in progress")

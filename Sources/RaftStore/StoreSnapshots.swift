@@ -315,6 +315,8 @@ extension StoreCore {
         output.snapshotsInstalled += 1
         failPending(peer, error: .notLeader(regionID: peer.region.id, leader: peer.leaderPeer), output: &output)
         peer.region = received.header.region
+        peer.splitChildren = []
+        regionMap.set(peer.region)
         peer.isInitialized = true
         peer.appliedConfState = state.confState.core
         peer.sessions = [:]

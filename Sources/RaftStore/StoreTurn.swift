@@ -70,8 +70,9 @@ extension StoreCore {
         // Committed entries were persisted by earlier turns: they are applied (and their
         // writes answered) before this turn's log write, which then syncs on this thread.
         var applyBatch = ApplyBatch(db.makeWriteBatch())
+        var splitChildren: [PendingChild] = []
         for item in readies {
-            try apply(item.ready, to: item.peer, batch: &applyBatch, output: &output)
+            try apply(item.ready, to: item.peer, batch: &applyBatch, pendingChildren: &splitChildren, output: &output)
         }
         if applyBatch.batch.count > 0 { try db.write(applyBatch.batch, sync: false) }
         output.recordsWritten += applyBatch.batch.count
@@ -117,6 +118,10 @@ extension StoreCore {
             if let peer = peers[regionID] { serveReads(peer, output: &output) }
         }
         peersWithImmediateReads = []
+        // New regions open once the split that made them and this turn's log are on disk.
+        try openSplitChildren(splitChildren)
+        output.splits = appliedSplits
+        appliedSplits = []
         try destroyRemovedPeers(readies.map(\.peer), output: &output)
         try truncateLogs(readies.map(\.peer), output: &output)
         pendingRequests -= output.completedWrites.count + output.readyReads.count + output.failedReads.count
@@ -131,6 +136,8 @@ extension StoreCore {
         wire.fromPeer = from
         wire.toPeer = to
         wire.epoch = peer.region.epoch
+        wire.startKey = peer.region.startKey
+        wire.endKey = peer.region.endKey
         wire.message = Flotilla_V1_RaftCoreMessage(message)
         if message.kind == .installSnapshot {
             // The data is read from a RocksDB snapshot taken now: nothing was applied since
@@ -144,7 +151,8 @@ extension StoreCore {
         output.messagesByStore[to.storeID, default: []].append(wire)
     }
 
-    private func apply(_ ready: Ready, to peer: RegionPeer, batch: inout ApplyBatch, output: inout StoreTurnOutput) throws {
+    private func apply(_ ready: Ready, to peer: RegionPeer, batch: inout ApplyBatch, pendingChildren: inout [PendingChild],
+                       output: inout StoreTurnOutput) throws {
         for readState in ready.readStates {
             if let id = peer.readsAwaitingIndex.removeValue(forKey: readState.context) {
                 peer.readsAwaitingApply.append((readState.index, id))
@@ -161,16 +169,37 @@ extension StoreCore {
                 output.completedWrites += pending.ids.map { ($0, .failure(.proposalDropped)) }
             }
             var results: [Flotilla_V1_WriteResult] = []
+            /// Why commands of this entry were refused, by position.
+            var refusals: [Int: StoreRequestError] = [:]
             switch entry.kind {
             case .normal where !entry.data.isEmpty:
                 // Leaders propose only valid commands, but the log is input too (a forged or
                 // corrupt entry): what does not decode is applied as nothing, and a command
                 // breaking a rule is refused, identically on every replica. Never a failed turn.
-                guard let commands = try? Flotilla_V1_CommandBatch(serializedBytes: entry.data).commands else {
+                guard let decoded = try? Flotilla_V1_CommandBatch(serializedBytes: entry.data) else {
                     report(problem: "entry \(entry.index) does not decode as commands; applied as nothing", regionID: peer.region.id)
                     output.completedWrites += mine.map { ($0, .failure(.proposalDropped)) }
                     continue
                 }
+                if decoded.hasSplit {
+                    let refusal = decoded.commands.isEmpty
+                        ? try applySplit(decoded.split, peer: peer, batch: &batch, pendingChildren: &pendingChildren)
+                        : .invalidArgument(field: "split", reason: "a split entry carries commands")
+                    if let refusal {
+                        // A stale epoch is a race lost (a membership change or another split
+                        // came first); anything else only a forged entry carries.
+                        if case .epochNotMatch = refusal {} else {
+                            report(problem: "split at entry \(entry.index) refused: \(refusal)", regionID: peer.region.id)
+                        }
+                        var refused = Flotilla_V1_WriteResult()
+                        refused.refused = refusal.description
+                        results = [refused]
+                        refusals[0] = refusal
+                    } else {
+                        regionStateChanged = true
+                    }
+                }
+                let commands = decoded.hasSplit ? [] : decoded.commands
                 results.reserveCapacity(commands.count)
                 for command in commands {
                     do {
@@ -178,6 +207,7 @@ extension StoreCore {
                     } catch {
                         var refused = Flotilla_V1_WriteResult()
                         refused.refused = error.description
+                        refusals[results.count] = error
                         results.append(refused)
                         continue
                     }
@@ -205,12 +235,18 @@ extension StoreCore {
                 output.completedWrites += mine.map { ($0, .failure(.proposalDropped)) }
                 continue
             }
-            for (id, result) in zip(mine, results) {
-                if result.staleDuplicate {
+            for (position, (id, result)) in zip(mine, results).enumerated() {
+                if let refusal = refusals[position] {
+                    // A key outside the region at apply: the region split after the write was
+                    // accepted. Nothing was applied; the client retries in the new region.
+                    if case .keyNotInRegion = refusal {
+                        output.completedWrites.append((id, .failure(.epochNotMatch(current: currentRegions(of: peer)))))
+                    } else {
+                        output.completedWrites.append((id, .failure(refusal)))
+                    }
+                } else if result.staleDuplicate {
                     output.completedWrites.append((id, .failure(.invalidArgument(
                         field: "context.sequence", reason: "this write was answered before and its reply forgotten; it was not applied again"))))
-                } else if !result.refused.isEmpty {
-                    output.completedWrites.append((id, .failure(.invalidArgument(field: "command", reason: result.refused))))
                 } else if result.payloadMismatch {
                     output.completedWrites.append((id, .failure(.invalidArgument(
                         field: "context.sequence", reason: "this (client id, sequence) was already used for a different write; not applied"))))
@@ -459,6 +495,7 @@ extension StoreCore {
             output.logSyncs += 1
             if let received = peer.receivedSnapshot { removeStagedSnapshot(received.directory) }
             peers[regionID] = nil
+            regionMap.remove(regionID)
         }
     }
 }

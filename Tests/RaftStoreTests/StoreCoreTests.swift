@@ -21,6 +21,12 @@ final class InProcessCluster {
     var snapshotsSent = 0
     var logsTruncated = 0
     var settings: (UInt64, inout StoreSettings) -> Void
+    /// Messages this says to hold back (destination store, message) wait in `held` until
+    /// `releaseHeld()`.
+    var holdBack: ((UInt64, Flotilla_V1_RaftMessage) -> Bool)?
+    var held: [(UInt64, Flotilla_V1_RaftMessage)] = []
+    /// Splits each store applied, in order.
+    var splitsApplied: [UInt64: [AppliedSplit]] = [:]
     /// Each store's state machine for `state_machine_command`s (none: KV only).
     let stateMachine: (UInt64) -> (any RegionStateMachine)?
 
@@ -96,13 +102,26 @@ final class InProcessCluster {
             for (id, result) in output.completedWrites { completed[id] = result }
             for read in output.readyReads { readyReads[read.id] = read.regionID }
             for read in output.failedReads { readyReads[read.id] = 0 }
+            splitsApplied[storeID, default: []] += output.splits
             for (destination, messages) in output.messagesByStore where !down.contains(destination) {
-                for message in messages { stores[destination]?.step(message) }
+                for message in messages {
+                    if let holdBack, holdBack(destination, message) { held.append((destination, message)) } else {
+                        stores[destination]?.step(message)
+                    }
+                }
             }
             for snapshot in output.snapshotsToSend where !down.contains(snapshot.toStoreID) {
                 try deliver(snapshot)
             }
         }
+    }
+
+    /// Delivers the held messages, in order, and stops holding any back.
+    func releaseHeld() {
+        holdBack = nil
+        let messages = held
+        held = []
+        for (destination, message) in messages where !down.contains(destination) { stores[destination]?.step(message) }
     }
 
     /// Streams a snapshot chunk by chunk into the destination's staging directory, as the
@@ -376,7 +395,7 @@ struct StoreCoreTests {
         var stale = cluster.context(region.id)
         stale.epoch.version = 0
         stale.epoch.confVer = 1
-        #expect(throws: StoreRequestError.epochNotMatch(current: region)) {
+        #expect(throws: StoreRequestError.epochNotMatch(current: [region])) {
             _ = try store.proposeWrite(InProcessCluster.put("a", "1"), context: stale)
         }
         let notLeader = #expect(throws: StoreRequestError.self) {

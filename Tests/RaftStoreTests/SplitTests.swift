@@ -1,0 +1,307 @@
+import FlotillaProto
+import Foundation
+import Raft
+import RaftStore
+import Testing
+
+/// Splits through a region's log on an in-process cluster, including the races TiKV met:
+/// a follower that applies the split late while the new region's leader already sends to it,
+/// a follower behind by a snapshot, a split racing a membership change, and crashes around
+/// the split's apply.
+@Suite("Region split")
+struct SplitTests {
+    /// New region ids for a split of a region with peers on stores 1...n: region 10 + i, peer
+    /// ids (10 + i) * 100 + store, in the order of the region's peers.
+    static func newRegions(_ count: Int, for region: Flotilla_V1_Region, base: UInt64 = 10) -> [Flotilla_V1_SplitRegionIDs] {
+        (0..<count).map { position in
+            var ids = Flotilla_V1_SplitRegionIDs()
+            ids.regionID = base + UInt64(position)
+            ids.peerIds = region.peers.map { (base + UInt64(position)) * 100 + $0.storeID }
+            return ids
+        }
+    }
+
+    /// The region holding `key` as store `storeID` knows it now.
+    static func currentRegion(_ cluster: InProcessCluster, key: String, on storeID: UInt64) -> Flotilla_V1_Region? {
+        guard let store = cluster.stores[storeID] else { return nil }
+        return store.regionIDs.compactMap { store.region($0) }.first { $0.contains(Data(key.utf8)) }
+    }
+
+    /// Proposes at the leader of the region now holding `key` (as the leader store sees it).
+    static func write(_ cluster: InProcessCluster, _ command: Flotilla_V1_WriteCommand, key: String) throws -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
+        for storeID in cluster.storeIDs {
+            guard let region = currentRegion(cluster, key: key, on: storeID), cluster.leader(of: region.id) == storeID,
+                  let store = cluster.stores[storeID] else { continue }
+            let id = try store.proposeWrite(command, context: cluster.context(region.id))
+            for _ in 0..<50 where cluster.completed[id] == nil { try cluster.round(tick: false) }
+            return try #require(cluster.completed[id])
+        }
+        throw StoreRequestError.proposalDropped
+    }
+
+    /// Proposes a split at the region's leader and runs rounds until it completes.
+    static func split(_ cluster: InProcessCluster, regionID: UInt64, at keys: [String], base: UInt64 = 10,
+                      epoch: Flotilla_V1_RegionEpoch? = nil) throws -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
+        let leader = try #require(cluster.leader(of: regionID))
+        let store = try #require(cluster.stores[leader])
+        let region = try #require(store.region(regionID))
+        let id = try store.proposeSplit(regionID: regionID, epoch: epoch ?? region.epoch, splitKeys: keys.map { Data($0.utf8) },
+                                        newRegions: newRegions(keys.count, for: region, base: base))
+        for _ in 0..<50 where cluster.completed[id] == nil { try cluster.round(tick: false) }
+        return try #require(cluster.completed[id])
+    }
+
+    static func fill(_ cluster: InProcessCluster, keys: [String], client: UInt64 = 0) throws {
+        for (position, key) in keys.enumerated() {
+            let result = try write(cluster, InProcessCluster.put(key, "v-\(key)", client: client, sequence: client == 0 ? 0 : UInt64(position + 1)), key: key)
+            #expect((try? result.get())?.succeeded == true, "\(key): \(result)")
+        }
+    }
+
+    static let alphabet = (UInt8(ascii: "a")...UInt8(ascii: "z")).map { String(UnicodeScalar($0)) + "-key" }
+
+    /// Every replica of every region agrees (same applied index: same digest), and no store
+    /// holds overlapping ranges.
+    static func expectReplicasAgree(_ cluster: InProcessCluster, _ regionIDs: [UInt64], sourceLocation: SourceLocation = #_sourceLocation) {
+        for regionID in regionIDs {
+            let digests = cluster.digests(regionID)
+            #expect(digests.count == 3, "region \(regionID) on every store: \(digests)", sourceLocation: sourceLocation)
+            #expect(Set(digests.values.map(\.checksum)).count == 1, "region \(regionID) replicas agree: \(digests)", sourceLocation: sourceLocation)
+        }
+        for storeID in cluster.storeIDs {
+            #expect(cluster.stores[storeID]?.overlappingRegions().isEmpty == true, "store \(storeID) holds overlapping ranges",
+                    sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test func splitShrinksTheRegionAndTheNewRegionsServeAtOnce() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        try Self.fill(cluster, keys: Self.alphabet)
+        let leader = try #require(cluster.leader(of: 1))
+        #expect(try Self.split(cluster, regionID: 1, at: ["h", "p"]).get().succeeded)
+        // The new regions' replicas on the parent leader's store campaigned at once.
+        for _ in 0..<5 where cluster.leader(of: 10) == nil || cluster.leader(of: 11) == nil { try cluster.round(tick: false) }
+        #expect(cluster.leader(of: 10) == leader && cluster.leader(of: 11) == leader, "new regions elected without an election timeout")
+        try cluster.rounds(3)
+        for storeID in cluster.storeIDs {
+            let store = try #require(cluster.stores[storeID])
+            #expect(store.regionIDs == [1, 10, 11])
+            let ranges = store.regionIDs.compactMap { store.region($0) }.map { "[\(String(decoding: $0.startKey, as: UTF8.self)),\(String(decoding: $0.endKey, as: UTF8.self)))@v\($0.epoch.version)" }
+            #expect(ranges == ["[,h)@v3", "[h,p)@v3", "[p,)@v3"], "store \(storeID)")
+            #expect(cluster.splitsApplied[storeID]?.count == 1)
+        }
+        #expect(try cluster.stores[leader]?.keys(in: 10).count == 8, "h..o: no data moved, the keys are the new region's")
+        try Self.fill(cluster, keys: ["a-new", "k-new", "x-new"])
+        try cluster.rounds(3)
+        Self.expectReplicasAgree(cluster, [1, 10, 11])
+        // The parent refuses keys it gave away, naming the regions that hold them now.
+        var command = InProcessCluster.put("x-late", "v")
+        command.clientID = 0
+        var context = cluster.context(1)
+        context.epoch = try #require(cluster.stores[leader]?.region(1)?.epoch)
+        #expect(throws: StoreRequestError.self) { try cluster.stores[leader]?.proposeWrite(command, context: context) }
+        var stale = cluster.context(1)
+        stale.epoch = cluster.regions[0].epoch
+        do {
+            _ = try cluster.stores[leader]?.proposeWrite(command, context: stale)
+            Issue.record("a stale epoch was accepted")
+        } catch .epochNotMatch(let current) {
+            #expect(current.map(\.id) == [1, 10, 11], "EpochNotMatch carries the regions split from it")
+        } catch { Issue.record("\(error)") }
+    }
+
+    @Test func aWriteAppliedBeforeTheSplitAndRetriedAfterItAppliesOnce() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        // A compare-and-swap that only succeeds once: a second application would fail.
+        var cas = Flotilla_V1_WriteCommand()
+        cas.compareAndSwap.key = Data("x-account".utf8)
+        cas.compareAndSwap.expectExists = false
+        cas.compareAndSwap.newValue = Data("100".utf8)
+        cas.clientID = 42
+        cas.sequence = 7
+        cas.firstIncompleteSequence = 7
+        #expect(try Self.write(cluster, cas, key: "x-account").get().succeeded)
+        #expect(try Self.split(cluster, regionID: 1, at: ["m"]).get().succeeded)
+        try cluster.rounds(5)
+        let retried = try Self.write(cluster, cas, key: "x-account").get()
+        #expect(retried.succeeded, "the retry in the new region gets the first reply")
+        #expect(Self.currentRegion(cluster, key: "x-account", on: 1)?.id == 10)
+        // A new write of the same client continues its session in the new region.
+        var next = cas
+        next.sequence = 8
+        next.compareAndSwap.newValue = Data("200".utf8)
+        #expect(try Self.write(cluster, next, key: "x-account").get().succeeded == false, "the key exists: a real second CAS fails")
+        try cluster.rounds(3)
+        Self.expectReplicasAgree(cluster, [1, 10])
+    }
+
+    @Test func writesAcceptedBeforeTheSplitForTheOtherHalfGetEpochNotMatch() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        let leader = try #require(cluster.leader(of: 1))
+        let store = try #require(cluster.stores[leader])
+        let region = try #require(store.region(1))
+        var context = cluster.context(1)
+        context.epoch = region.epoch
+        // The split goes first in the log; the write, accepted against the old range, after it.
+        let splitID = try store.proposeSplit(regionID: 1, epoch: region.epoch, splitKeys: [Data("m".utf8)],
+                                             newRegions: Self.newRegions(1, for: region))
+        let writeID = try store.proposeWrite(InProcessCluster.put("z-late", "v"), context: context)
+        for _ in 0..<30 where cluster.completed[writeID] == nil { try cluster.round(tick: false) }
+        #expect((try? cluster.completed[splitID]?.get())?.succeeded == true)
+        switch cluster.completed[writeID] {
+        case .failure(.epochNotMatch(let current))?: #expect(current.map(\.id) == [1, 10])
+        case let other: Issue.record("expected EpochNotMatch, got \(String(describing: other))")
+        }
+        try cluster.rounds(3)
+        #expect(try cluster.stores[leader]?.get(Data("z-late".utf8), regionID: 10) == nil, "not applied anywhere")
+    }
+
+    @Test func badSplitsAreRefusedWithAReasonAndChangeNothing() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["c", "x"])
+        try cluster.rounds(40)
+        let leader = try #require(cluster.leader(of: 2))
+        let store = try #require(cluster.stores[leader])
+        let region = try #require(store.region(2))  // [c, x)
+        func refusal(_ keys: [String], ids: [Flotilla_V1_SplitRegionIDs]? = nil, epoch: Flotilla_V1_RegionEpoch? = nil,
+                     regionID: UInt64 = 2) -> StoreRequestError? {
+            do {
+                _ = try store.proposeSplit(regionID: regionID, epoch: epoch ?? region.epoch, splitKeys: keys.map { Data($0.utf8) },
+                                           newRegions: ids ?? Self.newRegions(keys.count, for: region))
+                return nil
+            } catch { return error }
+        }
+        func expectInvalid(_ error: StoreRequestError?, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            guard case .invalidArgument(_, let reason)? = error else {
+                Issue.record("expected invalid argument (\(fragment)), got \(String(describing: error))", sourceLocation: sourceLocation)
+                return
+            }
+            #expect(reason.contains(fragment), "\(reason)", sourceLocation: sourceLocation)
+        }
+        expectInvalid(refusal([]), "no split key")
+        expectInvalid(refusal(["a"]), "not strictly inside")
+        expectInvalid(refusal(["y"]), "not strictly inside")
+        expectInvalid(refusal(["c"]), "not strictly inside")  // the region's start
+        expectInvalid(refusal(["x"]), "not strictly inside")  // its end
+        expectInvalid(refusal(["m", "f"]), "strictly increasing")
+        expectInvalid(refusal(["m", "m"]), "strictly increasing")
+        expectInvalid(refusal([""]), "bytes")
+        expectInvalid(refusal(["m"], ids: []), "new regions")
+        expectInvalid(refusal(["m"], ids: Self.newRegions(1, for: region, base: 2)), "used twice")  // region 2's own id
+        var shortIDs = Self.newRegions(1, for: region)
+        shortIDs[0].peerIds.removeLast()
+        expectInvalid(refusal(["m"], ids: shortIDs), "peer ids")
+        expectInvalid(refusal(Array(repeating: "m", count: KVLimits.splitKeysMax + 1)), "more than")
+        var staleEpoch = region.epoch
+        staleEpoch.version -= 1
+        if case .epochNotMatch? = refusal(["m"], epoch: staleEpoch) {} else { Issue.record("stale epoch accepted") }
+        if case .regionNotFound? = refusal(["m"], regionID: 99) {} else { Issue.record("unknown region accepted") }
+        try cluster.rounds(5)
+        #expect(store.regionIDs == [1, 2, 3] && store.region(2) == region, "nothing changed")
+    }
+
+    @Test func aFollowerThatAppliesTheSplitLateKeepsTheNewRegionsMessages() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        try Self.fill(cluster, keys: Self.alphabet, client: 5)
+        let leader = try #require(cluster.leader(of: 1))
+        let late = try #require(cluster.storeIDs.last { $0 != leader })
+        // The late store hears nothing of region 1 (the parent) until released; the new
+        // region's leader reaches it at once.
+        cluster.holdBack = { destination, message in destination == late && message.regionID == 1 }
+        #expect(try Self.split(cluster, regionID: 1, at: ["m"]).get().succeeded)
+        try cluster.rounds(30)
+        #expect(cluster.stores[late]?.regionIDs == [1], "the late store has not split its replica")
+        #expect(try Self.write(cluster, InProcessCluster.put("q-during", "v"), key: "q-during").get().succeeded,
+                "the new region serves with two of three replicas")
+        #expect(cluster.stores[late]?.overlappingRegions().isEmpty == true, "no snapshot of the new region was installed over the parent")
+        #expect(cluster.snapshotsInstalled[late, default: 0] == 0)
+        cluster.releaseHeld()
+        try cluster.rounds(40)
+        #expect(cluster.stores[late]?.regionIDs == [1, 10], "the early replica was replaced by the split's")
+        #expect(cluster.snapshotsInstalled[late, default: 0] == 0, "caught up from the log, no snapshot")
+        Self.expectReplicasAgree(cluster, [1, 10])
+        #expect(cluster.digests(10)[late]?.keyCount == 15, "m..z plus the write during the split")
+    }
+
+    @Test func aFollowerBehindBySnapshotsGetsTheSplitRegions() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [], settings: { _, settings in
+            settings.logGCCountThreshold = 10
+        })
+        try cluster.rounds(40)
+        let leader = try #require(cluster.leader(of: 1))
+        let behind = try #require(cluster.storeIDs.last { $0 != leader })
+        cluster.crash(behind)
+        try Self.fill(cluster, keys: Self.alphabet, client: 9)
+        #expect(try Self.split(cluster, regionID: 1, at: ["g", "s"]).get().succeeded)
+        try Self.fill(cluster, keys: (0..<30).map { "b\($0)" } + (0..<30).map { "k\($0)" } + (0..<30).map { "t\($0)" })
+        try cluster.rounds(5)
+        try cluster.restart(behind)
+        try cluster.rounds(80)
+        #expect(cluster.stores[behind]?.regionIDs == [1, 10, 11])
+        #expect(cluster.snapshotsInstalled[behind, default: 0] >= 3, "each region came by snapshot")
+        Self.expectReplicasAgree(cluster, [1, 10, 11])
+    }
+
+    @Test func aSplitRacingAMembershipChangeIsRefusedByEpoch() throws {
+        let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
+        try cluster.rounds(40)
+        let leader = try #require(cluster.leader(of: 1))
+        let store = try #require(cluster.stores[leader])
+        let region = try #require(store.region(1))
+        var learner = Flotilla_V1_Peer()
+        learner.id = 104
+        learner.storeID = 4
+        learner.role = .learner
+        let changeID = try store.proposeMembershipChange(regionID: 1, changes: [(.addLearner, learner)])
+        // Planned against the epoch before the change; committed after it.
+        let splitID = try store.proposeSplit(regionID: 1, epoch: region.epoch, splitKeys: [Data("m".utf8)],
+                                             newRegions: Self.newRegions(1, for: region))
+        for _ in 0..<30 where cluster.completed[splitID] == nil { try cluster.round(tick: false) }
+        #expect((try? cluster.completed[changeID]?.get())?.succeeded == true)
+        guard case .failure(.epochNotMatch)? = cluster.completed[splitID] else {
+            Issue.record("the stale split was applied: \(String(describing: cluster.completed[splitID]))")
+            return
+        }
+        try cluster.rounds(20)
+        for storeID in cluster.storeIDs.prefix(3) { #expect(cluster.stores[storeID]?.regionIDs == [1]) }
+        #expect(store.region(1)?.epoch.version == region.epoch.version, "nothing split")
+    }
+
+    @Test func aStoreRestartedAtEachPointAroundTheSplitRecoversTheSameRegions() throws {
+        for crashAfterRounds in 0..<4 {
+            let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+            try cluster.rounds(40)
+            try Self.fill(cluster, keys: Self.alphabet, client: 3)
+            let leader = try #require(cluster.leader(of: 1))
+            let region = try #require(cluster.stores[leader]?.region(1))
+            let splitID = try #require(try cluster.stores[leader]?.proposeSplit(regionID: 1, epoch: region.epoch, splitKeys: [Data("m".utf8)],
+                                                                               newRegions: Self.newRegions(1, for: region)))
+            // Crash every store at once, a few turns into the split.
+            for _ in 0..<crashAfterRounds { try cluster.round(tick: false) }
+            for storeID in cluster.storeIDs { cluster.crash(storeID) }
+            for storeID in cluster.storeIDs { try cluster.restart(storeID) }
+            try cluster.rounds(80)
+            let regionIDs = try #require(cluster.stores[1]?.regionIDs)
+            for storeID in cluster.storeIDs {
+                #expect(cluster.stores[storeID]?.regionIDs == regionIDs, "crash after \(crashAfterRounds) rounds: every store agrees")
+            }
+            if regionIDs == [1, 10] {
+                Self.expectReplicasAgree(cluster, [1, 10])
+                #expect(try Self.write(cluster, InProcessCluster.put("z-after", "v"), key: "z-after").get().succeeded)
+            } else {
+                #expect(regionIDs == [1], "crash after \(crashAfterRounds) rounds: \(regionIDs)")
+                #expect(cluster.completed[splitID] == nil || (try? cluster.completed[splitID]?.get()) != nil)
+            }
+            let all = try cluster.storeIDs.map { storeID in
+                try regionIDs.reduce(into: [[UInt8]: [UInt8]]()) { result, id in
+                    guard let region = cluster.stores[storeID]?.region(id) else { return }
+                    result.merge(try cluster.dump(storeID, region: region)) { first, _ in first }
+                }
+            }
+            #expect(all.allSatisfy { $0.count == 26 }, "crash after \(crashAfterRounds) rounds: every key is held once: \(all.map(\.count))")
+        }
+    }
+}
