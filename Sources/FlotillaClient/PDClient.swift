@@ -188,6 +188,37 @@ public final class PDClient: Sendable {
         }
     }
 
+    /// Starts an operator (the request's header is filled in); returns it as PD runs it.
+    public func addOperator(_ request: Flotilla_V1_AddOperatorRequest) async throws(PDClientError) -> Flotilla_V1_OperatorInfo {
+        try await call { client, header in
+            var request = request
+            request.header = header
+            let response = try await client.addOperator(request)
+            return (response.operator, response.header)
+        }
+    }
+
+    /// Asks PD to split region `regionID` at `keys` (an operator: the region's leader does it).
+    public func splitRegion(_ regionID: UInt64, at keys: [Data]) async throws(PDClientError) -> Flotilla_V1_OperatorInfo {
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = regionID
+        var split = Flotilla_V1_SplitRegion()
+        split.splitKeys = keys
+        request.split = split
+        return try await addOperator(request)
+    }
+
+    /// Running operators, and with `includeHistory` the ended ones PD remembers.
+    public func operators(includeHistory: Bool = false) async throws(PDClientError) -> [Flotilla_V1_OperatorInfo] {
+        try await call { client, header in
+            var request = Flotilla_V1_ListOperatorsRequest()
+            request.header = header
+            request.includeHistory = includeHistory
+            let response = try await client.listOperators(request)
+            return (response.operators, response.header)
+        }
+    }
+
     public func stores(excludeTombstones: Bool = false) async throws(PDClientError) -> [Flotilla_V1_StoreInfo] {
         try await call { client, header in
             var request = Flotilla_V1_GetStoresRequest()

@@ -1,0 +1,118 @@
+import FlotillaClient
+import FlotillaProto
+import Foundation
+import Synchronization
+import Testing
+
+/// Splits on real processes: three PD members and three stores on loopback, clients writing
+/// and reading while PD's split operator cuts the region.
+@Suite("Split end to end", .serialized)
+struct SplitEndToEndTests {
+    @Test func splitUnderLoadLosesNothingAndScansSeeEveryKeyOnce() async throws {
+        let pd = try LocalPD(members: 3)
+        for index in 0..<3 { try pd.startStore(index) }
+        try await pd.withClient(timeout: .seconds(30)) { routes in
+            #expect(await eventually(seconds: 60) {
+                guard let region = try? await routes.region(key: Data()) else { return false }
+                return region.region.region.peers.filter { $0.role == .voter }.count == 3 && region.region.hasLeader
+            }, "the first region reaches three voters")
+            let client = try FlotillaClient(pd: pd.clientAddresses, requestTimeout: .seconds(20))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                defer { client.close(); group.cancelAll() }
+                // Writers, one per key prefix: each writes its keys in turn and reads each back
+                // at once (a single writer per key: the read must return exactly what was
+                // acknowledged — a lost or stale value fails). A compare-and-swap chain per
+                // writer shows each retried write applied once.
+                let writers = 6
+                let stop = ManagedAtomicFlag()
+                let results = try await withThrowingTaskGroup(of: (Int, Int, [String]).self) { load in
+                    for writer in 0..<writers {
+                        load.addTask {
+                            var written = 0
+                            var problems: [String] = []
+                            let counter = Data("counter-\(writer)".utf8)
+                            var count = 0
+                            while !stop.isSet || written < 60 {
+                                let key = Data(String(format: "k%d-%05d", writer, written).utf8)
+                                let value = Data("v\(written)".utf8)
+                                try await client.put(key, value)
+                                let read = try await client.get(key)
+                                if read != value { problems.append("\(String(decoding: key, as: UTF8.self)) read \(String(describing: read))") }
+                                let swapped = try await client.compareAndSwap(counter, expected: count == 0 ? nil : Data("\(count)".utf8),
+                                                                              newValue: Data("\(count + 1)".utf8))
+                                if swapped.succeeded { count += 1 } else { problems.append("CAS \(count) failed: found \(String(describing: swapped.previous))") }
+                                written += 1
+                                if written > 2_000 { break }
+                            }
+                            return (writer, written, problems)
+                        }
+                    }
+                    // Split the region in three while they write, then wait for PD to see it.
+                    try await Task.sleep(for: .milliseconds(500))
+                    let region = try await routes.region(key: Data()).region.region
+                    let started = ContinuousClock.now
+                    let op = try await routes.splitRegion(region.id, at: [Data("k2".utf8), Data("k4".utf8)])
+                    #expect(op.status == .running)
+                    var regions: [Flotilla_V1_RegionInfo] = []
+                    let split = await eventually(seconds: 30) {
+                        regions = (try? await routes.scanRegions().regions) ?? []
+                        return regions.count == 3 && regions.allSatisfy(\.hasLeader)
+                    }
+                    let took = ContinuousClock.now - started
+                    #expect(split, "PD routes three regions: \(regions.map(\.region))")
+                    print("split: three regions served \(took) after the request")
+                    try await Task.sleep(for: .milliseconds(500))
+                    stop.set()
+                    var results: [(Int, Int, [String])] = []
+                    for try await result in load { results.append(result) }
+                    return results
+                }
+                var expected: [Data: Data] = [:]
+                for (writer, written, problems) in results {
+                    #expect(problems.isEmpty, "writer \(writer): \(problems.prefix(5))")
+                    for index in 0..<written {
+                        expected[Data(String(format: "k%d-%05d", writer, index).utf8)] = Data("v\(index)".utf8)
+                    }
+                    #expect(try await client.get(Data("counter-\(writer)".utf8)) == Data("\(written)".utf8),
+                            "writer \(writer)'s CAS chain: each write applied once")
+                }
+                // A scan across the three regions returns every key once, in order.
+                let scanned = try await client.scan(from: Data("k".utf8), to: Data("l".utf8), limit: 1_000_000)
+                #expect(scanned.count == expected.count, "scan: \(scanned.count) keys, \(expected.count) written")
+                #expect(zip(scanned, scanned.dropFirst()).allSatisfy { $0.key.lexicographicallyPrecedes($1.key) }, "in order, no repeats")
+                #expect(scanned.allSatisfy { expected[$0.key] == $0.value }, "every value as written")
+                let batch = try await client.batchGet(Array(expected.keys.prefix(500)))
+                #expect(batch.count == min(500, expected.count))
+                let ops = try await routes.operators(includeHistory: true)
+                #expect(ops.contains { $0.status == .succeeded && $0.steps.first?.splitRegion.splitKeys.count == 2 },
+                        "the split operator succeeded: \(ops.map { ($0.regionID, $0.status, $0.reason, $0.description_p) })")
+            }
+            // Bad split requests: each refused with a reason, nothing changed.
+            let regions = try await routes.scanRegions().regions.map(\.region)
+            let middle = try #require(regions.first { !$0.startKey.isEmpty && !$0.endKey.isEmpty })
+            for (keys, fragment) in [([middle.startKey], "strictly inside"), ([Data("a".utf8)], "strictly inside"),
+                                     ([Data("k3".utf8), Data("k2x".utf8)], "strictly increasing"), ([], "keys"),
+                                     ([Data()], "bytes")] {
+                do {
+                    _ = try await routes.splitRegion(middle.id, at: keys)
+                    Issue.record("split at \(keys) accepted")
+                } catch {
+                    #expect("\(error)".contains(fragment), "\(error)")
+                }
+            }
+            do {
+                _ = try await routes.splitRegion(999_999, at: [Data("x".utf8)])
+                Issue.record("split of an unknown region accepted")
+            } catch { #expect("\(error)".contains("999999"), "\(error)") }
+            #expect(try await routes.scanRegions().regions.count == 3)
+        }
+    }
+}
+
+/// A flag set once, read by many tasks.
+final class ManagedAtomicFlag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
+}
