@@ -229,6 +229,67 @@ struct PlacementDriverTests {
         #expect(single.pd.operators.history.last?.reason.contains("split") == true)
     }
 
+    @Test func aSplitOperatorIsSentUntilTheHeartbeatShowsTheSplitThenSucceeds() throws {
+        var single = SingleMemberPD()
+        let (regionID, _) = try single.bootstrap(stores: 1)
+        var region = try #require(single.pd.regions.region(id: regionID)).region
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = regionID
+        request.split.splitKeys = [Data("g".utf8), Data("p".utf8)]
+        let op = try single.pd.addOperator(request, newPeerID: nil, nowMs: single.nowMs)
+        #expect(op.steps == [.splitRegion(keys: [Data("g".utf8), Data("p".utf8)])])
+        // Repeated in every answer until the split shows (the store proposes it once).
+        for _ in 0..<2 {
+            guard case .splitRegion(let keys)? = try single.heartbeat(Build.info(region)) else {
+                Issue.record("the split step was not sent")
+                return
+            }
+            #expect(keys.count == 2)
+        }
+        // The leader asks for ids: a region id and one peer id per peer, for each new region.
+        #expect(try single.pd.idsForSplit(of: region, splitCount: 2) == 4)
+        var older = region
+        older.epoch.version = 0
+        #expect(throws: PDFailure.staleRegion(current: region)) { try single.pd.idsForSplit(of: older, splitCount: 1) }
+        #expect(throws: PDFailure.self) { try single.pd.idsForSplit(of: region, splitCount: 0) }
+        #expect(throws: PDFailure.self) { try single.pd.idsForSplit(of: region, splitCount: UInt32(KVLimits.splitKeysMax + 1)) }
+        var unknown = region
+        unknown.id = 4242
+        #expect(throws: PDFailure.unknownRegion(4242)) { try single.pd.idsForSplit(of: unknown, splitCount: 1) }
+        // The parent's heartbeat after the split: smaller, version + 2.
+        region.epoch.version += 2
+        region.endKey = Data("g".utf8)
+        #expect(try single.heartbeat(Build.info(region)) == nil)
+        #expect(single.pd.operators.running.isEmpty)
+        #expect(single.pd.operators.history.last?.status == .succeeded)
+        #expect(single.pd.regions.region(containing: Data("a".utf8))?.region == region)
+    }
+
+    @Test func badSplitKeysAreRefusedAndStartNothing() throws {
+        var single = SingleMemberPD()
+        let (regionID, _) = try single.bootstrap(stores: 1)
+        let region = try #require(single.pd.regions.region(id: regionID)).region
+        // The bootstrapped region covers every key: give the checks a bounded one too.
+        let bounded = Build.region(99, "c", "x", peers: region.peers)
+        func refusal(_ keys: [String], in region: Flotilla_V1_Region) -> String? {
+            do { try PDValidation.check(splitKeys: keys.map { Data($0.utf8) }, in: region); return nil } catch { return "\(error)" }
+        }
+        for (keys, fragment) in [([], "1 to"), ([""], "bytes"), (["c"], "strictly inside"), (["x"], "strictly inside"),
+                                 (["a"], "strictly inside"), (["y"], "strictly inside"), (["m", "m"], "strictly increasing"),
+                                 (["m", "f"], "strictly increasing")] {
+            #expect(refusal(keys, in: bounded)?.contains(fragment) == true, "\(keys): \(String(describing: refusal(keys, in: bounded)))")
+        }
+        #expect(refusal(["m"], in: bounded) == nil)
+        #expect(refusal(Array(repeating: "m", count: KVLimits.splitKeysMax + 1), in: region)?.contains("1 to") == true)
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = regionID
+        request.split.splitKeys = []
+        #expect(throws: PDFailure.self) { try single.pd.addOperator(request, newPeerID: nil, nowMs: single.nowMs) }
+        request.split.splitKeys = [Data()]
+        #expect(throws: PDFailure.self) { try single.pd.addOperator(request, newPeerID: nil, nowMs: single.nowMs) }
+        #expect(single.pd.operators.running.isEmpty)
+    }
+
     @Test func adminOperatorsAreCheckedAgainstTheRegion() throws {
         var single = SingleMemberPD()
         let (regionID, stores) = try single.bootstrap(stores: 2)
