@@ -180,6 +180,11 @@ public nonisolated struct Flotilla_V1_RequestContext: Sendable {
 
   public var regionID: UInt64 = 0
 
+  /// The region's epoch as the client knows it. Set it: a store whose region has another epoch
+  /// answers EpochNotMatch, and after a split a request naming the old epoch is never served
+  /// from the smaller range. Left unset, the store only checks that the keys lie
+  /// in the region as it is now (KeyNotInRegion otherwise), and a scan whose end is empty is
+  /// clipped at the region's end.
   public var epoch: Flotilla_V1_RegionEpoch {
     get {_epoch ?? Flotilla_V1_RegionEpoch()}
     set {_epoch = newValue}
@@ -247,7 +252,12 @@ public nonisolated struct Flotilla_V1_RegionNotFound: Sendable {
   public init() {}
 }
 
-/// The request's epoch is stale; the store's current view of the regions it knows.
+/// The request's epoch is stale, or the region split after a write was accepted (nothing was
+/// applied). current_regions holds the region as the store has it now and the regions its last
+/// split made: the client replaces its routes for those ranges and retries each key in the
+/// region that now holds it, splitting a batch or a scan by region (a batch's parts keep the
+/// write's sequence: a region made by a split holds its parent's client sessions). A key that
+/// none of them holds is looked up in PD again.
 public nonisolated struct Flotilla_V1_EpochNotMatch: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
