@@ -28,6 +28,8 @@ public struct ServerSettings: Sendable {
     public var logGCSizeThresholdBytes = 32 << 20
     public var maxPendingRequests = 16_384
     public var snapshotSendsMax = 4
+    /// With PD: when a region led here splits on its own (size and load).
+    public var splitTriggers = SplitTriggers()
     /// The secret the Raft ports of the cluster's stores prove to each other (the cluster
     /// file's `secretFile`). Without one, the port is open to anyone who knows the cluster id
     /// and store ids, and a warning says so.
@@ -247,7 +249,8 @@ public final class FlotillaServer: Sendable {
                                  tickCatchUpMax: 2 * settings.electionTimeoutTicks + 1, logger: logger, onFailure: onFailure,
                                  snapshots: snapshotSender)
         self.driver = driver
-        agent = pd.map { PDStoreAgent(link: $0, driver: driver, snapshotSender: snapshotSender, logger: logger, dataDirectory: settings.dataDirectory) }
+        agent = pd.map { PDStoreAgent(link: $0, driver: driver, snapshotSender: snapshotSender, logger: logger, dataDirectory: settings.dataDirectory,
+                                      splitTriggers: settings.splitTriggers) }
         (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
         var transportConfig = HTTP2ServerTransport.Posix.Config.defaults
         // Room for the largest request the KV service accepts, and no more (see `KVLimits`).

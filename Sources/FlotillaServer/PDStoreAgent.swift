@@ -3,6 +3,7 @@ import FlotillaProto
 import Foundation
 import Logging
 import Raft
+import PlacementDriver
 import RaftStore
 import Synchronization
 
@@ -29,7 +30,15 @@ final class PDStoreAgent: Sendable {
     /// How often the loop looks for splits to report (between its rounds).
     private static let splitPollInterval: Duration = .milliseconds(50)
 
-    init(link: Link, driver: StoreDriver, snapshotSender: SnapshotSender, logger: Logger, dataDirectory: String) {
+    private let splitTriggers: SplitTriggers
+    /// What the last size check of each region found (reported in its heartbeats).
+    private let regionSizes = Mutex<[UInt64: SplitCheckPlan.Outcome]>([:])
+    /// Seconds in a row each region led here has been over the load-split rate.
+    private let hotSeconds = Mutex<[UInt64: Double]>([:])
+
+    init(link: Link, driver: StoreDriver, snapshotSender: SnapshotSender, logger: Logger, dataDirectory: String,
+         splitTriggers: SplitTriggers = SplitTriggers()) {
+        self.splitTriggers = splitTriggers
         self.link = link
         self.driver = driver
         self.snapshotSender = snapshotSender
@@ -70,6 +79,7 @@ final class PDStoreAgent: Sendable {
         var known: Set<UInt64> = [link.store.id]
         let clock = ContinuousClock()
         var splitsReported = driver.splitsApplied.load(ordering: .acquiring)
+        var lastRound: ContinuousClock.Instant?
         while !Task.isCancelled {
             // A round every store heartbeat interval, or at once after a split here (the new
             // regions' routes reach PD without waiting).
@@ -78,6 +88,10 @@ final class PDStoreAgent: Sendable {
                 do { try await Task.sleep(for: min(Self.splitPollInterval, roundDue - clock.now)) } catch { return }
             }
             splitsReported = driver.splitsApplied.load(ordering: .acquiring)
+            let roundStarted = clock.now
+            await checkSizes()
+            await checkLoads(interval: roundStarted - (lastRound ?? roundStarted - link.storeHeartbeatInterval))
+            lastRound = roundStarted
             guard let report = await driver.perform({ core, network -> Report in
                 var report = Report()
                 report.leaders = core.leaderReports()
@@ -103,6 +117,10 @@ final class PDStoreAgent: Sendable {
                 info.region = region
                 info.leader = leader
                 info.pendingPeers = pending
+                if let size = regionSizes.withLock({ $0[region.id] }) {
+                    info.stats.approximateSizeBytes = size.sizeBytes
+                    info.stats.approximateKeys = size.keys
+                }
                 due.append(info)
             }
             if !due.isEmpty { await regionHeartbeats(due) }
@@ -289,4 +307,55 @@ final class PDStoreAgent: Sendable {
     }
 
     private static let splitRetryInterval: Duration = .seconds(10)
+
+    /// Size checks of the regions led here that were written enough since their last one:
+    /// each read from a RocksDB snapshot off the store thread; a region past its max size is
+    /// split at the keys found.
+    private func checkSizes() async {
+        let diffBytes = splitTriggers.splitCheckDiffBytes
+        guard let plans = await driver.perform({ core, _ in core.splitCheckPlans(diffBytes: diffBytes) }), !plans.isEmpty else { return }
+        for plan in plans {
+            let outcome: SplitCheckPlan.Outcome
+            do { outcome = try plan.run(splitTriggers) } catch {
+                logger.warning("size check failed", metadata: ["region_id": "\(plan.region.id)", "error": "\(error)"])
+                continue
+            }
+            regionSizes.withLock { $0[plan.region.id] = outcome }
+            guard !outcome.splitKeys.isEmpty else { continue }
+            logger.info("region past its max size", metadata: ["region_id": "\(plan.region.id)", "size_bytes": "\(outcome.sizeBytes)",
+                                                              "keys": "\(outcome.keys)", "split_keys": "\(outcome.splitKeys.count)"])
+            await proposeSplit(region: plan.region, keys: outcome.splitKeys)
+        }
+        // Forget regions that are gone or no longer led here.
+        if let led = await driver.perform({ core, _ in Set(core.leaderReports().map(\.region.id)) }) {
+            regionSizes.withLock { sizes in sizes = sizes.filter { led.contains($0.key) } }
+        }
+    }
+
+    /// Load split: a region led here above `loadSplitRequestsPerSecond` for
+    /// `loadSplitSeconds` rounds in a row splits at the sampled key that balances its load.
+    private func checkLoads(interval: Duration) async {
+        let threshold = splitTriggers.loadSplitRequestsPerSecond
+        guard let loads = await driver.perform({ core, _ in core.takeRegionLoads() }) else { return }
+        guard threshold > 0 else { return }
+        let seconds = max(Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18, 0.001)
+        var due: [RegionLoad] = []
+        hotSeconds.withLock { hot in
+            var next: [UInt64: Double] = [:]
+            for load in loads where Double(load.requests) / seconds >= Double(threshold) {
+                let hotFor = (hot[load.region.id] ?? 0) + seconds
+                if hotFor >= Double(splitTriggers.loadSplitSeconds) { due.append(load) } else { next[load.region.id] = hotFor }
+            }
+            hot = next
+        }
+        for load in due {
+            guard let key = load.balancedSplitKey else {
+                logger.info("hot region has no key that divides its load (one hot key?)", metadata: ["region_id": "\(load.region.id)"])
+                continue
+            }
+            logger.info("hot region splits", metadata: ["region_id": "\(load.region.id)", "requests": "\(load.requests)",
+                                                        "split_key": "\(PDValidation.printable(key))"])
+            await proposeSplit(region: load.region, keys: [key])
+        }
+    }
 }

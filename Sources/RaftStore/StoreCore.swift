@@ -139,6 +139,12 @@ final class RegionPeer {
     var receivedSnapshot: ReceivedSnapshot?
     /// Approximate bytes of log entries written since the last truncation.
     var logBytesSinceTruncation = 0
+    /// Bytes of keys and values applied since the leader last checked the region's size.
+    var bytesWrittenSinceSplitCheck = 0
+    /// The size was checked since this replica opened (a store checks each led region once).
+    var sizeCheckedOnce = false
+    /// Requests to this region since the last load report (leaders).
+    var load = LoadCounter()
     /// The regions the last split applied here made from this one, as they were made (for
     /// `EpochNotMatch`).
     var splitChildren: [Flotilla_V1_Region] = []
@@ -498,6 +504,9 @@ public final class StoreCore {
         guard data.count <= KVLimits.commandBytesMax else {
             throw .invalidArgument(field: "request", reason: "the write encodes to \(data.count) bytes, more than the \(KVLimits.commandBytesMax)-byte limit of one Raft entry")
         }
+        if let key = command.puts.first?.key ?? command.deletes.first ?? (command.hasCompareAndSwap ? command.compareAndSwap.key : nil) {
+            recordLoad(peer, key: key)
+        }
         let id = makeProposalID()
         peer.queuedWrites.append((data, id))
         pendingRequests += 1
@@ -632,6 +641,7 @@ public final class StoreCore {
             if let epoch, epoch.version != peer.region.epoch.version { throw StoreRequestError.epochNotMatch(current: currentRegions(of: peer)) }
             throw StoreRequestError.keyNotInRegion(key: key, region: peer.region)
         }
+        recordLoad(peer, key: key)
         return try db.get([UInt8](key), in: dataCF).map { Data($0) }
     }
 
@@ -651,6 +661,7 @@ public final class StoreCore {
             if splitSince { throw .epochNotMatch(current: currentRegions(of: peer)) }
             if !end.isEmpty { throw .keyNotInRegion(key: end, region: region) }
         }
+        recordLoad(peer, key: start)
         let upper = end.isEmpty ? StoreKeys.dataUpperBound(region) : [UInt8](end)
         return ScanPlan(db: db, snapshot: db.makeSnapshot(), column: dataCF, lower: [UInt8](start), upper: upper,
                         limit: max(1, limit), reverse: reverse)

@@ -333,7 +333,10 @@ extension StoreCore {
                 }
             }
         } else if !command.puts.isEmpty {
-            for pair in command.puts { batch.put(pair.key, pair.value) }
+            for pair in command.puts {
+                batch.put(pair.key, pair.value)
+                peer.bytesWrittenSinceSplitCheck += pair.key.count + pair.value.count
+            }
         } else if !command.deletes.isEmpty {
             for key in command.deletes { batch.delete(key) }
         } else if command.hasDeleteRange {
@@ -349,6 +352,7 @@ extension StoreCore {
             result.succeeded = matches
             if matches {
                 if cas.deleteKey { batch.delete(cas.key) } else { batch.put(cas.key, cas.newValue) }
+                peer.bytesWrittenSinceSplitCheck += cas.key.count + cas.newValue.count
             }
         }
         if var session {

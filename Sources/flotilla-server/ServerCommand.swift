@@ -1,6 +1,7 @@
 import ArgumentParser
 import FlotillaCommandLine
 import FlotillaServer
+import RaftStore
 import Foundation
 import Logging
 
@@ -36,6 +37,21 @@ struct ServerCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("region-heartbeat-interval-ms"), help: "With --pd: how often each led region reports to PD (500-600000; default 10000).")
     var regionHeartbeatIntervalMilliseconds: Int?
+
+    @Option(name: .customLong("region-max-size-bytes"), help: "With --pd: a region past this size splits (4096 to 2^40; default 144 MiB).")
+    var regionMaxSizeBytes: Int?
+
+    @Option(name: .customLong("region-split-size-bytes"), help: "With --pd: ...into pieces of about this size (at most the max size; default 96 MiB).")
+    var regionSplitSizeBytes: Int?
+
+    @Option(name: .customLong("split-check-diff-bytes"), help: "With --pd: check a region's size once this much was written to it (default 1/16 of the split size).")
+    var splitCheckDiffBytes: Int?
+
+    @Option(name: .customLong("load-split-requests-per-second"), help: "With --pd: a region above this many requests per second... (0: no load split; default 3000).")
+    var loadSplitRequestsPerSecond: Int?
+
+    @Option(name: .customLong("load-split-seconds"), help: "...for this many seconds in a row splits where its load divides (1-3600; default 10).")
+    var loadSplitSeconds: Int?
 
     @Option(name: .customLong("data-dir"), help: "Directory of this store's data (created if missing).")
     var dataDirectory: String?
@@ -122,6 +138,15 @@ struct ServerCommand: AsyncParsableCommand {
             guard value >= 1 else { throw ConfigError("max pending requests must be at least 1, got \(value)") }
             settings.maxPendingRequests = value
         }
+        var triggers = SplitTriggers()
+        if let value = regionMaxSizeBytes { triggers.regionMaxSizeBytes = value }
+        if let value = regionSplitSizeBytes { triggers.regionSplitSizeBytes = value } else if regionMaxSizeBytes != nil {
+            triggers.regionSplitSizeBytes = min(triggers.regionSplitSizeBytes, triggers.regionMaxSizeBytes * 2 / 3)
+        }
+        triggers.splitCheckDiffBytes = splitCheckDiffBytes ?? max(1, triggers.regionSplitSizeBytes / 16)
+        if let value = loadSplitRequestsPerSecond { triggers.loadSplitRequestsPerSecond = value }
+        if let value = loadSplitSeconds { triggers.loadSplitSeconds = value }
+        do { settings.splitTriggers = try triggers.validated() } catch { throw ConfigError("\(error)") }
         if let value = file.snapshotSendsMax {
             guard value >= 1 else { throw ConfigError("snapshot-sends-max must be at least 1, got \(value)") }
             settings.snapshotSendsMax = value

@@ -305,3 +305,108 @@ struct SplitTests {
         }
     }
 }
+
+@Suite("Split triggers and many splits")
+struct SplitTriggerTests {
+    @Test func aSizeCheckSplitsPastTheMaxSizeIntoPiecesOfTheSplitSize() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        // 100 keys of ~1 KiB: about 100 KiB.
+        let value = String(repeating: "v", count: 1_000)
+        for index in 0..<100 {
+            #expect(try SplitTests.write(cluster, InProcessCluster.put(String(format: "key-%03d", index), value), key: String(format: "key-%03d", index)).get().succeeded)
+        }
+        let leader = try #require(cluster.leader(of: 1))
+        var triggers = SplitTriggers()
+        triggers.regionMaxSizeBytes = 60_000
+        triggers.regionSplitSizeBytes = 30_000
+        let plans = try #require(cluster.stores[leader]?.splitCheckPlans(diffBytes: 1_000_000))
+        #expect(plans.count == 1, "every led region is checked once after start")
+        let outcome = try plans[0].run(triggers)
+        #expect(outcome.keys == 100)
+        #expect(outcome.sizeBytes == 100 * (7 + 1_000))
+        // Pieces of ~30 KB: boundaries after 30 keys each; the 10-key tail joins the last piece.
+        #expect(outcome.splitKeys.map { String(decoding: $0, as: UTF8.self) } == ["key-030", "key-060"])
+        #expect(cluster.stores[leader]?.splitCheckPlans(diffBytes: 1_000_000).isEmpty == true, "not checked again without writes")
+        triggers.regionMaxSizeBytes = 200_000
+        #expect(try plans[0].run(triggers).splitKeys.isEmpty, "within its max size: no split")
+        // Writes count toward the next check.
+        for index in 0..<3 { _ = try SplitTests.write(cluster, InProcessCluster.put("more-\(index)", value), key: "more-\(index)") }
+        #expect(cluster.stores[leader]?.splitCheckPlans(diffBytes: 3_000).count == 1)
+    }
+
+    @Test func theLoadSplitKeyBalancesTheSamplesAndNeverCutsOneHotKey() throws {
+        var region = Flotilla_V1_Region()
+        region.id = 1
+        region.startKey = Data("a".utf8)
+        func load(_ keys: [String]) -> RegionLoad {
+            RegionLoad(region: region, requests: keys.count, sampledKeys: keys.map { Data($0.utf8) })
+        }
+        #expect(load(["b", "c", "d", "e"]).balancedSplitKey == Data("d".utf8))
+        #expect(load(["h", "h", "h", "h"]).balancedSplitKey == nil, "one hot key: nothing divides it")
+        #expect(load(["a", "a", "a", "b"]).balancedSplitKey == Data("b".utf8))
+        #expect(load(["a", "a", "a"]).balancedSplitKey == nil, "never at the region's start")
+        #expect(load(["x", "y", "y", "y", "y", "z"]).balancedSplitKey == Data("y".utf8))
+        #expect(load([]).balancedSplitKey == nil)
+    }
+
+    @Test func aStoreCountsRequestsPerRegionItLeads() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["m"])
+        try cluster.rounds(40)
+        for key in ["b", "c", "n"] { _ = try SplitTests.write(cluster, InProcessCluster.put(key, "v"), key: key) }
+        let leader = try #require(cluster.leader(of: 1))
+        let loads = try #require(cluster.stores[leader]?.takeRegionLoads())
+        let first = try #require(loads.first { $0.region.id == 1 })
+        #expect(first.requests == 2 && Set(first.sampledKeys) == [Data("b".utf8), Data("c".utf8)])
+        #expect(cluster.stores[leader]?.takeRegionLoads().isEmpty == true, "counters restart")
+    }
+
+    /// One region split into 1,000 by 16 splits of up to 64 keys, with writes between them;
+    /// then every region is scanned and the union equals what was written, each key once.
+    @Test func oneRegionBecomesAThousandUnderWritesAndAFullScanEqualsWhatWasWritten() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        var written: [String: String] = [:]
+        var nextRegionID: UInt64 = 1_000
+        var client: UInt64 = 1
+        var regionCount = 1
+        while regionCount < 1_000 {
+            // Writes spread over the key space, through whichever region holds each key now.
+            for _ in 0..<20 {
+                let key = String(format: "k%05d", Int.random(in: 0..<100_000))
+                let value = "v\(client)"
+                #expect(try SplitTests.write(cluster, InProcessCluster.put(key, value, client: 1, sequence: client), key: key).get().succeeded)
+                written[key] = value
+                client += 1
+            }
+            // Split the region holding the largest untouched range at up to 64 keys.
+            let leaderID = try #require(cluster.leader(of: 1))
+            let leaderStore = try #require(cluster.stores[leaderID])
+            let last = try #require(leaderStore.regionIDs.compactMap { leaderStore.region($0) }.first { $0.endKey.isEmpty })
+            let start = last.startKey.isEmpty ? 0 : (Int(String(decoding: last.startKey.dropFirst(), as: UTF8.self)) ?? 0)
+            let count = min(64, 1_000 - regionCount)
+            let keys = (1...count).map { String(format: "k%05d", start + $0 * 90) }
+            let result = try SplitTests.split(cluster, regionID: last.id, at: keys, base: nextRegionID)
+            #expect((try? result.get())?.succeeded == true, "\(result)")
+            nextRegionID += UInt64(count)
+            regionCount += count
+            try cluster.rounds(2)
+        }
+        try cluster.rounds(10)
+        for storeID in cluster.storeIDs {
+            let store = try #require(cluster.stores[storeID])
+            #expect(store.regionIDs.count == 1_000, "store \(storeID)")
+            #expect(store.overlappingRegions().isEmpty)
+            var scanned: [String: String] = [:]
+            var pairs = 0
+            for region in store.regionIDs.compactMap({ store.region($0) }) {
+                for (key, value) in try store.scan(regionID: region.id, from: region.startKey, to: region.endKey, limit: 100_000, reverse: false) {
+                    scanned[String(decoding: key, as: UTF8.self)] = String(decoding: value, as: UTF8.self)
+                    pairs += 1
+                }
+            }
+            #expect(pairs == written.count, "store \(storeID): every key once")
+            #expect(scanned == written, "store \(storeID): the full scan equals what was written")
+        }
+    }
+}
