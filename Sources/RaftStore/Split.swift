@@ -138,6 +138,7 @@ extension StoreCore {
         }
         peer.region.endKey = keys[0]
         peer.region.epoch.version = version
+        peer.sizeCheckedOnce = false  // its size is measured again
         peer.splitChildren = children
         regionMap.set(peer.region)
         let ledHere = peer.raft.role == .leader

@@ -55,6 +55,9 @@ final class LocalPD {
     var storeAddresses: [Int: (address: String, raftAddress: String)] = [:]
 
     /// Starts store `index` with `--pd` (its addresses kept across restarts).
+    /// Flags every store started from now on gets, after the defaults.
+    var storeArguments: [String] = []
+
     func startStore(_ index: Int) throws {
         if storeAddresses[index] == nil {
             storeAddresses[index] = ("127.0.0.1:\(try LocalCluster.freePort())", "127.0.0.1:\(try LocalCluster.freePort())")
@@ -65,7 +68,7 @@ final class LocalPD {
         process.arguments = ["--pd", clientAddresses.joined(separator: ","), "--data-dir", root + "/store-\(index)",
                              "--address", addresses.address, "--raft-address", addresses.raftAddress,
                              "--tick-interval-ms", "\(tickMilliseconds)", "--region-heartbeat-interval-ms", "1000",
-                             "--log-level", ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"]
+                             "--log-level", ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"] + storeArguments
         let log = root + "/store-\(index).log"
         if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
