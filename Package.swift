@@ -204,6 +204,17 @@ let package = Package(
             path: "Tests/FuzzSupport",
             swiftSettings: strictSettings
         ),
+        // Linearizability checking of recorded register histories (test support).
+        .target(
+            name: "Linearizability",
+            path: "Tests/Linearizability",
+            swiftSettings: strictSettings + [.unsafeFlags(["-O"])]
+        ),
+        .testTarget(
+            name: "LinearizabilityTests",
+            dependencies: ["Linearizability"],
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "RaftTests",
             dependencies: ["Raft", "RaftSimulation", "raft-step-fuzzer"],
@@ -222,6 +233,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["FlotillaClient", "FlotillaServer", "flotilla-server", "flotilla-pd", "flotilla-bench", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
+                           "Linearizability",
                            .product(name: "GRPCCore", package: "grpc-swift-2"),
                            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")],
             swiftSettings: strictSettings
