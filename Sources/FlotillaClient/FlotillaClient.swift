@@ -255,6 +255,42 @@ public final class FlotillaClient: Sendable {
         }
     }
 
+    /// Splits the regions holding `keys` at those keys, each through its region's leader at
+    /// once (a cluster joined through PD). Returns every region afterwards: each region split
+    /// and the regions it made. A key already at a region's start is refused, as any key the
+    /// region cannot split at.
+    public func split(at keys: [Data]) async throws -> [Flotilla_V1_Region] {
+        let sorted = Array(Set(keys)).sorted { $0.lexicographicallyPrecedes($1) }
+        guard !sorted.isEmpty else { throw FlotillaClientError.rejected("no split key") }
+        let groups = try await groupByRegion(sorted)
+        var regions: [Flotilla_V1_Region] = []
+        for (_, positions) in groups.sorted(by: { $0.value[0] < $1.value[0] }) {
+            let part = positions.map { sorted[$0] }
+            do {
+                var answered: [Flotilla_V1_Region] = []
+                _ = try await routed(key: part[0]) { kv, context, region in
+                    guard part.allSatisfy({ region.contains($0) }) else { throw RegionsChanged() }
+                    guard let client = self.clients.withLock({ $0[kv.channel.storeID] }) else {
+                        throw FlotillaClientError.noRoute("store \(kv.channel.storeID) has no address")
+                    }
+                    var request = Flotilla_V1_SplitRegionRequest()
+                    request.context = context
+                    request.splitKeys = part
+                    var options = CallOptions.defaults
+                    options.timeout = max(.milliseconds(1), ContinuousClock.now.duration(to: kv.deadline))
+                    let response = try await Flotilla_V1_StoreAdmin.Client(wrapping: client).splitRegion(request, options: options)
+                    answered = response.regions
+                    return response.error.nonEmpty
+                }
+                _ = refresh(from: answered)
+                regions += answered
+            } catch is RegionsChanged {
+                regions += try await split(at: part)
+            }
+        }
+        return regions
+    }
+
     /// A store's status: counters of its store loop and, with `includeRegions`, the Raft
     /// state of each region it hosts.
     public func storeStatus(_ storeID: UInt64, includeRegions: Bool = false) async throws -> Flotilla_V1_StoreStatus {

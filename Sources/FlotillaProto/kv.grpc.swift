@@ -1927,9 +1927,23 @@ public enum Flotilla_V1_StoreAdmin: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "SplitRegion" metadata.
+        public enum SplitRegion: Sendable {
+            /// Request type for "SplitRegion".
+            public typealias Input = Flotilla_V1_SplitRegionRequest
+            /// Response type for "SplitRegion".
+            public typealias Output = Flotilla_V1_SplitRegionResponse
+            /// Descriptor for "SplitRegion".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.StoreAdmin"),
+                method: "SplitRegion",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "flotilla.v1.StoreAdmin" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
-            Status.descriptor
+            Status.descriptor,
+            SplitRegion.descriptor
         ]
     }
 }
@@ -1969,6 +1983,20 @@ extension Flotilla_V1_StoreAdmin {
             request: GRPCCore.StreamingServerRequest<Flotilla_V1_StoreStatusRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_StoreStatus>
+
+        /// Handle the "SplitRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_SplitRegionRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_SplitRegionResponse` messages.
+        func splitRegion(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_SplitRegionRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_SplitRegionResponse>
     }
 
     /// Service protocol for the "flotilla.v1.StoreAdmin" service.
@@ -1992,6 +2020,20 @@ extension Flotilla_V1_StoreAdmin {
             request: GRPCCore.ServerRequest<Flotilla_V1_StoreStatusRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_StoreStatus>
+
+        /// Handle the "SplitRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_SplitRegionRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Flotilla_V1_SplitRegionResponse` message.
+        func splitRegion(
+            request: GRPCCore.ServerRequest<Flotilla_V1_SplitRegionRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_SplitRegionResponse>
     }
 
     /// Simple service protocol for the "flotilla.v1.StoreAdmin" service.
@@ -2013,6 +2055,20 @@ extension Flotilla_V1_StoreAdmin {
             request: Flotilla_V1_StoreStatusRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Flotilla_V1_StoreStatus
+
+        /// Handle the "SplitRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_SplitRegionRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Flotilla_V1_SplitRegionResponse` to respond with.
+        func splitRegion(
+            request: Flotilla_V1_SplitRegionRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Flotilla_V1_SplitRegionResponse
     }
 }
 
@@ -2026,6 +2082,17 @@ extension Flotilla_V1_StoreAdmin.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_StoreStatus>(),
             handler: { request, context in
                 try await self.status(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Flotilla_V1_StoreAdmin.Method.SplitRegion.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_SplitRegionRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_SplitRegionResponse>(),
+            handler: { request, context in
+                try await self.splitRegion(
                     request: request,
                     context: context
                 )
@@ -2047,6 +2114,17 @@ extension Flotilla_V1_StoreAdmin.ServiceProtocol {
         )
         return GRPCCore.StreamingServerResponse(single: response)
     }
+
+    public func splitRegion(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_SplitRegionRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_SplitRegionResponse> {
+        let response = try await self.splitRegion(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
 }
 
 // Default implementation of methods from 'ServiceProtocol'.
@@ -2058,6 +2136,19 @@ extension Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_StoreStatus> {
         return GRPCCore.ServerResponse<Flotilla_V1_StoreStatus>(
             message: try await self.status(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func splitRegion(
+        request: GRPCCore.ServerRequest<Flotilla_V1_SplitRegionRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_SplitRegionResponse> {
+        return GRPCCore.ServerResponse<Flotilla_V1_SplitRegionResponse>(
+            message: try await self.splitRegion(
                 request: request.message,
                 context: context
             ),
@@ -2092,6 +2183,25 @@ extension Flotilla_V1_StoreAdmin {
             deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_StoreStatus>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_StoreStatus>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SplitRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_SplitRegionRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_SplitRegionRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_SplitRegionResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func splitRegion<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_SplitRegionRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_SplitRegionRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_SplitRegionResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SplitRegionResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2140,6 +2250,36 @@ extension Flotilla_V1_StoreAdmin {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "SplitRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_SplitRegionRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_SplitRegionRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_SplitRegionResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func splitRegion<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_SplitRegionRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_SplitRegionRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_SplitRegionResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SplitRegionResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Flotilla_V1_StoreAdmin.Method.SplitRegion.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2166,6 +2306,31 @@ extension Flotilla_V1_StoreAdmin.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_StoreStatusRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_StoreStatus>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SplitRegion" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_SplitRegionRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func splitRegion<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_SplitRegionRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SplitRegionResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.splitRegion(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_SplitRegionRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_SplitRegionResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2198,6 +2363,35 @@ extension Flotilla_V1_StoreAdmin.ClientProtocol {
             metadata: metadata
         )
         return try await self.status(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SplitRegion" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func splitRegion<Result>(
+        _ message: Flotilla_V1_SplitRegionRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SplitRegionResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_SplitRegionRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.splitRegion(
             request: request,
             options: options,
             onResponse: handleResponse

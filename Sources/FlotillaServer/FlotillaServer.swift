@@ -268,7 +268,7 @@ public final class FlotillaServer: Sendable {
             SnapshotTransferService(storeID: storeID, knownStores: knownStores,
                                     driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory,
                                     secret: settings.clusterSecret ?? []),
-            StoreAdminService(driver: driver, snapshotSender: snapshotSender),
+            StoreAdminService(driver: driver, snapshotSender: snapshotSender, agent: agent),
         ])
     }
 
@@ -361,6 +361,21 @@ public final class FlotillaServer: Sendable {
 struct StoreAdminService: Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
     let driver: StoreDriver
     let snapshotSender: SnapshotSender
+    /// The store's PD agent (nil on a static cluster, which cannot split: ids come from PD).
+    let agent: PDStoreAgent?
+
+    func splitRegion(request: Flotilla_V1_SplitRegionRequest, context: ServerContext) async throws -> Flotilla_V1_SplitRegionResponse {
+        var response = Flotilla_V1_SplitRegionResponse()
+        guard let agent else {
+            response.error = protocolError(StoreRequestError.invalidArgument(field: "request", reason: "this store runs a static cluster (no PD): regions cannot split"))
+            return response
+        }
+        switch await agent.split(context: request.context, keys: request.splitKeys) {
+        case .success(let regions): response.regions = regions
+        case .failure(let error): response.error = protocolError(error)
+        }
+        return response
+    }
 
     func status(request: Flotilla_V1_StoreStatusRequest, context: ServerContext) async throws -> Flotilla_V1_StoreStatus {
         switch await driver.status(includeRegions: request.includeRegions) {

@@ -87,6 +87,7 @@ final class PDStoreAgent: Sendable {
             while clock.now < roundDue, driver.splitsApplied.load(ordering: .acquiring) == splitsReported {
                 do { try await Task.sleep(for: min(Self.splitPollInterval, roundDue - clock.now)) } catch { return }
             }
+            if driver.splitsApplied.load(ordering: .acquiring) != splitsReported { await awaitSplitLeaders() }
             splitsReported = driver.splitsApplied.load(ordering: .acquiring)
             let roundStarted = clock.now
             await checkSizes()
@@ -307,6 +308,60 @@ final class PDStoreAgent: Sendable {
     }
 
     private static let splitRetryInterval: Duration = .seconds(10)
+
+    /// A split asked of this store directly (`StoreAdmin.SplitRegion`): checked against the
+    /// region led here, ids from PD, proposed, and answered once applied here with the region
+    /// and the regions it made.
+    func split(context: Flotilla_V1_RequestContext, keys: [Data]) async -> Result<[Flotilla_V1_Region], StoreRequestError> {
+        let regionID = context.regionID
+        guard let checked = await driver.perform({ core, _ in
+            Result { () throws(StoreRequestError) -> Flotilla_V1_Region in
+                try core.checkSplitRequest(context: context, keys: keys)
+            }
+        }) else { return .failure(.serverIsBusy(reason: "the store is stopping")) }
+        let region: Flotilla_V1_Region
+        switch checked {
+        case .success(let value): region = value
+        case .failure(let error): return .failure(error)
+        }
+        let newRegions: [Flotilla_V1_SplitRegionIDs]
+        do {
+            newRegions = try await link.client.askSplit(region: region, splitCount: UInt32(keys.count))
+        } catch {
+            return .failure(.serverIsBusy(reason: "PD gave no ids for the split: \(error)"))
+        }
+        let timeout: Duration = context.timeoutMs > 0 ? .milliseconds(Int(min(context.timeoutMs, KVLimits.requestTimeoutMillisecondsMax))) : .seconds(10)
+        switch await driver.split(SplitProposal(regionID: regionID, epoch: region.epoch, keys: keys, newRegions: newRegions), timeout: timeout) {
+        case .failure(let error): return .failure(error)
+        case .success(let result) where !result.refused.isEmpty:
+            return .failure(.invalidArgument(field: "split_keys", reason: result.refused))
+        case .success:
+            let ids = [regionID] + newRegions.map(\.regionID)
+            let regions = await driver.perform { core, _ in ids.compactMap { core.region($0) } } ?? []
+            logger.info("split done", metadata: ["region_id": "\(regionID)", "new_regions": "\(newRegions.map(\.regionID))"])
+            return .success(regions)
+        }
+    }
+
+    /// Waits (at most `splitLeaderWait`) until the new regions whose replicas here campaigned
+    /// at their split lead, so their first heartbeats go with their parent's.
+    private func awaitSplitLeaders() async {
+        let deadline = ContinuousClock.now + Self.splitLeaderWait
+        while ContinuousClock.now < deadline {
+            let waiting = driver.splitRegionsCampaigning.withLock { $0 }
+            guard !waiting.isEmpty else { return }
+            let settled = await driver.perform { core, _ in
+                // Led here now, or no longer campaigning here (another store won, or it is gone).
+                waiting.filter { core.raftStatus($0).map { $0.role == .leader || $0.role == .follower } ?? true }
+            } ?? waiting
+            driver.splitRegionsCampaigning.withLock { $0.subtract(settled) }
+            if settled.count == waiting.count { return }
+            do { try await Task.sleep(for: .milliseconds(5)) } catch { return }
+        }
+        driver.splitRegionsCampaigning.withLock { $0.removeAll() }
+    }
+
+    private static let splitLeaderWait: Duration = .milliseconds(500)
 
     /// Size checks of the regions led here that were written enough since their last one:
     /// each read from a RocksDB snapshot off the store thread; a region past its max size is

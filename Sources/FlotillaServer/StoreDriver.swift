@@ -22,6 +22,14 @@ public struct StoreLoopCounters: Sendable {
     public var logsTruncated: UInt64 = 0
 }
 
+/// A split to propose: the region, the epoch it was planned at, the keys and PD's new ids.
+struct SplitProposal: Sendable {
+    let regionID: UInt64
+    let epoch: Flotilla_V1_RegionEpoch
+    let keys: [Data]
+    let newRegions: [Flotilla_V1_SplitRegionIDs]
+}
+
 /// Runs a `StoreCore` on its own thread: the store loop. Requests arrive from any thread
 /// through a bounded inbox, Raft messages from the store thread's own sockets; each loop turn
 /// takes both, ticks on schedule, runs the core's turn (one synced log batch for every ready
@@ -33,6 +41,7 @@ public final class StoreDriver: Sendable {
         case write(Flotilla_V1_WriteCommand, Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant,
                    @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
         case read(Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, ReadAction)
+        case split(SplitProposal, deadline: ContinuousClock.Instant, @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
         case snapshot(ReceivedSnapshot)
         case status(includeRegions: Bool, @Sendable (Flotilla_V1_StoreStatus) -> Void)
         /// Work of the server's edge on the store thread (PD heartbeats and their steps,
@@ -56,6 +65,9 @@ public final class StoreDriver: Sendable {
 
     /// Splits applied on this store so far: the PD agent reports the regions at once when it grows.
     let splitsApplied = Atomic<UInt64>(0)
+    /// Regions made by splits here whose replica here campaigned at once: the PD agent waits a
+    /// moment for them to lead, so PD learns the new routes in the same round as the shrunk one.
+    let splitRegionsCampaigning = Mutex<Set<UInt64>>([])
     private let inbox = Mutex(Inbox())
     private let wakeup: StoreThreadWakeup
     private let stopped = DispatchSemaphore(value: 0)
@@ -154,6 +166,15 @@ public final class StoreDriver: Sendable {
         }
     }
 
+    /// Proposes a split and waits until it is applied here (or refused, or the deadline).
+    func split(_ proposal: SplitProposal, timeout: Duration) async -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
+        await withCheckedContinuation { continuation in
+            if !enqueue(.split(proposal, deadline: ContinuousClock.now + timeout, { continuation.resume(returning: $0) })) {
+                continuation.resume(returning: .failure(.serverIsBusy(reason: "store inbox full")))
+            }
+        }
+    }
+
     public func write(_ command: Flotilla_V1_WriteCommand, context: Flotilla_V1_RequestContext) async -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
         await withCheckedContinuation { continuation in
             submitWrite(command, context: context) { continuation.resume(returning: $0) }
@@ -244,7 +265,7 @@ public final class StoreDriver: Sendable {
                 // Nothing taken is left unanswered: a caller awaiting it would wait forever.
                 for event in events {
                     switch event {
-                    case .write(_, _, _, let complete): complete(.failure(.serverIsBusy(reason: "store stopping")))
+                    case .write(_, _, _, let complete), .split(_, _, let complete): complete(.failure(.serverIsBusy(reason: "store stopping")))
                     case .read(_, _, let action): action.run(.failure(.serverIsBusy(reason: "store stopping")))
                     case .snapshot(let received): try? FileManager.default.removeItem(atPath: received.directory)
                     case .status(let includeRegions, let reply): reply(Self.status(of: core, counters: counters, includeRegions: includeRegions))
@@ -262,6 +283,14 @@ public final class StoreDriver: Sendable {
                     }
                     do {
                         let id = try core.proposeWrite(command, context: context)
+                        pendingWrites[id] = (deadline, complete)
+                    } catch {
+                        complete(.failure(error))
+                    }
+                case .split(let proposal, let deadline, let complete):
+                    do {
+                        let id = try core.proposeSplit(regionID: proposal.regionID, epoch: proposal.epoch, splitKeys: proposal.keys,
+                                                       newRegions: proposal.newRegions)
                         pendingWrites[id] = (deadline, complete)
                     } catch {
                         complete(.failure(error))
@@ -316,6 +345,8 @@ public final class StoreDriver: Sendable {
                                                            "new_regions": "\(split.children.map(\.id))",
                                                            "version": "\(split.parent.epoch.version)"])
                 }
+                let campaigning = output.splits.filter(\.ledByThisStore).flatMap { $0.children.map(\.id) }
+                if !campaigning.isEmpty { splitRegionsCampaigning.withLock { $0.formUnion(campaigning) } }
                 if !output.splits.isEmpty { splitsApplied.add(UInt64(output.splits.count), ordering: .releasing) }
                 // More work may be ready right away (e.g. commits after this turn's sync).
                 if core.hasPendingWork { continue }

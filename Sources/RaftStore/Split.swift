@@ -56,6 +56,24 @@ extension StoreCore {
         return trackWrite(peer: peer, index: index)
     }
 
+    /// Checks a split asked by a client against the region led here (leader, epoch when the
+    /// context carries one, keys) and returns the region as it is now.
+    public func checkSplitRequest(context: Flotilla_V1_RequestContext, keys: [Data]) throws(StoreRequestError) -> Flotilla_V1_Region {
+        let peer = try leaderPeer(for: context)
+        var split = Flotilla_V1_SplitCommand()
+        split.epoch = peer.region.epoch
+        split.splitKeys = keys
+        // Placeholder ids, distinct from the region's: only the keys are checked here.
+        split.newRegions = keys.indices.map { position in
+            var ids = Flotilla_V1_SplitRegionIDs()
+            ids.regionID = UInt64.max - UInt64(position) * 32
+            ids.peerIds = peer.region.peers.indices.map { UInt64.max - UInt64(position) * 32 - 1 - UInt64($0) }
+            return ids
+        }
+        try checkSplit(split, peer: peer)
+        return peer.region
+    }
+
     /// Pairs of this store's replicas whose ranges overlap: always empty (checked by tests
     /// and simulations after every step).
     public func overlappingRegions() -> [(UInt64, UInt64)] { regionMap.overlaps() }

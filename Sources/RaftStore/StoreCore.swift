@@ -481,6 +481,9 @@ public final class StoreCore {
         config.id = message.toPeer.id
         let peer = RegionPeer(region: region, peerID: message.toPeer.id, raft: RaftNode(config: config, storage: storage),
                               storage: storage, isInitialized: false, appliedConfState: ConfState())
+        // Created for the new region's first election: it never had a leader, so no lease
+        // binds this replica and it may vote at once.
+        if firstElectionOfSplit { peer.raft.waiveStartupLease() }
         peers[region.id] = peer
         touchedRegions.insert(region.id)
         return peer

@@ -226,6 +226,31 @@ struct SplitTests {
         #expect(cluster.digests(10)[late]?.keyCount == 15, "m..z plus the write during the split")
     }
 
+    @Test func theNewRegionElectsAtOnceEvenBeforeItsFollowersApplyTheSplit() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
+        try cluster.rounds(40)
+        try Self.fill(cluster, keys: Self.alphabet)
+        let leader = try #require(cluster.leader(of: 1))
+        let leaderStore = try #require(cluster.stores[leader])
+        // From the moment the leader has applied the split, the followers hear nothing more of
+        // the parent: the new region's first election reaches replicas its votes create.
+        cluster.holdBack = { destination, message in
+            message.regionID == 1 && destination != leader && leaderStore.region(10) != nil
+        }
+        let region = try #require(leaderStore.region(1))
+        let id = try leaderStore.proposeSplit(regionID: 1, epoch: region.epoch, splitKeys: [Data("m".utf8)],
+                                              newRegions: Self.newRegions(1, for: region))
+        for _ in 0..<20 where cluster.completed[id] == nil { try cluster.round(tick: false) }
+        for _ in 0..<6 where cluster.leader(of: 10) == nil { try cluster.round(tick: false) }
+        #expect(cluster.leader(of: 10) == leader, "elected without a tick")
+        let followers = cluster.storeIDs.filter { $0 != leader }
+        #expect(followers.allSatisfy { cluster.stores[$0]?.regionIDs == [1] }, "the followers have not applied the split yet")
+        cluster.releaseHeld()
+        try cluster.rounds(20)
+        Self.expectReplicasAgree(cluster, [1, 10])
+        #expect(try Self.write(cluster, InProcessCluster.put("x-after", "v"), key: "x-after").get().succeeded)
+    }
+
     @Test func aFollowerBehindBySnapshotsGetsTheSplitRegions() throws {
         let cluster = try InProcessCluster(storeCount: 3, splitKeys: [], settings: { _, settings in
             settings.logGCCountThreshold = 10

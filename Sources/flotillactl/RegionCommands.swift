@@ -1,0 +1,137 @@
+import ArgumentParser
+import FlotillaClient
+import FlotillaProto
+import Foundation
+
+/// `flotillactl region list|show|split`: regions as PD routes them, and splitting one at once
+/// through its leader.
+struct Region: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "region",
+        abstract: "List, show and split regions.",
+        subcommands: [List.self, Show.self, Split.self]
+    )
+
+    struct Options: ParsableArguments {
+        @Option(name: .customLong("pd"), help: "PD endpoints host:port,... (default: FLOTILLA_PD).")
+        var pd: String?
+
+        @Option(name: .customLong("timeout-ms"), help: "How long to wait for an answer, in milliseconds, retries included.")
+        var timeoutMilliseconds = 10_000
+
+        @Flag(name: .customLong("hex"), help: "Keys are given and shown in hexadecimal.")
+        var hex = false
+
+        func endpoints() throws -> [String] {
+            guard (1...3_600_000).contains(timeoutMilliseconds) else { throw ValidationError("--timeout-ms must be 1 to 3600000") }
+            return try PDEndpoints.resolve(pd)
+        }
+
+        /// Runs `body` with a PD client; a PD error is one line on stderr and exit code 1.
+        func withPD<T: Sendable>(_ body: @Sendable (PDClient) async throws -> T) async throws -> T {
+            let client = try PDClient(endpoints: try endpoints(), requestTimeout: .milliseconds(timeoutMilliseconds))
+            let connections = Task { try await client.run() }
+            defer { client.close(); connections.cancel() }
+            do { return try await body(client) } catch let error as PDClientError {
+                FileHandle.standardError.write(Data("flotillactl: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+
+        func key(_ text: String) throws -> Data {
+            guard hex else { return Data(text.utf8) }
+            guard text.count % 2 == 0, let bytes = Optional(stride(from: 0, to: text.count, by: 2).compactMap({ offset -> UInt8? in
+                let start = text.index(text.startIndex, offsetBy: offset)
+                return UInt8(text[start..<text.index(start, offsetBy: 2)], radix: 16)
+            })), bytes.count * 2 == text.count else { throw ValidationError("\(text) is not hexadecimal") }
+            return Data(bytes)
+        }
+
+        func show(_ key: Data, end: Bool = false) -> String {
+            if key.isEmpty { return end ? "end" : "\"\"" }
+            return hex ? key.map { String(format: "%02x", $0) }.joined() : String(decoding: key, as: UTF8.self)
+        }
+
+        func json(_ info: Flotilla_V1_RegionInfo) -> [String: Any] {
+            let region = info.region
+            return ["id": region.id, "startKey": show(region.startKey), "endKey": region.endKey.isEmpty ? "" : show(region.endKey),
+                    "epoch": ["confVer": region.epoch.confVer, "version": region.epoch.version],
+                    "peers": region.peers.map { ["id": $0.id, "storeId": $0.storeID, "role": $0.role == .voter ? "voter" : "learner"] },
+                    "leader": info.hasLeader ? info.leader.storeID : 0,
+                    "approximateSizeBytes": info.stats.approximateSizeBytes, "approximateKeys": info.stats.approximateKeys]
+        }
+
+        func line(_ info: Flotilla_V1_RegionInfo) -> String {
+            let region = info.region
+            let peers = region.peers.map { "\($0.storeID)\($0.role == .learner ? "(learner)" : "")" }.joined(separator: ",")
+            return "region \(region.id)  [\(show(region.startKey)), \(show(region.endKey, end: true)))  version \(region.epoch.version) conf_ver \(region.epoch.confVer)  stores \(peers)  leader \(info.hasLeader ? "store \(info.leader.storeID)" : "none")"
+        }
+    }
+
+    static func printJSON(_ object: Any) throws {
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+        print(String(decoding: data, as: UTF8.self))
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Every region in key order, as PD routes them.")
+        @OptionGroup var options: Options
+        @Flag(name: .customLong("json"), help: "A JSON array.") var json = false
+
+        func run() async throws {
+            let regions = try await options.withPD { try await $0.scanRegions().regions }
+            if json { return try Region.printJSON(regions.map(options.json)) }
+            for region in regions { print(options.line(region)) }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One region by id.")
+        @OptionGroup var options: Options
+        @Argument(help: "The region's id.") var id: UInt64
+        @Flag(name: .customLong("json"), help: "A JSON object.") var json = false
+
+        func run() async throws {
+            let regionID = id
+            let info = try await options.withPD { try await $0.region(id: regionID).region }
+            if json { return try Region.printJSON(options.json(info)) }
+            print(options.line(info))
+        }
+    }
+
+    struct Split: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Split a region at one or more keys, at once through its leader.",
+            discussion: "Each key must lie strictly inside the region (not on its start). Prints the region and the regions it made.")
+        @OptionGroup var options: Options
+        @Argument(help: "The region's id.") var id: UInt64
+        @Option(name: .customLong("at"), help: "A split key (repeat for several).") var at: [String] = []
+        @Flag(name: .customLong("json"), help: "A JSON array of the regions after the split.") var json = false
+
+        func run() async throws {
+            guard !at.isEmpty else { throw ValidationError("give at least one --at key") }
+            let keys = try at.map(options.key)
+            let regionID = id
+            let region = try await options.withPD { try await $0.region(id: regionID).region.region }
+            for key in keys where !(region.startKey.lexicographicallyPrecedes(key) && region.contains(key)) {
+                FileHandle.standardError.write(Data("flotillactl: key \(options.show(key)) is not strictly inside region \(region.id) [\(options.show(region.startKey)), \(options.show(region.endKey, end: true))): pick a key inside it, or the region that holds it (flotillactl region list)\n".utf8))
+                throw ExitCode(1)
+            }
+            let client = try FlotillaClient(pd: try options.endpoints(), requestTimeout: .milliseconds(options.timeoutMilliseconds))
+            let connections = Task { try await client.run() }
+            defer { client.close(); connections.cancel() }
+            let regions: [Flotilla_V1_Region]
+            do { regions = try await client.split(at: keys) } catch {
+                FileHandle.standardError.write(Data("flotillactl: split of region \(region.id) failed: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            let infos = regions.map { region -> Flotilla_V1_RegionInfo in
+                var info = Flotilla_V1_RegionInfo()
+                info.region = region
+                return info
+            }
+            if json { return try Region.printJSON(infos.map(options.json)) }
+            for info in infos { print(options.line(info)) }
+        }
+    }
+}
