@@ -543,6 +543,13 @@ public final class FlotillaClient: Sendable {
                     }
                 case .epochNotMatch(let stale):
                     // Membership or range changed: take the newer descriptors and go again.
+                    // Regions a split just made are led where their parent was (its leader's
+                    // replicas campaign at once): try the store that answered first.
+                    if !anyReplica {
+                        leaders.withLock { known in
+                            for current in stale.currentRegions where known[current.id] == nil { known[current.id] = storeID }
+                        }
+                    }
                     if refresh(from: stale.currentRegions), let refreshed = self.region(for: key) {
                         region = refreshed
                         continue
