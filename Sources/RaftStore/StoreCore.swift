@@ -77,6 +77,10 @@ public enum StoreFault: Sendable, Equatable {
     case afterSnapshotMarker
     /// After the snapshot's files are ingested, before the region is marked normal.
     case afterSnapshotIngest
+    /// After a turn's apply batch holding a split is written, before the turn's log write.
+    case afterSplitApply
+    /// After the log write of a turn that applied a split, before the new regions open.
+    case beforeSplitRegionsOpen
 }
 
 /// The error a turn fails with at an injected fault.

@@ -75,6 +75,7 @@ extension StoreCore {
             try apply(item.ready, to: item.peer, batch: &applyBatch, pendingChildren: &splitChildren, output: &output)
         }
         if applyBatch.batch.count > 0 { try db.write(applyBatch.batch, sync: false) }
+        if settings.injectedFault == .afterSplitApply && !appliedSplits.isEmpty { throw InjectedFault(fault: .afterSplitApply) }
         output.recordsWritten += applyBatch.batch.count
         if let completeBeforeSync, !output.completedWrites.isEmpty {
             pendingRequests -= output.completedWrites.count
@@ -119,6 +120,7 @@ extension StoreCore {
         }
         peersWithImmediateReads = []
         // New regions open once the split that made them and this turn's log are on disk.
+        if settings.injectedFault == .beforeSplitRegionsOpen && !splitChildren.isEmpty { throw InjectedFault(fault: .beforeSplitRegionsOpen) }
         try openSplitChildren(splitChildren)
         output.splits = appliedSplits
         appliedSplits = []

@@ -295,6 +295,44 @@ struct SplitTests {
         #expect(store.region(1)?.epoch.version == region.epoch.version, "nothing split")
     }
 
+    @Test func aStoreCrashingInsideTheTurnThatAppliesTheSplitRecoversIt() throws {
+        for fault in [StoreFault.afterSplitApply, .beforeSplitRegionsOpen] {
+            for crashLeader in [false, true] {
+                var faulty: UInt64 = 0
+                let cluster = try InProcessCluster(storeCount: 3, splitKeys: []) { storeID, settings in
+                    if storeID == faulty { settings.injectedFault = fault }
+                }
+                try cluster.rounds(40)
+                try Self.fill(cluster, keys: Self.alphabet, client: 8)
+                let leader = try #require(cluster.leader(of: 1))
+                let target = crashLeader ? leader : try #require(cluster.storeIDs.first { $0 != leader })
+                let context = "\(fault), \(crashLeader ? "leader" : "follower")"
+                faulty = target
+                cluster.crash(target)
+                try cluster.restart(target)
+                try cluster.rounds(40)  // a leader again (maybe another one)
+                let splitLeader = try #require(cluster.leader(of: 1))
+                let region = try #require(cluster.stores[splitLeader]?.region(1))
+                _ = try cluster.stores[splitLeader]?.proposeSplit(regionID: 1, epoch: region.epoch, splitKeys: [Data("m".utf8)],
+                                                                 newRegions: Self.newRegions(1, for: region))
+                var failed = false
+                for _ in 0..<40 where !failed {
+                    do { try cluster.round() } catch is InjectedFault { failed = true }
+                }
+                #expect(failed, "\(context): the turn hit the injected crash")
+                cluster.crash(target)
+                faulty = 0
+                try cluster.restart(target)
+                try cluster.rounds(60)
+                for storeID in cluster.storeIDs {
+                    #expect(cluster.stores[storeID]?.regionIDs == [1, 10], "\(context): store \(storeID)")
+                }
+                Self.expectReplicasAgree(cluster, [1, 10])
+                #expect(try Self.write(cluster, InProcessCluster.put("z-after", "v"), key: "z-after").get().succeeded, "\(context)")
+            }
+        }
+    }
+
     @Test func aStoreRestartedAtEachPointAroundTheSplitRecoversTheSameRegions() throws {
         for crashAfterRounds in 0..<4 {
             let cluster = try InProcessCluster(storeCount: 3, splitKeys: [])
