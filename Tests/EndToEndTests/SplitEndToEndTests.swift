@@ -1,5 +1,8 @@
 import FlotillaClient
 import FlotillaProto
+import FlotillaServer
+import GRPCCore
+import GRPCNIOTransportHTTP2
 import Foundation
 import Linearizability
 import Synchronization
@@ -167,6 +170,45 @@ struct SplitEndToEndTests {
                 Issue.record("split of an unknown region accepted")
             } catch { #expect("\(error)".contains("999999"), "\(error)") }
             #expect(try await routes.scanRegions().regions.count == 3)
+
+            // The same through the store's own SplitRegion, raw (no client-side checks): each a
+            // typed error, nothing changed.
+            let leaderStoreID = try await routes.region(id: middle.id).region.leader.storeID
+            let store = try #require(try await routes.stores().first { $0.store.id == leaderStoreID }?.store)
+            let (host, port) = try #require(HostPort(store.address).map { ($0.host, $0.port) })
+            let grpc = try GRPCClient(transport: .http2NIOPosix(target: .ipv4(address: host, port: port), transportSecurity: .plaintext))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await grpc.runConnections() }
+                defer { grpc.beginGracefulShutdown(); group.cancelAll() }
+                let admin = Flotilla_V1_StoreAdmin.Client(wrapping: grpc)
+                func attempt(_ body: (inout Flotilla_V1_SplitRegionRequest) -> Void) async throws -> Flotilla_V1_Error {
+                    var request = Flotilla_V1_SplitRegionRequest()
+                    request.context.regionID = middle.id
+                    request.context.epoch = middle.epoch
+                    request.splitKeys = [Data("k3".utf8)]
+                    body(&request)
+                    return try await admin.splitRegion(request).error
+                }
+                var stale = middle.epoch
+                stale.version -= 1
+                let cases: [(String, (inout Flotilla_V1_SplitRegionRequest) -> Void, (Flotilla_V1_Error) -> Bool)] = [
+                    ("unknown region", { $0.context.regionID = 999_999 }, { if case .regionNotFound = $0.detail { true } else { false } }),
+                    ("stale epoch", { $0.context.epoch = stale }, { if case .epochNotMatch = $0.detail { true } else { false } }),
+                    ("no keys", { $0.splitKeys = [] }, { $0.message.contains("no split key") }),
+                    ("on the start", { $0.splitKeys = [middle.startKey] }, { $0.message.contains("strictly inside") }),
+                    ("outside", { $0.splitKeys = [Data("z".utf8)] }, { $0.message.contains("strictly inside") }),
+                    ("unsorted", { $0.splitKeys = [Data("k3".utf8), Data("k2x".utf8)] }, { $0.message.contains("strictly increasing") }),
+                    ("repeated", { $0.splitKeys = [Data("k3".utf8), Data("k3".utf8)] }, { $0.message.contains("strictly increasing") }),
+                    ("empty key", { $0.splitKeys = [Data()] }, { $0.message.contains("bytes") }),
+                    ("too long", { $0.splitKeys = [Data("k3".utf8) + Data(repeating: 0x61, count: KVLimits.keyBytesMax)] }, { $0.message.contains("bytes") }),
+                    ("too many", { $0.splitKeys = (0...KVLimits.splitKeysMax).map { Data(String(format: "k3-%03d", $0).utf8) } }, { $0.message.contains("more than") }),
+                ]
+                for (name, body, matches) in cases {
+                    let error = try await attempt(body)
+                    #expect(matches(error), "\(name): \(error)")
+                }
+            }
+            #expect(try await routes.scanRegions().regions.count == 3, "nothing changed")
         }
     }
 }

@@ -42,6 +42,19 @@ struct KVLimitTests {
         await server.stop()
     }
 
+    @Test func aStoreOfAStaticClusterRefusesSplitsWithAReason() async throws {
+        let server = try await InProcessServer()
+        defer { Task { await server.stop() } }
+        try await server.withClient { kv in
+            var refusal = "none"
+            do { _ = try await kv.split(at: [Data("m".utf8)]) } catch { refusal = "\(error)" }
+            #expect(refusal.contains("static cluster"), "\(refusal)")
+            let stillThere = try await kv.get(Data("in-process-server-ready".utf8))
+            #expect(stillThere == Data())
+        }
+        await server.stop()
+    }
+
     @Test func aMessageOverTheLimitIsResourceExhaustedNamingTheLimit() async throws {
         let server = try await InProcessServer()
         defer { Task { await server.stop() } }
