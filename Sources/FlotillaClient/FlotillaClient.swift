@@ -266,6 +266,18 @@ public final class FlotillaClient: Sendable {
         var regions: [Flotilla_V1_Region] = []
         for (_, positions) in groups.sorted(by: { $0.value[0] < $1.value[0] }) {
             let part = positions.map { sorted[$0] }
+            // One split takes at most `splitKeysMax` keys: more go in turns (the later keys
+            // then lie in the last region the turn before made).
+            if part.count > KVLimits.splitKeysMax {
+                var made: [Flotilla_V1_Region] = []
+                var start = 0
+                while start < part.count {
+                    made += try await split(at: Array(part[start..<min(start + KVLimits.splitKeysMax, part.count)]))
+                    start += KVLimits.splitKeysMax
+                }
+                regions += made
+                continue
+            }
             do {
                 var answered: [Flotilla_V1_Region] = []
                 _ = try await routed(key: part[0]) { kv, context, region in

@@ -160,12 +160,15 @@ public final class PDServer: Sendable {
     public func run(onListening: @escaping @Sendable (String) -> Void) async throws {
         driver.start()
         defer { Task { await driver.stop() } }
-        try await withThrowingDiscardingTaskGroup { group in
+        try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.server.serve() }
             guard let address = try await transport.listeningAddress.ipv4 else { return }
             let listening = "\(address.host):\(address.port)"
             onListening(listening)
             group.addTask { await self.maintain(clientAddress: listening) }
+            // The gRPC server ends on shutDown (or fails): the maintenance loop ends with it.
+            try await group.next()
+            group.cancelAll()
         }
         await driver.stop()
     }

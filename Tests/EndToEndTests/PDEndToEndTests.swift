@@ -253,6 +253,22 @@ struct PDClusterEndToEndTests {
     }
 }
 
+@Suite("PD process life")
+struct PDProcessTests {
+    @Test func aMemberStopsOnSIGTERM() async throws {
+        let pd = try LocalPD(members: 1)
+        try await pd.withClient { client in
+            #expect(await eventually(seconds: 30) { (try? await client.clusterInfo()) != nil })
+        }
+        let process = try #require(pd.processes[0])
+        kill(process.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(!process.isRunning, "flotilla-pd exits on SIGTERM")
+        if !process.isRunning { #expect(process.terminationStatus == 0) }
+    }
+}
+
 /// Polls `condition` until it holds or `seconds` pass.
 func eventually(seconds: Double, _ condition: () async -> Bool) async -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
