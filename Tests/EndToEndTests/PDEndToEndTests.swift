@@ -267,6 +267,20 @@ struct PDProcessTests {
         #expect(!process.isRunning, "flotilla-pd exits on SIGTERM")
         if !process.isRunning { #expect(process.terminationStatus == 0) }
     }
+
+    @Test func aStoreJoinedThroughPDStopsOnSIGTERM() async throws {
+        let pd = try LocalPD(members: 1)
+        try pd.startStore(0)
+        try await pd.withClient { client in
+            #expect(await eventually(seconds: 30) { (try? await client.clusterInfo())?.bootstrapped == true })
+        }
+        let store = try #require(pd.stores[0])
+        kill(store.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(10)
+        while store.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(!store.isRunning, "flotilla-server exits on SIGTERM")
+        if !store.isRunning { #expect(store.terminationStatus == 0) }
+    }
 }
 
 /// Polls `condition` until it holds or `seconds` pass.
