@@ -233,7 +233,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["FlotillaClient", "FlotillaServer", "flotilla-server", "flotilla-pd", "flotilla-bench", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
-                           "Linearizability",
+                           "Linearizability", "FuzzSupport",
                            .product(name: "GRPCCore", package: "grpc-swift-2"),
                            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")],
             swiftSettings: strictSettings
