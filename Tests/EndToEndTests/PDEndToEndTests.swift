@@ -268,6 +268,37 @@ struct PDProcessTests {
         if !process.isRunning { #expect(process.terminationStatus == 0) }
     }
 
+    @Test func aStoreRefusesToJoinAnotherClusterWithItsDataDir() async throws {
+        let first = try LocalPD(members: 1)
+        try first.startStore(0)
+        try await first.withClient { client in
+            #expect(await eventually(seconds: 30) { (try? await client.clusterInfo())?.bootstrapped == true })
+        }
+        first.killStore(0, signal: SIGTERM)
+        // A second, unrelated cluster; the store started on the first one's data dir.
+        let second = try LocalPD(members: 1)
+        try await second.withClient { client in
+            #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
+        }
+        let addresses = try #require(first.storeAddresses[0])
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: LocalCluster.serverBinary)
+        process.arguments = ["--pd", second.clientAddresses[0], "--data-dir", first.root + "/store-0",
+                             "--address", addresses.address, "--raft-address", addresses.raftAddress, "--log-level", "warning"]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(30)
+        while process.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        if process.isRunning { process.terminate() }
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus != 0, "refused to start")
+        #expect(message.contains("cluster"), "the reason names the cluster: \(message)")
+        let registered = try await second.withClient { client in try await client.stores() }
+        #expect(registered.isEmpty, "nothing registered in the other cluster")
+    }
+
     @Test func aStoreJoinedThroughPDStopsOnSIGTERM() async throws {
         let pd = try LocalPD(members: 1)
         try pd.startStore(0)
