@@ -291,35 +291,56 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
         await heartbeatBatch([request])[0]
     }
 
-    /// Heartbeats in flight on one stream that PD has not answered yet, at most.
+    /// Heartbeats PD reads ahead of their answers on one stream, at most.
     static let streamedHeartbeatsPendingMax = 4_096
     /// Heartbeats decided in one store-thread hop, at most.
     static let heartbeatBatchMax = 1_024
 
     func regionHeartbeats(request: RPCAsyncSequence<Flotilla_V1_RegionHeartbeatRequest, any Error>,
                           response: RPCWriter<Flotilla_V1_RegionHeartbeatResponse>, context: ServerContext) async throws {
+        try await Self.serveHeartbeatStream(request, pendingMax: Self.streamedHeartbeatsPendingMax,
+                                            decide: { await self.heartbeatBatch($0) },
+                                            write: { try await response.write(contentsOf: $0) })
+    }
+
+    /// One heartbeat stream: heartbeats are read as they come and decided in batches of up
+    /// to `heartbeatBatchMax`; answers are written in their own task. At most `pendingMax`
+    /// heartbeats are read ahead of their answers: beyond it PD stops reading the stream until
+    /// answers are taken, so HTTP/2 flow control holds the sender back (a sender that never
+    /// reads its answers stalls its own stream, and PD's memory for it stays bounded).
+    static func serveHeartbeatStream<Requests: AsyncSequence & Sendable>(
+        _ requests: Requests, pendingMax: Int,
+        decide: @escaping @Sendable ([Flotilla_V1_RegionHeartbeatRequest]) async -> [Flotilla_V1_RegionHeartbeatResponse],
+        write: @escaping @Sendable ([Flotilla_V1_RegionHeartbeatResponse]) async throws -> Void
+    ) async throws where Requests.Element == Flotilla_V1_RegionHeartbeatRequest {
         let pending = HeartbeatQueue()
         let (signals, signal) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let (drains, drained) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 defer { signal.finish() }
-                for try await heartbeat in request {
-                    guard pending.append(heartbeat) <= Self.streamedHeartbeatsPendingMax else {
-                        throw RPCError(code: .resourceExhausted,
-                                       message: "more than \(Self.streamedHeartbeatsPendingMax) heartbeats unanswered on one stream")
+                var drainSignals = drains.makeAsyncIterator()
+                for try await heartbeat in requests {
+                    while pending.count >= pendingMax {
+                        guard await drainSignals.next() != nil else { return }
                     }
+                    _ = pending.append(heartbeat)
                     signal.yield()
                 }
             }
-            for await _ in signals {
+            group.addTask {
+                defer { drained.finish() }
+                for await _ in signals {
+                    while case let batch = pending.take(Self.heartbeatBatchMax), !batch.isEmpty {
+                        try await write(await decide(batch))
+                        drained.yield()
+                    }
+                }
                 while case let batch = pending.take(Self.heartbeatBatchMax), !batch.isEmpty {
-                    try await response.write(contentsOf: await heartbeatBatch(batch))
+                    try await write(await decide(batch))
                 }
             }
-            try await group.waitForAll()
-            while case let batch = pending.take(Self.heartbeatBatchMax), !batch.isEmpty {
-                try await response.write(contentsOf: await heartbeatBatch(batch))
-            }
+            while try await group.next() != nil {}
         }
     }
 
@@ -513,6 +534,8 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
 /// Heartbeats a stream received and PD has not decided yet.
 final class HeartbeatQueue: Sendable {
     private let items = Mutex<[Flotilla_V1_RegionHeartbeatRequest]>([])
+
+    var count: Int { items.withLock { $0.count } }
 
     /// Appends one; returns how many wait now.
     func append(_ item: Flotilla_V1_RegionHeartbeatRequest) -> Int {
