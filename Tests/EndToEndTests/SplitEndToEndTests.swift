@@ -217,44 +217,58 @@ extension SplitEndToEndTests {
     /// Stores with a 64 KiB region size: writing ~1.2 MB makes the region split on its own
     /// into many, and every key stays readable, once, in order.
     @Test func aRegionPastItsMaxSizeSplitsOnItsOwn() async throws {
-        let pd = try LocalPD(members: 1)
-        pd.storeArguments = ["--region-max-size-bytes", "65536", "--region-split-size-bytes", "32768",
-                             "--split-check-diff-bytes", "16384", "--load-split-requests-per-second", "0"]
-        for index in 0..<3 { try pd.startStore(index) }
-        try await pd.withClient(timeout: .seconds(30)) { routes in
-            #expect(await eventually(seconds: 60) {
-                (try? await routes.region(key: Data()))?.region.region.peers.filter { $0.role == .voter }.count == 3
-            })
-            let client = try FlotillaClient(pd: pd.clientAddresses, requestTimeout: .seconds(20))
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await client.run() }
-                defer { client.close(); group.cancelAll() }
-                var written: [Data: Data] = [:]
-                let value = Data(repeating: UInt8(ascii: "x"), count: 1_000)
-                for batch in 0..<40 {
-                    let pairs = (0..<30).map { (Data(String(format: "auto-%02d-%03d", batch, $0).utf8), value) }
-                    try await client.batchPut(pairs)
-                    for (key, value) in pairs { written[key] = value }
-                }
-                var regions: [Flotilla_V1_RegionInfo] = []
-                #expect(await eventually(seconds: 60) {
-                    regions = (try? await routes.scanRegions().regions) ?? []
-                    return regions.count >= 12 && regions.allSatisfy(\.hasLeader)
-                }, "1.2 MB in regions of at most 64 KiB: \(regions.count) regions")
-                print("auto split: \(regions.count) regions, sizes \(regions.map(\.stats.approximateSizeBytes))")
-                let scanned = try await client.scan(from: Data(), to: Data(), limit: 100_000)
-                #expect(scanned.count == written.count)
-                #expect(scanned.allSatisfy { written[$0.key] == $0.value })
-                #expect(zip(scanned, scanned.dropFirst()).allSatisfy { $0.key.lexicographicallyPrecedes($1.key) })
+        try await withThreeStores(["--region-max-size-bytes", "65536", "--region-split-size-bytes", "32768",
+                                   "--split-check-diff-bytes", "16384", "--load-split-requests-per-second", "0"]) { routes, client in
+            var written: [Data: Data] = [:]
+            let value = Data(repeating: UInt8(ascii: "x"), count: 1_000)
+            for batch in 0..<40 {
+                let pairs = (0..<30).map { (Data(String(format: "auto-%02d-%03d", batch, $0).utf8), value) }
+                try await client.batchPut(pairs)
+                for (key, value) in pairs { written[key] = value }
             }
+            var regions: [Flotilla_V1_RegionInfo] = []
+            #expect(await eventually(seconds: 60) {
+                regions = (try? await routes.scanRegions().regions) ?? []
+                return regions.count >= 12 && regions.allSatisfy(\.hasLeader)
+            }, "1.2 MB in regions of at most 64 KiB: \(regions.count) regions")
+            print("auto split: \(regions.count) regions, sizes \(regions.map(\.stats.approximateSizeBytes))")
+            let scanned = try await client.scan(from: Data(), to: Data(), limit: 100_000)
+            #expect(scanned.count == written.count)
+            #expect(scanned.allSatisfy { written[$0.key] == $0.value })
+            #expect(zip(scanned, scanned.dropFirst()).allSatisfy { $0.key.lexicographicallyPrecedes($1.key) })
         }
     }
 
     /// A region read hard across its keys splits where its load divides; a region whose load is
     /// one key does not.
     @Test func aHotRegionSplitsWhereItsLoadDividesButNotInsideOneHotKey() async throws {
+        try await withThreeStores(["--load-split-requests-per-second", "100", "--load-split-seconds", "2"]) { routes, client in
+            // One hot key first: 4 s well above the rate, no split.
+            try await client.put(Data("hot".utf8), Data("1".utf8))
+            let hotUntil = ContinuousClock.now + .seconds(4)
+            while ContinuousClock.now < hotUntil { _ = try await client.get(Data("hot".utf8)) }
+            #expect(try await routes.scanRegions().regions.count == 1, "a single hot key is never split")
+            // Then reads spread over 26 keys: the region splits between them.
+            for letter in UInt8(ascii: "a")...UInt8(ascii: "z") { try await client.put(Data([letter]), Data("v".utf8)) }
+            var regions: [Flotilla_V1_RegionInfo] = []
+            let split = await eventually(seconds: 30) {
+                for letter in UInt8(ascii: "a")...UInt8(ascii: "z") { _ = try? await client.get(Data([letter])) }
+                regions = (try? await routes.scanRegions().regions) ?? []
+                return regions.count >= 2
+            }
+            #expect(split, "the hot region split")
+            let cut = regions.dropFirst().first?.region.startKey ?? Data()
+            print("load split at \(String(decoding: cut, as: UTF8.self)) into \(regions.count) regions")
+            #expect(cut.count == 1 && (UInt8(ascii: "d")...UInt8(ascii: "w")).contains(cut[0]), "near the middle of the load: \(cut)")
+            for letter in UInt8(ascii: "a")...UInt8(ascii: "z") { #expect(try await client.get(Data([letter])) == Data("v".utf8)) }
+        }
+    }
+
+    /// One PD member and three stores started with `storeArguments`, the first region on all
+    /// three: `body` gets a PD client and a KV client.
+    func withThreeStores(_ storeArguments: [String], _ body: (PDClient, FlotillaClient) async throws -> Void) async throws {
         let pd = try LocalPD(members: 1)
-        pd.storeArguments = ["--load-split-requests-per-second", "100", "--load-split-seconds", "2"]
+        pd.storeArguments = storeArguments
         for index in 0..<3 { try pd.startStore(index) }
         try await pd.withClient(timeout: .seconds(30)) { routes in
             #expect(await eventually(seconds: 60) {
@@ -264,24 +278,7 @@ extension SplitEndToEndTests {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await client.run() }
                 defer { client.close(); group.cancelAll() }
-                // One hot key first: 4 s well above the rate, no split.
-                try await client.put(Data("hot".utf8), Data("1".utf8))
-                let hotUntil = ContinuousClock.now + .seconds(4)
-                while ContinuousClock.now < hotUntil { _ = try await client.get(Data("hot".utf8)) }
-                #expect(try await routes.scanRegions().regions.count == 1, "a single hot key is never split")
-                // Then reads spread over 26 keys: the region splits between them.
-                for letter in UInt8(ascii: "a")...UInt8(ascii: "z") { try await client.put(Data([letter]), Data("v".utf8)) }
-                var regions: [Flotilla_V1_RegionInfo] = []
-                let split = await eventually(seconds: 30) {
-                    for letter in UInt8(ascii: "a")...UInt8(ascii: "z") { _ = try? await client.get(Data([letter])) }
-                    regions = (try? await routes.scanRegions().regions) ?? []
-                    return regions.count >= 2
-                }
-                #expect(split, "the hot region split")
-                let cut = regions.dropFirst().first?.region.startKey ?? Data()
-                print("load split at \(String(decoding: cut, as: UTF8.self)) into \(regions.count) regions")
-                #expect(cut.count == 1 && (UInt8(ascii: "d")...UInt8(ascii: "w")).contains(cut[0]), "near the middle of the load: \(cut)")
-                for letter in UInt8(ascii: "a")...UInt8(ascii: "z") { #expect(try await client.get(Data([letter])) == Data("v".utf8)) }
+                try await body(routes, client)
             }
         }
     }
