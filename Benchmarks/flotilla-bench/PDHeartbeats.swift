@@ -29,10 +29,14 @@ struct PDHeartbeats: AsyncParsableCommand {
     @Option(help: "Seconds of steady heartbeats.")
     var duration = 10
 
+    @Option(help: "Heartbeats per RegionHeartbeatBatch message (0: one message per heartbeat on RegionHeartbeats).")
+    var batch = 256
+
     func validate() throws {
         guard (1...1_000_000).contains(regions) else { throw ValidationError("--regions must be 1 to 1000000") }
         guard (1...1_024).contains(concurrency) else { throw ValidationError("--concurrency must be 1 to 1024") }
         guard (1...3_600).contains(duration) else { throw ValidationError("--duration must be 1 to 3600 seconds") }
+        guard (0...1_024).contains(batch) else { throw ValidationError("--batch must be 0 to 1024") }
     }
 
     static func key(_ index: Int) -> Data { Data(String(format: "r%08d", index).utf8) }
@@ -99,10 +103,14 @@ struct PDHeartbeats: AsyncParsableCommand {
         print(String(format: "new routes: %d regions reported in %.2f s (%.0f/s; each one a PD log write)",
                      regions, learn.seconds, Double(regions) / max(learn.seconds, 1e-9)))
         let steadyStarted = clock.now
-        let sent = try await Self.send(layout, client: client, storeID: storeID, concurrency: concurrency, until: steadyStarted + .seconds(duration))
+        let sent = batch > 0
+            ? try await Self.sendBatches(layout, client: client, storeID: storeID, concurrency: concurrency,
+                                         until: steadyStarted + .seconds(duration), batch: batch)
+            : try await Self.send(layout, client: client, storeID: storeID, concurrency: concurrency, until: steadyStarted + .seconds(duration))
         let steady = clock.now - steadyStarted
-        print(String(format: "steady heartbeats: %d in %.2f s = %.0f/s on %d streams (%d regions)",
-                     sent, steady.seconds, Double(sent) / max(steady.seconds, 1e-9), concurrency, regions))
+        print(String(format: "steady heartbeats: %d in %.2f s = %.0f/s on %d streams (%d regions, %@)",
+                     sent, steady.seconds, Double(sent) / max(steady.seconds, 1e-9), concurrency, regions,
+                     batch > 0 ? "\(batch) per RegionHeartbeatBatch" : "one per message"))
         var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
         for index in 0..<1_000 {
             let key = Self.key((index * 7_919) % regions)
@@ -157,6 +165,59 @@ struct PDHeartbeats: AsyncParsableCommand {
                             for try await answer in response.messages {
                                 if answer.header.hasError { _ = failed.take() }
                                 _ = answered.take()
+                            }
+                        })
+                        if failed.value > 0 { throw ValidationError("PD refused \(failed.value) heartbeats") }
+                        return answered.value
+                    }
+                }
+                return try await group.reduce(0, +)
+            }
+        }
+    }
+
+    /// Like `send`, with `batch` heartbeats per `RegionHeartbeatBatch` message and at most
+    /// `window` batches unanswered per stream.
+    static func sendBatches(_ layout: [Flotilla_V1_RegionInfo], client: PDClient, storeID: UInt64, concurrency: Int,
+                            until deadline: ContinuousClock.Instant, batch: Int, window: Int = 4) async throws -> Int {
+        let next = ManagedCounter()
+        let leader = try await client.members().leader.clientAddress
+        let parts = leader.split(separator: ":")
+        guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("PD's leader address \(leader) is not host:port") }
+        var header = Flotilla_V1_PDRequestHeader()
+        header.clusterID = client.clusterID
+        let sentHeader = header
+        return try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: String(parts[0]), port: port), transportSecurity: .plaintext)) { grpc in
+            let pd = Flotilla_V1_PD.Client(wrapping: grpc)
+            return try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<concurrency {
+                    group.addTask {
+                        let answered = ManagedCounter()
+                        let batchesAnswered = ManagedCounter()
+                        let failed = ManagedCounter()
+                        try await pd.regionHeartbeatBatches(requestProducer: { writer in
+                            var written = 0
+                            while ContinuousClock.now < deadline {
+                                while written - batchesAnswered.value >= window { try await Task.sleep(for: .microseconds(200)) }
+                                var message = Flotilla_V1_RegionHeartbeatBatch()
+                                message.header = sentHeader
+                                message.heartbeats = (0..<batch).map { _ in
+                                    var request = Flotilla_V1_RegionHeartbeatRequest()
+                                    request.storeID = storeID
+                                    request.region = layout[next.take() % layout.count]
+                                    return request
+                                }
+                                try await writer.write(message)
+                                written += 1
+                            }
+                        }, onResponse: { response in
+                            for try await message in response.messages {
+                                if message.header.hasError { _ = failed.take() }
+                                for answer in message.answers {
+                                    if answer.header.hasError { _ = failed.take() }
+                                    _ = answered.take()
+                                }
+                                _ = batchesAnswered.take()
                             }
                         })
                         if failed.value > 0 { throw ValidationError("PD refused \(failed.value) heartbeats") }

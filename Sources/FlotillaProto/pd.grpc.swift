@@ -177,6 +177,19 @@ public enum Flotilla_V1_PD: Sendable {
                 type: .bidirectionalStreaming
             )
         }
+        /// Namespace for "RegionHeartbeatBatches" metadata.
+        public enum RegionHeartbeatBatches: Sendable {
+            /// Request type for "RegionHeartbeatBatches".
+            public typealias Input = Flotilla_V1_RegionHeartbeatBatch
+            /// Response type for "RegionHeartbeatBatches".
+            public typealias Output = Flotilla_V1_RegionHeartbeatBatchResponse
+            /// Descriptor for "RegionHeartbeatBatches".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.PD"),
+                method: "RegionHeartbeatBatches",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Namespace for "GetRegion" metadata.
         public enum GetRegion: Sendable {
             /// Request type for "GetRegion".
@@ -294,6 +307,7 @@ public enum Flotilla_V1_PD: Sendable {
             StoreHeartbeat.descriptor,
             RegionHeartbeat.descriptor,
             RegionHeartbeats.descriptor,
+            RegionHeartbeatBatches.descriptor,
             GetRegion.descriptor,
             ScanRegions.descriptor,
             ListOperators.descriptor,
@@ -486,6 +500,24 @@ extension Flotilla_V1_PD {
             request: GRPCCore.StreamingServerRequest<Flotilla_V1_RegionHeartbeatRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatResponse>
+
+        /// Handle the "RegionHeartbeatBatches" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, a store's round in a few messages: per-message costs paid per batch.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_RegionHeartbeatBatch` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_RegionHeartbeatBatchResponse` messages.
+        func regionHeartbeatBatches(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_RegionHeartbeatBatch>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatBatchResponse>
 
         /// Handle the "GetRegion" method.
         ///
@@ -767,6 +799,24 @@ extension Flotilla_V1_PD {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatResponse>
 
+        /// Handle the "RegionHeartbeatBatches" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, a store's round in a few messages: per-message costs paid per batch.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_RegionHeartbeatBatch` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_RegionHeartbeatBatchResponse` messages.
+        func regionHeartbeatBatches(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_RegionHeartbeatBatch>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatBatchResponse>
+
         /// Handle the "GetRegion" method.
         ///
         /// - Parameters:
@@ -1046,6 +1096,25 @@ extension Flotilla_V1_PD {
             context: GRPCCore.ServerContext
         ) async throws
 
+        /// Handle the "RegionHeartbeatBatches" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, a store's round in a few messages: per-message costs paid per batch.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Flotilla_V1_RegionHeartbeatBatch` messages.
+        ///   - response: A response stream of `Flotilla_V1_RegionHeartbeatBatchResponse` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func regionHeartbeatBatches(
+            request: GRPCCore.RPCAsyncSequence<Flotilla_V1_RegionHeartbeatBatch, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Flotilla_V1_RegionHeartbeatBatchResponse>,
+            context: GRPCCore.ServerContext
+        ) async throws
+
         /// Handle the "GetRegion" method.
         ///
         /// - Parameters:
@@ -1280,6 +1349,17 @@ extension Flotilla_V1_PD.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_RegionHeartbeatResponse>(),
             handler: { request, context in
                 try await self.regionHeartbeats(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Flotilla_V1_PD.Method.RegionHeartbeatBatches.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_RegionHeartbeatBatch>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_RegionHeartbeatBatchResponse>(),
+            handler: { request, context in
+                try await self.regionHeartbeatBatches(
                     request: request,
                     context: context
                 )
@@ -1728,6 +1808,23 @@ extension Flotilla_V1_PD.SimpleServiceProtocol {
         )
     }
 
+    public func regionHeartbeatBatches(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_RegionHeartbeatBatch>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatBatchResponse> {
+        return GRPCCore.StreamingServerResponse<Flotilla_V1_RegionHeartbeatBatchResponse>(
+            metadata: [:],
+            producer: { writer in
+                try await self.regionHeartbeatBatches(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
     public func getRegion(
         request: GRPCCore.ServerRequest<Flotilla_V1_GetRegionRequest>,
         context: GRPCCore.ServerContext
@@ -2054,6 +2151,29 @@ extension Flotilla_V1_PD {
             deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_RegionHeartbeatResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_RegionHeartbeatResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RegionHeartbeatBatches" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, a store's round in a few messages: per-message costs paid per batch.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Flotilla_V1_RegionHeartbeatBatch` messages.
+        ///   - serializer: A serializer for `Flotilla_V1_RegionHeartbeatBatch` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_RegionHeartbeatBatchResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func regionHeartbeatBatches<Result>(
+            request: GRPCCore.StreamingClientRequest<Flotilla_V1_RegionHeartbeatBatch>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_RegionHeartbeatBatch>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_RegionHeartbeatBatchResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_RegionHeartbeatBatchResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "GetRegion" method.
@@ -2551,6 +2671,38 @@ extension Flotilla_V1_PD {
             try await self.client.bidirectionalStreaming(
                 request: request,
                 descriptor: Flotilla_V1_PD.Method.RegionHeartbeats.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RegionHeartbeatBatches" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same, a store's round in a few messages: per-message costs paid per batch.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Flotilla_V1_RegionHeartbeatBatch` messages.
+        ///   - serializer: A serializer for `Flotilla_V1_RegionHeartbeatBatch` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_RegionHeartbeatBatchResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func regionHeartbeatBatches<Result>(
+            request: GRPCCore.StreamingClientRequest<Flotilla_V1_RegionHeartbeatBatch>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_RegionHeartbeatBatch>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_RegionHeartbeatBatchResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_RegionHeartbeatBatchResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Flotilla_V1_PD.Method.RegionHeartbeatBatches.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -3081,6 +3233,33 @@ extension Flotilla_V1_PD.ClientProtocol {
         )
     }
 
+    /// Call the "RegionHeartbeatBatches" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The same, a store's round in a few messages: per-message costs paid per batch.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Flotilla_V1_RegionHeartbeatBatch` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func regionHeartbeatBatches<Result>(
+        request: GRPCCore.StreamingClientRequest<Flotilla_V1_RegionHeartbeatBatch>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_RegionHeartbeatBatchResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.regionHeartbeatBatches(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_RegionHeartbeatBatch>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_RegionHeartbeatBatchResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "GetRegion" method.
     ///
     /// - Parameters:
@@ -3602,6 +3781,38 @@ extension Flotilla_V1_PD.ClientProtocol {
             producer: producer
         )
         return try await self.regionHeartbeats(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RegionHeartbeatBatches" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The same, a store's round in a few messages: per-message costs paid per batch.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func regionHeartbeatBatches<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Flotilla_V1_RegionHeartbeatBatch>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_RegionHeartbeatBatchResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Flotilla_V1_RegionHeartbeatBatch>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.regionHeartbeatBatches(
             request: request,
             options: options,
             onResponse: handleResponse

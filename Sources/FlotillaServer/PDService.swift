@@ -303,6 +303,34 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
                                             write: { try await response.write(contentsOf: $0) })
     }
 
+    func regionHeartbeatBatches(request: RPCAsyncSequence<Flotilla_V1_RegionHeartbeatBatch, any Error>,
+                                response: RPCWriter<Flotilla_V1_RegionHeartbeatBatchResponse>, context: ServerContext) async throws {
+        // One message at a time: what waits for an answer is one batch (at most
+        // `heartbeatBatchMax` heartbeats, within the request size limit).
+        for try await batch in request {
+            var answer = Flotilla_V1_RegionHeartbeatBatchResponse()
+            guard batch.heartbeats.count <= Self.heartbeatBatchMax else {
+                answer.header = header(PDFailure.invalidArgument("a batch of \(batch.heartbeats.count) heartbeats; at most \(Self.heartbeatBatchMax)").proto)
+                try await response.write(answer)
+                continue
+            }
+            let heartbeats = batch.heartbeats.map { heartbeat in
+                var stamped = heartbeat
+                stamped.header = batch.header
+                return stamped
+            }
+            answer.answers = await heartbeatBatch(heartbeats)
+            // A refusal of the whole batch (not the leader, another cluster) is also its header's.
+            let whole = answer.answers.first { $0.header.hasError && $0.header.error.detail.map { detail in
+                if case .notLeader = detail { return true }
+                if case .clusterMismatch = detail { return true }
+                return false
+            } ?? false }
+            answer.header = whole?.header ?? header()
+            try await response.write(answer)
+        }
+    }
+
     /// One heartbeat stream: heartbeats are read as they come and decided in batches of up
     /// to `heartbeatBatchMax`; answers are written in their own task. At most `pendingMax`
     /// heartbeats are read ahead of their answers: beyond it PD stops reading the stream until

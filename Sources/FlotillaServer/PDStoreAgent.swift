@@ -193,27 +193,29 @@ final class PDStoreAgent: Sendable {
             answers = try await link.client.call { client, header in
                 let requests = regions.map { info in
                     var request = Flotilla_V1_RegionHeartbeatRequest()
-                    request.header = header
                     request.storeID = storeID
                     request.region = info
                     return request
                 }
-                let answers = try await client.regionHeartbeats(requestProducer: { writer in
-                    for request in requests { try await writer.write(request) }
+                // The round in batches of at most 1,024 on one stream (PD's per-message costs
+                // paid per batch); one answer message per batch, in order.
+                let batches = stride(from: 0, to: requests.count, by: Self.heartbeatsPerBatchMax).map { start in
+                    var batch = Flotilla_V1_RegionHeartbeatBatch()
+                    batch.header = header
+                    batch.heartbeats = Array(requests[start..<min(start + Self.heartbeatsPerBatchMax, requests.count)])
+                    return batch
+                }
+                let responses = try await client.regionHeartbeatBatches(requestProducer: { writer in
+                    for batch in batches { try await writer.write(batch) }
                 }, onResponse: { response in
-                    var answers: [Flotilla_V1_RegionHeartbeatResponse] = []
-                    for try await answer in response.messages { answers.append(answer) }
-                    return answers
+                    var responses: [Flotilla_V1_RegionHeartbeatBatchResponse] = []
+                    for try await message in response.messages { responses.append(message) }
+                    return responses
                 })
-                // A refusal of the whole round (not the leader, another cluster) is the first answer's.
-                let refused = answers.first { $0.header.hasError && $0.header.error.detail.map { detail in
-                    if case .notLeader = detail { return true }
-                    if case .clusterMismatch = detail { return true }
-                    return false
-                } ?? false }
-                var header = Flotilla_V1_PDResponseHeader()
-                if let refused { header = refused.header } else if let first = answers.first { header.clusterID = first.header.clusterID }
-                return (answers, header)
+                // A refusal of the whole round (not the leader, another cluster) is a batch's header.
+                var header = responses.first { $0.header.hasError }?.header ?? Flotilla_V1_PDResponseHeader()
+                if !header.hasError, let first = responses.first { header.clusterID = first.header.clusterID }
+                return (responses.flatMap(\.answers), header)
             }
         } catch {
             logger.warning("region heartbeats to PD failed", metadata: ["regions": "\(regions.count)", "error": "\(error)"])
@@ -308,6 +310,8 @@ final class PDStoreAgent: Sendable {
     }
 
     private static let splitRetryInterval: Duration = .seconds(10)
+    /// Heartbeats in one `RegionHeartbeatBatch` (PD's limit).
+    static let heartbeatsPerBatchMax = 1_024
 
     /// A split asked of this store directly (`StoreAdmin.SplitRegion`): checked against the
     /// region led here, ids from PD, proposed, and answered once applied here with the region

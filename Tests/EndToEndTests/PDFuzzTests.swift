@@ -94,7 +94,34 @@ struct PDFuzzTests {
             try await fuzz(Flotilla_V1_PutMemberRequest.with { $0.header = header; $0.member.memberID = 1; $0.member.name = "pd1" }) {
                 try await api.putMember($0).header
             }
-            print("PD fuzz: \(tried) mutated requests over 18 RPCs (seed \(seed)), \(answeredWithError) refused with a typed error")
+            // The batched heartbeat stream: mutated batches, and one past the bound.
+            var batches: [Flotilla_V1_RegionHeartbeatBatch] = []
+            let validBatch = Flotilla_V1_RegionHeartbeatBatch.with {
+                $0.header = header
+                $0.heartbeats = [Flotilla_V1_RegionHeartbeatRequest.with { $0.storeID = store.id; $0.region = info }]
+            }
+            let batchBytes: [UInt8] = try validBatch.serializedBytes()
+            for _ in 0..<(50 * iterations) where batches.count < iterations {
+                if let mutated = try? Flotilla_V1_RegionHeartbeatBatch(serializedBytes: mutator.mutate(batchBytes)) { batches.append(mutated) }
+            }
+            var tooMany = validBatch
+            tooMany.heartbeats = Array(repeating: validBatch.heartbeats[0], count: 1_025)
+            batches.append(tooMany)
+            let sentBatches = batches
+            let responses = try await api.regionHeartbeatBatches(requestProducer: { writer in
+                for batch in sentBatches { try await writer.write(batch) }
+            }, onResponse: { response in
+                var all: [Flotilla_V1_RegionHeartbeatBatchResponse] = []
+                for try await message in response.messages { all.append(message) }
+                return all
+            })
+            #expect(responses.count == sentBatches.count, "one answer message per batch")
+            for (batch, response) in zip(sentBatches.dropLast(), responses) where !response.header.hasError {
+                #expect(response.answers.count == batch.heartbeats.count, "an answer per heartbeat")
+            }
+            #expect(responses.last?.header.error.invalidArgument.contains("1024") == true, "\(String(describing: responses.last?.header))")
+            tried += sentBatches.count
+            print("PD fuzz: \(tried) mutated requests over 19 RPCs (seed \(seed)), \(answeredWithError) refused with a typed error")
         }
         #expect(tried >= 18 * iterations / 2, "mutations that decode were found for the RPCs: \(tried)")
         // Still serving, one cluster, its first region intact.
