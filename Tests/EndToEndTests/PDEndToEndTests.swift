@@ -97,6 +97,36 @@ struct PDEndToEndTests {
         }
     }
 
+    /// The same race with real store processes: six `flotilla-server --pd` started at once on
+    /// an unbootstrapped cluster. Exactly one first region, on one store; all six join; the
+    /// replica checker then spreads it to three; one client sees one data set.
+    @Test func sixStoreProcessesStartedAtOnceMakeOneClusterWithOneFirstRegion() async throws {
+        let pd = try LocalPD(members: 1)
+        try await pd.withClient { client in
+            #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
+        }
+        for index in 0..<6 { try pd.startStore(index) }
+        try await pd.withClient(timeout: .seconds(30)) { client in
+            var info = Flotilla_V1_ClusterInfo()
+            #expect(await eventually(seconds: 60) {
+                guard let answer = try? await client.clusterInfo() else { return false }
+                info = answer
+                return answer.bootstrapped && answer.storeCount == 6
+            }, "six stores joined: \(info)")
+            #expect(info.regionCount == 1, "exactly one first region")
+            var voters = 0
+            #expect(await eventually(seconds: 60) {
+                voters = (try? await client.region(key: Data()))?.region.region.peers.filter { $0.role == .voter }.count ?? 0
+                return voters == 3
+            }, "the first region reached three voters: \(voters)")
+            let regions = try await client.scanRegions().regions
+            #expect(regions.count == 1)
+        }
+        for index in 0..<6 {
+            #expect(!pd.storeLog(index).contains("failed"), "store \(index): \(pd.storeLog(index).suffix(400))")
+        }
+    }
+
     @Test func badRequestsAreRefusedWithTypedErrorsAndChangeNothing() async throws {
         let pd = try LocalPD(members: 1)
         try await pd.withClient { client in
