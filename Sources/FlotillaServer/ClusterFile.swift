@@ -75,6 +75,12 @@ public struct ClusterFile: Codable, Sendable, Equatable {
         guard let secretFile else { return nil }
         let path = secretFile.hasPrefix("/") ? secretFile
             : URL(fileURLWithPath: clusterFilePath).deletingLastPathComponent().appendingPathComponent(secretFile).path
+        return try Self.readSecret(path: path)
+    }
+
+    /// Reads a cluster secret file (`--secret-file`, a cluster file's `secretFile`): 16 to 4,096
+    /// bytes once trailing newlines and spaces are dropped.
+    public static func readSecret(path: String) throws(ConfigError) -> [UInt8] {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw ConfigError("cannot read the cluster secret file \(path)") }
         defer { try? handle.close() }
         let data = (try? handle.read(upToCount: RaftHandshake.secretBytesMax + 1)) ?? Data()

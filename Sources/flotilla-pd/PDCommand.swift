@@ -53,6 +53,9 @@ struct PDCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: String?
 
+    @Option(name: .customLong("secret-file"), help: "A file holding the secret (16 to 4096 bytes) PD members' Raft ports prove to each other.")
+    var secretFile: String?
+
     func resolvedSettings() throws(ConfigError) -> (settings: PDSettings, logLevel: Logger.Level) {
         let file = try configFile.map { path throws(ConfigError) in try PDConfigFile.load(path: path) } ?? PDConfigFile()
         guard let name = name ?? file.name else { throw ConfigError("no name: pass --name or set name in the config file") }
@@ -82,6 +85,7 @@ struct PDCommand: AsyncParsableCommand {
             guard (1_000...3_600_000).contains(timeout) else { throw ConfigError("--operator-step-timeout-ms must be between 1000 and 3600000, got \(timeout)") }
             settings.timings.operatorStepTimeoutMs = timeout
         }
+        if let secretFile { settings.secret = try ClusterFile.readSecret(path: secretFile) }
         let levelName = logLevel ?? file.logLevel ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else { throw ConfigError("log level '\(levelName)' is not a level") }
         return (settings, level)

@@ -38,6 +38,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("region-heartbeat-interval-ms"), help: "With --pd: how often each led region reports to PD (500-600000; default 10000).")
     var regionHeartbeatIntervalMilliseconds: Int?
 
+    @Option(name: .customLong("secret-file"), help: "With --pd: a file holding the cluster secret (16 to 4096 bytes) every store's Raft port proves.")
+    var secretFile: String?
+
     @Option(name: .customLong("region-max-size-bytes"), help: "With --pd: a region past this size splits (4096 to 2^40; default 144 MiB).")
     var regionMaxSizeBytes: Int?
 
@@ -117,7 +120,9 @@ struct ServerCommand: AsyncParsableCommand {
             settings = ServerSettings(pd: join, dataDirectory: dataDirectory)
             settings.regionHeartbeatInterval = .milliseconds(interval)
             settings.storeHeartbeatInterval = .milliseconds(min(1_000, interval))
+            if let secretFile { settings.clusterSecret = try ClusterFile.readSecret(path: secretFile) }
         } else if let (storeID, clusterPath) = staticCluster {
+            guard secretFile == nil else { throw ConfigError("--secret-file is for --pd; a static cluster names its secret in the cluster file (secretFile)") }
             let cluster = try ClusterFile.load(path: clusterPath)
             settings = ServerSettings(storeID: storeID, cluster: cluster, dataDirectory: dataDirectory)
             settings.clusterSecret = try cluster.loadSecret(clusterFilePath: clusterPath)

@@ -17,8 +17,12 @@ final class LocalPD {
         URL(fileURLWithPath: LocalCluster.serverBinary).deletingLastPathComponent().appendingPathComponent("flotilla-pd").path
     }
 
-    init(members: Int = 3, tickMilliseconds: Int = 50) throws {
+    /// Flags every member gets, after the defaults.
+    let memberArguments: [String]
+
+    init(members: Int = 3, tickMilliseconds: Int = 50, memberArguments: [String] = []) throws {
         self.tickMilliseconds = tickMilliseconds
+        self.memberArguments = memberArguments
         root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-pd-e2e-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         names = (1...members).map { "pd\($0)" }
@@ -33,7 +37,7 @@ final class LocalPD {
         ["--name", names[index], "--data-dir", root + "/" + names[index], "--client-address", clientAddresses[index],
          "--peer-address", peerAddresses[index], "--initial-members", initialMembers,
          "--tick-interval-ms", "\(tickMilliseconds)", "--region-heartbeat-interval-ms", "1000",
-         "--log-level", ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"]
+         "--log-level", ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"] + memberArguments
     }
 
     func start(_ index: Int) throws {

@@ -329,6 +329,66 @@ struct PDProcessTests {
         #expect(registered.isEmpty, "nothing registered in the other cluster")
     }
 
+    /// PD members and stores given `--secret-file`: the cluster forms and serves (Raft
+    /// connections and snapshots to the new replicas proven with the secret); a store given
+    /// another secret never gets a replica; a secret file too short is refused at start.
+    @Test func aClusterWithASecretServesAndAStoreWithAnotherSecretStaysOut() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-secret-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let secret = directory + "/secret", other = directory + "/other", short = directory + "/short"
+        try Data(String(repeating: "s", count: 32).utf8).write(to: URL(fileURLWithPath: secret))
+        try Data(String(repeating: "o", count: 32).utf8).write(to: URL(fileURLWithPath: other))
+        try Data("too short".utf8).write(to: URL(fileURLWithPath: short))
+        let pd = try LocalPD(members: 1, memberArguments: ["--secret-file", secret])
+        pd.storeArguments = ["--secret-file", secret]
+        for index in 0..<3 { try pd.startStore(index) }
+        try await pd.withClient(timeout: .seconds(30)) { client in
+            var peers: [UInt64] = []
+            #expect(await eventually(seconds: 60) {
+                let region = try? await client.region(key: Data())
+                peers = region?.region.region.peers.filter { $0.role == .voter }.map(\.storeID) ?? []
+                return peers.count == 3
+            }, "three voters: \(peers)")
+            // A fourth store with another secret joins PD (its API has no secret) but gets no
+            // data: asked to take a replica, its peer never receives a snapshot.
+            pd.storeArguments = ["--secret-file", other]
+            try pd.startStore(3)
+            var outsider: UInt64?
+            #expect(await eventually(seconds: 30) {
+                outsider = (try? await client.stores())?.first { $0.store.address == pd.storeAddresses[3]?.address }?.store.id
+                return outsider != nil
+            })
+            let regionID = try await client.region(key: Data()).region.region.id
+            var request = Flotilla_V1_AddOperatorRequest()
+            request.regionID = regionID
+            request.addPeerStoreID = outsider ?? 0
+            _ = try await client.addOperator(request)
+            try await Task.sleep(for: .seconds(5))
+            let held = try await client.stores().first { $0.store.id == outsider }?.stats.regionCount
+            #expect(held == 0, "the store with another secret holds no replica: \(String(describing: held))")
+        }
+        let kv = try FlotillaClient(pd: pd.clientAddresses, requestTimeout: .seconds(20))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await kv.run() }
+            defer { kv.close(); group.cancelAll() }
+            try await kv.put(Data("secret".utf8), Data("kept".utf8))
+            #expect(try await kv.get(Data("secret".utf8)) == Data("kept".utf8))
+        }
+        // A secret file of the wrong size: the store does not start, and says why.
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: LocalCluster.serverBinary)
+        process.arguments = ["--pd", pd.clientAddresses[0], "--data-dir", directory + "/refused", "--address", "127.0.0.1:1",
+                             "--raft-address", "127.0.0.1:2", "--secret-file", short]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 2 && message.contains("16 to 4096"), "\(process.terminationStatus): \(message)")
+    }
+
     @Test func aStoreJoinedThroughPDStopsOnSIGTERM() async throws {
         let pd = try LocalPD(members: 1)
         try pd.startStore(0)
