@@ -793,6 +793,15 @@ public nonisolated struct Flotilla_V1_PDCommand: Sendable {
     set {command = .putMember(newValue)}
   }
 
+  /// An operator that ended, kept in the bounded history (the oldest beyond it dropped).
+  public var recordOperator: Flotilla_V1_OperatorInfo {
+    get {
+      if case .recordOperator(let v)? = command {return v}
+      return Flotilla_V1_OperatorInfo()
+    }
+    set {command = .recordOperator(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Command: Equatable, Sendable {
@@ -812,6 +821,8 @@ public nonisolated struct Flotilla_V1_PDCommand: Sendable {
     /// A member's addresses, published by the member itself when it leads, so followers can
     /// point clients to it.
     case putMember(Flotilla_V1_PDMember)
+    /// An operator that ended, kept in the bounded history (the oldest beyond it dropped).
+    case recordOperator(Flotilla_V1_OperatorInfo)
 
   }
 
@@ -1936,7 +1947,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Flotilla_V1_PDCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PDCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bootstrap\0\u{3}put_store\0\u{3}reserve_ids_through\0\u{3}put_region\0\u{3}set_settings\0\u{3}set_cluster_id\0\u{3}delete_region\0\u{3}put_member\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bootstrap\0\u{3}put_store\0\u{3}reserve_ids_through\0\u{3}put_region\0\u{3}set_settings\0\u{3}set_cluster_id\0\u{3}delete_region\0\u{3}put_member\0\u{3}record_operator\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2033,6 +2044,19 @@ nonisolated extension Flotilla_V1_PDCommand: SwiftProtobuf.Message, SwiftProtobu
           self.command = .putMember(v)
         }
       }()
+      case 9: try {
+        var v: Flotilla_V1_OperatorInfo?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .recordOperator(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .recordOperator(v)
+        }
+      }()
       default: break
       }
     }
@@ -2075,6 +2099,10 @@ nonisolated extension Flotilla_V1_PDCommand: SwiftProtobuf.Message, SwiftProtobu
     case .putMember?: try {
       guard case .putMember(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    }()
+    case .recordOperator?: try {
+      guard case .recordOperator(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
     }()
     case nil: break
     }

@@ -68,7 +68,7 @@ final class PDMachine: RegionStateMachine, @unchecked Sendable {
     func confirmLeader(term: UInt64) {
         guard term != leaderTerm else { return }
         pd.becomeFollower(nowMs: nowMs)
-        pd.becomeLeader(nowMs: nowMs)
+        pd.becomeLeader(nowMs: nowMs, term: term)
         leaderTerm = term
     }
 

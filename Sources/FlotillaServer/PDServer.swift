@@ -192,14 +192,16 @@ public final class PDServer: Sendable {
             let memberID = self.memberID
             let leading = await service.onLeader(header, allowUnknownCluster: true) { pd, nowMs in
                 pd.tick(nowMs: nowMs)
-                return (pd.state.clusterID, pd.state.members[memberID])
+                return (pd.state.clusterID, pd.state.members[memberID], pd.operatorRecords(nowMs: nowMs))
             }
             let published = machine.published.withLock { $0 }
             for (id, member) in published.members where id != memberID {
                 if let address = HostPort(member.clientAddress) { snapshotSender.setAddress(address, for: id) }
             }
             switch leading {
-            case .success(let (clusterID, recorded)):
+            case .success(let (clusterID, recorded, operatorRecords)):
+                // Ended operators into the replicated history (a failover keeps them).
+                for command in operatorRecords { _ = await service.propose(command) }
                 if clusterID == 0 {
                     var command = Flotilla_V1_PDCommand()
                     command.setClusterID = UInt64.random(in: 1...UInt64.max)

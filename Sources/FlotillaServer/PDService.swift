@@ -487,10 +487,7 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
     func listOperators(request: Flotilla_V1_ListOperatorsRequest, context: ServerContext) async throws -> Flotilla_V1_ListOperatorsResponse {
         var response = Flotilla_V1_ListOperatorsResponse()
         let includeHistory = request.includeHistory
-        switch await onLeader(request.header, { pd, nowMs in
-            let running = pd.operators.running.values.sorted { $0.id < $1.id }
-            return (running + (includeHistory ? pd.operators.history : [])).map { $0.info(nowMs: nowMs) }
-        }) {
+        switch await onLeader(request.header, { pd, nowMs in pd.operatorInfos(includeHistory: includeHistory, nowMs: nowMs) }) {
         case .success(let operators):
             response.operators = operators
             response.header = header()

@@ -21,6 +21,8 @@ public struct ClusterState: Sendable, Equatable {
     public private(set) var settings: Flotilla_V1_SchedulerSettings = .defaults
     /// PD members that have published their addresses (each does when it leads).
     public private(set) var members: [UInt64: Flotilla_V1_PDMember] = [:]
+    /// Ended operators by id, at most `PDLimits.operatorHistoryMax` (the newest ids).
+    public private(set) var operatorHistory: [UInt64: Flotilla_V1_OperatorInfo] = [:]
 
     public init() {}
 
@@ -92,6 +94,18 @@ public struct ClusterState: Sendable, Equatable {
             if members[member.memberID] == member { return [] }
             members[member.memberID] = member
             return [.put(key: PDRecordKeys.member(member.memberID), value: try PDRecordKeys.encode(member))]
+        case .recordOperator(let info):
+            guard info.id != 0, info.status != .running else { throw .invalidArgument("record_operator: an ended operator with an id") }
+            var writes: [RecordWrite] = [.put(key: PDRecordKeys.operatorRecord(info.id), value: try PDRecordKeys.encode(info))]
+            operatorHistory[info.id] = info
+            // Bounded: the oldest (lowest ids) beyond the limit go.
+            if operatorHistory.count > PDLimits.operatorHistoryMax {
+                for id in operatorHistory.keys.sorted().prefix(operatorHistory.count - PDLimits.operatorHistoryMax) {
+                    operatorHistory[id] = nil
+                    writes.append(.delete(key: PDRecordKeys.operatorRecord(id)))
+                }
+            }
+            return writes
         case .none:
             throw .invalidArgument("an empty PD command")
         }
@@ -172,6 +186,10 @@ public struct ClusterState: Sendable, Equatable {
                     guard case .changed(removed: []) = state.routes.update(info) else {
                         throw CorruptRecord(description: "region \(info.region.id) overlaps another persisted route")
                     }
+                case (PDRecordKeys.operatorPrefix, 9):
+                    let info = try Flotilla_V1_OperatorInfo(serializedBytes: value)
+                    guard PDRecordKeys.operatorRecord(info.id) == key else { throw CorruptRecord(description: "operator record under another id") }
+                    state.operatorHistory[info.id] = info
                 case (PDRecordKeys.memberPrefix, 9):
                     let member = try Flotilla_V1_PDMember(serializedBytes: value)
                     guard PDRecordKeys.member(member.memberID) == key else { throw CorruptRecord(description: "member record under another id") }
@@ -202,6 +220,8 @@ public enum PDRecordKeys {
     public static func region(_ id: UInt64) -> Data { Data([regionPrefix]) + encode(id) }
     public static let memberPrefix: UInt8 = 0x12
     public static func member(_ id: UInt64) -> Data { Data([memberPrefix]) + encode(id) }
+    public static let operatorPrefix: UInt8 = 0x13
+    public static func operatorRecord(_ id: UInt64) -> Data { Data([operatorPrefix]) + encode(id) }
 
     /// 8 bytes, big-endian.
     public static func encode(_ id: UInt64) -> Data { withUnsafeBytes(of: id.bigEndian) { Data($0) } }

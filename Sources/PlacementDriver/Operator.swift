@@ -148,11 +148,11 @@ public struct OperatorController: Sendable {
 
     /// `history` carries ended operators over from an earlier leadership of this member;
     /// new operator ids continue after them (ids are unique within one member's memory).
-    public init(stepTimeoutMs: UInt64, historyMax: Int = PDLimits.operatorHistoryMax, history: [Operator] = []) {
+    public init(stepTimeoutMs: UInt64, historyMax: Int = PDLimits.operatorHistoryMax, history: [Operator] = [], firstID: UInt64 = 1) {
         self.stepTimeoutMs = stepTimeoutMs
         self.historyMax = historyMax
         self.history = Array(history.suffix(historyMax))
-        self.nextID = (history.map(\.id).max() ?? 0) + 1
+        self.nextID = max(firstID, (history.map(\.id).max() ?? 0) + 1)
     }
 
     /// Starts an operator for `regionID`; refused when one is running for it.

@@ -53,13 +53,38 @@ public struct PlacementDriver: Sendable {
     /// This member became PD's leader at `nowMs` (after applying every entry of earlier terms).
     /// Ids it hands out start past everything reserved so far, so none is ever handed out
     /// twice, whatever the last leader handed out of its batch.
-    public mutating func becomeLeader(nowMs: UInt64) {
+    ///
+    /// Operator ids are `term << 32 | n`: unique across leaders (one leader per term) without a
+    /// log write per operator.
+    public mutating func becomeLeader(nowMs: UInt64, term: UInt64 = 1) {
         leaderSinceMs = nowMs
         regions = state.routes
         storeHeard = [:]
         idNext = state.reservedIDsThrough + 1
         idLimit = state.reservedIDsThrough
-        operators = OperatorController(stepTimeoutMs: timings.operatorStepTimeoutMs, history: operators.history)
+        operators = OperatorController(stepTimeoutMs: timings.operatorStepTimeoutMs, history: operators.history, firstID: term << 32 | 1)
+    }
+
+    /// Commands recording the operators that ended and are not yet in the replicated history
+    /// (so a PD failover keeps them). The caller proposes them; until one is applied, the next
+    /// call returns it again (recording is idempotent).
+    public func operatorRecords(nowMs: UInt64) -> [Flotilla_V1_PDCommand] {
+        guard isLeader else { return [] }
+        return operators.history.filter { state.operatorHistory[$0.id] == nil }.map { op in
+            var command = Flotilla_V1_PDCommand()
+            command.recordOperator = op.info(nowMs: nowMs)
+            return command
+        }
+    }
+
+    /// Running operators, then (with `includeHistory`) ended ones: the replicated history with
+    /// this leader's not yet recorded, oldest first, at most `PDLimits.operatorHistoryMax`.
+    public func operatorInfos(includeHistory: Bool, nowMs: UInt64) -> [Flotilla_V1_OperatorInfo] {
+        let running = operators.running.values.sorted { $0.id < $1.id }.map { $0.info(nowMs: nowMs) }
+        guard includeHistory else { return running }
+        var ended = state.operatorHistory
+        for op in operators.history where ended[op.id] == nil { ended[op.id] = op.info(nowMs: nowMs) }
+        return running + ended.keys.sorted().suffix(PDLimits.operatorHistoryMax).compactMap { ended[$0] }
     }
 
     /// This member stopped leading: the leader's memory is dropped (operators end as

@@ -127,6 +127,49 @@ struct PDEndToEndTests {
         }
     }
 
+    /// An operator cancelled on one PD leader is in the history the next leader lists.
+    @Test func theOperatorHistorySurvivesAPDLeaderKill() async throws {
+        let pd = try LocalPD(members: 3)
+        try await pd.withClient { client in
+            #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
+            var store = Flotilla_V1_Store()
+            store.address = "127.0.0.1:31001"
+            store.raftAddress = "127.0.0.1:32001"
+            store = try await client.putStore(store)
+            let regionID = try await client.allocateIDs(2)
+            var region = Flotilla_V1_Region()
+            region.id = regionID
+            region.epoch.confVer = 1
+            region.epoch.version = 1
+            var peer = Flotilla_V1_Peer()
+            peer.id = regionID + 1
+            peer.storeID = store.id
+            region.peers = [peer]
+            try await client.bootstrap(store: store, region: region)
+            var request = Flotilla_V1_AddOperatorRequest()
+            request.regionID = regionID
+            request.split.splitKeys = [Data("m".utf8)]
+            let op = try await client.addOperator(request)
+            try await client.call { api, header in
+                var cancel = Flotilla_V1_CancelOperatorRequest()
+                cancel.header = header
+                cancel.regionID = regionID
+                return ((), try await api.cancelOperator(cancel).header)
+            }
+            // Recorded through PD's log within a maintenance round (half a second).
+            try await Task.sleep(for: .seconds(2))
+            let leader = try #require(try await pd.leaderIndex(client))
+            pd.kill(leader)
+            var history: [Flotilla_V1_OperatorInfo] = []
+            #expect(await eventually(seconds: 20) {
+                history = (try? await client.operators(includeHistory: true)) ?? []
+                return !history.isEmpty
+            })
+            #expect(history.contains { $0.id == op.id && $0.status == .cancelled && $0.reason.contains("admin") }, "\(history)")
+            try pd.start(leader)
+        }
+    }
+
     @Test func badRequestsAreRefusedWithTypedErrorsAndChangeNothing() async throws {
         let pd = try LocalPD(members: 1)
         try await pd.withClient { client in

@@ -265,6 +265,49 @@ struct PlacementDriverTests {
         #expect(single.pd.regions.region(containing: Data("a".utf8))?.region == region)
     }
 
+    @Test func endedOperatorsGoIntoTheReplicatedHistoryAndSurviveALeaderChange() throws {
+        var single = SingleMemberPD()
+        let (regionID, stores) = try single.bootstrap(stores: 2)
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = regionID
+        request.addPeerStoreID = stores[1]
+        let op = try single.pd.addOperator(request, newPeerID: try single.allocate(), nowMs: single.nowMs)
+        #expect(single.pd.operatorRecords(nowMs: single.nowMs).isEmpty, "a running operator is not recorded")
+        try single.pd.cancelOperator(regionID: regionID, nowMs: single.nowMs)
+        let records = single.pd.operatorRecords(nowMs: single.nowMs)
+        #expect(records.map(\.recordOperator.id) == [op.id] && records[0].recordOperator.status == .cancelled)
+        for command in records { try single.apply(command).get() }
+        #expect(single.pd.operatorRecords(nowMs: single.nowMs).isEmpty, "recorded once applied")
+        // A restart (the state reloaded from its records) and another leader in a later term:
+        // the history is there, and new operator ids never repeat the old ones.
+        let reloaded = try ClusterState.load(single.records.map { ($0.key, $0.value) })
+        #expect(reloaded.operatorHistory[op.id]?.status == .cancelled)
+        var next = PlacementDriver(state: reloaded)
+        next.becomeLeader(nowMs: 5_000, term: 7)
+        #expect(next.operatorInfos(includeHistory: true, nowMs: 5_000).map(\.id) == [op.id])
+        let later = try next.addOperator(request, newPeerID: 999, nowMs: 5_000)
+        #expect(later.id == 7 << 32 | 1 && later.id != op.id)
+        // Bounded: beyond the limit the oldest go, from state and records alike.
+        var bounded = ClusterState()
+        var kept: [Data: Data] = [:]
+        for id in 1...UInt64(PDLimits.operatorHistoryMax + 5) {
+            var info = Flotilla_V1_OperatorInfo()
+            info.id = id
+            info.status = .succeeded
+            for write in bounded.apply(Build.command { $0.recordOperator = info }).writes {
+                switch write {
+                case .put(let key, let value): kept[key] = value
+                case .delete(let key): kept[key] = nil
+                }
+            }
+        }
+        #expect(bounded.operatorHistory.count == PDLimits.operatorHistoryMax && kept.count == PDLimits.operatorHistoryMax)
+        #expect(bounded.operatorHistory[1] == nil && bounded.operatorHistory[UInt64(PDLimits.operatorHistoryMax + 5)] != nil)
+        var running = Flotilla_V1_OperatorInfo()
+        running.id = 42
+        #expect(throws: PDFailure.self) { try bounded.apply(Build.command { $0.recordOperator = running }).outcome.get() }
+    }
+
     @Test func badSplitKeysAreRefusedAndStartNothing() throws {
         var single = SingleMemberPD()
         let (regionID, _) = try single.bootstrap(stores: 1)
