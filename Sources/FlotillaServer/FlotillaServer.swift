@@ -28,6 +28,9 @@ public struct ServerSettings: Sendable {
     public var logGCSizeThresholdBytes = 32 << 20
     public var maxPendingRequests = 16_384
     public var snapshotSendsMax = 4
+    /// A region's leader reports a peer down to PD after this long without hearing from it
+    /// (TiKV's `max-peer-down-duration`, 10 minutes there).
+    public var peerDownSeconds: UInt64 = 300
     /// With PD: when a region led here splits on its own (size and load).
     public var splitTriggers = SplitTriggers()
     /// The secret the Raft ports of the cluster's stores prove to each other (the cluster
@@ -229,6 +232,8 @@ public final class FlotillaServer: Sendable {
         storeSettings.logGCCountThreshold = settings.logGCCountThreshold
         storeSettings.logGCSizeThresholdBytes = settings.logGCSizeThresholdBytes
         storeSettings.maxPendingRequests = settings.maxPendingRequests
+        let tickMilliseconds = max(1, settings.tickInterval.components.seconds * 1_000 + settings.tickInterval.components.attoseconds / 1_000_000_000_000_000)
+        storeSettings.peerDownTicks = max(1, settings.peerDownSeconds * 1_000 / UInt64(tickMilliseconds))
         let core = try StoreCore(db: db, storeID: settings.storeID, settings: storeSettings) { peerID in
             var config = RaftConfig(id: peerID)
             config.electionTimeoutTicks = electionTimeoutTicks
@@ -249,8 +254,9 @@ public final class FlotillaServer: Sendable {
                                  tickCatchUpMax: 2 * settings.electionTimeoutTicks + 1, logger: logger, onFailure: onFailure,
                                  snapshots: snapshotSender)
         self.driver = driver
+        let snapshotsReceiving = SnapshotReceiveCount()
         agent = pd.map { PDStoreAgent(link: $0, driver: driver, snapshotSender: snapshotSender, logger: logger, dataDirectory: settings.dataDirectory,
-                                      splitTriggers: settings.splitTriggers) }
+                                      splitTriggers: settings.splitTriggers, snapshotsReceiving: snapshotsReceiving) }
         (shutdownRequested, requestShutdown) = AsyncStream.makeStream(of: Void.self)
         var transportConfig = HTTP2ServerTransport.Posix.Config.defaults
         // Room for the largest request the KV service accepts, and no more (see `KVLimits`).
@@ -267,7 +273,7 @@ public final class FlotillaServer: Sendable {
             KVService(driver: driver),
             SnapshotTransferService(storeID: storeID, knownStores: knownStores,
                                     driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory,
-                                    secret: settings.clusterSecret ?? []),
+                                    secret: settings.clusterSecret ?? [], receiving: snapshotsReceiving),
             StoreAdminService(driver: driver, snapshotSender: snapshotSender, agent: agent),
         ])
     }

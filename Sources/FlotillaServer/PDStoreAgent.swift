@@ -36,9 +36,16 @@ final class PDStoreAgent: Sendable {
     /// Seconds in a row each region led here has been over the load-split rate.
     private let hotSeconds = Mutex<[UInt64: Double]>([:])
 
+    private let snapshotsReceiving: SnapshotReceiveCount
+    /// Each led region's read and write rates over the last round (reported in its heartbeats),
+    /// and the store's totals.
+    private let regionRates = Mutex<[UInt64: Flotilla_V1_RegionStats]>([:])
+    private let storeRates = Mutex(Flotilla_V1_RegionStats())
+
     init(link: Link, driver: StoreDriver, snapshotSender: SnapshotSender, logger: Logger, dataDirectory: String,
-         splitTriggers: SplitTriggers = SplitTriggers()) {
+         splitTriggers: SplitTriggers = SplitTriggers(), snapshotsReceiving: SnapshotReceiveCount = SnapshotReceiveCount()) {
         self.splitTriggers = splitTriggers
+        self.snapshotsReceiving = snapshotsReceiving
         self.link = link
         self.driver = driver
         self.snapshotSender = snapshotSender
@@ -48,7 +55,7 @@ final class PDStoreAgent: Sendable {
 
     /// What the store thread reports each round.
     private struct Report: Sendable {
-        var leaders: [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer])] = []
+        var leaders: [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer], down: [Flotilla_V1_Peer])] = []
         var regionCount = 0
         var pendingRequests = 0
         var unresolved: Set<UInt64> = []
@@ -109,15 +116,17 @@ final class PDStoreAgent: Sendable {
             await storeHeartbeat(report)
             let now = clock.now
             var due: [Flotilla_V1_RegionInfo] = []
-            for (region, leader, pending) in report.leaders {
+            for (region, leader, pending, down) in report.leaders {
                 let previous = lastSent[region.id]
                 let changed = previous.map { $0.region != region || $0.leader != leader || now - $0.at >= link.regionHeartbeatInterval } ?? true
-                guard changed || !pending.isEmpty else { continue }
+                guard changed || !pending.isEmpty || !down.isEmpty else { continue }
                 lastSent[region.id] = (region, leader, now)
                 var info = Flotilla_V1_RegionInfo()
                 info.region = region
                 info.leader = leader
                 info.pendingPeers = pending
+                info.downPeers = down
+                if let rates = regionRates.withLock({ $0[region.id] }) { info.stats = rates }
                 if let size = regionSizes.withLock({ $0[region.id] }) {
                     info.stats.approximateSizeBytes = size.sizeBytes
                     info.stats.approximateKeys = size.keys
@@ -169,6 +178,13 @@ final class PDStoreAgent: Sendable {
             stats.usedBytes = stats.capacityBytes - min(stats.capacityBytes, UInt64(fs.f_bfree) * UInt64(fs.f_frsize))
         }
         stats.busy = report.pendingRequests > 8_192
+        let rates = storeRates.withLock { $0 }
+        stats.readBytesPerSecond = rates.readBytesPerSecond
+        stats.readKeysPerSecond = rates.readKeysPerSecond
+        stats.writtenBytesPerSecond = rates.writtenBytesPerSecond
+        stats.writtenKeysPerSecond = rates.writtenKeysPerSecond
+        stats.snapshotsSending = UInt32(clamping: snapshotSender.sendingCount)
+        stats.snapshotsReceiving = UInt32(clamping: snapshotsReceiving.current)
         let storeID = link.store.id
         let sentStats = stats
         do {
@@ -396,8 +412,27 @@ final class PDStoreAgent: Sendable {
     private func checkLoads(interval: Duration) async {
         let threshold = splitTriggers.loadSplitRequestsPerSecond
         guard let loads = await driver.perform({ core, _ in core.takeRegionLoads() }) else { return }
-        guard threshold > 0 else { return }
         let seconds = max(Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18, 0.001)
+        // Read and write rates over the round, per region and for the store.
+        func perSecond(_ count: Int) -> UInt64 { UInt64(Double(count) / seconds) }
+        var rates: [UInt64: Flotilla_V1_RegionStats] = [:]
+        var total = Flotilla_V1_RegionStats()
+        for load in loads {
+            var stats = Flotilla_V1_RegionStats()
+            stats.readKeysPerSecond = perSecond(load.readKeys)
+            stats.readBytesPerSecond = perSecond(load.readBytes)
+            stats.writtenKeysPerSecond = perSecond(load.writtenKeys)
+            stats.writtenBytesPerSecond = perSecond(load.writtenBytes)
+            rates[load.region.id] = stats
+            total.readKeysPerSecond += stats.readKeysPerSecond
+            total.readBytesPerSecond += stats.readBytesPerSecond
+            total.writtenKeysPerSecond += stats.writtenKeysPerSecond
+            total.writtenBytesPerSecond += stats.writtenBytesPerSecond
+        }
+        let roundRates = rates
+        regionRates.withLock { $0 = roundRates }
+        storeRates.withLock { $0 = total }
+        guard threshold > 0 else { return }
         var due: [RegionLoad] = []
         hotSeconds.withLock { hot in
             var next: [UInt64: Double] = [:]

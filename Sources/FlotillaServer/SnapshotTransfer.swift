@@ -10,6 +10,13 @@ import Synchronization
 /// Receives region snapshots from other stores (`RaftTransport.Snapshot`; Raft messages
 /// themselves go over `RaftSocketTransport`). A snapshot from an unknown store or for another
 /// store is refused with a logged reason.
+/// Snapshots a store is receiving now (reported in its store heartbeats).
+public final class SnapshotReceiveCount: Sendable {
+    let value = Atomic<Int>(0)
+    public init() {}
+    public var current: Int { value.load(ordering: .relaxed) }
+}
+
 public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServiceProtocol {
     let storeID: UInt64
     /// Stores snapshots are accepted from; nil: any (stores joining through PD).
@@ -22,10 +29,12 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
     let receivesMax: Int
     /// The cluster secret every stream must be signed with (`SnapshotAuthenticator`).
     let secret: [UInt8]
-    private let receiving = ReceiveCount()
+    private let receiving: SnapshotReceiveCount
 
     public init(storeID: UInt64, knownStores: Set<UInt64>?, driver: StoreDriver, logger: Logger,
-                snapshotDirectory: String, secret: [UInt8], receivesMax: Int = 4) {
+                snapshotDirectory: String, secret: [UInt8], receivesMax: Int = 4,
+                receiving: SnapshotReceiveCount = SnapshotReceiveCount()) {
+        self.receiving = receiving
         self.secret = secret
         self.storeID = storeID
         self.knownStores = knownStores
@@ -35,9 +44,6 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
         self.receivesMax = receivesMax
     }
 
-    private final class ReceiveCount: Sendable {
-        let value = Atomic<Int>(0)
-    }
 
     /// Receives one region snapshot: chunks are written straight into SST files (never held
     /// whole in memory), checked against the region, the count and the checksum, then handed
@@ -92,6 +98,8 @@ final class SnapshotSender: SnapshotOutbound {
     private let logger: Logger
     private let inFlight = Mutex<Set<[UInt64]>>([])
     let sentCount = Atomic<Int>(0)
+    /// Snapshots being sent now.
+    var sendingCount: Int { inFlight.withLock { $0.count } }
 
     init(addresses: [UInt64: HostPort], sendsMax: Int, secret: [UInt8], logger: Logger) {
         self.secret = secret

@@ -65,6 +65,8 @@ struct Progress {
     var snapshotSentAtTick: UInt64 = 0
     /// Heard from since the last check-quorum round.
     var recentActive = false
+    /// The leader's tick when this follower was last heard from (or its progress began).
+    var lastHeardTick: UInt64 = 0
     /// Latest leader tick echoed by this follower's responses (lease reads).
     var lastAckedSendTick: UInt64 = 0
     var inflights: Inflights

@@ -101,6 +101,15 @@ public struct RaftNode {
         (confState.voters.contains(id) || confState.votersOutgoing.contains(id)) && log.unstableSnapshot == nil
     }
 
+    /// On a leader: ticks since each other member was last heard from (counted from the start
+    /// of this leadership for one never heard); empty on a follower.
+    public var silentTicks: [NodeID: UInt64] {
+        guard role == .leader else { return [:] }
+        var result: [NodeID: UInt64] = [:]
+        for (node, pr) in progress where node != id { result[node] = tickCount >= pr.lastHeardTick ? tickCount - pr.lastHeardTick : 0 }
+        return result
+    }
+
     /// The replication state of each follower, as the leader sees it (empty otherwise).
     public var replicationStates: [NodeID: (match: UInt64, state: ReplicationState)] {
         progress.mapValues { ($0.match, $0.state) }
@@ -281,6 +290,7 @@ public struct RaftNode {
                 var fresh = Progress(next: log.lastIndex + 1, isLearner: isLearner,
                                      maxInflightMessages: config.maxInflightMessages,
                                      maxInflightBytes: config.maxInflightBytes)
+                fresh.lastHeardTick = tickCount
                 if nodeID == id {
                     fresh.match = log.stableLastIndex
                     fresh.becomeReplicate()

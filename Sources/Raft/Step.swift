@@ -195,6 +195,7 @@ extension RaftNode {
     private mutating func markActive(_ nodeID: NodeID, sentAtTick: UInt64) -> Bool {
         guard progress[nodeID] != nil else { return false }
         progress[nodeID]?.recentActive = true
+        progress[nodeID]?.lastHeardTick = tickCount
         if let pr = progress[nodeID], sentAtTick > pr.lastAckedSendTick {
             progress[nodeID]?.lastAckedSendTick = sentAtTick
         }

@@ -86,6 +86,11 @@ public struct RegionLoad: Sendable {
     public let region: Flotilla_V1_Region
     public let requests: Int
     public let sampledKeys: [Data]
+    /// Keys and bytes (keys and values) read by point reads and written by applied writes.
+    public var readKeys = 0
+    public var readBytes = 0
+    public var writtenKeys = 0
+    public var writtenBytes = 0
 
     static let samplesMax = 64
 
@@ -120,6 +125,10 @@ public struct RegionLoad: Sendable {
 /// Per-region request counting between two `takeRegionLoads()`.
 struct LoadCounter {
     var requests = 0
+    var readKeys = 0
+    var readBytes = 0
+    var writtenKeys = 0
+    var writtenBytes = 0
     var samples: [Data] = []
     /// A deterministic generator for the reservoir (no need for unpredictability here).
     var state: UInt64 = 0x9E37_79B9_7F4A_7C15
@@ -157,13 +166,21 @@ extension StoreCore {
         peer.load.record(key)
     }
 
-    /// The requests each region led here received since the last call; the counters restart.
+    /// The requests each region led here received since the last call, and the keys and bytes
+    /// read and written; the counters restart (on every replica).
     public func takeRegionLoads() -> [RegionLoad] {
         var loads: [RegionLoad] = []
         for regionID in peers.keys.sorted() {
-            guard let peer = peers[regionID], peer.load.requests > 0 else { continue }
+            guard let peer = peers[regionID] else { continue }
+            let counted = peer.load
+            guard counted.requests > 0 || counted.readKeys > 0 || counted.writtenKeys > 0 else { continue }
             if peer.isInitialized && peer.raft.role == .leader {
-                loads.append(RegionLoad(region: peer.region, requests: peer.load.requests, sampledKeys: peer.load.samples))
+                var load = RegionLoad(region: peer.region, requests: counted.requests, sampledKeys: counted.samples)
+                load.readKeys = counted.readKeys
+                load.readBytes = counted.readBytes
+                load.writtenKeys = counted.writtenKeys
+                load.writtenBytes = counted.writtenBytes
+                loads.append(load)
             }
             peer.load = LoadCounter()
         }

@@ -63,6 +63,9 @@ public struct StoreSettings: Sendable {
     public var entryBytesMax = 1 << 20
     /// Snapshot chunks carry at most about this many bytes of pairs.
     public var snapshotChunkBytes = 1 << 20
+    /// A leader reports a peer down once it has not heard from it for this many ticks
+    /// (the server sets it from seconds; TiKV's `max-peer-down-duration` is 10 minutes).
+    public var peerDownTicks: UInt64 = 3_000
     /// Crash tests only: fail the turn at this point, as a process crash there would.
     public var injectedFault: StoreFault?
 
@@ -147,7 +150,8 @@ final class RegionPeer {
     var bytesWrittenSinceSplitCheck = 0
     /// The size was checked since this replica opened (a store checks each led region once).
     var sizeCheckedOnce = false
-    /// Requests to this region since the last load report (leaders).
+    /// Requests to this region since the last load report (leaders), with the keys and bytes
+    /// read and written.
     var load = LoadCounter()
     /// The regions the last split applied here made from this one, as they were made (for
     /// `EpochNotMatch`).
@@ -593,19 +597,24 @@ public final class StoreCore {
     }
 
     /// What a region's leader reports to PD: every region this store leads, with its leader
-    /// peer and the peers still catching up (pending: never matched, or behind the leader's
-    /// first log index, so they need a snapshot).
-    public func leaderReports() -> [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer])] {
+    /// peer, the peers still catching up (pending: never matched, or behind the leader's
+    /// first log index, so they need a snapshot) and the peers not heard from for
+    /// `peerDownTicks` (down).
+    public func leaderReports() -> [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer], down: [Flotilla_V1_Peer])] {
         peers.keys.sorted().compactMap { regionID in
             guard let peer = peers[regionID], peer.isInitialized, peer.raft.role == .leader,
                   let me = peer.region.peer(withID: peer.peerID) else { return nil }
             let matches = peer.raft.matchIndexes
+            let silent = peer.raft.silentTicks
             let pending = peer.region.peers.filter { other in
                 guard other.id != peer.peerID else { return false }
                 let match = matches[other.id] ?? 0
                 return match == 0 || match < peer.storage.firstIndex
             }
-            return (peer.region, me, pending)
+            let down = peer.region.peers.filter { other in
+                other.id != peer.peerID && (silent[other.id] ?? 0) >= settings.peerDownTicks
+            }
+            return (peer.region, me, pending, down)
         }
     }
 
@@ -649,7 +658,10 @@ public final class StoreCore {
             throw StoreRequestError.keyNotInRegion(key: key, region: peer.region)
         }
         recordLoad(peer, key: key)
-        return try db.get([UInt8](key), in: dataCF).map { Data($0) }
+        let value = try db.get([UInt8](key), in: dataCF).map { Data($0) }
+        peer.load.readKeys += 1
+        peer.load.readBytes += key.count + (value?.count ?? 0)
+        return value
     }
 
     /// Plans a scan of the region's applied data in [start, end) (an empty end: the region's

@@ -338,9 +338,12 @@ extension StoreCore {
             for pair in command.puts {
                 batch.put(pair.key, pair.value)
                 peer.bytesWrittenSinceSplitCheck += pair.key.count + pair.value.count
+                peer.load.writtenBytes += pair.key.count + pair.value.count
             }
+            peer.load.writtenKeys += command.puts.count
         } else if !command.deletes.isEmpty {
             for key in command.deletes { batch.delete(key) }
+            peer.load.writtenKeys += command.deletes.count
         } else if command.hasDeleteRange {
             let end = command.deleteRange.endKey.isEmpty ? StoreKeys.dataUpperBound(peer.region) : [UInt8](command.deleteRange.endKey)
             batch.deleteRange(from: [UInt8](command.deleteRange.startKey), to: end)
@@ -355,6 +358,8 @@ extension StoreCore {
             if matches {
                 if cas.deleteKey { batch.delete(cas.key) } else { batch.put(cas.key, cas.newValue) }
                 peer.bytesWrittenSinceSplitCheck += cas.key.count + cas.newValue.count
+                peer.load.writtenKeys += 1
+                peer.load.writtenBytes += cas.key.count + cas.newValue.count
             }
         }
         if var session {

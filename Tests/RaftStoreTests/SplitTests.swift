@@ -421,7 +421,27 @@ struct SplitTriggerTests {
         let loads = try #require(cluster.stores[leader]?.takeRegionLoads())
         let first = try #require(loads.first { $0.region.id == 1 })
         #expect(first.requests == 2 && Set(first.sampledKeys) == [Data("b".utf8), Data("c".utf8)])
+        #expect(first.writtenKeys == 2 && first.writtenBytes == 4, "b=v and c=v applied")
         #expect(cluster.stores[leader]?.takeRegionLoads().isEmpty == true, "counters restart")
+        _ = try cluster.stores[leader]?.get(Data("b".utf8), regionID: 1)
+        let read = try #require(cluster.stores[leader]?.takeRegionLoads().first { $0.region.id == 1 })
+        #expect(read.readKeys == 1 && read.readBytes == 2)
+    }
+
+    @Test func aLeaderReportsAPeerItHasNotHeardFromAsDown() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: [], settings: { _, settings in settings.peerDownTicks = 30 })
+        try cluster.rounds(40)
+        let leader = try #require(cluster.leader(of: 1))
+        let follower = try #require(cluster.storeIDs.first { $0 != leader })
+        #expect(cluster.stores[leader]?.leaderReports().first?.down.isEmpty == true)
+        cluster.crash(follower)
+        try cluster.rounds(20)
+        #expect(cluster.stores[leader]?.leaderReports().first?.down.isEmpty == true, "silent for less than the down time")
+        try cluster.rounds(15)
+        #expect(cluster.stores[leader]?.leaderReports().first?.down.map(\.storeID) == [follower])
+        try cluster.restart(follower)
+        try cluster.rounds(10)
+        #expect(cluster.stores[leader]?.leaderReports().first?.down.isEmpty == true, "heard from again")
     }
 
     /// One region split into 1,000 by 16 splits of up to 64 keys, with writes between them;
