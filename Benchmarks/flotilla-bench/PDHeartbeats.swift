@@ -128,51 +128,31 @@ struct PDHeartbeats: AsyncParsableCommand {
     static func send(_ layout: [Flotilla_V1_RegionInfo], client: PDClient, storeID: UInt64, concurrency: Int,
                      until deadline: ContinuousClock.Instant?, window: Int = 256) async throws -> Int {
         let next = ManagedCounter()
-        let header = try await client.call { pd, header in
-            var request = Flotilla_V1_GetClusterInfoRequest()
-            request.header = header
-            let response = try await pd.getClusterInfo(request)
-            return (header, response.header)
-        }
-        let leader = try await client.members().leader.clientAddress
-        let parts = leader.split(separator: ":")
-        guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("PD's leader address \(leader) is not host:port") }
-        var requestHeader = header
-        requestHeader.clusterID = client.clusterID
-        let sentHeader = requestHeader
-        return try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: String(parts[0]), port: port), transportSecurity: .plaintext)) { grpc in
-            let pd = Flotilla_V1_PD.Client(wrapping: grpc)
-            return try await withThrowingTaskGroup(of: Int.self) { group in
-                for _ in 0..<concurrency {
-                    group.addTask {
-                        let answered = ManagedCounter()
-                        let failed = ManagedCounter()
-                        try await pd.regionHeartbeats(requestProducer: { writer in
-                            var written = 0
-                            while true {
-                                if let deadline { if ContinuousClock.now >= deadline { return } }
-                                let ticket = next.take()
-                                if deadline == nil && ticket >= layout.count { return }
-                                while written - answered.value >= window { try await Task.sleep(for: .microseconds(200)) }
-                                var request = Flotilla_V1_RegionHeartbeatRequest()
-                                request.header = sentHeader
-                                request.storeID = storeID
-                                request.region = layout[ticket % layout.count]
-                                try await writer.write(request)
-                                written += 1
-                            }
-                        }, onResponse: { response in
-                            for try await answer in response.messages {
-                                if answer.header.hasError { _ = failed.take() }
-                                _ = answered.take()
-                            }
-                        })
-                        if failed.value > 0 { throw ValidationError("PD refused \(failed.value) heartbeats") }
-                        return answered.value
-                    }
+        return try await onLeaderStreams(client: client, concurrency: concurrency) { pd, sentHeader in
+            let answered = ManagedCounter()
+            let failed = ManagedCounter()
+            try await pd.regionHeartbeats(requestProducer: { writer in
+                var written = 0
+                while true {
+                    if let deadline { if ContinuousClock.now >= deadline { return } }
+                    let ticket = next.take()
+                    if deadline == nil && ticket >= layout.count { return }
+                    while written - answered.value >= window { try await Task.sleep(for: .microseconds(200)) }
+                    var request = Flotilla_V1_RegionHeartbeatRequest()
+                    request.header = sentHeader
+                    request.storeID = storeID
+                    request.region = layout[ticket % layout.count]
+                    try await writer.write(request)
+                    written += 1
                 }
-                return try await group.reduce(0, +)
-            }
+            }, onResponse: { response in
+                for try await answer in response.messages {
+                    if answer.header.hasError { _ = failed.take() }
+                    _ = answered.take()
+                }
+            })
+            if failed.value > 0 { throw ValidationError("PD refused \(failed.value) heartbeats") }
+            return answered.value
         }
     }
 
@@ -181,6 +161,45 @@ struct PDHeartbeats: AsyncParsableCommand {
     static func sendBatches(_ layout: [Flotilla_V1_RegionInfo], client: PDClient, storeID: UInt64, concurrency: Int,
                             until deadline: ContinuousClock.Instant, batch: Int, window: Int = 4) async throws -> Int {
         let next = ManagedCounter()
+        return try await onLeaderStreams(client: client, concurrency: concurrency) { pd, sentHeader in
+            let answered = ManagedCounter()
+            let batchesAnswered = ManagedCounter()
+            let failed = ManagedCounter()
+            try await pd.regionHeartbeatBatches(requestProducer: { writer in
+                var written = 0
+                while ContinuousClock.now < deadline {
+                    while written - batchesAnswered.value >= window { try await Task.sleep(for: .microseconds(200)) }
+                    var message = Flotilla_V1_RegionHeartbeatBatch()
+                    message.header = sentHeader
+                    message.heartbeats = (0..<batch).map { _ in
+                        var request = Flotilla_V1_RegionHeartbeatRequest()
+                        request.storeID = storeID
+                        request.region = layout[next.take() % layout.count]
+                        return request
+                    }
+                    try await writer.write(message)
+                    written += 1
+                }
+            }, onResponse: { response in
+                for try await message in response.messages {
+                    if message.header.hasError { _ = failed.take() }
+                    for answer in message.answers {
+                        if answer.header.hasError { _ = failed.take() }
+                        _ = answered.take()
+                    }
+                    _ = batchesAnswered.take()
+                }
+            })
+            if failed.value > 0 { throw ValidationError("PD refused \(failed.value) heartbeats") }
+            return answered.value
+        }
+    }
+
+    /// Runs `stream` `concurrency` times at once on one connection to PD's leader, with the
+    /// request header of the cluster; returns the sum of what they return.
+    static func onLeaderStreams(client: PDClient, concurrency: Int,
+                                _ stream: @escaping @Sendable (Flotilla_V1_PD.Client<HTTP2ClientTransport.Posix>, Flotilla_V1_PDRequestHeader) async throws -> Int) async throws -> Int {
+        _ = try await client.clusterInfo()  // learns the cluster id
         let leader = try await client.members().leader.clientAddress
         let parts = leader.split(separator: ":")
         guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("PD's leader address \(leader) is not host:port") }
@@ -190,40 +209,7 @@ struct PDHeartbeats: AsyncParsableCommand {
         return try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: String(parts[0]), port: port), transportSecurity: .plaintext)) { grpc in
             let pd = Flotilla_V1_PD.Client(wrapping: grpc)
             return try await withThrowingTaskGroup(of: Int.self) { group in
-                for _ in 0..<concurrency {
-                    group.addTask {
-                        let answered = ManagedCounter()
-                        let batchesAnswered = ManagedCounter()
-                        let failed = ManagedCounter()
-                        try await pd.regionHeartbeatBatches(requestProducer: { writer in
-                            var written = 0
-                            while ContinuousClock.now < deadline {
-                                while written - batchesAnswered.value >= window { try await Task.sleep(for: .microseconds(200)) }
-                                var message = Flotilla_V1_RegionHeartbeatBatch()
-                                message.header = sentHeader
-                                message.heartbeats = (0..<batch).map { _ in
-                                    var request = Flotilla_V1_RegionHeartbeatRequest()
-                                    request.storeID = storeID
-                                    request.region = layout[next.take() % layout.count]
-                                    return request
-                                }
-                                try await writer.write(message)
-                                written += 1
-                            }
-                        }, onResponse: { response in
-                            for try await message in response.messages {
-                                if message.header.hasError { _ = failed.take() }
-                                for answer in message.answers {
-                                    if answer.header.hasError { _ = failed.take() }
-                                    _ = answered.take()
-                                }
-                                _ = batchesAnswered.take()
-                            }
-                        })
-                        if failed.value > 0 { throw ValidationError("PD refused \(failed.value) heartbeats") }
-                        return answered.value
-                    }
-                }
+                for _ in 0..<concurrency { group.addTask { try await stream(pd, sentHeader) } }
                 return try await group.reduce(0, +)
             }
         }

@@ -57,20 +57,10 @@ extension StoreCore {
     }
 
     /// Checks a split asked by a client against the region led here (leader, epoch when the
-    /// context carries one, keys) and returns the region as it is now.
+    /// context carries one, keys, no joint configuration) and returns the region as it is now.
     public func checkSplitRequest(context: Flotilla_V1_RequestContext, keys: [Data]) throws(StoreRequestError) -> Flotilla_V1_Region {
         let peer = try leaderPeer(for: context)
-        var split = Flotilla_V1_SplitCommand()
-        split.epoch = peer.region.epoch
-        split.splitKeys = keys
-        // Placeholder ids, distinct from the region's: only the keys are checked here.
-        split.newRegions = keys.indices.map { position in
-            var ids = Flotilla_V1_SplitRegionIDs()
-            ids.regionID = UInt64.max - UInt64(position) * 32
-            ids.peerIds = peer.region.peers.indices.map { UInt64.max - UInt64(position) * 32 - 1 - UInt64($0) }
-            return ids
-        }
-        try checkSplit(split, peer: peer)
+        try checkSplitKeys(keys, peer: peer)
         return peer.region
     }
 
@@ -84,21 +74,7 @@ extension StoreCore {
         let region = peer.region
         guard split.epoch == region.epoch else { throw .epochNotMatch(current: currentRegions(of: peer)) }
         let keys = split.splitKeys
-        guard !keys.isEmpty else { throw .invalidArgument(field: "split_keys", reason: "no split key") }
-        guard keys.count <= KVLimits.splitKeysMax else {
-            throw .invalidArgument(field: "split_keys", reason: "\(keys.count) keys, more than \(KVLimits.splitKeysMax)")
-        }
-        for (position, key) in keys.enumerated() {
-            guard !key.isEmpty, key.count <= KVLimits.keyBytesMax else {
-                throw .invalidArgument(field: "split_keys", reason: "key \(position) is \(key.count) bytes (1 to \(KVLimits.keyBytesMax))")
-            }
-            guard region.startKey.lexicographicallyPrecedes(key), region.contains(key) else {
-                throw .invalidArgument(field: "split_keys", reason: "key \(key.hexDescription) is not strictly inside region \(region.id) [\(region.startKey.hexDescription), \(region.endKey.hexDescription))")
-            }
-            if position > 0 && !keys[position - 1].lexicographicallyPrecedes(key) {
-                throw .invalidArgument(field: "split_keys", reason: "keys must be strictly increasing (key \(position) is not after key \(position - 1))")
-            }
-        }
+        try checkSplitKeys(keys, peer: peer)
         guard split.newRegions.count == keys.count else {
             throw .invalidArgument(field: "new_regions", reason: "\(split.newRegions.count) new regions for \(keys.count) split keys")
         }
@@ -112,6 +88,27 @@ extension StoreCore {
                 guard id != 0, ids.insert(id).inserted else {
                     throw .invalidArgument(field: "new_regions", reason: "id \(id) is zero or used twice")
                 }
+            }
+        }
+    }
+
+    /// The split keys' rules (1 to `splitKeysMax`, each 1 to `keyBytesMax` bytes, strictly
+    /// increasing, strictly inside the region) and no joint configuration.
+    func checkSplitKeys(_ keys: [Data], peer: RegionPeer) throws(StoreRequestError) {
+        let region = peer.region
+        guard !keys.isEmpty else { throw .invalidArgument(field: "split_keys", reason: "no split key") }
+        guard keys.count <= KVLimits.splitKeysMax else {
+            throw .invalidArgument(field: "split_keys", reason: "\(keys.count) keys, more than \(KVLimits.splitKeysMax)")
+        }
+        for (position, key) in keys.enumerated() {
+            guard !key.isEmpty, key.count <= KVLimits.keyBytesMax else {
+                throw .invalidArgument(field: "split_keys", reason: "key \(position) is \(key.count) bytes (1 to \(KVLimits.keyBytesMax))")
+            }
+            guard region.startKey.lexicographicallyPrecedes(key), region.contains(key) else {
+                throw .invalidArgument(field: "split_keys", reason: "key \(key.hexDescription) is not strictly inside region \(region.id) [\(region.startKey.hexDescription), \(region.endKey.hexDescription))")
+            }
+            if position > 0 && !keys[position - 1].lexicographicallyPrecedes(key) {
+                throw .invalidArgument(field: "split_keys", reason: "keys must be strictly increasing (key \(position) is not after key \(position - 1))")
             }
         }
         guard peer.appliedConfState.votersOutgoing.isEmpty else {

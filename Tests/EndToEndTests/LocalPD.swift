@@ -116,6 +116,25 @@ final class LocalPD {
         }
     }
 
+    /// Bootstraps this (unbootstrapped) PD through its API with a pretend store that no
+    /// process serves, and a first region with one peer there: for tests of PD alone.
+    func bootstrapWithPretendStore(_ client: PDClient) async throws -> (store: Flotilla_V1_Store, region: Flotilla_V1_Region) {
+        var store = Flotilla_V1_Store()
+        store.address = "127.0.0.1:31001"
+        store.raftAddress = "127.0.0.1:32001"
+        store = try await client.putStore(store)
+        var region = Flotilla_V1_Region()
+        region.id = try await client.allocateIDs(2)
+        region.epoch.confVer = 1
+        region.epoch.version = 1
+        var peer = Flotilla_V1_Peer()
+        peer.id = region.id + 1
+        peer.storeID = store.id
+        region.peers = [peer]
+        try await client.bootstrap(store: store, region: region)
+        return (store, region)
+    }
+
     /// The index of the member that leads now, by asking the members.
     func leaderIndex(_ client: PDClient) async throws -> Int? {
         let members = try await client.members()

@@ -132,20 +132,7 @@ struct PDEndToEndTests {
         let pd = try LocalPD(members: 3)
         try await pd.withClient { client in
             #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
-            var store = Flotilla_V1_Store()
-            store.address = "127.0.0.1:31001"
-            store.raftAddress = "127.0.0.1:32001"
-            store = try await client.putStore(store)
-            let regionID = try await client.allocateIDs(2)
-            var region = Flotilla_V1_Region()
-            region.id = regionID
-            region.epoch.confVer = 1
-            region.epoch.version = 1
-            var peer = Flotilla_V1_Peer()
-            peer.id = regionID + 1
-            peer.storeID = store.id
-            region.peers = [peer]
-            try await client.bootstrap(store: store, region: region)
+            let regionID = try await pd.bootstrapWithPretendStore(client).region.id
             var request = Flotilla_V1_AddOperatorRequest()
             request.regionID = regionID
             request.split.splitKeys = [Data("m".utf8)]
@@ -430,6 +417,36 @@ struct PDProcessTests {
         process.waitUntilExit()
         let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(process.terminationStatus == 2 && message.contains("16 to 4096"), "\(process.terminationStatus): \(message)")
+    }
+
+    /// The split flags and `flotillactl region split`'s arguments are checked before anything
+    /// starts: each a non-zero exit naming the problem.
+    @Test func badSplitFlagsAndArgumentsAreRefusedWithAReason() async throws {
+        let server = LocalCluster.serverBinary
+        let ctl = URL(fileURLWithPath: server).deletingLastPathComponent().appendingPathComponent("flotillactl").path
+        let join = ["--pd", "127.0.0.1:1", "--data-dir", FileManager.default.temporaryDirectory.path + "/flotilla-never-\(UUID().uuidString)",
+                    "--address", "127.0.0.1:2", "--raft-address", "127.0.0.1:3"]
+        for (flags, fragment) in [(["--region-max-size-bytes", "100"], "4 KiB"),
+                                  (["--region-max-size-bytes", "65536", "--region-split-size-bytes", "131072"], "split size at most max size"),
+                                  (["--load-split-seconds", "0"], "seconds 1 to 3600"),
+                                  (["--load-split-requests-per-second=-5"], "requests per second"),
+                                  (["--split-check-diff-bytes", "0"], "split-check-diff")] {
+            let (status, output) = try LocalCluster.runToEnd(server, join + flags)
+            #expect(status == 2 && output.contains(fragment), "\(flags): \(status) \(output)")
+        }
+        let pd = try LocalPD(members: 1)
+        let regionID = try await pd.withClient { client in
+            #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
+            return try await pd.bootstrapWithPretendStore(client).region.id
+        }
+        let endpoint = pd.clientAddresses[0]
+        for (arguments, fragment) in [(["region", "split", "\(regionID)"], "at least one --at"),
+                                      (["region", "split", "\(regionID)", "--hex", "--at", "zz"], "not hexadecimal"),
+                                      (["region", "split", "\(regionID)", "--at", ""], "not strictly inside"),
+                                      (["region", "split", "999999", "--at", "m"], "999999")] {
+            let (status, output) = try LocalCluster.runToEnd(ctl, arguments + ["--pd", endpoint])
+            #expect(status != 0 && output.contains(fragment), "\(arguments): \(status) \(output)")
+        }
     }
 
     @Test func aStoreJoinedThroughPDStopsOnSIGTERM() async throws {

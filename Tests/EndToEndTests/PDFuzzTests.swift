@@ -26,17 +26,7 @@ struct PDFuzzTests {
         try await pd.withClient { client in
             #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
             clusterID = try await client.clusterInfo().clusterID
-            store.address = "127.0.0.1:31001"
-            store.raftAddress = "127.0.0.1:32001"
-            store = try await client.putStore(store)
-            region.id = try await client.allocateIDs(2)
-            var peer = Flotilla_V1_Peer()
-            peer.id = region.id + 1
-            peer.storeID = store.id
-            region.peers = [peer]
-            region.epoch.confVer = 1
-            region.epoch.version = 1
-            try await client.bootstrap(store: store, region: region)
+            (store, region) = try await pd.bootstrapWithPretendStore(client)
         }
         let address = try #require(HostPort(pd.clientAddresses[0]))
         let grpc = try GRPCClient(transport: .http2NIOPosix(target: .ipv4(address: address.host, port: address.port), transportSecurity: .plaintext))
