@@ -80,5 +80,12 @@ extension RaftNode {
         if let last = ready.committedEntries.last {
             log.applied(to: last.index)
         }
+        // A leader elected inside a joint configuration that leaves by itself leaves it once
+        // everything in its log at election is applied (the old leader may have died before
+        // its leave entry got anywhere): a region is never left joint.
+        if role == .leader, confState.isJoint, confState.autoLeave, pendingConfIndex <= log.applied, leadTransferee == noNode {
+            pendingConfIndex = appendAsLeader([Entry(term: 0, index: 0, kind: .confChange, data: ConfChangeV2.leaveJoint.encoded())])
+            broadcastAppend()
+        }
     }
 }

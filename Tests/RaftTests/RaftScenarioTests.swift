@@ -236,6 +236,35 @@ struct RaftScenarioTests {
         #expect(cluster.applied[4]?.last == Array("after".utf8))
     }
 
+    @Test func aLeaderElectedInsideAJointConfigurationLeavesIt() throws {
+        // n1 enters C_old,new replacing n3 by n4 but dies before its leave entry reaches
+        // anyone. n2, elected in the joint configuration, must lead the region out of it.
+        var cluster = ScenarioCluster(voters: [1, 2, 3])
+        let storage = MemoryStorage()
+        var config = RaftConfig(id: 4)
+        config.randomSeed = 7
+        cluster.storages[4] = storage
+        cluster.nodes[4] = RaftNode(config: config, storage: storage)
+        cluster.tick(10)
+        cluster.nodes[1]?.campaign()
+        cluster.settle()
+        let leave = ConfChangeV2.leaveJoint.encoded()
+        cluster.dropIf = { message in message.from == 1 && message.entries.contains { $0.kind == .confChange && $0.data == leave } }
+        try cluster.nodes[1]?.proposeConfChange(ConfChangeV2(changes: [.init(.addVoter, 4), .init(.remove, 3)]))
+        cluster.settle()
+        #expect(cluster.nodes[2]?.confState.isJoint == true, "n2 applied the joint configuration")
+        cluster.isolated = [1]
+        cluster.dropIf = { _ in false }
+        cluster.tick(40, only: [2, 3, 4])
+        cluster.nodes[2]?.campaign()
+        cluster.settle()
+        for _ in 0..<10 { cluster.tick(1, only: [2, 3, 4]) }
+        #expect(cluster.leaders.contains(2))
+        let conf = try #require(cluster.nodes[2]?.confState)
+        #expect(!conf.isJoint && conf.voters == [1, 2, 4], "\(conf)")
+        #expect(cluster.nodes[4]?.confState.isJoint == false)
+    }
+
     @Test func confChangeEncodingAndValidation() throws {
         let change = ConfChangeV2(changes: [.init(.addVoter, 4), .init(.addLearner, 9), .init(.remove, 1)], transition: .jointExplicit)
         #expect(ConfChangeV2(decoding: change.encoded()) == change)
