@@ -107,6 +107,50 @@ public nonisolated enum Flotilla_V1_ReadConsistency: SwiftProtobuf.Enum, Swift.C
 
 }
 
+public nonisolated enum Flotilla_V1_ConfChangeKind: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// One voter added or removed, or learners only: applied directly.
+  case simple // = 0
+
+  /// Into a joint configuration (C_old,new): decisions need a majority of both halves.
+  case enterJoint // = 1
+
+  /// Out of it: C_new alone.
+  case leaveJoint // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .simple
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .simple
+    case 1: self = .enterJoint
+    case 2: self = .leaveJoint
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .simple: return 0
+    case .enterJoint: return 1
+    case .leaveJoint: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Flotilla_V1_ConfChangeKind] = [
+    .simple,
+    .enterJoint,
+    .leaveJoint,
+  ]
+
+}
+
 /// Grows with every membership change (conf_ver) and every split or merge (version).
 public nonisolated struct Flotilla_V1_RegionEpoch: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -1087,6 +1131,50 @@ public nonisolated struct Flotilla_V1_RegionStatus: Sendable {
 
   public var lastLogIndex: UInt64 = 0
 
+  /// The region as this replica has applied it, whether it is in a joint configuration, and
+  /// its recent membership changes.
+  public var region: Flotilla_V1_Region {
+    get {_region ?? Flotilla_V1_Region()}
+    set {_region = newValue}
+  }
+  /// Returns true if `region` has been explicitly set.
+  public var hasRegion: Bool {self._region != nil}
+  /// Clears the value of `region`. Subsequent reads from it will return its default value.
+  public mutating func clearRegion() {self._region = nil}
+
+  public var joint: Bool = false
+
+  public var confChanges: [Flotilla_V1_ConfChangeRecord] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _region: Flotilla_V1_Region? = nil
+}
+
+/// One membership change a region applied, as each replica records it (replicated state: the
+/// same on every replica; the newest 16 are kept).
+public nonisolated struct Flotilla_V1_ConfChangeRecord: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var index: UInt64 = 0
+
+  public var kind: Flotilla_V1_ConfChangeKind = .simple
+
+  /// The region's conf_ver after the change.
+  public var confVer: UInt64 = 0
+
+  /// The peers after the change. In a joint configuration a peer being demoted still shows as
+  /// a voter; its id is in outgoing_voter_ids and not in incoming_voter_ids.
+  public var peers: [Flotilla_V1_Peer] = []
+
+  public var incomingVoterIds: [UInt64] = []
+
+  public var outgoingVoterIds: [UInt64] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1201,6 +1289,10 @@ nonisolated extension Flotilla_V1_PeerRole: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Flotilla_V1_ReadConsistency: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READ_CONSISTENCY_LINEARIZABLE\0\u{1}READ_CONSISTENCY_FOLLOWER\0\u{1}READ_CONSISTENCY_STALE\0")
+}
+
+nonisolated extension Flotilla_V1_ConfChangeKind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CONF_CHANGE_KIND_SIMPLE\0\u{1}CONF_CHANGE_KIND_ENTER_JOINT\0\u{1}CONF_CHANGE_KIND_LEAVE_JOINT\0")
 }
 
 nonisolated extension Flotilla_V1_RegionEpoch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -2983,7 +3075,7 @@ nonisolated extension Flotilla_V1_StoreStatusRequest: SwiftProtobuf.Message, Swi
 
 nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegionStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}role\0\u{3}leader_peer_id\0\u{1}term\0\u{3}applied_index\0\u{3}first_log_index\0\u{3}last_log_index\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}role\0\u{3}leader_peer_id\0\u{1}term\0\u{3}applied_index\0\u{3}first_log_index\0\u{3}last_log_index\0\u{1}region\0\u{1}joint\0\u{3}conf_changes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2998,12 +3090,19 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.appliedIndex) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.firstLogIndex) }()
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.lastLogIndex) }()
+      case 8: try { try decoder.decodeSingularMessageField(value: &self._region) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.joint) }()
+      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.confChanges) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.regionID != 0 {
       try visitor.visitSingularUInt64Field(value: self.regionID, fieldNumber: 1)
     }
@@ -3025,6 +3124,15 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
     if self.lastLogIndex != 0 {
       try visitor.visitSingularUInt64Field(value: self.lastLogIndex, fieldNumber: 7)
     }
+    try { if let v = self._region {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    } }()
+    if self.joint != false {
+      try visitor.visitSingularBoolField(value: self.joint, fieldNumber: 9)
+    }
+    if !self.confChanges.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.confChanges, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3036,6 +3144,64 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
     if lhs.appliedIndex != rhs.appliedIndex {return false}
     if lhs.firstLogIndex != rhs.firstLogIndex {return false}
     if lhs.lastLogIndex != rhs.lastLogIndex {return false}
+    if lhs._region != rhs._region {return false}
+    if lhs.joint != rhs.joint {return false}
+    if lhs.confChanges != rhs.confChanges {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_ConfChangeRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConfChangeRecord"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}index\0\u{1}kind\0\u{3}conf_ver\0\u{1}peers\0\u{3}incoming_voter_ids\0\u{3}outgoing_voter_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.index) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.confVer) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.peers) }()
+      case 5: try { try decoder.decodeRepeatedUInt64Field(value: &self.incomingVoterIds) }()
+      case 6: try { try decoder.decodeRepeatedUInt64Field(value: &self.outgoingVoterIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.index != 0 {
+      try visitor.visitSingularUInt64Field(value: self.index, fieldNumber: 1)
+    }
+    if self.kind != .simple {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 2)
+    }
+    if self.confVer != 0 {
+      try visitor.visitSingularUInt64Field(value: self.confVer, fieldNumber: 3)
+    }
+    if !self.peers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.peers, fieldNumber: 4)
+    }
+    if !self.incomingVoterIds.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.incomingVoterIds, fieldNumber: 5)
+    }
+    if !self.outgoingVoterIds.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.outgoingVoterIds, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_ConfChangeRecord, rhs: Flotilla_V1_ConfChangeRecord) -> Bool {
+    if lhs.index != rhs.index {return false}
+    if lhs.kind != rhs.kind {return false}
+    if lhs.confVer != rhs.confVer {return false}
+    if lhs.peers != rhs.peers {return false}
+    if lhs.incomingVoterIds != rhs.incomingVoterIds {return false}
+    if lhs.outgoingVoterIds != rhs.outgoingVoterIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -281,6 +281,32 @@ public enum Flotilla_V1_PD: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ListSchedulers" metadata.
+        public enum ListSchedulers: Sendable {
+            /// Request type for "ListSchedulers".
+            public typealias Input = Flotilla_V1_ListSchedulersRequest
+            /// Response type for "ListSchedulers".
+            public typealias Output = Flotilla_V1_ListSchedulersResponse
+            /// Descriptor for "ListSchedulers".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.PD"),
+                method: "ListSchedulers",
+                type: .unary
+            )
+        }
+        /// Namespace for "SetStoreState" metadata.
+        public enum SetStoreState: Sendable {
+            /// Request type for "SetStoreState".
+            public typealias Input = Flotilla_V1_SetStoreStateRequest
+            /// Response type for "SetStoreState".
+            public typealias Output = Flotilla_V1_SetStoreStateResponse
+            /// Descriptor for "SetStoreState".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.PD"),
+                method: "SetStoreState",
+                type: .unary
+            )
+        }
         /// Namespace for "PutMember" metadata.
         public enum PutMember: Sendable {
             /// Request type for "PutMember".
@@ -315,6 +341,8 @@ public enum Flotilla_V1_PD: Sendable {
             CancelOperator.descriptor,
             GetSchedulerSettings.descriptor,
             SetSchedulerSettings.descriptor,
+            ListSchedulers.descriptor,
+            SetStoreState.descriptor,
             PutMember.descriptor
         ]
     }
@@ -617,6 +645,34 @@ extension Flotilla_V1_PD {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_SetSchedulerSettingsResponse>
 
+        /// Handle the "ListSchedulers" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_ListSchedulersRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_ListSchedulersResponse` messages.
+        func listSchedulers(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_ListSchedulersRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_ListSchedulersResponse>
+
+        /// Handle the "SetStoreState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_SetStoreStateRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_SetStoreStateResponse` messages.
+        func setStoreState(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_SetStoreStateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_SetStoreStateResponse>
+
         /// Handle the "PutMember" method.
         ///
         /// - Parameters:
@@ -914,6 +970,34 @@ extension Flotilla_V1_PD {
             request: GRPCCore.ServerRequest<Flotilla_V1_SetSchedulerSettingsRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_SetSchedulerSettingsResponse>
+
+        /// Handle the "ListSchedulers" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_ListSchedulersRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Flotilla_V1_ListSchedulersResponse` message.
+        func listSchedulers(
+            request: GRPCCore.ServerRequest<Flotilla_V1_ListSchedulersRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_ListSchedulersResponse>
+
+        /// Handle the "SetStoreState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_SetStoreStateRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Flotilla_V1_SetStoreStateResponse` message.
+        func setStoreState(
+            request: GRPCCore.ServerRequest<Flotilla_V1_SetStoreStateRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_SetStoreStateResponse>
 
         /// Handle the "PutMember" method.
         ///
@@ -1213,6 +1297,34 @@ extension Flotilla_V1_PD {
             context: GRPCCore.ServerContext
         ) async throws -> Flotilla_V1_SetSchedulerSettingsResponse
 
+        /// Handle the "ListSchedulers" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_ListSchedulersRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Flotilla_V1_ListSchedulersResponse` to respond with.
+        func listSchedulers(
+            request: Flotilla_V1_ListSchedulersRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Flotilla_V1_ListSchedulersResponse
+
+        /// Handle the "SetStoreState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_SetStoreStateRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Flotilla_V1_SetStoreStateResponse` to respond with.
+        func setStoreState(
+            request: Flotilla_V1_SetStoreStateRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Flotilla_V1_SetStoreStateResponse
+
         /// Handle the "PutMember" method.
         ///
         /// - Parameters:
@@ -1443,6 +1555,28 @@ extension Flotilla_V1_PD.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Flotilla_V1_PD.Method.ListSchedulers.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_ListSchedulersRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_ListSchedulersResponse>(),
+            handler: { request, context in
+                try await self.listSchedulers(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Flotilla_V1_PD.Method.SetStoreState.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_SetStoreStateRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_SetStoreStateResponse>(),
+            handler: { request, context in
+                try await self.setStoreState(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Flotilla_V1_PD.Method.PutMember.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_PutMemberRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_PutMemberResponse>(),
@@ -1640,6 +1774,28 @@ extension Flotilla_V1_PD.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_SetSchedulerSettingsResponse> {
         let response = try await self.setSchedulerSettings(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func listSchedulers(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_ListSchedulersRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_ListSchedulersResponse> {
+        let response = try await self.listSchedulers(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func setStoreState(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_SetStoreStateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_SetStoreStateResponse> {
+        let response = try await self.setStoreState(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -1909,6 +2065,32 @@ extension Flotilla_V1_PD.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_SetSchedulerSettingsResponse> {
         return GRPCCore.ServerResponse<Flotilla_V1_SetSchedulerSettingsResponse>(
             message: try await self.setSchedulerSettings(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listSchedulers(
+        request: GRPCCore.ServerRequest<Flotilla_V1_ListSchedulersRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_ListSchedulersResponse> {
+        return GRPCCore.ServerResponse<Flotilla_V1_ListSchedulersResponse>(
+            message: try await self.listSchedulers(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func setStoreState(
+        request: GRPCCore.ServerRequest<Flotilla_V1_SetStoreStateRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_SetStoreStateResponse> {
+        return GRPCCore.ServerResponse<Flotilla_V1_SetStoreStateResponse>(
+            message: try await self.setStoreState(
                 request: request.message,
                 context: context
             ),
@@ -2307,6 +2489,44 @@ extension Flotilla_V1_PD {
             deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_SetSchedulerSettingsResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SetSchedulerSettingsResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListSchedulers" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_ListSchedulersRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_ListSchedulersRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_ListSchedulersResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listSchedulers<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_ListSchedulersRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_ListSchedulersRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_ListSchedulersResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_ListSchedulersResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SetStoreState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_SetStoreStateRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_SetStoreStateRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_SetStoreStateResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func setStoreState<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_SetStoreStateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_SetStoreStateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_SetStoreStateResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SetStoreStateResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "PutMember" method.
@@ -2920,6 +3140,66 @@ extension Flotilla_V1_PD {
             )
         }
 
+        /// Call the "ListSchedulers" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_ListSchedulersRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_ListSchedulersRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_ListSchedulersResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listSchedulers<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_ListSchedulersRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_ListSchedulersRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_ListSchedulersResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_ListSchedulersResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Flotilla_V1_PD.Method.ListSchedulers.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "SetStoreState" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_SetStoreStateRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_SetStoreStateRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_SetStoreStateResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func setStoreState<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_SetStoreStateRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_SetStoreStateRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_SetStoreStateResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SetStoreStateResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Flotilla_V1_PD.Method.SetStoreState.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "PutMember" method.
         ///
         /// - Parameters:
@@ -3430,6 +3710,56 @@ extension Flotilla_V1_PD.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_SetSchedulerSettingsRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_SetSchedulerSettingsResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListSchedulers" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_ListSchedulersRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listSchedulers<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_ListSchedulersRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_ListSchedulersResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listSchedulers(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_ListSchedulersRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_ListSchedulersResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetStoreState" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_SetStoreStateRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setStoreState<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_SetStoreStateRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SetStoreStateResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.setStoreState(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_SetStoreStateRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_SetStoreStateResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -4016,6 +4346,64 @@ extension Flotilla_V1_PD.ClientProtocol {
             metadata: metadata
         )
         return try await self.setSchedulerSettings(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListSchedulers" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listSchedulers<Result>(
+        _ message: Flotilla_V1_ListSchedulersRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_ListSchedulersResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_ListSchedulersRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listSchedulers(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SetStoreState" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func setStoreState<Result>(
+        _ message: Flotilla_V1_SetStoreStateRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SetStoreStateResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_SetStoreStateRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.setStoreState(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -1079,6 +1079,12 @@ public nonisolated struct Flotilla_V1_RegionInfo: @unchecked Sendable {
   /// Clears the value of `stats`. Subsequent reads from it will return its default value.
   public mutating func clearStats() {_uniqueStorage()._stats = nil}
 
+  /// The region is in a joint configuration (its leader leaves it by itself).
+  public var joint: Bool {
+    get {_storage._joint}
+    set {_uniqueStorage()._joint = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1197,6 +1203,9 @@ public nonisolated struct Flotilla_V1_ChangePeer: Sendable {
     case addLearner // = 0
     case promoteLearner // = 1
     case removePeer // = 2
+
+    /// A voter becomes a learner (only within ChangePeers).
+    case demoteVoter // = 3
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -1208,6 +1217,7 @@ public nonisolated struct Flotilla_V1_ChangePeer: Sendable {
       case 0: self = .addLearner
       case 1: self = .promoteLearner
       case 2: self = .removePeer
+      case 3: self = .demoteVoter
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -1217,6 +1227,7 @@ public nonisolated struct Flotilla_V1_ChangePeer: Sendable {
       case .addLearner: return 0
       case .promoteLearner: return 1
       case .removePeer: return 2
+      case .demoteVoter: return 3
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -1226,6 +1237,7 @@ public nonisolated struct Flotilla_V1_ChangePeer: Sendable {
       .addLearner,
       .promoteLearner,
       .removePeer,
+      .demoteVoter,
     ]
 
   }
@@ -1233,6 +1245,21 @@ public nonisolated struct Flotilla_V1_ChangePeer: Sendable {
   public init() {}
 
   fileprivate var _peer: Flotilla_V1_Peer? = nil
+}
+
+/// Several changes made as one joint-consensus change (enter C_old,new, then the leader leaves
+/// it by itself): a move promotes the new replica and demotes the old one at once, so the
+/// region keeps a quorum of each half throughout. Never demotes or removes the leader.
+public nonisolated struct Flotilla_V1_ChangePeers: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var changes: [Flotilla_V1_ChangePeer] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Flotilla_V1_TransferLeader: Sendable {
@@ -1321,12 +1348,21 @@ public nonisolated struct Flotilla_V1_RegionHeartbeatResponse: Sendable {
     set {step = .splitRegion(newValue)}
   }
 
+  public var changePeers: Flotilla_V1_ChangePeers {
+    get {
+      if case .changePeers(let v)? = step {return v}
+      return Flotilla_V1_ChangePeers()
+    }
+    set {step = .changePeers(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Step: Equatable, Sendable {
     case changePeer(Flotilla_V1_ChangePeer)
     case transferLeader(Flotilla_V1_TransferLeader)
     case splitRegion(Flotilla_V1_SplitRegion)
+    case changePeers(Flotilla_V1_ChangePeers)
 
   }
 
@@ -1480,12 +1516,21 @@ public nonisolated struct Flotilla_V1_OperatorStep: Sendable {
     set {step = .splitRegion(newValue)}
   }
 
+  public var changePeers: Flotilla_V1_ChangePeers {
+    get {
+      if case .changePeers(let v)? = step {return v}
+      return Flotilla_V1_ChangePeers()
+    }
+    set {step = .changePeers(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Step: Equatable, Sendable {
     case changePeer(Flotilla_V1_ChangePeer)
     case transferLeader(Flotilla_V1_TransferLeader)
     case splitRegion(Flotilla_V1_SplitRegion)
+    case changePeers(Flotilla_V1_ChangePeers)
 
   }
 
@@ -1625,6 +1670,18 @@ public nonisolated struct Flotilla_V1_AddOperatorRequest: Sendable {
     set {kind = .split(newValue)}
   }
 
+  /// Move the region's replica from one store to another: a learner on the target, caught
+  /// up by snapshot; the leader moved off the source if it is there; one joint change that
+  /// promotes the target and demotes the source; the source removed. Refused when the
+  /// source holds no replica, the target already holds one, or the target is not up.
+  public var movePeer: Flotilla_V1_MovePeer {
+    get {
+      if case .movePeer(let v)? = kind {return v}
+      return Flotilla_V1_MovePeer()
+    }
+    set {kind = .movePeer(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -1637,12 +1694,31 @@ public nonisolated struct Flotilla_V1_AddOperatorRequest: Sendable {
     /// Split the region at these keys. Refused when a key lies outside the region or on its
     /// start, or the keys are empty, repeated or out of order.
     case split(Flotilla_V1_SplitRegion)
+    /// Move the region's replica from one store to another: a learner on the target, caught
+    /// up by snapshot; the leader moved off the source if it is there; one joint change that
+    /// promotes the target and demotes the source; the source removed. Refused when the
+    /// source holds no replica, the target already holds one, or the target is not up.
+    case movePeer(Flotilla_V1_MovePeer)
 
   }
 
   public init() {}
 
   fileprivate var _header: Flotilla_V1_PDRequestHeader? = nil
+}
+
+public nonisolated struct Flotilla_V1_MovePeer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var fromStoreID: UInt64 = 0
+
+  public var toStoreID: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Flotilla_V1_AddOperatorResponse: @unchecked Sendable {
@@ -1733,6 +1809,30 @@ public nonisolated struct Flotilla_V1_SchedulerSettings: Sendable {
   /// The replica checker adds missing replicas (off: no new repairs; running ones finish).
   public var replicaCheckerEnabled: Bool = false
 
+  /// Balance-region moves replicas from the store with the most region size to the one with
+  /// the least (an empty region counts 1 MiB) while they differ by more than the tolerance.
+  public var balanceRegionEnabled: Bool = false
+
+  /// Balance-leader moves leadership from the store leading the most regions to one leading
+  /// the fewest, beyond the tolerance.
+  public var balanceLeaderEnabled: Bool = false
+
+  /// Hot-region moves leadership of the hottest written region off a store whose leaders take
+  /// far more written bytes than another's.
+  public var hotRegionEnabled: Bool = false
+
+  /// How far (percent of the mean, at least 1 region or leader) a store may stray before the
+  /// balancers act: 1 to 100; 0 means the default, 10.
+  public var balanceTolerancePercent: UInt32 = 0
+
+  /// Operators adding or removing a replica on one store at once (TiKV's store limit): 1 to
+  /// 64; 0 means the default, 4. A store receiving that many snapshots takes no new replica.
+  public var storeLimit: UInt32 = 0
+
+  /// A store label (for example "zone"): replicas of a region go to stores with distinct
+  /// values of it. Empty: no rule.
+  public var isolationLabel: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1759,35 +1859,34 @@ public nonisolated struct Flotilla_V1_GetSchedulerSettingsRequest: Sendable {
   fileprivate var _header: Flotilla_V1_PDRequestHeader? = nil
 }
 
-public nonisolated struct Flotilla_V1_GetSchedulerSettingsResponse: Sendable {
+public nonisolated struct Flotilla_V1_GetSchedulerSettingsResponse: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var header: Flotilla_V1_PDResponseHeader {
-    get {_header ?? Flotilla_V1_PDResponseHeader()}
-    set {_header = newValue}
+    get {_storage._header ?? Flotilla_V1_PDResponseHeader()}
+    set {_uniqueStorage()._header = newValue}
   }
   /// Returns true if `header` has been explicitly set.
-  public var hasHeader: Bool {self._header != nil}
+  public var hasHeader: Bool {_storage._header != nil}
   /// Clears the value of `header`. Subsequent reads from it will return its default value.
-  public mutating func clearHeader() {self._header = nil}
+  public mutating func clearHeader() {_uniqueStorage()._header = nil}
 
   public var settings: Flotilla_V1_SchedulerSettings {
-    get {_settings ?? Flotilla_V1_SchedulerSettings()}
-    set {_settings = newValue}
+    get {_storage._settings ?? Flotilla_V1_SchedulerSettings()}
+    set {_uniqueStorage()._settings = newValue}
   }
   /// Returns true if `settings` has been explicitly set.
-  public var hasSettings: Bool {self._settings != nil}
+  public var hasSettings: Bool {_storage._settings != nil}
   /// Clears the value of `settings`. Subsequent reads from it will return its default value.
-  public mutating func clearSettings() {self._settings = nil}
+  public mutating func clearSettings() {_uniqueStorage()._settings = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _header: Flotilla_V1_PDResponseHeader? = nil
-  fileprivate var _settings: Flotilla_V1_SchedulerSettings? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Flotilla_V1_SetSchedulerSettingsRequest: Sendable {
@@ -1822,6 +1921,140 @@ public nonisolated struct Flotilla_V1_SetSchedulerSettingsRequest: Sendable {
 }
 
 public nonisolated struct Flotilla_V1_SetSchedulerSettingsResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var header: Flotilla_V1_PDResponseHeader {
+    get {_header ?? Flotilla_V1_PDResponseHeader()}
+    set {_header = newValue}
+  }
+  /// Returns true if `header` has been explicitly set.
+  public var hasHeader: Bool {self._header != nil}
+  /// Clears the value of `header`. Subsequent reads from it will return its default value.
+  public mutating func clearHeader() {self._header = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _header: Flotilla_V1_PDResponseHeader? = nil
+}
+
+/// The schedulers and whether each runs (pause and resume them with SetSchedulerSettings).
+public nonisolated struct Flotilla_V1_SchedulerInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "replica-checker", "balance-region", "balance-leader", "hot-region"
+  public var name: String = String()
+
+  public var enabled: Bool = false
+
+  public var description_p: String = String()
+
+  /// Operators it made since this PD member became leader.
+  public var operatorsMade: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Flotilla_V1_ListSchedulersRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var header: Flotilla_V1_PDRequestHeader {
+    get {_header ?? Flotilla_V1_PDRequestHeader()}
+    set {_header = newValue}
+  }
+  /// Returns true if `header` has been explicitly set.
+  public var hasHeader: Bool {self._header != nil}
+  /// Clears the value of `header`. Subsequent reads from it will return its default value.
+  public mutating func clearHeader() {self._header = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _header: Flotilla_V1_PDRequestHeader? = nil
+}
+
+public nonisolated struct Flotilla_V1_ListSchedulersResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var header: Flotilla_V1_PDResponseHeader {
+    get {_header ?? Flotilla_V1_PDResponseHeader()}
+    set {_header = newValue}
+  }
+  /// Returns true if `header` has been explicitly set.
+  public var hasHeader: Bool {self._header != nil}
+  /// Clears the value of `header`. Subsequent reads from it will return its default value.
+  public mutating func clearHeader() {self._header = nil}
+
+  public var schedulers: [Flotilla_V1_SchedulerInfo] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _header: Flotilla_V1_PDResponseHeader? = nil
+}
+
+public nonisolated struct Flotilla_V1_StoreStateChange: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var storeID: UInt64 = 0
+
+  public var state: Flotilla_V1_StoreState = .up
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Drains a store (state OFFLINE: every replica is moved away, then PD makes it TOMBSTONE) or
+/// takes a drain back (UP). Refused when too few other stores could take its replicas, and for
+/// TOMBSTONE (PD sets it once the store is empty).
+public nonisolated struct Flotilla_V1_SetStoreStateRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var header: Flotilla_V1_PDRequestHeader {
+    get {_header ?? Flotilla_V1_PDRequestHeader()}
+    set {_header = newValue}
+  }
+  /// Returns true if `header` has been explicitly set.
+  public var hasHeader: Bool {self._header != nil}
+  /// Clears the value of `header`. Subsequent reads from it will return its default value.
+  public mutating func clearHeader() {self._header = nil}
+
+  public var change: Flotilla_V1_StoreStateChange {
+    get {_change ?? Flotilla_V1_StoreStateChange()}
+    set {_change = newValue}
+  }
+  /// Returns true if `change` has been explicitly set.
+  public var hasChange: Bool {self._change != nil}
+  /// Clears the value of `change`. Subsequent reads from it will return its default value.
+  public mutating func clearChange() {self._change = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _header: Flotilla_V1_PDRequestHeader? = nil
+  fileprivate var _change: Flotilla_V1_StoreStateChange? = nil
+}
+
+public nonisolated struct Flotilla_V1_SetStoreStateResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
@@ -3340,7 +3573,7 @@ nonisolated extension Flotilla_V1_RegionStats: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Flotilla_V1_RegionInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegionInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{1}leader\0\u{3}down_peers\0\u{3}pending_peers\0\u{1}stats\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{1}leader\0\u{3}down_peers\0\u{3}pending_peers\0\u{1}stats\0\u{1}joint\0")
 
   fileprivate class _StorageClass {
     var _region: Flotilla_V1_Region? = nil
@@ -3348,6 +3581,7 @@ nonisolated extension Flotilla_V1_RegionInfo: SwiftProtobuf.Message, SwiftProtob
     var _downPeers: [Flotilla_V1_Peer] = []
     var _pendingPeers: [Flotilla_V1_Peer] = []
     var _stats: Flotilla_V1_RegionStats? = nil
+    var _joint: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3363,6 +3597,7 @@ nonisolated extension Flotilla_V1_RegionInfo: SwiftProtobuf.Message, SwiftProtob
       _downPeers = source._downPeers
       _pendingPeers = source._pendingPeers
       _stats = source._stats
+      _joint = source._joint
     }
   }
 
@@ -3386,6 +3621,7 @@ nonisolated extension Flotilla_V1_RegionInfo: SwiftProtobuf.Message, SwiftProtob
         case 3: try { try decoder.decodeRepeatedMessageField(value: &_storage._downPeers) }()
         case 4: try { try decoder.decodeRepeatedMessageField(value: &_storage._pendingPeers) }()
         case 5: try { try decoder.decodeSingularMessageField(value: &_storage._stats) }()
+        case 6: try { try decoder.decodeSingularBoolField(value: &_storage._joint) }()
         default: break
         }
       }
@@ -3413,6 +3649,9 @@ nonisolated extension Flotilla_V1_RegionInfo: SwiftProtobuf.Message, SwiftProtob
       try { if let v = _storage._stats {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
       } }()
+      if _storage._joint != false {
+        try visitor.visitSingularBoolField(value: _storage._joint, fieldNumber: 6)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3427,6 +3666,7 @@ nonisolated extension Flotilla_V1_RegionInfo: SwiftProtobuf.Message, SwiftProtob
         if _storage._downPeers != rhs_storage._downPeers {return false}
         if _storage._pendingPeers != rhs_storage._pendingPeers {return false}
         if _storage._stats != rhs_storage._stats {return false}
+        if _storage._joint != rhs_storage._joint {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -3603,7 +3843,37 @@ nonisolated extension Flotilla_V1_ChangePeer: SwiftProtobuf.Message, SwiftProtob
 }
 
 nonisolated extension Flotilla_V1_ChangePeer.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ADD_LEARNER\0\u{1}PROMOTE_LEARNER\0\u{1}REMOVE_PEER\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ADD_LEARNER\0\u{1}PROMOTE_LEARNER\0\u{1}REMOVE_PEER\0\u{1}DEMOTE_VOTER\0")
+}
+
+nonisolated extension Flotilla_V1_ChangePeers: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ChangePeers"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}changes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.changes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.changes.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.changes, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_ChangePeers, rhs: Flotilla_V1_ChangePeers) -> Bool {
+    if lhs.changes != rhs.changes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
 }
 
 nonisolated extension Flotilla_V1_TransferLeader: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -3672,7 +3942,7 @@ nonisolated extension Flotilla_V1_SplitRegion: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Flotilla_V1_RegionHeartbeatResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegionHeartbeatResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}region_id\0\u{1}epoch\0\u{3}change_peer\0\u{3}transfer_leader\0\u{3}split_region\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}region_id\0\u{1}epoch\0\u{3}change_peer\0\u{3}transfer_leader\0\u{3}split_region\0\u{3}change_peers\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3722,6 +3992,19 @@ nonisolated extension Flotilla_V1_RegionHeartbeatResponse: SwiftProtobuf.Message
           self.step = .splitRegion(v)
         }
       }()
+      case 7: try {
+        var v: Flotilla_V1_ChangePeers?
+        var hadOneofValue = false
+        if let current = self.step {
+          hadOneofValue = true
+          if case .changePeers(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.step = .changePeers(v)
+        }
+      }()
       default: break
       }
     }
@@ -3753,6 +4036,10 @@ nonisolated extension Flotilla_V1_RegionHeartbeatResponse: SwiftProtobuf.Message
     case .splitRegion?: try {
       guard case .splitRegion(let v)? = self.step else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .changePeers?: try {
+      guard case .changePeers(let v)? = self.step else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
     }()
     case nil: break
     }
@@ -3952,7 +4239,7 @@ nonisolated extension Flotilla_V1_ScanRegionsResponse: SwiftProtobuf.Message, Sw
 
 nonisolated extension Flotilla_V1_OperatorStep: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OperatorStep"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}change_peer\0\u{3}transfer_leader\0\u{3}split_region\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}change_peer\0\u{3}transfer_leader\0\u{3}split_region\0\u{3}change_peers\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3999,6 +4286,19 @@ nonisolated extension Flotilla_V1_OperatorStep: SwiftProtobuf.Message, SwiftProt
           self.step = .splitRegion(v)
         }
       }()
+      case 4: try {
+        var v: Flotilla_V1_ChangePeers?
+        var hadOneofValue = false
+        if let current = self.step {
+          hadOneofValue = true
+          if case .changePeers(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.step = .changePeers(v)
+        }
+      }()
       default: break
       }
     }
@@ -4021,6 +4321,10 @@ nonisolated extension Flotilla_V1_OperatorStep: SwiftProtobuf.Message, SwiftProt
     case .splitRegion?: try {
       guard case .splitRegion(let v)? = self.step else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .changePeers?: try {
+      guard case .changePeers(let v)? = self.step else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     }()
     case nil: break
     }
@@ -4184,7 +4488,7 @@ nonisolated extension Flotilla_V1_ListOperatorsResponse: SwiftProtobuf.Message, 
 
 nonisolated extension Flotilla_V1_AddOperatorRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AddOperatorRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}region_id\0\u{3}add_peer_store_id\0\u{3}remove_peer_store_id\0\u{3}transfer_leader_store_id\0\u{1}split\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}region_id\0\u{3}add_peer_store_id\0\u{3}remove_peer_store_id\0\u{3}transfer_leader_store_id\0\u{1}split\0\u{3}move_peer\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4231,6 +4535,19 @@ nonisolated extension Flotilla_V1_AddOperatorRequest: SwiftProtobuf.Message, Swi
           self.kind = .split(v)
         }
       }()
+      case 7: try {
+        var v: Flotilla_V1_MovePeer?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .movePeer(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .movePeer(v)
+        }
+      }()
       default: break
       }
     }
@@ -4264,6 +4581,10 @@ nonisolated extension Flotilla_V1_AddOperatorRequest: SwiftProtobuf.Message, Swi
       guard case .split(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     }()
+    case .movePeer?: try {
+      guard case .movePeer(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -4273,6 +4594,41 @@ nonisolated extension Flotilla_V1_AddOperatorRequest: SwiftProtobuf.Message, Swi
     if lhs._header != rhs._header {return false}
     if lhs.regionID != rhs.regionID {return false}
     if lhs.kind != rhs.kind {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_MovePeer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MovePeer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}from_store_id\0\u{3}to_store_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.fromStoreID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.toStoreID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.fromStoreID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.fromStoreID, fieldNumber: 1)
+    }
+    if self.toStoreID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.toStoreID, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_MovePeer, rhs: Flotilla_V1_MovePeer) -> Bool {
+    if lhs.fromStoreID != rhs.fromStoreID {return false}
+    if lhs.toStoreID != rhs.toStoreID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4430,7 +4786,7 @@ nonisolated extension Flotilla_V1_CancelOperatorResponse: SwiftProtobuf.Message,
 
 nonisolated extension Flotilla_V1_SchedulerSettings: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SchedulerSettings"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}max_replicas\0\u{3}max_store_down_time_seconds\0\u{3}replica_checker_enabled\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}max_replicas\0\u{3}max_store_down_time_seconds\0\u{3}replica_checker_enabled\0\u{3}balance_region_enabled\0\u{3}balance_leader_enabled\0\u{3}hot_region_enabled\0\u{3}balance_tolerance_percent\0\u{3}store_limit\0\u{3}isolation_label\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4441,6 +4797,12 @@ nonisolated extension Flotilla_V1_SchedulerSettings: SwiftProtobuf.Message, Swif
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.maxReplicas) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.maxStoreDownTimeSeconds) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.replicaCheckerEnabled) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.balanceRegionEnabled) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.balanceLeaderEnabled) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.hotRegionEnabled) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.balanceTolerancePercent) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.storeLimit) }()
+      case 9: try { try decoder.decodeSingularStringField(value: &self.isolationLabel) }()
       default: break
       }
     }
@@ -4456,6 +4818,24 @@ nonisolated extension Flotilla_V1_SchedulerSettings: SwiftProtobuf.Message, Swif
     if self.replicaCheckerEnabled != false {
       try visitor.visitSingularBoolField(value: self.replicaCheckerEnabled, fieldNumber: 3)
     }
+    if self.balanceRegionEnabled != false {
+      try visitor.visitSingularBoolField(value: self.balanceRegionEnabled, fieldNumber: 4)
+    }
+    if self.balanceLeaderEnabled != false {
+      try visitor.visitSingularBoolField(value: self.balanceLeaderEnabled, fieldNumber: 5)
+    }
+    if self.hotRegionEnabled != false {
+      try visitor.visitSingularBoolField(value: self.hotRegionEnabled, fieldNumber: 6)
+    }
+    if self.balanceTolerancePercent != 0 {
+      try visitor.visitSingularUInt32Field(value: self.balanceTolerancePercent, fieldNumber: 7)
+    }
+    if self.storeLimit != 0 {
+      try visitor.visitSingularUInt32Field(value: self.storeLimit, fieldNumber: 8)
+    }
+    if !self.isolationLabel.isEmpty {
+      try visitor.visitSingularStringField(value: self.isolationLabel, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4463,6 +4843,12 @@ nonisolated extension Flotilla_V1_SchedulerSettings: SwiftProtobuf.Message, Swif
     if lhs.maxReplicas != rhs.maxReplicas {return false}
     if lhs.maxStoreDownTimeSeconds != rhs.maxStoreDownTimeSeconds {return false}
     if lhs.replicaCheckerEnabled != rhs.replicaCheckerEnabled {return false}
+    if lhs.balanceRegionEnabled != rhs.balanceRegionEnabled {return false}
+    if lhs.balanceLeaderEnabled != rhs.balanceLeaderEnabled {return false}
+    if lhs.hotRegionEnabled != rhs.hotRegionEnabled {return false}
+    if lhs.balanceTolerancePercent != rhs.balanceTolerancePercent {return false}
+    if lhs.storeLimit != rhs.storeLimit {return false}
+    if lhs.isolationLabel != rhs.isolationLabel {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4506,36 +4892,74 @@ nonisolated extension Flotilla_V1_GetSchedulerSettingsResponse: SwiftProtobuf.Me
   public static let protoMessageName: String = _protobuf_package + ".GetSchedulerSettingsResponse"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}settings\0")
 
+  fileprivate class _StorageClass {
+    var _header: Flotilla_V1_PDResponseHeader? = nil
+    var _settings: Flotilla_V1_SchedulerSettings? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _header = source._header
+      _settings = source._settings
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
-      case 2: try { try decoder.decodeSingularMessageField(value: &self._settings) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._header) }()
+        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._settings) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._header {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    try { if let v = self._settings {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    } }()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._header {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      try { if let v = _storage._settings {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+      } }()
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_GetSchedulerSettingsResponse, rhs: Flotilla_V1_GetSchedulerSettingsResponse) -> Bool {
-    if lhs._header != rhs._header {return false}
-    if lhs._settings != rhs._settings {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._header != rhs_storage._header {return false}
+        if _storage._settings != rhs_storage._settings {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4608,6 +5032,232 @@ nonisolated extension Flotilla_V1_SetSchedulerSettingsResponse: SwiftProtobuf.Me
   }
 
   public static func ==(lhs: Flotilla_V1_SetSchedulerSettingsResponse, rhs: Flotilla_V1_SetSchedulerSettingsResponse) -> Bool {
+    if lhs._header != rhs._header {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_SchedulerInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SchedulerInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}enabled\0\u{1}description\0\u{3}operators_made\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.enabled) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.description_p) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.operatorsMade) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.enabled != false {
+      try visitor.visitSingularBoolField(value: self.enabled, fieldNumber: 2)
+    }
+    if !self.description_p.isEmpty {
+      try visitor.visitSingularStringField(value: self.description_p, fieldNumber: 3)
+    }
+    if self.operatorsMade != 0 {
+      try visitor.visitSingularUInt64Field(value: self.operatorsMade, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_SchedulerInfo, rhs: Flotilla_V1_SchedulerInfo) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.enabled != rhs.enabled {return false}
+    if lhs.description_p != rhs.description_p {return false}
+    if lhs.operatorsMade != rhs.operatorsMade {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_ListSchedulersRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListSchedulersRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._header {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_ListSchedulersRequest, rhs: Flotilla_V1_ListSchedulersRequest) -> Bool {
+    if lhs._header != rhs._header {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_ListSchedulersResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ListSchedulersResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}schedulers\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.schedulers) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._header {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.schedulers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.schedulers, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_ListSchedulersResponse, rhs: Flotilla_V1_ListSchedulersResponse) -> Bool {
+    if lhs._header != rhs._header {return false}
+    if lhs.schedulers != rhs.schedulers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_StoreStateChange: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StoreStateChange"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}state\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.storeID) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.state) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.storeID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.storeID, fieldNumber: 1)
+    }
+    if self.state != .up {
+      try visitor.visitSingularEnumField(value: self.state, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_StoreStateChange, rhs: Flotilla_V1_StoreStateChange) -> Bool {
+    if lhs.storeID != rhs.storeID {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_SetStoreStateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SetStoreStateRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{1}change\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._change) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._header {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try { if let v = self._change {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_SetStoreStateRequest, rhs: Flotilla_V1_SetStoreStateRequest) -> Bool {
+    if lhs._header != rhs._header {return false}
+    if lhs._change != rhs._change {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_SetStoreStateResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SetStoreStateResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._header {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_SetStoreStateResponse, rhs: Flotilla_V1_SetStoreStateResponse) -> Bool {
     if lhs._header != rhs._header {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true

@@ -477,6 +477,12 @@ public nonisolated struct Flotilla_V1_RegionLocalState: @unchecked Sendable {
     set {_uniqueStorage()._applyingDirectory = newValue}
   }
 
+  /// The region's recent membership changes, oldest first (at most 16).
+  public var confChanges: [Flotilla_V1_ConfChangeRecord] {
+    get {_storage._confChanges}
+    set {_uniqueStorage()._confChanges = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -802,6 +808,16 @@ public nonisolated struct Flotilla_V1_PDCommand: Sendable {
     set {command = .recordOperator(newValue)}
   }
 
+  /// An admin drains a store (offline) or takes the drain back (up); PD's leader makes a
+  /// drained store with no replicas left a tombstone.
+  public var setStoreState: Flotilla_V1_StoreStateChange {
+    get {
+      if case .setStoreState(let v)? = command {return v}
+      return Flotilla_V1_StoreStateChange()
+    }
+    set {command = .setStoreState(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Command: Equatable, Sendable {
@@ -823,6 +839,9 @@ public nonisolated struct Flotilla_V1_PDCommand: Sendable {
     case putMember(Flotilla_V1_PDMember)
     /// An operator that ended, kept in the bounded history (the oldest beyond it dropped).
     case recordOperator(Flotilla_V1_OperatorInfo)
+    /// An admin drains a store (offline) or takes the drain back (up); PD's leader makes a
+    /// drained store with no replicas left a tombstone.
+    case setStoreState(Flotilla_V1_StoreStateChange)
 
   }
 
@@ -1437,7 +1456,7 @@ nonisolated extension Flotilla_V1_SnapshotDone: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegionLocalState"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{1}state\0\u{3}conf_state\0\u{3}applying_snapshot\0\u{3}applying_directory\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{1}state\0\u{3}conf_state\0\u{3}applying_snapshot\0\u{3}applying_directory\0\u{3}conf_changes\0")
 
   fileprivate class _StorageClass {
     var _region: Flotilla_V1_Region? = nil
@@ -1445,6 +1464,7 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
     var _confState: Flotilla_V1_ConfState? = nil
     var _applyingSnapshot: Flotilla_V1_SnapshotMetadata? = nil
     var _applyingDirectory: String = String()
+    var _confChanges: [Flotilla_V1_ConfChangeRecord] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1460,6 +1480,7 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
       _confState = source._confState
       _applyingSnapshot = source._applyingSnapshot
       _applyingDirectory = source._applyingDirectory
+      _confChanges = source._confChanges
     }
   }
 
@@ -1483,6 +1504,7 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
         case 3: try { try decoder.decodeSingularMessageField(value: &_storage._confState) }()
         case 4: try { try decoder.decodeSingularMessageField(value: &_storage._applyingSnapshot) }()
         case 5: try { try decoder.decodeSingularStringField(value: &_storage._applyingDirectory) }()
+        case 6: try { try decoder.decodeRepeatedMessageField(value: &_storage._confChanges) }()
         default: break
         }
       }
@@ -1510,6 +1532,9 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
       if !_storage._applyingDirectory.isEmpty {
         try visitor.visitSingularStringField(value: _storage._applyingDirectory, fieldNumber: 5)
       }
+      if !_storage._confChanges.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._confChanges, fieldNumber: 6)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1524,6 +1549,7 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
         if _storage._confState != rhs_storage._confState {return false}
         if _storage._applyingSnapshot != rhs_storage._applyingSnapshot {return false}
         if _storage._applyingDirectory != rhs_storage._applyingDirectory {return false}
+        if _storage._confChanges != rhs_storage._confChanges {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1947,7 +1973,7 @@ nonisolated extension Flotilla_V1_WriteResult: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Flotilla_V1_PDCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PDCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bootstrap\0\u{3}put_store\0\u{3}reserve_ids_through\0\u{3}put_region\0\u{3}set_settings\0\u{3}set_cluster_id\0\u{3}delete_region\0\u{3}put_member\0\u{3}record_operator\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bootstrap\0\u{3}put_store\0\u{3}reserve_ids_through\0\u{3}put_region\0\u{3}set_settings\0\u{3}set_cluster_id\0\u{3}delete_region\0\u{3}put_member\0\u{3}record_operator\0\u{3}set_store_state\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2057,6 +2083,19 @@ nonisolated extension Flotilla_V1_PDCommand: SwiftProtobuf.Message, SwiftProtobu
           self.command = .recordOperator(v)
         }
       }()
+      case 10: try {
+        var v: Flotilla_V1_StoreStateChange?
+        var hadOneofValue = false
+        if let current = self.command {
+          hadOneofValue = true
+          if case .setStoreState(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.command = .setStoreState(v)
+        }
+      }()
       default: break
       }
     }
@@ -2103,6 +2142,10 @@ nonisolated extension Flotilla_V1_PDCommand: SwiftProtobuf.Message, SwiftProtobu
     case .recordOperator?: try {
       guard case .recordOperator(let v)? = self.command else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case .setStoreState?: try {
+      guard case .setStoreState(let v)? = self.command else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
     }()
     case nil: break
     }

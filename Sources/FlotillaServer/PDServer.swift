@@ -191,8 +191,8 @@ public final class PDServer: Sendable {
             try? await Task.sleep(for: .milliseconds(500))
             let memberID = self.memberID
             let leading = await service.onLeader(header, allowUnknownCluster: true) { pd, nowMs in
-                pd.tick(nowMs: nowMs)
-                return (pd.state.clusterID, pd.state.members[memberID], pd.operatorRecords(nowMs: nowMs))
+                let scheduled = pd.tick(nowMs: nowMs)
+                return (pd.state.clusterID, pd.state.members[memberID], pd.operatorRecords(nowMs: nowMs) + scheduled)
             }
             let published = machine.published.withLock { $0 }
             for (id, member) in published.members where id != memberID {
@@ -200,7 +200,8 @@ public final class PDServer: Sendable {
             }
             switch leading {
             case .success(let (clusterID, recorded, operatorRecords)):
-                // Ended operators into the replicated history (a failover keeps them).
+                // Ended operators into the replicated history (a failover keeps them), drained
+                // stores made tombstones, ids the balancers need.
                 for command in operatorRecords { _ = await service.propose(command) }
                 if clusterID == 0 {
                     var command = Flotilla_V1_PDCommand()

@@ -421,6 +421,7 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
                     case .changePeer(let change): answer.changePeer = change
                     case .transferLeader(let transfer): answer.transferLeader = transfer
                     case .splitRegion(let split): answer.splitRegion = split
+                    case .changePeers(let changes): answer.changePeers = changes
                     }
                 }
                 answers.append(answer)
@@ -499,13 +500,16 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
     func addOperator(request: Flotilla_V1_AddOperatorRequest, context: ServerContext) async throws -> Flotilla_V1_AddOperatorResponse {
         var response = Flotilla_V1_AddOperatorResponse()
         var newPeerID: UInt64?
-        if case .addPeerStoreID = request.kind {
+        switch request.kind {
+        case .addPeerStoreID, .movePeer:
             switch await allocate(request.header, count: 1) {
             case .success(let id): newPeerID = id
             case .failure(let error):
                 response.header = header(error.proto)
                 return response
             }
+        default:
+            break
         }
         switch await onLeader(request.header, { [newPeerID] pd, nowMs throws(PDFailure) in
             try pd.addOperator(request, newPeerID: newPeerID, nowMs: nowMs).info(nowMs: nowMs)
@@ -552,6 +556,29 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
         var command = Flotilla_V1_PDCommand()
         command.setSettings = settings
         response.header = header(await propose(command))
+        return response
+    }
+
+    func listSchedulers(request: Flotilla_V1_ListSchedulersRequest, context: ServerContext) async throws -> Flotilla_V1_ListSchedulersResponse {
+        var response = Flotilla_V1_ListSchedulersResponse()
+        switch await onLeader(request.header, { pd, _ in pd.schedulerInfos() }) {
+        case .success(let schedulers):
+            response.schedulers = schedulers
+            response.header = header()
+        case .failure(let error): response.header = header(error.proto)
+        }
+        return response
+    }
+
+    func setStoreState(request: Flotilla_V1_SetStoreStateRequest, context: ServerContext) async throws -> Flotilla_V1_SetStoreStateResponse {
+        var response = Flotilla_V1_SetStoreStateResponse()
+        let change = request.change
+        switch await onLeader(request.header, { pd, nowMs throws(PDFailure) in try pd.setStoreStateCommand(change, nowMs: nowMs) }) {
+        case .success(let command):
+            response.header = header(await propose(command))
+        case .failure(let error):
+            response.header = header(error.proto)
+        }
         return response
     }
 }

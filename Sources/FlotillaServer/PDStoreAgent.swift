@@ -55,7 +55,7 @@ final class PDStoreAgent: Sendable {
 
     /// What the store thread reports each round.
     private struct Report: Sendable {
-        var leaders: [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer], down: [Flotilla_V1_Peer])] = []
+        var leaders: [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer], down: [Flotilla_V1_Peer], joint: Bool)] = []
         var regionCount = 0
         var pendingRequests = 0
         var unresolved: Set<UInt64> = []
@@ -116,16 +116,17 @@ final class PDStoreAgent: Sendable {
             await storeHeartbeat(report)
             let now = clock.now
             var due: [Flotilla_V1_RegionInfo] = []
-            for (region, leader, pending, down) in report.leaders {
+            for (region, leader, pending, down, joint) in report.leaders {
                 let previous = lastSent[region.id]
                 let changed = previous.map { $0.region != region || $0.leader != leader || now - $0.at >= link.regionHeartbeatInterval } ?? true
-                guard changed || !pending.isEmpty || !down.isEmpty else { continue }
+                guard changed || !pending.isEmpty || !down.isEmpty || joint else { continue }
                 lastSent[region.id] = (region, leader, now)
                 var info = Flotilla_V1_RegionInfo()
                 info.region = region
                 info.leader = leader
                 info.pendingPeers = pending
                 info.downPeers = down
+                info.joint = joint
                 if let rates = regionRates.withLock({ $0[region.id] }) { info.stats = rates }
                 if let size = regionSizes.withLock({ $0[region.id] }) {
                     info.stats.approximateSizeBytes = size.sizeBytes
@@ -253,44 +254,62 @@ final class PDStoreAgent: Sendable {
     private func carryOut(_ step: Flotilla_V1_RegionHeartbeatResponse.OneOf_Step, region: Flotilla_V1_Region) async {
         let regionID = region.id
         let logger = self.logger
+        let changes: [Flotilla_V1_ChangePeer]
         switch step {
         case .changePeer(let change):
-            var peer = change.peer
-            let kind: ConfChangeKind
-            switch change.kind {
-            case .addLearner:
-                // The new replica's store must be reachable before it is asked to catch up.
-                guard await resolve(peer.storeID) else { return }
-                peer.role = .learner
-                kind = .addLearner
-            case .promoteLearner:
-                peer.role = .voter
-                kind = .addVoter
-            case .removePeer:
-                kind = .remove
-            case .UNRECOGNIZED:
-                return
-            }
-            let changed = peer
-            _ = await driver.perform { core, _ in
-                let peer = changed
-                do {
-                    _ = try core.proposeMembershipChange(regionID: regionID, changes: [(kind, peer)])
-                    logger.info("PD step proposed", metadata: ["region_id": "\(regionID)", "change": "\(kind) \(peer.id) on store \(peer.storeID)"])
-                } catch {
-                    logger.warning("PD step refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
-                }
-            }
+            changes = [change]
+        case .changePeers(let joint):
+            changes = joint.changes
         case .transferLeader(let transfer):
             _ = await driver.perform { core, _ in
                 do { try core.transferLeader(regionID: regionID, to: transfer.peer.id) } catch {
                     logger.warning("PD leader transfer refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
                 }
             }
+            return
         case .splitRegion(let split):
             await proposeSplit(region: region, keys: split.splitKeys)
+            return
+        }
+        guard !changes.isEmpty, changes.count <= PDLimitsOnStore.changesPerStepMax else { return }
+        var proposed: [(kind: ConfChangeKind, peer: Flotilla_V1_Peer)] = []
+        for change in changes {
+            var peer = change.peer
+            switch change.kind {
+            case .addLearner:
+                // The new replica's store must be reachable before it is asked to catch up.
+                guard await resolve(peer.storeID) else { return }
+                peer.role = .learner
+                proposed.append((.addLearner, peer))
+            case .promoteLearner:
+                peer.role = .voter
+                proposed.append((.addVoter, peer))
+            case .demoteVoter:
+                peer.role = .learner
+                proposed.append((.addLearner, peer))
+            case .removePeer:
+                proposed.append((.remove, peer))
+            case .UNRECOGNIZED:
+                return
+            }
+        }
+        let asked = proposed
+        _ = await driver.perform { core, _ in
+            do {
+                _ = try core.proposeMembershipChange(regionID: regionID, changes: asked)
+                logger.info("PD step proposed", metadata: ["region_id": "\(regionID)",
+                                                           "change": "\(asked.map { "\($0.kind) \($0.peer.id) on store \($0.peer.storeID)" }.joined(separator: ", "))"])
+            } catch {
+                logger.warning("PD step refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
+            }
         }
     }
+
+    /// A bound on the changes of one step a store carries out (a region has at most 16 peers).
+    private enum PDLimitsOnStore {
+        static let changesPerStepMax = 16
+    }
+
 
     /// Asks PD for the new regions' ids and proposes the split through the region's log
     /// (once per epoch version: PD repeats the step until a heartbeat shows it done; a

@@ -409,6 +409,11 @@ extension StoreDriver {
                 region.firstLogIndex = bounds.first
                 region.lastLogIndex = bounds.last
             }
+            if let membership = core.membership(of: regionID) {
+                region.region = membership.region
+                region.joint = membership.joint
+                region.confChanges = membership.confChanges
+            }
             status.regionStatus.append(region)
         }
         return status

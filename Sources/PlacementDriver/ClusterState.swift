@@ -106,6 +106,17 @@ public struct ClusterState: Sendable, Equatable {
                 }
             }
             return writes
+        case .setStoreState(let change):
+            guard var store = stores[change.storeID] else { throw .unknownStore(change.storeID) }
+            guard store.state != .tombstone else { throw .storeTombstone(change.storeID) }
+            switch (store.state, change.state) {
+            case (.up, .offline), (.offline, .up), (.offline, .tombstone): break
+            case (let from, let to) where from == to: return []
+            default: throw .invalidArgument("store \(change.storeID): \(store.state) cannot become \(change.state)")
+            }
+            store.state = change.state
+            stores[store.id] = store
+            return [.put(key: PDRecordKeys.store(store.id), value: try PDRecordKeys.encode(store))]
         case .none:
             throw .invalidArgument("an empty PD command")
         }

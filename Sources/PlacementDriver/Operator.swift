@@ -15,11 +15,18 @@ public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
     /// Split the region at these keys; finished once the region's epoch version grew (the
     /// leader reports the region and the new ones right after applying it).
     case splitRegion(keys: [Data])
+    /// One joint-consensus change: the learner `promote` becomes a voter and the voter
+    /// `demote` a learner at once (the region's leader leaves the joint configuration by
+    /// itself); finished once both roles show and the region is out of the joint
+    /// configuration.
+    case promoteAndDemote(promote: Flotilla_V1_Peer, demote: Flotilla_V1_Peer)
 
     /// The change has been made (it may still be catching up).
     public func isApplied(to info: Flotilla_V1_RegionInfo) -> Bool {
         switch self {
         case .addLearner(let peer): info.region.peers.contains { $0.id == peer.id }
+        case .promoteAndDemote(let promote, _):
+            info.joint || info.region.peers.contains { $0.id == promote.id && $0.role == .voter }
         default: isFinished(on: info)
         }
     }
@@ -36,6 +43,27 @@ public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
             info.hasLeader && info.leader.storeID == peer.storeID
         case .splitRegion:
             false  // the version check of `OperatorController.heartbeat` sees it done
+        case .promoteAndDemote(let promote, let demote):
+            !info.joint && info.region.peers.contains { $0.id == promote.id && $0.role == .voter }
+                && !info.region.peers.contains { $0.id == demote.id && $0.role == .voter }
+        }
+    }
+
+    /// The stores this step adds a replica to or takes one from (for store limits).
+    public var storesTouched: [UInt64] {
+        switch self {
+        case .addLearner(let peer), .removePeer(let peer): [peer.storeID]
+        case .promoteAndDemote(let promote, let demote): [promote.storeID, demote.storeID]
+        case .promoteLearner, .transferLeader, .splitRegion: []
+        }
+    }
+
+    /// The peer this step would demote or remove, which must not be the leader then.
+    var peerLeaving: Flotilla_V1_Peer? {
+        switch self {
+        case .removePeer(let peer): peer
+        case .promoteAndDemote(_, let demote): demote
+        default: nil
         }
     }
 
@@ -54,6 +82,10 @@ public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
             var split = Flotilla_V1_SplitRegion()
             split.splitKeys = keys
             step.splitRegion = split
+        case .promoteAndDemote(let promote, let demote):
+            var joint = Flotilla_V1_ChangePeers()
+            joint.changes = [Self.change(.promoteLearner, promote), Self.change(.demoteVoter, demote)]
+            step.changePeers = joint
         }
         return step
     }
@@ -72,6 +104,8 @@ public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
         case .removePeer(let peer): "remove peer on store \(peer.storeID)"
         case .transferLeader(let peer): "transfer leader to store \(peer.storeID)"
         case .splitRegion(let keys): "split at \(keys.count) key\(keys.count == 1 ? "" : "s")"
+        case .promoteAndDemote(let promote, let demote):
+            "promote \(promote.id) on store \(promote.storeID) and demote \(demote.id) on store \(demote.storeID) (joint)"
         }
     }
 }
@@ -201,7 +235,27 @@ public struct OperatorController: Sendable {
         }
         if timedOut(op, nowMs: nowMs) { return nil }
         let step = op.steps[op.currentStep]
-        return step.isApplied(to: info) ? nil : step
+        if step.isApplied(to: info) { return nil }
+        // A leader is never demoted or removed: when the step would, the leadership moves to
+        // another healthy voter first (the leader may have moved there since the operator began).
+        if let leaving = step.peerLeaving, info.hasLeader, info.leader.id == leaving.id {
+            let down = Set(info.downPeers.map(\.id))
+            guard let heir = info.region.peers.first(where: { $0.role == .voter && $0.id != leaving.id && !down.contains($0.id) }) else {
+                end(regionID: regionID, status: .failed, reason: "no other voter can lead region \(regionID) before \(step)", nowMs: nowMs)
+                return nil
+            }
+            return .transferLeader(heir)
+        }
+        return step
+    }
+
+    /// Running operators' current steps per store they add a replica to or take one from.
+    public func storeLoad() -> [UInt64: Int] {
+        var load: [UInt64: Int] = [:]
+        for op in running.values {
+            for storeID in Set(op.steps[op.currentStep...].flatMap(\.storesTouched)) { load[storeID, default: 0] += 1 }
+        }
+        return load
     }
 
     /// Ends operators whose current step ran past its timeout (also for regions that stopped

@@ -21,6 +21,8 @@ public enum PDLimits {
     public static let memberNameBytesMax = 64
     /// One request to PD's API, encoded (larger: gRPC RESOURCE_EXHAUSTED).
     public static let requestMessageBytesMax = 1 << 20
+    /// Bound of `store_limit`: operators adding or removing a replica on one store at once.
+    public static let storeLimitMax: UInt32 = 64
     /// Ended operators PD remembers.
     public static let operatorHistoryMax = 1_000
 }

@@ -13,6 +13,10 @@ public struct PDTimings: Sendable, Equatable {
     public var operatorStepTimeoutMs: UInt64 = 60_000
     /// Ids a leader reserves through PD's log at a time.
     public var idBatch: UInt64 = 1_000
+    /// How often the leader runs the balancers and looks for drained stores.
+    public var balanceIntervalMs: UInt64 = 1_000
+    /// Operators the balancers may start in one round (each also bounded by store limits).
+    public var operatorsPerBalanceRoundMax = 8
 
     public init() {}
 
@@ -39,6 +43,9 @@ public struct PlacementDriver: Sendable {
     /// Ids this leader may hand out: idNext...idLimit (empty when idNext > idLimit).
     private var idNext: UInt64 = 1
     private var idLimit: UInt64 = 0
+    private var lastBalanceMs: UInt64 = 0
+    /// Operators each scheduler made since this member became leader, by origin.
+    public private(set) var operatorsMade: [String: UInt64] = [:]
 
     public init(timings: PDTimings = PDTimings(), state: ClusterState = ClusterState()) {
         self.timings = timings
@@ -62,6 +69,8 @@ public struct PlacementDriver: Sendable {
         storeHeard = [:]
         idNext = state.reservedIDsThrough + 1
         idLimit = state.reservedIDsThrough
+        operatorsMade = [:]
+        lastBalanceMs = 0
         operators = OperatorController(stepTimeoutMs: timings.operatorStepTimeoutMs, history: operators.history, firstID: term << 32 | 1)
     }
 
@@ -208,6 +217,39 @@ public struct PlacementDriver: Sendable {
         return command
     }
 
+    /// The command draining a store (offline) or taking the drain back (up). Draining is
+    /// refused when fewer than `max-replicas` other stores could hold the replicas, and a
+    /// tombstone is PD's to set (once the drained store is empty).
+    public func setStoreStateCommand(_ change: Flotilla_V1_StoreStateChange, nowMs: UInt64) throws(PDFailure) -> Flotilla_V1_PDCommand {
+        try requireLeader()
+        guard let store = state.stores[change.storeID] else { throw .unknownStore(change.storeID) }
+        guard store.state != .tombstone else { throw .storeTombstone(change.storeID) }
+        switch change.state {
+        case .up:
+            break
+        case .offline:
+            let others = storeViews(nowMs: nowMs).values.filter { $0.store.id != store.id && $0.store.state == .up && $0.liveness != .down }
+            let needed = Int(state.settings.maxReplicas)
+            guard others.count >= needed else {
+                throw .invalidArgument("store \(store.id) cannot be drained: \(others.count) other up store\(others.count == 1 ? "" : "s") for \(needed) replicas per region; add a store first")
+            }
+            let label = state.settings.isolationLabel
+            if !label.isEmpty {
+                let values = Set(others.map { $0.label(label) }.filter { !$0.isEmpty })
+                guard values.count >= needed else {
+                    throw .invalidArgument("store \(store.id) cannot be drained: the other up stores have \(values.count) distinct \"\(label)\" values for \(needed) replicas per region")
+                }
+            }
+        case .tombstone:
+            throw .invalidArgument("a store becomes a tombstone by draining: set it offline and PD removes it once it holds no replicas")
+        case .UNRECOGNIZED(let value):
+            throw .invalidArgument("state: unknown store state \(value)")
+        }
+        var command = Flotilla_V1_PDCommand()
+        command.setStoreState = change
+        return command
+    }
+
     /// Records a store heartbeat.
     public mutating func storeHeartbeat(storeID: UInt64, stats: Flotilla_V1_StoreStats, nowMs: UInt64) throws(PDFailure) {
         try requireLeader()
@@ -283,36 +325,62 @@ public struct PlacementDriver: Sendable {
     /// Runs the replica checker for one region; returns a reservation to propose when it
     /// needs a peer id and the window is empty (the next heartbeat retries).
     private mutating func planReplicas(_ info: Flotilla_V1_RegionInfo, nowMs: UInt64) -> Flotilla_V1_PDCommand? {
-        var views = storeViews(nowMs: nowMs)
-        // Replicas operators are adding count toward their target store's load already.
-        for op in operators.running.values {
-            if case .addLearner(let peer) = op.steps[op.currentStep] { views[peer.storeID]?.stats.regionCount += 1 }
-        }
+        let views = storeViews(nowMs: nowMs)
+        let origin = "replica-checker"
         switch ReplicaChecker.check(info, stores: views, settings: state.settings) {
         case nil:
             return nil
         case .promote(let learner):
-            _ = try? operators.add(regionID: info.region.id, origin: "replica-checker",
-                                   steps: [.addLearner(learner), .promoteLearner(learner)],
-                                   regionVersion: info.region.epoch.version, nowMs: nowMs)
+            start(info, origin: origin, steps: [.addLearner(learner), .promoteLearner(learner)], nowMs: nowMs)
+            return nil
+        case .remove(let peer):
+            start(info, origin: origin, steps: [.removePeer(peer)], nowMs: nowMs)
             return nil
         case .addReplica(let storeID):
             switch try? allocateIDs(count: 1) {
             case .ids(let first, _):
-                var peer = Flotilla_V1_Peer()
-                peer.id = first
-                peer.storeID = storeID
-                peer.role = .learner
-                _ = try? operators.add(regionID: info.region.id, origin: "replica-checker",
-                                       steps: [.addLearner(peer), .promoteLearner(peer)],
-                                       regionVersion: info.region.epoch.version, nowMs: nowMs)
+                let peer = Self.learner(id: first, storeID: storeID)
+                start(info, origin: origin, steps: [.addLearner(peer), .promoteLearner(peer)], nowMs: nowMs)
                 return nil
-            case .reserve(let command):
-                return command
-            case nil:
+            case .reserve(let command): return command
+            case nil: return nil
+            }
+        case .replace(let leaving, let storeID):
+            switch try? allocateIDs(count: 1) {
+            case .ids(let first, _):
+                start(info, origin: origin, steps: Self.moveSteps(leaving, to: Self.learner(id: first, storeID: storeID)), nowMs: nowMs)
                 return nil
+            case .reserve(let command): return command
+            case nil: return nil
             }
         }
+    }
+
+    private static func learner(id: UInt64, storeID: UInt64) -> Flotilla_V1_Peer {
+        var peer = Flotilla_V1_Peer()
+        peer.id = id
+        peer.storeID = storeID
+        peer.role = .learner
+        return peer
+    }
+
+    /// The steps moving `leaving`'s replica to the new learner `arriving`: add it, then (for a
+    /// voter) one joint change promoting it and demoting `leaving`, then remove `leaving`. The
+    /// operator moves the leadership off `leaving` first when it leads.
+    public static func moveSteps(_ leaving: Flotilla_V1_Peer, to arriving: Flotilla_V1_Peer) -> [OperatorStep] {
+        var removed = leaving
+        removed.role = .learner
+        if leaving.role == .learner { return [.addLearner(arriving), .removePeer(removed)] }
+        return [.addLearner(arriving), .promoteAndDemote(promote: arriving, demote: leaving), .removePeer(removed)]
+    }
+
+    /// Starts an operator and counts it for its scheduler.
+    @discardableResult
+    private mutating func start(_ info: Flotilla_V1_RegionInfo, origin: String, steps: [OperatorStep], nowMs: UInt64) -> Operator? {
+        guard let op = try? operators.add(regionID: info.region.id, origin: origin, steps: steps,
+                                          regionVersion: info.region.epoch.version, nowMs: nowMs) else { return nil }
+        operatorsMade[origin, default: 0] += 1
+        return op
     }
 
     /// Every non-tombstone store as the schedulers see it.
@@ -322,6 +390,7 @@ public struct PlacementDriver: Sendable {
             views[id] = StoreView(store: store, liveness: liveness(ofStore: id, nowMs: nowMs),
                                   stats: storeHeard[id]?.stats ?? Flotilla_V1_StoreStats())
         }
+        for (storeID, count) in operators.storeLoad() { views[storeID]?.operatorsInFlight = count }
         return views
     }
 
@@ -367,6 +436,23 @@ public struct PlacementDriver: Sendable {
         case .split(let split):
             try PDValidation.check(splitKeys: split.splitKeys, in: region)
             steps = [.splitRegion(keys: split.splitKeys)]
+        case .movePeer(let move):
+            guard let leaving = region.peers.first(where: { $0.storeID == move.fromStoreID }) else {
+                throw .invalidArgument("region \(region.id) has no peer on store \(move.fromStoreID)")
+            }
+            guard !region.peers.contains(where: { $0.storeID == move.toStoreID }) else {
+                throw .invalidArgument("region \(region.id) already has a peer on store \(move.toStoreID)")
+            }
+            guard let target = state.stores[move.toStoreID] else { throw .unknownStore(move.toStoreID) }
+            guard target.state == .up else { throw .invalidArgument("store \(move.toStoreID) is \(target.state == .offline ? "draining (offline)" : "removed (tombstone)") and takes no replicas") }
+            guard !info.joint else { throw .invalidArgument("region \(region.id) is in a joint configuration; retry once its leader has left it") }
+            let views = storeViews(nowMs: nowMs)
+            let kept = region.peers.filter { $0.role == .voter && $0.id != leaving.id }
+            guard leaving.role == .learner || ReplicaChecker.isolationAllows(move.toStoreID, beside: kept, stores: views, settings: state.settings) else {
+                throw .invalidArgument("store \(move.toStoreID) has the same \"\(state.settings.isolationLabel)\" as another replica of region \(region.id) (isolation rule)")
+            }
+            guard let newPeerID else { throw .invalidArgument("moving a peer needs a new peer id") }
+            steps = Self.moveSteps(leaving, to: Self.learner(id: newPeerID, storeID: move.toStoreID))
         case nil:
             throw .invalidArgument("an operator request needs a kind")
         }
@@ -397,9 +483,73 @@ public struct PlacementDriver: Sendable {
         }
     }
 
-    /// Ends operators whose step ran out of time.
-    public mutating func tick(nowMs: UInt64) {
-        guard isLeader else { return }
+    /// Ends operators whose step ran out of time, and every `balanceIntervalMs` runs the
+    /// balancers and makes drained, empty stores tombstones. Returns the commands to propose
+    /// (tombstones, id reservations the balancers need).
+    @discardableResult
+    public mutating func tick(nowMs: UInt64) -> [Flotilla_V1_PDCommand] {
+        guard isLeader else { return [] }
         operators.tick(nowMs: nowMs)
+        guard schedulingAllowed(nowMs: nowMs), nowMs >= lastBalanceMs + timings.balanceIntervalMs else { return [] }
+        lastBalanceMs = nowMs
+        var commands: [Flotilla_V1_PDCommand] = []
+        // A drained store that no region lists any more is removed for good.
+        let holding = Set(regions.all.flatMap { $0.region.peers.map(\.storeID) })
+        for store in state.stores.values.sorted(by: { $0.id < $1.id }) where store.state == .offline && !holding.contains(store.id) {
+            var command = Flotilla_V1_PDCommand()
+            command.setStoreState.storeID = store.id
+            command.setStoreState.state = .tombstone
+            commands.append(command)
+        }
+        if let reservation = balance(nowMs: nowMs) { commands.append(reservation) }
+        return commands
+    }
+
+    /// One round of the enabled balancers; returns a reservation when a move needs ids.
+    private mutating func balance(nowMs: UInt64) -> Flotilla_V1_PDCommand? {
+        let settings = state.settings
+        let all = regions.all
+        for _ in 0..<timings.operatorsPerBalanceRoundMax {
+            var started = false
+            let views = storeViews(nowMs: nowMs)
+            if settings.hotRegionEnabled, let (info, to) = Balancers.hotRegion(regions: all, stores: views, running: operators.running, settings: settings) {
+                started = start(info, origin: "hot-region", steps: [.transferLeader(to)], nowMs: nowMs) != nil || started
+            }
+            if settings.balanceLeaderEnabled,
+               let (info, to) = Balancers.balanceLeader(regions: all, stores: storeViews(nowMs: nowMs), running: operators.running, settings: settings) {
+                started = start(info, origin: "balance-leader", steps: [.transferLeader(to)], nowMs: nowMs) != nil || started
+            }
+            if settings.balanceRegionEnabled,
+               let (info, from, toStore) = Balancers.balanceRegion(regions: all, stores: storeViews(nowMs: nowMs), running: operators.running, settings: settings) {
+                switch try? allocateIDs(count: 1) {
+                case .ids(let first, _):
+                    started = start(info, origin: "balance-region", steps: Self.moveSteps(from, to: Self.learner(id: first, storeID: toStore)), nowMs: nowMs) != nil || started
+                case .reserve(let command): return command
+                case nil: break
+                }
+            }
+            if !started { break }
+        }
+        return nil
+    }
+
+    /// The schedulers, whether each runs, and how many operators each made under this leader.
+    public func schedulerInfos() -> [Flotilla_V1_SchedulerInfo] {
+        let settings = state.settings
+        let table: [(String, Bool, String)] = [
+            ("replica-checker", settings.replicaCheckerEnabled,
+             "keeps \(settings.maxReplicas) voters per region: adds missing ones, replaces those on down or draining stores, removes extras and stray learners"),
+            ("balance-region", settings.balanceRegionEnabled, "moves replicas from the fullest store to the emptiest (tolerance \(settings.effectiveTolerancePercent) %)"),
+            ("balance-leader", settings.balanceLeaderEnabled, "moves leadership from the store leading most regions to the one leading fewest"),
+            ("hot-region", settings.hotRegionEnabled, "moves leadership of the hottest written region off the hottest store"),
+        ]
+        return table.map { name, enabled, description in
+            var info = Flotilla_V1_SchedulerInfo()
+            info.name = name
+            info.enabled = enabled
+            info.description_p = description
+            info.operatorsMade = operatorsMade[name] ?? 0
+            return info
+        }
     }
 }

@@ -89,6 +89,15 @@ public enum PDValidation {
         guard (1...PDLimits.maxReplicasMax).contains(settings.maxReplicas) else {
             throw .invalidArgument("max_replicas: must be 1 to \(PDLimits.maxReplicasMax)")
         }
+        guard settings.balanceTolerancePercent <= 100 else {
+            throw .invalidArgument("balance_tolerance_percent: 1 to 100 (0: the default, 10), not \(settings.balanceTolerancePercent)")
+        }
+        guard settings.storeLimit <= PDLimits.storeLimitMax else {
+            throw .invalidArgument("store_limit: 1 to \(PDLimits.storeLimitMax) (0: the default, 4), not \(settings.storeLimit)")
+        }
+        guard settings.isolationLabel.utf8.count <= PDLimits.labelKeyBytesMax else {
+            throw .invalidArgument("isolation_label: at most \(PDLimits.labelKeyBytesMax) bytes")
+        }
         guard (1...PDLimits.maxStoreDownTimeSecondsMax).contains(settings.maxStoreDownTimeSeconds) else {
             throw .invalidArgument("max_store_down_time_seconds: must be 1 to \(PDLimits.maxStoreDownTimeSecondsMax)")
         }
@@ -102,6 +111,9 @@ extension Flotilla_V1_SchedulerSettings {
         settings.maxReplicas = 3
         settings.maxStoreDownTimeSeconds = 30 * 60
         settings.replicaCheckerEnabled = true
+        settings.balanceRegionEnabled = true
+        settings.balanceLeaderEnabled = true
+        settings.hotRegionEnabled = true
         return settings
     }
 }

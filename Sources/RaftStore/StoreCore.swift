@@ -156,6 +156,12 @@ final class RegionPeer {
     /// The regions the last split applied here made from this one, as they were made (for
     /// `EpochNotMatch`).
     var splitChildren: [Flotilla_V1_Region] = []
+    /// The membership changes this replica applied (or found in its stored state), oldest
+    /// first, at most `confChangeRecordsMax`.
+    var confChanges: [Flotilla_V1_ConfChangeRecord] = []
+
+    /// Membership changes a replica keeps in its local state.
+    static let confChangeRecordsMax = 16
 
     init(region: Flotilla_V1_Region, peerID: UInt64, raft: RaftNode, storage: RegionRaftStorage,
          isInitialized: Bool, appliedConfState: ConfState) {
@@ -176,6 +182,7 @@ final class RegionPeer {
         state.region = region
         state.state = .normal
         state.confState = Flotilla_V1_ConfState(appliedConfState)
+        state.confChanges = confChanges
         return state
     }
 }
@@ -317,6 +324,7 @@ public final class StoreCore {
         let peer = RegionPeer(region: region, peerID: me.id, raft: RaftNode(config: config, storage: storage),
                               storage: storage, isInitialized: true, appliedConfState: confState)
         peer.storage.snapshotPoint = SnapshotMetadata(index: applied, term: (try? storage.term(at: applied)) ?? 0, confState: confState)
+        peer.confChanges = Array(state.confChanges.suffix(RegionPeer.confChangeRecordsMax))
         peers[region.id] = peer
         regionMap.set(region)
         touchedRegions.insert(region.id)
@@ -570,6 +578,11 @@ public final class StoreCore {
         do { encodedContext = try announced.serializedBytes() } catch {
             throw .invalidArgument(field: "changes", reason: "cannot be encoded: \(error)")
         }
+        // A leader is never demoted or removed by its own proposal (TiKV's pd#3499: a leader
+        // demoted inside a joint configuration can lead it nowhere): move the leadership first.
+        if let own = changes.first(where: { $0.peer.id == peer.peerID }), own.kind != .addVoter {
+            throw .invalidArgument(field: "changes", reason: "peer \(peer.peerID) leads region \(regionID): transfer the leadership before demoting or removing it")
+        }
         let change = ConfChangeV2(changes: changes.map { ConfChangeSingle($0.kind, $0.peer.id) }, context: encodedContext)
         if let invalid = Result(catching: { () throws(RaftError) in try peer.appliedConfState.applying(change) }).failureDescription {
             throw .invalidArgument(field: "changes", reason: invalid)
@@ -587,6 +600,13 @@ public final class StoreCore {
         return trackWrite(peer: peer, index: index)
     }
 
+    /// A replica's region as applied here, whether it is in a joint configuration, and its
+    /// recent membership changes (nil for a region not here or not yet initialized).
+    public func membership(of regionID: UInt64) -> (region: Flotilla_V1_Region, joint: Bool, confChanges: [Flotilla_V1_ConfChangeRecord])? {
+        guard let peer = peers[regionID], peer.isInitialized else { return nil }
+        return (peer.region, peer.appliedConfState.isJoint, peer.confChanges)
+    }
+
     /// Hands the leadership of a region this store leads to its peer `peerID` (a voter).
     public func transferLeader(regionID: UInt64, to peerID: UInt64) throws(StoreRequestError) {
         var context = Flotilla_V1_RequestContext()
@@ -600,7 +620,7 @@ public final class StoreCore {
     /// peer, the peers still catching up (pending: never matched, or behind the leader's
     /// first log index, so they need a snapshot) and the peers not heard from for
     /// `peerDownTicks` (down).
-    public func leaderReports() -> [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer], down: [Flotilla_V1_Peer])] {
+    public func leaderReports() -> [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer], down: [Flotilla_V1_Peer], joint: Bool)] {
         peers.keys.sorted().compactMap { regionID in
             guard let peer = peers[regionID], peer.isInitialized, peer.raft.role == .leader,
                   let me = peer.region.peer(withID: peer.peerID) else { return nil }
@@ -614,7 +634,7 @@ public final class StoreCore {
             let down = peer.region.peers.filter { other in
                 other.id != peer.peerID && (silent[other.id] ?? 0) >= settings.peerDownTicks
             }
-            return (peer.region, me, pending, down)
+            return (peer.region, me, pending, down, peer.appliedConfState.isJoint)
         }
     }
 

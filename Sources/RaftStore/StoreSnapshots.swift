@@ -319,6 +319,9 @@ extension StoreCore {
         regionMap.set(peer.region)
         peer.isInitialized = true
         peer.appliedConfState = state.confState.core
+        // The membership record starts again here: the changes before the snapshot are in
+        // the leader's record, not in the snapshot.
+        peer.confChanges = []
         peer.sessions = [:]
         peer.receivedSnapshot = nil
         peer.logBytesSinceTruncation = 0

@@ -288,6 +288,17 @@ extension StoreCore {
             return described
         }
         peer.region.epoch.confVer += 1
+        var record = Flotilla_V1_ConfChangeRecord()
+        record.index = entry.index
+        record.kind = change.isLeaveJoint ? .leaveJoint : next.isJoint ? .enterJoint : .simple
+        record.confVer = peer.region.epoch.confVer
+        record.peers = peer.region.peers
+        if next.isJoint {
+            record.incomingVoterIds = next.voters.sorted()
+            record.outgoingVoterIds = next.votersOutgoing.sorted()
+        }
+        peer.confChanges.append(record)
+        if peer.confChanges.count > RegionPeer.confChangeRecordsMax { peer.confChanges.removeFirst(peer.confChanges.count - RegionPeer.confChangeRecordsMax) }
         if !next.allNodes.contains(peer.peerID) { peer.isRemoved = true }
         return true
     }

@@ -180,7 +180,7 @@ struct PlacementDriverTests {
         // A voter on a down store does not count.
         var downTable = stores
         downTable[3] = view(3, regions: 1, liveness: .down)
-        #expect(ReplicaChecker.check(full, stores: downTable, settings: settings) == .addReplica(storeID: 4))
+        #expect(ReplicaChecker.check(full, stores: downTable, settings: settings) == .replace(full.region.peers[2], storeID: 4))
     }
 
     @Test func anOperatorTimesOutAndIsRecorded() throws {
