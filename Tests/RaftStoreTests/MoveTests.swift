@@ -1,0 +1,123 @@
+import Foundation
+import FlotillaProto
+import Raft
+@testable import RaftStore
+import Testing
+
+/// Moving a replica between stores in-process: a learner caught up by snapshot, one joint
+/// change that promotes it and demotes the old replica, the old replica removed and destroyed.
+@Suite("Replica moves")
+struct MoveTests {
+    private func writeMany(_ cluster: InProcessCluster, prefix: String, count: Int) throws {
+        for index in 0..<count {
+            let key = "\(prefix)\(index)"
+            let result = try cluster.write(InProcessCluster.put(key, "value-\(index)"), key: key)
+            #expect((try? result.get().succeeded) == true, "write \(key): \(result)")
+        }
+    }
+
+    private func peer(_ id: UInt64, store: UInt64, _ role: Flotilla_V1_PeerRole) -> Flotilla_V1_Peer {
+        var peer = Flotilla_V1_Peer()
+        peer.id = id
+        peer.storeID = store
+        peer.role = role
+        return peer
+    }
+
+    /// Adds a learner on store 4 and waits until it has installed its snapshot.
+    private func addLearner(_ cluster: InProcessCluster, region: Flotilla_V1_Region, leader: UInt64) throws -> Flotilla_V1_Peer {
+        let learner = peer(region.id * 100 + 4, store: 4, .learner)
+        let id = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.addLearner, learner)]))
+        for _ in 0..<80 where cluster.completed[id] == nil || cluster.snapshotsInstalled[4, default: 0] == 0 { try cluster.round() }
+        #expect(cluster.snapshotsInstalled[4, default: 0] == 1, "the learner caught up by snapshot")
+        return learner
+    }
+
+    @Test func aMoveGoesThroughOneJointChangeRecordedOnEveryReplicaAndTheOldReplicaIsDestroyed() throws {
+        let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
+        try cluster.rounds(40)
+        try writeMany(cluster, prefix: "m", count: 30)
+        let region = try #require(cluster.region(for: "m"))
+        let leader = try #require(cluster.leader(of: region.id))
+        let source = try #require([1, 2, 3].first { $0 != leader })
+        let learner = try addLearner(cluster, region: region, leader: leader)
+
+        // The leader refuses to demote itself: leadership moves first (TiKV pd#3499).
+        let leaderPeer = peer(region.id * 100 + leader, store: leader, .learner)
+        var promoted = learner
+        promoted.role = .voter
+        #expect(throws: StoreRequestError.self) {
+            try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.addVoter, promoted), (.addLearner, leaderPeer)])
+        }
+
+        // Promote the learner and demote the source in one joint change; writes go on.
+        let demoted = peer(region.id * 100 + source, store: source, .learner)
+        let swap = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.addVoter, promoted), (.addLearner, demoted)]))
+        try writeMany(cluster, prefix: "during", count: 5)
+        for _ in 0..<40 where cluster.completed[swap] == nil { try cluster.round() }
+        try cluster.rounds(10)
+        let membership = try #require(cluster.stores[leader]?.membership(of: region.id))
+        #expect(!membership.joint, "the leader left the joint configuration by itself")
+        #expect(membership.confChanges.map(\.kind) == [.simple, .enterJoint, .leaveJoint], "\(membership.confChanges.map(\.kind))")
+        let entered = try #require(membership.confChanges.first { $0.kind == .enterJoint })
+        #expect(entered.outgoingVoterIds.contains(demoted.id) && !entered.incomingVoterIds.contains(demoted.id))
+        #expect(entered.incomingVoterIds.contains(learner.id))
+        #expect(membership.region.peers.first { $0.id == demoted.id }?.role == .learner)
+        // Every replica applied the same changes at the same indexes (the learner from its
+        // snapshot on: its record starts there).
+        let records = [1, 2, 3].compactMap { cluster.stores[UInt64($0)]?.membership(of: region.id)?.confChanges }
+        #expect(records.count == 3 && Set(records.map { $0.map(\.index) }).count == 1, "\(records.map { $0.map(\.index) })")
+
+        // Remove the demoted replica: its store destroys it, and nothing brings it back.
+        let remove = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.remove, demoted)]))
+        for _ in 0..<40 where cluster.completed[remove] == nil || cluster.stores[source]?.regionIDs != [] { try cluster.round() }
+        #expect(cluster.stores[source]?.regionIDs == [], "the removed replica was destroyed")
+        try writeMany(cluster, prefix: "after", count: 5)
+        try cluster.rounds(10)
+        let digests = cluster.digests(region.id)
+        #expect(digests.count == 3 && Set(digests.values.map(\.checksum)).count == 1 && digests[4]?.keyCount == 40, "\(digests)")
+        cluster.crash(source)
+        try cluster.restart(source)
+        try cluster.rounds(20)
+        #expect(cluster.stores[source]?.regionIDs == [])
+    }
+
+    @Test func aRegionWhoseLeaderDiesInsideTheJointConfigurationIsLedOutOfIt() throws {
+        let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
+        try cluster.rounds(40)
+        try writeMany(cluster, prefix: "j", count: 10)
+        let region = try #require(cluster.region(for: "j"))
+        let leader = try #require(cluster.leader(of: region.id))
+        let source = try #require([1, 2, 3].first { $0 != leader })
+        var promoted = try addLearner(cluster, region: region, leader: leader)
+        promoted.role = .voter
+        let demoted = peer(region.id * 100 + source, store: source, .learner)
+        // The leader's entry leaving the joint configuration never arrives anywhere; the
+        // followers learn that the joint change committed and apply it. Then the leader dies:
+        // a follower that applied the joint change as a follower must lead the region out.
+        let leave = Data(ConfChangeV2.leaveJoint.encoded())
+        cluster.holdBack = { _, message in
+            message.fromPeer.storeID == leader && message.message.entries.contains { $0.kind == UInt32(EntryKind.confChange.rawValue) && $0.data == leave }
+        }
+        _ = try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.addVoter, promoted), (.addLearner, demoted)])
+        let followers = [1, 2, 3, 4].map(UInt64.init).filter { $0 != leader && $0 != source }
+        for _ in 0..<60 where !followers.allSatisfy({ cluster.stores[$0]?.membership(of: region.id)?.joint == true }) { try cluster.round() }
+        #expect(followers.allSatisfy { cluster.stores[$0]?.membership(of: region.id)?.joint == true }, "the followers applied the joint change")
+        cluster.crash(leader)
+        cluster.holdBack = nil
+        cluster.held = []
+        for _ in 0..<200 {
+            try cluster.round()
+            if let next = cluster.leader(of: region.id), next != leader,
+               cluster.stores[next]?.membership(of: region.id)?.joint == false,
+               cluster.stores[next]?.membership(of: region.id)?.confChanges.last?.kind == .leaveJoint { break }
+        }
+        let next = try #require(cluster.leader(of: region.id))
+        let membership = try #require(cluster.stores[next]?.membership(of: region.id))
+        #expect(!membership.joint && membership.confChanges.last?.kind == .leaveJoint, "\(membership.confChanges.map(\.kind))")
+        try cluster.restart(leader)
+        try writeMany(cluster, prefix: "after", count: 3)
+        try cluster.rounds(20)
+        #expect(cluster.stores[leader]?.membership(of: region.id)?.joint == false, "the old leader learnt the leave on restart")
+    }
+}
