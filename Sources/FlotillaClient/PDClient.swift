@@ -208,6 +208,81 @@ public final class PDClient: Sendable {
         return try await addOperator(request)
     }
 
+    /// Asks PD to move region `regionID`'s replica from one store to another (an operator:
+    /// learner, joint change, removal).
+    public func movePeer(_ regionID: UInt64, from fromStoreID: UInt64, to toStoreID: UInt64) async throws(PDClientError) -> Flotilla_V1_OperatorInfo {
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = regionID
+        request.movePeer.fromStoreID = fromStoreID
+        request.movePeer.toStoreID = toStoreID
+        return try await addOperator(request)
+    }
+
+    /// Asks PD to make the region's peer on `storeID` its leader.
+    public func transferLeader(_ regionID: UInt64, to storeID: UInt64) async throws(PDClientError) -> Flotilla_V1_OperatorInfo {
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = regionID
+        request.transferLeaderStoreID = storeID
+        return try await addOperator(request)
+    }
+
+    public func cancelOperator(regionID: UInt64) async throws(PDClientError) {
+        try await call { client, header in
+            var request = Flotilla_V1_CancelOperatorRequest()
+            request.header = header
+            request.regionID = regionID
+            let response = try await client.cancelOperator(request)
+            return ((), response.header)
+        }
+    }
+
+    public func schedulerSettings() async throws(PDClientError) -> Flotilla_V1_SchedulerSettings {
+        try await call { client, header in
+            var request = Flotilla_V1_GetSchedulerSettingsRequest()
+            request.header = header
+            let response = try await client.getSchedulerSettings(request)
+            return (response.settings, response.header)
+        }
+    }
+
+    public func setSchedulerSettings(_ settings: Flotilla_V1_SchedulerSettings) async throws(PDClientError) {
+        try await call { client, header in
+            var request = Flotilla_V1_SetSchedulerSettingsRequest()
+            request.header = header
+            request.settings = settings
+            let response = try await client.setSchedulerSettings(request)
+            return ((), response.header)
+        }
+    }
+
+    /// Reads PD's scheduler settings, changes them with `body`, and writes them back.
+    public func updateSchedulerSettings(_ body: @Sendable (inout Flotilla_V1_SchedulerSettings) -> Void) async throws(PDClientError) {
+        var settings = try await schedulerSettings()
+        body(&settings)
+        try await setSchedulerSettings(settings)
+    }
+
+    public func schedulers() async throws(PDClientError) -> [Flotilla_V1_SchedulerInfo] {
+        try await call { client, header in
+            var request = Flotilla_V1_ListSchedulersRequest()
+            request.header = header
+            let response = try await client.listSchedulers(request)
+            return (response.schedulers, response.header)
+        }
+    }
+
+    /// Drains a store (`.offline`) or takes the drain back (`.up`).
+    public func setStoreState(_ storeID: UInt64, _ state: Flotilla_V1_StoreState) async throws(PDClientError) {
+        try await call { client, header in
+            var request = Flotilla_V1_SetStoreStateRequest()
+            request.header = header
+            request.change.storeID = storeID
+            request.change.state = state
+            let response = try await client.setStoreState(request)
+            return ((), response.header)
+        }
+    }
+
     /// Running operators, and with `includeHistory` the ended ones PD remembers.
     public func operators(includeHistory: Bool = false) async throws(PDClientError) -> [Flotilla_V1_OperatorInfo] {
         try await call { client, header in

@@ -1106,6 +1106,30 @@ public nonisolated struct Flotilla_V1_StoreStatusRequest: Sendable {
   /// Include one RegionStatus per region hosted here.
   public var includeRegions: Bool = false
 
+  /// Also digest this region's data and client sessions as applied here (reads the whole
+  /// region on the store's loop: for checks and tests, not for monitoring).
+  public var digestRegionID: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A replica's data and sessions at its applied index: replicas of a region at the same
+/// applied index have the same digest.
+public nonisolated struct Flotilla_V1_RegionDataDigest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var regionID: UInt64 = 0
+
+  public var appliedIndex: UInt64 = 0
+
+  public var keys: UInt64 = 0
+
+  public var checksum: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1181,50 +1205,110 @@ public nonisolated struct Flotilla_V1_ConfChangeRecord: Sendable {
 }
 
 /// Counters since the store process started.
-public nonisolated struct Flotilla_V1_StoreStatus: Sendable {
+public nonisolated struct Flotilla_V1_StoreStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var storeID: UInt64 = 0
+  public var storeID: UInt64 {
+    get {_storage._storeID}
+    set {_uniqueStorage()._storeID = newValue}
+  }
 
-  public var regions: UInt64 = 0
+  public var regions: UInt64 {
+    get {_storage._regions}
+    set {_uniqueStorage()._regions = newValue}
+  }
 
-  public var leaders: UInt64 = 0
+  public var leaders: UInt64 {
+    get {_storage._leaders}
+    set {_uniqueStorage()._leaders = newValue}
+  }
 
-  public var turns: UInt64 = 0
+  public var turns: UInt64 {
+    get {_storage._turns}
+    set {_uniqueStorage()._turns = newValue}
+  }
 
   /// Synced RocksDB writes (one per turn with log writes, plus snapshot installs).
-  public var logSyncs: UInt64 = 0
+  public var logSyncs: UInt64 {
+    get {_storage._logSyncs}
+    set {_uniqueStorage()._logSyncs = newValue}
+  }
 
   /// Sum over turns of the regions whose log writes went into the turn's batch.
-  public var regionsInLogBatches: UInt64 = 0
+  public var regionsInLogBatches: UInt64 {
+    get {_storage._regionsInLogBatches}
+    set {_uniqueStorage()._regionsInLogBatches = newValue}
+  }
 
-  public var entriesApplied: UInt64 = 0
+  public var entriesApplied: UInt64 {
+    get {_storage._entriesApplied}
+    set {_uniqueStorage()._entriesApplied = newValue}
+  }
 
-  public var snapshotsSent: UInt64 = 0
+  public var snapshotsSent: UInt64 {
+    get {_storage._snapshotsSent}
+    set {_uniqueStorage()._snapshotsSent = newValue}
+  }
 
-  public var snapshotsReceived: UInt64 = 0
+  public var snapshotsReceived: UInt64 {
+    get {_storage._snapshotsReceived}
+    set {_uniqueStorage()._snapshotsReceived = newValue}
+  }
 
-  public var snapshotsInstalled: UInt64 = 0
+  public var snapshotsInstalled: UInt64 {
+    get {_storage._snapshotsInstalled}
+    set {_uniqueStorage()._snapshotsInstalled = newValue}
+  }
 
-  public var logsTruncated: UInt64 = 0
+  public var logsTruncated: UInt64 {
+    get {_storage._logsTruncated}
+    set {_uniqueStorage()._logsTruncated = newValue}
+  }
 
-  public var pendingRequests: UInt64 = 0
+  public var pendingRequests: UInt64 {
+    get {_storage._pendingRequests}
+    set {_uniqueStorage()._pendingRequests = newValue}
+  }
 
-  public var regionStatus: [Flotilla_V1_RegionStatus] = []
+  public var regionStatus: [Flotilla_V1_RegionStatus] {
+    get {_storage._regionStatus}
+    set {_uniqueStorage()._regionStatus = newValue}
+  }
 
   /// Raft transport (TCP between stores): frames written and read, and messages dropped
   /// because the peer was unreachable or its queue was full (Raft retransmits them).
-  public var raftFramesSent: UInt64 = 0
+  public var raftFramesSent: UInt64 {
+    get {_storage._raftFramesSent}
+    set {_uniqueStorage()._raftFramesSent = newValue}
+  }
 
-  public var raftFramesReceived: UInt64 = 0
+  public var raftFramesReceived: UInt64 {
+    get {_storage._raftFramesReceived}
+    set {_uniqueStorage()._raftFramesReceived = newValue}
+  }
 
-  public var raftMessagesDropped: UInt64 = 0
+  public var raftMessagesDropped: UInt64 {
+    get {_storage._raftMessagesDropped}
+    set {_uniqueStorage()._raftMessagesDropped = newValue}
+  }
+
+  /// Set when the request named a region hosted (and initialized) here.
+  public var digest: Flotilla_V1_RegionDataDigest {
+    get {_storage._digest ?? Flotilla_V1_RegionDataDigest()}
+    set {_uniqueStorage()._digest = newValue}
+  }
+  /// Returns true if `digest` has been explicitly set.
+  public var hasDigest: Bool {_storage._digest != nil}
+  /// Clears the value of `digest`. Subsequent reads from it will return its default value.
+  public mutating func clearDigest() {_uniqueStorage()._digest = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// Splits a region at once through its leader (a store joined through PD: the new regions'
@@ -3045,7 +3129,7 @@ nonisolated extension Flotilla_V1_CommandResponseItem: SwiftProtobuf.Message, Sw
 
 nonisolated extension Flotilla_V1_StoreStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreStatusRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}include_regions\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}include_regions\0\u{3}digest_region_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3054,6 +3138,7 @@ nonisolated extension Flotilla_V1_StoreStatusRequest: SwiftProtobuf.Message, Swi
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBoolField(value: &self.includeRegions) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.digestRegionID) }()
       default: break
       }
     }
@@ -3063,11 +3148,60 @@ nonisolated extension Flotilla_V1_StoreStatusRequest: SwiftProtobuf.Message, Swi
     if self.includeRegions != false {
       try visitor.visitSingularBoolField(value: self.includeRegions, fieldNumber: 1)
     }
+    if self.digestRegionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.digestRegionID, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_StoreStatusRequest, rhs: Flotilla_V1_StoreStatusRequest) -> Bool {
     if lhs.includeRegions != rhs.includeRegions {return false}
+    if lhs.digestRegionID != rhs.digestRegionID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_RegionDataDigest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RegionDataDigest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{3}applied_index\0\u{1}keys\0\u{1}checksum\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.regionID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.appliedIndex) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.keys) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.checksum) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.regionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.regionID, fieldNumber: 1)
+    }
+    if self.appliedIndex != 0 {
+      try visitor.visitSingularUInt64Field(value: self.appliedIndex, fieldNumber: 2)
+    }
+    if self.keys != 0 {
+      try visitor.visitSingularUInt64Field(value: self.keys, fieldNumber: 3)
+    }
+    if self.checksum != 0 {
+      try visitor.visitSingularUInt64Field(value: self.checksum, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_RegionDataDigest, rhs: Flotilla_V1_RegionDataDigest) -> Bool {
+    if lhs.regionID != rhs.regionID {return false}
+    if lhs.appliedIndex != rhs.appliedIndex {return false}
+    if lhs.keys != rhs.keys {return false}
+    if lhs.checksum != rhs.checksum {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3209,104 +3343,181 @@ nonisolated extension Flotilla_V1_ConfChangeRecord: SwiftProtobuf.Message, Swift
 
 nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0\u{3}raft_frames_sent\0\u{3}raft_frames_received\0\u{3}raft_messages_dropped\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0\u{3}raft_frames_sent\0\u{3}raft_frames_received\0\u{3}raft_messages_dropped\0\u{1}digest\0")
+
+  fileprivate class _StorageClass {
+    var _storeID: UInt64 = 0
+    var _regions: UInt64 = 0
+    var _leaders: UInt64 = 0
+    var _turns: UInt64 = 0
+    var _logSyncs: UInt64 = 0
+    var _regionsInLogBatches: UInt64 = 0
+    var _entriesApplied: UInt64 = 0
+    var _snapshotsSent: UInt64 = 0
+    var _snapshotsReceived: UInt64 = 0
+    var _snapshotsInstalled: UInt64 = 0
+    var _logsTruncated: UInt64 = 0
+    var _pendingRequests: UInt64 = 0
+    var _regionStatus: [Flotilla_V1_RegionStatus] = []
+    var _raftFramesSent: UInt64 = 0
+    var _raftFramesReceived: UInt64 = 0
+    var _raftMessagesDropped: UInt64 = 0
+    var _digest: Flotilla_V1_RegionDataDigest? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _storeID = source._storeID
+      _regions = source._regions
+      _leaders = source._leaders
+      _turns = source._turns
+      _logSyncs = source._logSyncs
+      _regionsInLogBatches = source._regionsInLogBatches
+      _entriesApplied = source._entriesApplied
+      _snapshotsSent = source._snapshotsSent
+      _snapshotsReceived = source._snapshotsReceived
+      _snapshotsInstalled = source._snapshotsInstalled
+      _logsTruncated = source._logsTruncated
+      _pendingRequests = source._pendingRequests
+      _regionStatus = source._regionStatus
+      _raftFramesSent = source._raftFramesSent
+      _raftFramesReceived = source._raftFramesReceived
+      _raftMessagesDropped = source._raftMessagesDropped
+      _digest = source._digest
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.storeID) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.regions) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.leaders) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.turns) }()
-      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.logSyncs) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.regionsInLogBatches) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.entriesApplied) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.snapshotsSent) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.snapshotsReceived) }()
-      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.snapshotsInstalled) }()
-      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.logsTruncated) }()
-      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.pendingRequests) }()
-      case 13: try { try decoder.decodeRepeatedMessageField(value: &self.regionStatus) }()
-      case 14: try { try decoder.decodeSingularUInt64Field(value: &self.raftFramesSent) }()
-      case 15: try { try decoder.decodeSingularUInt64Field(value: &self.raftFramesReceived) }()
-      case 16: try { try decoder.decodeSingularUInt64Field(value: &self.raftMessagesDropped) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._storeID) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._regions) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._leaders) }()
+        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._turns) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._logSyncs) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._regionsInLogBatches) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._entriesApplied) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._snapshotsSent) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._snapshotsReceived) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._snapshotsInstalled) }()
+        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._logsTruncated) }()
+        case 12: try { try decoder.decodeSingularUInt64Field(value: &_storage._pendingRequests) }()
+        case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._regionStatus) }()
+        case 14: try { try decoder.decodeSingularUInt64Field(value: &_storage._raftFramesSent) }()
+        case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._raftFramesReceived) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._raftMessagesDropped) }()
+        case 17: try { try decoder.decodeSingularMessageField(value: &_storage._digest) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.storeID != 0 {
-      try visitor.visitSingularUInt64Field(value: self.storeID, fieldNumber: 1)
-    }
-    if self.regions != 0 {
-      try visitor.visitSingularUInt64Field(value: self.regions, fieldNumber: 2)
-    }
-    if self.leaders != 0 {
-      try visitor.visitSingularUInt64Field(value: self.leaders, fieldNumber: 3)
-    }
-    if self.turns != 0 {
-      try visitor.visitSingularUInt64Field(value: self.turns, fieldNumber: 4)
-    }
-    if self.logSyncs != 0 {
-      try visitor.visitSingularUInt64Field(value: self.logSyncs, fieldNumber: 5)
-    }
-    if self.regionsInLogBatches != 0 {
-      try visitor.visitSingularUInt64Field(value: self.regionsInLogBatches, fieldNumber: 6)
-    }
-    if self.entriesApplied != 0 {
-      try visitor.visitSingularUInt64Field(value: self.entriesApplied, fieldNumber: 7)
-    }
-    if self.snapshotsSent != 0 {
-      try visitor.visitSingularUInt64Field(value: self.snapshotsSent, fieldNumber: 8)
-    }
-    if self.snapshotsReceived != 0 {
-      try visitor.visitSingularUInt64Field(value: self.snapshotsReceived, fieldNumber: 9)
-    }
-    if self.snapshotsInstalled != 0 {
-      try visitor.visitSingularUInt64Field(value: self.snapshotsInstalled, fieldNumber: 10)
-    }
-    if self.logsTruncated != 0 {
-      try visitor.visitSingularUInt64Field(value: self.logsTruncated, fieldNumber: 11)
-    }
-    if self.pendingRequests != 0 {
-      try visitor.visitSingularUInt64Field(value: self.pendingRequests, fieldNumber: 12)
-    }
-    if !self.regionStatus.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.regionStatus, fieldNumber: 13)
-    }
-    if self.raftFramesSent != 0 {
-      try visitor.visitSingularUInt64Field(value: self.raftFramesSent, fieldNumber: 14)
-    }
-    if self.raftFramesReceived != 0 {
-      try visitor.visitSingularUInt64Field(value: self.raftFramesReceived, fieldNumber: 15)
-    }
-    if self.raftMessagesDropped != 0 {
-      try visitor.visitSingularUInt64Field(value: self.raftMessagesDropped, fieldNumber: 16)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._storeID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._storeID, fieldNumber: 1)
+      }
+      if _storage._regions != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._regions, fieldNumber: 2)
+      }
+      if _storage._leaders != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._leaders, fieldNumber: 3)
+      }
+      if _storage._turns != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._turns, fieldNumber: 4)
+      }
+      if _storage._logSyncs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._logSyncs, fieldNumber: 5)
+      }
+      if _storage._regionsInLogBatches != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._regionsInLogBatches, fieldNumber: 6)
+      }
+      if _storage._entriesApplied != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._entriesApplied, fieldNumber: 7)
+      }
+      if _storage._snapshotsSent != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._snapshotsSent, fieldNumber: 8)
+      }
+      if _storage._snapshotsReceived != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._snapshotsReceived, fieldNumber: 9)
+      }
+      if _storage._snapshotsInstalled != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._snapshotsInstalled, fieldNumber: 10)
+      }
+      if _storage._logsTruncated != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._logsTruncated, fieldNumber: 11)
+      }
+      if _storage._pendingRequests != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._pendingRequests, fieldNumber: 12)
+      }
+      if !_storage._regionStatus.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._regionStatus, fieldNumber: 13)
+      }
+      if _storage._raftFramesSent != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._raftFramesSent, fieldNumber: 14)
+      }
+      if _storage._raftFramesReceived != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._raftFramesReceived, fieldNumber: 15)
+      }
+      if _storage._raftMessagesDropped != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._raftMessagesDropped, fieldNumber: 16)
+      }
+      try { if let v = _storage._digest {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_StoreStatus, rhs: Flotilla_V1_StoreStatus) -> Bool {
-    if lhs.storeID != rhs.storeID {return false}
-    if lhs.regions != rhs.regions {return false}
-    if lhs.leaders != rhs.leaders {return false}
-    if lhs.turns != rhs.turns {return false}
-    if lhs.logSyncs != rhs.logSyncs {return false}
-    if lhs.regionsInLogBatches != rhs.regionsInLogBatches {return false}
-    if lhs.entriesApplied != rhs.entriesApplied {return false}
-    if lhs.snapshotsSent != rhs.snapshotsSent {return false}
-    if lhs.snapshotsReceived != rhs.snapshotsReceived {return false}
-    if lhs.snapshotsInstalled != rhs.snapshotsInstalled {return false}
-    if lhs.logsTruncated != rhs.logsTruncated {return false}
-    if lhs.pendingRequests != rhs.pendingRequests {return false}
-    if lhs.regionStatus != rhs.regionStatus {return false}
-    if lhs.raftFramesSent != rhs.raftFramesSent {return false}
-    if lhs.raftFramesReceived != rhs.raftFramesReceived {return false}
-    if lhs.raftMessagesDropped != rhs.raftMessagesDropped {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._storeID != rhs_storage._storeID {return false}
+        if _storage._regions != rhs_storage._regions {return false}
+        if _storage._leaders != rhs_storage._leaders {return false}
+        if _storage._turns != rhs_storage._turns {return false}
+        if _storage._logSyncs != rhs_storage._logSyncs {return false}
+        if _storage._regionsInLogBatches != rhs_storage._regionsInLogBatches {return false}
+        if _storage._entriesApplied != rhs_storage._entriesApplied {return false}
+        if _storage._snapshotsSent != rhs_storage._snapshotsSent {return false}
+        if _storage._snapshotsReceived != rhs_storage._snapshotsReceived {return false}
+        if _storage._snapshotsInstalled != rhs_storage._snapshotsInstalled {return false}
+        if _storage._logsTruncated != rhs_storage._logsTruncated {return false}
+        if _storage._pendingRequests != rhs_storage._pendingRequests {return false}
+        if _storage._regionStatus != rhs_storage._regionStatus {return false}
+        if _storage._raftFramesSent != rhs_storage._raftFramesSent {return false}
+        if _storage._raftFramesReceived != rhs_storage._raftFramesReceived {return false}
+        if _storage._raftMessagesDropped != rhs_storage._raftMessagesDropped {return false}
+        if _storage._digest != rhs_storage._digest {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -61,6 +61,8 @@ public struct PDJoin: Sendable {
     public var raftAddress: String
     /// How long a starting store waits for PD to answer.
     public var startTimeout: Duration = .seconds(60)
+    /// The store's labels (for example zone=a), as PD's placement rules read them.
+    public var labels: [(key: String, value: String)] = []
 
     public init(endpoints: [String], address: String, raftAddress: String) {
         self.endpoints = endpoints
@@ -142,6 +144,12 @@ public final class FlotillaServer: Sendable {
         store.id = ident?.storeID ?? 0
         store.address = join.address
         store.raftAddress = join.raftAddress
+        store.labels = join.labels.map { key, value in
+            var label = Flotilla_V1_StoreLabel()
+            label.key = key
+            label.value = value
+            return label
+        }
         let first: Flotilla_V1_Region?
         do {
             var info = try await client.clusterInfo()
@@ -387,6 +395,13 @@ struct StoreAdminService: Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
         switch await driver.status(includeRegions: request.includeRegions) {
         case .success(var status):
             status.snapshotsSent = UInt64(snapshotSender.sentCount.load(ordering: .relaxed))
+            let regionID = request.digestRegionID
+            if regionID != 0, let digest = await driver.perform({ core, _ in try? core.regionDigest(regionID) }) ?? nil {
+                status.digest.regionID = regionID
+                status.digest.appliedIndex = digest.appliedIndex
+                status.digest.keys = UInt64(digest.keyCount)
+                status.digest.checksum = digest.checksum
+            }
             return status
         case .failure(let error):
             throw RPCError(code: .unavailable, message: error.description)

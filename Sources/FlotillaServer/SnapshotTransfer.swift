@@ -101,7 +101,10 @@ final class SnapshotSender: SnapshotOutbound {
     /// Snapshots being sent now.
     var sendingCount: Int { inFlight.withLock { $0.count } }
 
-    init(addresses: [UInt64: HostPort], sendsMax: Int, secret: [UInt8], logger: Logger) {
+    private let stallTimeout: Duration
+
+    init(addresses: [UInt64: HostPort], sendsMax: Int, secret: [UInt8], logger: Logger, stallTimeout: Duration = SnapshotSender.stallTimeoutDefault) {
+        self.stallTimeout = stallTimeout
         self.secret = secret
         self.addresses = Mutex(addresses)
         self.sendsMax = sendsMax
@@ -142,23 +145,50 @@ final class SnapshotSender: SnapshotOutbound {
         }
     }
 
+    /// A send that makes no progress (connection, one chunk, or the final answer) for this
+    /// long is abandoned, so its slot frees and Raft's next attempt goes out. (A receiver that
+    /// was stopped and killed mid-transfer otherwise leaves the stream waiting for ten minutes.)
+    static let stallTimeoutDefault: Duration = .seconds(15)
+
     private func stream(_ snapshot: OutgoingSnapshot, to address: HostPort) async throws {
-        let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: address.host, port: address.port), transportSecurity: .plaintext)
-        var options = CallOptions.defaults
-        options.timeout = .seconds(600)
-        try await withGRPCClient(transport: transport) { client in
-            let raft = Flotilla_V1_RaftTransport.Client(wrapping: client)
-            _ = try await raft.snapshot(request: StreamingClientRequest { writer in
-                // Chunks are read from RocksDB on NIO's blocking-I/O pool, not on an event loop.
-                let reader = snapshot.reader
-                var authenticator = SnapshotAuthenticator(secret: self.secret)
-                var first = true
-                while var chunk = try await NIOThreadPool.singleton.runIfActive({ try reader.nextChunk() }) {
-                    try authenticator.sign(&chunk, first: first)
-                    first = false
-                    try await writer.write(chunk)
+        let lastProgress = ProgressClock()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                var options = CallOptions.defaults
+                options.timeout = .seconds(600)
+                let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: address.host, port: address.port), transportSecurity: .plaintext)
+                try await withGRPCClient(transport: transport) { client in
+                    let raft = Flotilla_V1_RaftTransport.Client(wrapping: client)
+                    _ = try await raft.snapshot(request: StreamingClientRequest { writer in
+                        // Chunks are read from RocksDB on NIO's blocking-I/O pool, not on an event loop.
+                        let reader = snapshot.reader
+                        var authenticator = SnapshotAuthenticator(secret: self.secret)
+                        var first = true
+                        while var chunk = try await NIOThreadPool.singleton.runIfActive({ try reader.nextChunk() }) {
+                            try authenticator.sign(&chunk, first: first)
+                            first = false
+                            try await writer.write(chunk)
+                            lastProgress.touch()
+                        }
+                    }, options: options)
                 }
-            }, options: options)
+            }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .seconds(1))
+                    let idle = lastProgress.idle
+                    if idle > self.stallTimeout { throw SnapshotTransferError(reason: "no progress for \(idle): abandoned") }
+                }
+            }
+            defer { group.cancelAll() }
+            try await group.next()
         }
     }
+}
+
+/// When something last moved, shared by a transfer and its watchdog.
+private final class ProgressClock: Sendable {
+    private let last = Mutex(ContinuousClock.now)
+    func touch() { last.withLock { $0 = .now } }
+    var idle: Duration { ContinuousClock.now - last.withLock { $0 } }
 }

@@ -221,6 +221,9 @@ public final class StoreCore {
     /// Regions that may have a Ready: touched by an event since their last turn, or left with
     /// work by it. A turn looks at these only, not at every region.
     var touchedRegions: Set<UInt64> = []
+    /// Regions whose replica here was found removed (a newer replica of the region on this
+    /// store was addressed): destroyed at the end of the next turn.
+    var supersededRegions: Set<UInt64> = []
     /// Raft messages refused as impossible (forged, corrupt): counted, and the first reasons kept.
     public private(set) var raftMessagesRefused: UInt64 = 0
     /// Committed entries that did not decode or carried commands breaking a rule.
@@ -372,6 +375,7 @@ public final class StoreCore {
     @discardableResult
     public func step(_ message: Flotilla_V1_RaftMessage) -> Bool {
         guard let core = message.message.core, core.kind != .installSnapshot else { return false }
+        if supersedes(message) { return false }
         guard let peer = peers[message.regionID] ?? createPeer(for: message, kind: core.kind),
               message.toPeer.id == peer.peerID else { return false }
         if message.fromPeer.id != 0 { peer.knownPeers[message.fromPeer.id] = message.fromPeer }
@@ -380,6 +384,25 @@ public final class StoreCore {
             return false
         }
         touchedRegions.insert(peer.region.id)
+        return true
+    }
+
+    /// A message to a newer replica of a region on this store than the one here, from a newer
+    /// configuration, shows the one here was removed while it could not hear of it (stopped,
+    /// cut off): peer ids are never reused and a region has at most one replica per store.
+    /// The old replica is destroyed at the end of the next turn (a tombstone, its data gone);
+    /// the leader's next message then creates the new one. Without this the old replica
+    /// swallows every message for the new one and the move never finishes.
+    private func supersedes(_ message: Flotilla_V1_RaftMessage) -> Bool {
+        guard let held = peers[message.regionID], message.toPeer.storeID == storeID, message.toPeer.id > held.peerID,
+              message.epoch.confVer > held.region.epoch.confVer else { return false }
+        supersededRegions.insert(message.regionID)
+        touchedRegions.insert(message.regionID)
+        if !held.isRemoved {
+            held.isRemoved = true
+            report(refusedMessage: "replica \(held.peerID) was removed from the region (a message for its successor \(message.toPeer.id) arrived): destroying it",
+                   regionID: message.regionID)
+        }
         return true
     }
 
@@ -413,7 +436,7 @@ public final class StoreCore {
             removeStagedSnapshot(received.directory)
             return true
         }
-        guard let core = message.message.core, core.kind == .installSnapshot, core.snapshot != nil,
+        guard let core = message.message.core, core.kind == .installSnapshot, core.snapshot != nil, !supersedes(message),
               let peer = peers[message.regionID] ?? createPeer(for: message, kind: core.kind),
               message.toPeer.id == peer.peerID, !peer.isRemoved else { return false }
         if message.fromPeer.id != 0 { peer.knownPeers[message.fromPeer.id] = message.fromPeer }
@@ -584,6 +607,13 @@ public final class StoreCore {
             throw .invalidArgument(field: "changes", reason: "peer \(peer.peerID) leads region \(regionID): transfer the leadership before demoting or removing it")
         }
         let change = ConfChangeV2(changes: changes.map { ConfChangeSingle($0.kind, $0.peer.id) }, context: encodedContext)
+        // At most one replica of a region per store: a store tells a removed replica from its
+        // successor by that (see `supersedes`).
+        for (kind, added) in changes where kind != .remove {
+            if let other = peer.region.peers.first(where: { $0.storeID == added.storeID && $0.id != added.id }) {
+                throw .invalidArgument(field: "changes", reason: "store \(added.storeID) already holds replica \(other.id) of region \(regionID)")
+            }
+        }
         if let invalid = Result(catching: { () throws(RaftError) in try peer.appliedConfState.applying(change) }).failureDescription {
             throw .invalidArgument(field: "changes", reason: invalid)
         }

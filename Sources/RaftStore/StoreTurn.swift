@@ -124,7 +124,9 @@ extension StoreCore {
         try openSplitChildren(splitChildren)
         output.splits = appliedSplits
         appliedSplits = []
-        try destroyRemovedPeers(readies.map(\.peer), output: &output)
+        let superseded = supersededRegions.sorted().compactMap { regionID in peers[regionID] }.filter { peer in !readies.contains { $0.peer === peer } }
+        supersededRegions = []
+        try destroyRemovedPeers(readies.map(\.peer) + superseded, output: &output)
         try truncateLogs(readies.map(\.peer), output: &output)
         pendingRequests -= output.completedWrites.count + output.readyReads.count + output.failedReads.count
         precondition(pendingRequests >= 0, "pending request count went negative")

@@ -35,6 +35,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("raft-address"), help: "With --pd: host:port of this store's Raft transport.")
     var raftAddress: String?
 
+    @Option(name: .customLong("labels"), help: "With --pd: this store's labels key=value,... (for example zone=a), read by PD's isolation rule.")
+    var labels: String?
+
     @Option(name: .customLong("region-heartbeat-interval-ms"), help: "With --pd: how often each led region reports to PD (500-600000; default 10000).")
     var regionHeartbeatIntervalMilliseconds: Int?
 
@@ -77,6 +80,24 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: String?
 
+    /// `key=value,...`: at most 16 labels, keys of 1 to 64 bytes and values up to 64, each key
+    /// once (PD's limits, checked here so a typo stops the store with a reason).
+    static func parse(labels: String) throws(ConfigError) -> [(key: String, value: String)] {
+        var parsed: [(key: String, value: String)] = []
+        for item in labels.split(separator: ",", omittingEmptySubsequences: false) {
+            let parts = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2 else { throw ConfigError("--labels: '\(item.prefix(80))' is not key=value") }
+            let key = parts[0].trimmingCharacters(in: .whitespaces), value = parts[1].trimmingCharacters(in: .whitespaces)
+            guard (1...64).contains(key.utf8.count), value.utf8.count <= 64 else {
+                throw ConfigError("--labels: a key is 1 to 64 bytes and a value at most 64 ('\(item.prefix(80))')")
+            }
+            guard !parsed.contains(where: { $0.key == key }) else { throw ConfigError("--labels: key \(key) given twice") }
+            parsed.append((key, value))
+        }
+        guard parsed.count <= 16 else { throw ConfigError("--labels: at most 16 labels, got \(parsed.count)") }
+        return parsed
+    }
+
     /// The flags over the config file over the defaults, checked; every problem is named.
     func resolvedSettings() throws(ConfigError) -> (settings: ServerSettings, logLevel: Logger.Level) {
         let file = try configFile.map { path throws(ConfigError) in try ServerConfigFile.load(path: path) } ?? ServerConfigFile()
@@ -99,6 +120,7 @@ struct ServerCommand: AsyncParsableCommand {
                 throw ConfigError("with --pd, --raft-address (raft-address in the config file) is this store's Raft host:port")
             }
             join = PDJoin(endpoints: list, address: address, raftAddress: raftAddress)
+            if let labels { join?.labels = try Self.parse(labels: labels) }
         } else {
             guard let storeID = storeID ?? file.storeID else { throw ConfigError("no store id: pass --pd to join through PD, or --store-id with --cluster-file") }
             guard storeID > 0 else { throw ConfigError("the store id must be positive") }

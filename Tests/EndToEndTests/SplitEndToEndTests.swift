@@ -24,130 +24,27 @@ struct SplitEndToEndTests {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await client.run() }
                 defer { client.close(); group.cancelAll() }
-                // Writers, one per key prefix: each writes its keys in turn and reads each back
-                // at once (a single writer per key: the read must return exactly what was
-                // acknowledged — a lost or stale value fails). A compare-and-swap chain per
-                // writer shows each retried write applied once.
-                let writers = 6
-                let stop = ManagedAtomicFlag()
-                // Register clients on keys either side of the split points: reads, writes and
-                // compare-and-swaps, recorded and checked for linearizability.
-                let history = HistoryLog()
-                let origin = ContinuousClock.now
-                @Sendable func nanoseconds() -> UInt64 {
-                    let elapsed = (ContinuousClock.now - origin).components
-                    return UInt64(elapsed.seconds) * 1_000_000_000 + UInt64(elapsed.attoseconds / 1_000_000_000)
-                }
+                // Writers and register clients on keys either side of the split points.
                 let registers = (0..<6).map { "k\($0)-register" } + ["k2", "k4"]
-                let registerTask = Task {
-                    try await withThrowingTaskGroup(of: Void.self) { clients in
-                        for clientIndex in 0..<4 {
-                            clients.addTask {
-                                var step = 0
-                                while !stop.isSet {
-                                    step += 1
-                                    let key = registers[(clientIndex * 7 + step * 3) % registers.count]
-                                    let value = "c\(clientIndex)-\(step)"
-                                    let invoked = nanoseconds()
-                                    var operation = RegisterOperation(client: clientIndex, key: key, invokedAt: invoked, returnedAt: nil,
-                                                                      kind: .read(observed: nil))
-                                    switch step % 3 {
-                                    case 0:
-                                        do {
-                                            let read = try await client.get(Data(key.utf8))
-                                            operation.kind = .read(observed: read.map { String(decoding: $0, as: UTF8.self) })
-                                            operation.returnedAt = nanoseconds()
-                                        } catch { continue }  // a failed read tells nothing
-                                    case 1:
-                                        operation.kind = .write(value)
-                                        do {
-                                            try await client.put(Data(key.utf8), Data(value.utf8))
-                                            operation.returnedAt = nanoseconds()
-                                        } catch {}  // outcome unknown
-                                    default:
-                                        let expected = try? await client.get(Data(key.utf8))
-                                        operation.invokedAt = nanoseconds()
-                                        let expectedText = expected.map { String(decoding: $0, as: UTF8.self) }
-                                        operation.kind = .compareAndSwap(expected: expectedText, new: value, succeeded: nil)
-                                        do {
-                                            let outcome = try await client.compareAndSwap(Data(key.utf8), expected: expected, newValue: Data(value.utf8))
-                                            operation.kind = .compareAndSwap(expected: expectedText, new: value, succeeded: outcome.succeeded)
-                                            operation.returnedAt = nanoseconds()
-                                        } catch {}
-                                    }
-                                    let recorded = operation
-                                    history.append(recorded)
-                                }
-                            }
-                        }
-                        try await clients.waitForAll()
-                    }
+                let workload = ClientWorkload(client: client, writers: 6, registers: registers)
+                // Split the region in three while they write, then wait for PD to see it.
+                try await Task.sleep(for: .milliseconds(500))
+                let region = try await routes.region(key: Data()).region.region
+                let started = ContinuousClock.now
+                let op = try await routes.splitRegion(region.id, at: [Data("k2".utf8), Data("k4".utf8)])
+                #expect(op.status == .running)
+                var regions: [Flotilla_V1_RegionInfo] = []
+                let split = await eventually(seconds: 30) {
+                    regions = (try? await routes.scanRegions().regions) ?? []
+                    return regions.count == 3 && regions.allSatisfy(\.hasLeader)
                 }
-                let results = try await withThrowingTaskGroup(of: (Int, Int, [String]).self) { load in
-                    for writer in 0..<writers {
-                        load.addTask {
-                            var written = 0
-                            var problems: [String] = []
-                            let counter = Data("counter-\(writer)".utf8)
-                            var count = 0
-                            while !stop.isSet || written < 60 {
-                                let key = Data(String(format: "k%d-%05d", writer, written).utf8)
-                                let value = Data("v\(written)".utf8)
-                                try await client.put(key, value)
-                                let read = try await client.get(key)
-                                if read != value { problems.append("\(String(decoding: key, as: UTF8.self)) read \(String(describing: read))") }
-                                let swapped = try await client.compareAndSwap(counter, expected: count == 0 ? nil : Data("\(count)".utf8),
-                                                                              newValue: Data("\(count + 1)".utf8))
-                                if swapped.succeeded { count += 1 } else { problems.append("CAS \(count) failed: found \(String(describing: swapped.previous))") }
-                                written += 1
-                                if written > 2_000 { break }
-                            }
-                            return (writer, written, problems)
-                        }
-                    }
-                    // Split the region in three while they write, then wait for PD to see it.
-                    try await Task.sleep(for: .milliseconds(500))
-                    let region = try await routes.region(key: Data()).region.region
-                    let started = ContinuousClock.now
-                    let op = try await routes.splitRegion(region.id, at: [Data("k2".utf8), Data("k4".utf8)])
-                    #expect(op.status == .running)
-                    var regions: [Flotilla_V1_RegionInfo] = []
-                    let split = await eventually(seconds: 30) {
-                        regions = (try? await routes.scanRegions().regions) ?? []
-                        return regions.count == 3 && regions.allSatisfy(\.hasLeader)
-                    }
-                    let took = ContinuousClock.now - started
-                    #expect(split, "PD routes three regions: \(regions.map(\.region))")
-                    print("split: three regions served \(took) after the request")
-                    try await Task.sleep(for: .milliseconds(500))
-                    stop.set()
-                    var results: [(Int, Int, [String])] = []
-                    for try await result in load { results.append(result) }
-                    return results
-                }
-                try await registerTask.value
-                let recorded = history.operations
-                let verdict = RegisterChecker.check(recorded, timeout: .seconds(60))
-                #expect(verdict == .linearizable, "\(recorded.count) register operations: \(verdict)")
-                print("split: \(recorded.count) register operations checked: \(verdict)")
-                var expected: [Data: Data] = [:]
-                for (writer, written, problems) in results {
-                    #expect(problems.isEmpty, "writer \(writer): \(problems.prefix(5))")
-                    for index in 0..<written {
-                        expected[Data(String(format: "k%d-%05d", writer, index).utf8)] = Data("v\(index)".utf8)
-                    }
-                    #expect(try await client.get(Data("counter-\(writer)".utf8)) == Data("\(written)".utf8),
-                            "writer \(writer)'s CAS chain: each write applied once")
-                }
-                // A scan across the three regions returns every key once, in order.
-                let registerKeys = Set(registers.map { Data($0.utf8) })
-                let scanned = try await client.scan(from: Data("k".utf8), to: Data("l".utf8), limit: 1_000_000)
-                    .filter { !registerKeys.contains($0.key) }
-                #expect(scanned.count == expected.count, "scan: \(scanned.count) keys, \(expected.count) written")
-                #expect(zip(scanned, scanned.dropFirst()).allSatisfy { $0.key.lexicographicallyPrecedes($1.key) }, "in order, no repeats")
-                #expect(scanned.allSatisfy { expected[$0.key] == $0.value }, "every value as written")
-                let batch = try await client.batchGet(Array(expected.keys.prefix(500)))
-                #expect(batch.count == min(500, expected.count))
+                let took = ContinuousClock.now - started
+                #expect(split, "PD routes three regions: \(regions.map(\.region))")
+                print("split: three regions served \(took) after the request")
+                try await Task.sleep(for: .milliseconds(500))
+                let keys = try await workload.finish("split").keys
+                let batch = try await client.batchGet(Array(keys.prefix(500)))
+                #expect(batch.count == min(500, keys.count))
                 let ops = try await routes.operators(includeHistory: true)
                 #expect(ops.contains { $0.status == .succeeded && $0.steps.first?.splitRegion.splitKeys.count == 2 },
                         "the split operator succeeded: \(ops.map { ($0.regionID, $0.status, $0.reason, $0.description_p) })")
@@ -293,18 +190,4 @@ extension SplitEndToEndTests {
             }
         }
     }
-}
-
-/// Operations recorded by many tasks.
-final class HistoryLog: Sendable {
-    private let log = Mutex<[RegisterOperation]>([])
-    var operations: [RegisterOperation] { log.withLock { $0 } }
-    func append(_ operation: RegisterOperation) { log.withLock { $0.append(operation) } }
-}
-
-/// A flag set once, read by many tasks.
-final class ManagedAtomicFlag: Sendable {
-    private let value = Mutex(false)
-    var isSet: Bool { value.withLock { $0 } }
-    func set() { value.withLock { $0 = true } }
 }

@@ -82,6 +82,33 @@ struct MoveTests {
         #expect(cluster.stores[source]?.regionIDs == [])
     }
 
+    @Test func aReplicaRemovedWhileItsStoreWasDownGivesWayToItsSuccessor() throws {
+        // Store 4 gets a learner, goes down, the learner is removed and another added there;
+        // on restart the old replica must give way, or it swallows every message for the new.
+        let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
+        try cluster.rounds(40)
+        try writeMany(cluster, prefix: "s", count: 10)
+        let region = try #require(cluster.region(for: "s"))
+        let leader = try #require(cluster.leader(of: region.id))
+        let first = try addLearner(cluster, region: region, leader: leader)
+        cluster.crash(4)
+        let remove = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.remove, first)]))
+        for _ in 0..<20 where cluster.completed[remove] == nil { try cluster.round() }
+        let successor = peer(first.id + 1_000, store: 4, .learner)
+        let add = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.addLearner, successor)]))
+        for _ in 0..<20 where cluster.completed[add] == nil { try cluster.round() }
+        // Two replicas of one region on one store are refused.
+        let third = peer(first.id + 2_000, store: 4, .learner)
+        #expect(throws: StoreRequestError.self) {
+            try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.addLearner, third)])
+        }
+        try writeMany(cluster, prefix: "t", count: 5)
+        try cluster.restart(4)
+        for _ in 0..<100 where cluster.digests(region.id)[4]?.keyCount != 15 { try cluster.round() }
+        #expect(cluster.stores[4]?.membership(of: region.id)?.region.peers.contains { $0.id == successor.id } == true)
+        #expect(cluster.digests(region.id)[4]?.keyCount == 15, "the successor caught up: \(cluster.digests(region.id))")
+    }
+
     @Test func aRegionWhoseLeaderDiesInsideTheJointConfigurationIsLedOutOfIt() throws {
         let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
         try cluster.rounds(40)
