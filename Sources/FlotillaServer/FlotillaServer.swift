@@ -31,6 +31,9 @@ public struct ServerSettings: Sendable {
     /// A region's leader reports a peer down to PD after this long without hearing from it
     /// (TiKV's `max-peer-down-duration`, 10 minutes there).
     public var peerDownSeconds: UInt64 = 300
+    /// With PD: a replica that has heard from no leader this long is checked with PD and
+    /// destroyed when PD shows it was removed from its region (TiKV checks after 10 minutes).
+    public var staleReplicaSeconds: UInt64 = 60
     /// With PD: when a region led here splits on its own (size and load).
     public var splitTriggers = SplitTriggers()
     /// The secret the Raft ports of the cluster's stores prove to each other (the cluster
@@ -203,6 +206,8 @@ public final class FlotillaServer: Sendable {
         var link = PDStoreAgent.Link(client: agentClient, store: store)
         link.storeHeartbeatInterval = settings.storeHeartbeatInterval
         link.regionHeartbeatInterval = settings.regionHeartbeatInterval
+        let tickMilliseconds = max(1, settings.tickInterval.components.seconds * 1_000 + settings.tickInterval.components.attoseconds / 1_000_000_000_000_000)
+        link.staleReplicaTicks = max(1, settings.staleReplicaSeconds * 1_000 / UInt64(tickMilliseconds))
         return try FlotillaServer(settings: resolved, db: db, clusterID: client.clusterID, address: address, raftAddress: raftAddress,
                                   addresses: [:], raftPeers: [:], knownStores: nil, pd: link, logger: logger, onFailure: onFailure) { core in
             if let first, core.region(first.id) == nil { try core.bootstrapRegion(first) }

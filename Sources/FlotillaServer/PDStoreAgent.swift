@@ -17,7 +17,13 @@ final class PDStoreAgent: Sendable {
         let store: Flotilla_V1_Store
         var storeHeartbeatInterval: Duration = .seconds(1)
         var regionHeartbeatInterval: Duration = .seconds(10)
+        /// A replica here that has heard from no leader for this many ticks is checked with
+        /// PD (and destroyed when PD shows it was removed).
+        var staleReplicaTicks: UInt64 = 600
     }
+
+    /// Replicas checked with PD in one round, at most (a partition may silence thousands).
+    static let staleChecksPerRoundMax = 16
 
     let link: Link
     private let driver: StoreDriver
@@ -87,6 +93,7 @@ final class PDStoreAgent: Sendable {
         let clock = ContinuousClock()
         var splitsReported = driver.splitsApplied.load(ordering: .acquiring)
         var lastRound: ContinuousClock.Instant?
+        var staleChecked: [UInt64: ContinuousClock.Instant] = [:]
         while !Task.isCancelled {
             // A round every store heartbeat interval, or at once after a split here (the new
             // regions' routes reach PD without waiting).
@@ -98,6 +105,7 @@ final class PDStoreAgent: Sendable {
             splitsReported = driver.splitsApplied.load(ordering: .acquiring)
             let roundStarted = clock.now
             await checkSizes()
+            await checkSilentReplicas(&staleChecked)
             await checkLoads(interval: roundStarted - (lastRound ?? roundStarted - link.storeHeartbeatInterval))
             lastRound = roundStarted
             guard let report = await driver.perform({ core, network -> Report in
@@ -247,6 +255,28 @@ final class PDStoreAgent: Sendable {
             }
             guard answer.epoch == region.epoch, let step = answer.step else { continue }
             await carryOut(step, region: region)
+        }
+    }
+
+    /// Asks PD about replicas here that have heard from no leader for `staleReplicaTicks`
+    /// (each at most once per that interval, `staleChecksPerRoundMax` per round): one PD
+    /// lists at a newer conf_ver without it was removed while it could not hear of it, and is
+    /// destroyed (TiKV's stale peer check).
+    private func checkSilentReplicas(_ checked: inout [UInt64: ContinuousClock.Instant]) async {
+        let minTicks = link.staleReplicaTicks
+        guard let silent = await driver.perform({ core, _ in core.silentReplicas(minTicks: minTicks) }) else { return }
+        let now = ContinuousClock.now
+        let interval = link.regionHeartbeatInterval
+        checked = checked.filter { now - $0.value < interval * 6 }
+        for replica in silent.filter({ checked[$0.regionID] == nil }).prefix(Self.staleChecksPerRoundMax) {
+            checked[replica.regionID] = now
+            guard let current = try? await link.client.region(id: replica.regionID), current.hasRegion else { continue }
+            let region = current.region.region
+            let (regionID, peerID) = (replica.regionID, replica.peerID)
+            if await driver.perform({ core, _ in core.destroyIfRemoved(regionID: regionID, peerID: peerID, region: region) }) == true {
+                logger.notice("destroying a replica PD no longer lists", metadata: ["region_id": "\(regionID)", "peer_id": "\(peerID)",
+                                                                                   "conf_ver": "\(region.epoch.confVer)"])
+            }
         }
     }
 

@@ -110,6 +110,12 @@ public struct RaftNode {
         return result
     }
 
+    /// Ticks since a leader was last heard from (0 on the leader itself; counted from the
+    /// start for a node that never heard one).
+    public var ticksSinceLeaderContact: UInt64 {
+        role == .leader ? 0 : tickCount - min(tickCount, leaderContactTick)
+    }
+
     /// The replication state of each follower, as the leader sees it (empty otherwise).
     public var replicationStates: [NodeID: (match: UInt64, state: ReplicationState)] {
         progress.mapValues { ($0.match, $0.state) }

@@ -387,6 +387,33 @@ public final class StoreCore {
         return true
     }
 
+    /// Replicas here that have not heard from a leader for `minTicks` (candidates for a check
+    /// with PD: a replica removed while it could not hear of it never hears again), with their
+    /// peer id and the conf_ver they know.
+    public func silentReplicas(minTicks: UInt64) -> [(regionID: UInt64, peerID: UInt64, confVer: UInt64)] {
+        peers.keys.sorted().compactMap { regionID in
+            guard let peer = peers[regionID], !peer.isRemoved, peer.raft.ticksSinceLeaderContact >= minTicks else { return nil }
+            return (regionID, peer.peerID, peer.region.epoch.confVer)
+        }
+    }
+
+    /// Destroys the replica `peerID` of `regionID` here (at the end of the next turn) when the
+    /// region, as of `confVer` newer than this replica knows, no longer lists it: peer ids are
+    /// never reused, so a replica once removed is never a member again. Returns whether it will.
+    @discardableResult
+    public func destroyIfRemoved(regionID: UInt64, peerID: UInt64, region current: Flotilla_V1_Region) -> Bool {
+        guard let held = peers[regionID], held.peerID == peerID, current.id == regionID,
+              current.epoch.confVer > held.region.epoch.confVer, !current.peers.contains(where: { $0.id == peerID }) else { return false }
+        supersededRegions.insert(regionID)
+        touchedRegions.insert(regionID)
+        if !held.isRemoved {
+            held.isRemoved = true
+            report(refusedMessage: "replica \(peerID) is no longer a member (conf_ver \(current.epoch.confVer) > \(held.region.epoch.confVer)): destroying it",
+                   regionID: regionID)
+        }
+        return true
+    }
+
     /// A message to a newer replica of a region on this store than the one here, from a newer
     /// configuration, shows the one here was removed while it could not hear of it (stopped,
     /// cut off): peer ids are never reused and a region has at most one replica per store.

@@ -38,6 +38,9 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("labels"), help: "With --pd: this store's labels key=value,... (for example zone=a), read by PD's isolation rule.")
     var labels: String?
 
+    @Option(name: .customLong("stale-replica-seconds"), help: "With --pd: check a replica with PD after this long without a leader, and destroy it if it was removed (1-86400; default 60).")
+    var staleReplicaSeconds: UInt64?
+
     @Option(name: .customLong("region-heartbeat-interval-ms"), help: "With --pd: how often each led region reports to PD (500-600000; default 10000).")
     var regionHeartbeatIntervalMilliseconds: Int?
 
@@ -143,6 +146,10 @@ struct ServerCommand: AsyncParsableCommand {
             settings.regionHeartbeatInterval = .milliseconds(interval)
             settings.storeHeartbeatInterval = .milliseconds(min(1_000, interval))
             if let secretFile { settings.clusterSecret = try ClusterFile.readSecret(path: secretFile) }
+            if let staleReplicaSeconds {
+                guard (1...86_400).contains(staleReplicaSeconds) else { throw ConfigError("--stale-replica-seconds must be between 1 and 86400, got \(staleReplicaSeconds)") }
+                settings.staleReplicaSeconds = staleReplicaSeconds
+            }
         } else if let (storeID, clusterPath) = staticCluster {
             guard secretFile == nil else { throw ConfigError("--secret-file is for --pd; a static cluster names its secret in the cluster file (secretFile)") }
             let cluster = try ClusterFile.load(path: clusterPath)

@@ -68,6 +68,8 @@ struct MoveEndToEndTests {
 
     @Test func movesUnderLoadGoThroughJointConsensusSurviveFaultsAndLoseNothing() async throws {
         let pd = try LocalPD(members: 3)
+        // A replica removed while it could not hear of it is found and destroyed in seconds.
+        pd.storeArguments = ["--stale-replica-seconds", "3"]
         for index in 0..<4 { try pd.startStore(index) }
         try await pd.withClient(timeout: .seconds(30)) { routes in
             try await routes.updateSchedulerSettings { settings in
@@ -163,10 +165,15 @@ struct MoveEndToEndTests {
                 let entered = kinds.filter { $0 == .enterJoint }.count
                 #expect(entered >= movesOfVoters && entered == kinds.filter { $0 == .leaveJoint }.count, "\(kinds)")
                 #expect(zip(kinds, kinds.dropFirst()).allSatisfy { $0 != .enterJoint || $1 == .leaveJoint }, "each joint change left next: \(kinds)")
-                // Stores that gave their replica up hold nothing of the region.
+                // Stores that gave their replica up hold nothing of the region (one removed
+                // while it could not hear of it is found silent and destroyed within seconds).
                 for (index, id) in ids where !region.region.peers.contains(where: { $0.storeID == id }) {
-                    let status = try await Self.status(try #require(pd.storeAddresses[index]?.address))
-                    #expect(!status.regionStatus.contains { $0.regionID == region.region.id }, "store \(id) destroyed its old replica")
+                    let address = try #require(pd.storeAddresses[index]?.address)
+                    let gone = await eventually(seconds: 30) {
+                        let status = try? await Self.status(address)
+                        return status.map { !$0.regionStatus.contains { $0.regionID == region.region.id } } ?? false
+                    }
+                    #expect(gone, "store \(id) destroyed its old replica")
                 }
                 let (agree, digests) = await Self.replicasAgree(pd, ids: ids, region: region.region)
                 #expect(agree, "replicas agree: \(digests)")

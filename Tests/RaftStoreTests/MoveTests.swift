@@ -109,6 +109,36 @@ struct MoveTests {
         #expect(cluster.digests(region.id)[4]?.keyCount == 15, "the successor caught up: \(cluster.digests(region.id))")
     }
 
+    @Test func aReplicaRemovedWhileItsStoreWasDownIsDestroyedOnceTheRegionShowsItGone() throws {
+        // No successor this time: the replica hears from nobody. Its store finds it silent
+        // and, shown the region at a newer conf_ver without it (PD's answer), destroys it.
+        let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
+        try cluster.rounds(40)
+        try writeMany(cluster, prefix: "z", count: 10)
+        let region = try #require(cluster.region(for: "z"))
+        let leader = try #require(cluster.leader(of: region.id))
+        let learner = try addLearner(cluster, region: region, leader: leader)
+        cluster.crash(4)
+        let remove = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.remove, learner)]))
+        for _ in 0..<20 where cluster.completed[remove] == nil { try cluster.round() }
+        try cluster.restart(4)
+        try cluster.rounds(30)
+        let silent = try #require(cluster.stores[4]?.silentReplicas(minTicks: 20))
+        #expect(silent.map(\.regionID) == [region.id], "the removed replica heard from no leader")
+        #expect(cluster.stores[leader]?.silentReplicas(minTicks: 20).isEmpty == true, "members hear from their leader")
+        let current = try #require(cluster.stores[leader]?.region(region.id))
+        var stale = current
+        stale.epoch.confVer = silent[0].confVer
+        #expect(cluster.stores[4]?.destroyIfRemoved(regionID: region.id, peerID: learner.id, region: stale) == false, "not at an older or equal conf_ver")
+        #expect(cluster.stores[4]?.destroyIfRemoved(regionID: region.id, peerID: learner.id + 1, region: current) == false, "not another peer's")
+        #expect(cluster.stores[4]?.destroyIfRemoved(regionID: region.id, peerID: learner.id, region: current) == true)
+        try cluster.rounds(2)
+        #expect(cluster.stores[4]?.regionIDs == [], "destroyed")
+        cluster.crash(4)
+        try cluster.restart(4)
+        #expect(cluster.stores[4]?.regionIDs == [], "and it stays so")
+    }
+
     @Test func aRegionWhoseLeaderDiesInsideTheJointConfigurationIsLedOutOfIt() throws {
         let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
         try cluster.rounds(40)
