@@ -62,6 +62,9 @@ final class LocalPD {
     /// Flags every store started from now on gets, after the defaults.
     var storeArguments: [String] = []
 
+    /// Flags for one store (by index), after `storeArguments`: kept across its restarts.
+    var storeArgumentsByIndex: [Int: [String]] = [:]
+
     func startStore(_ index: Int) throws {
         if storeAddresses[index] == nil {
             storeAddresses[index] = ("127.0.0.1:\(try LocalCluster.freePort())", "127.0.0.1:\(try LocalCluster.freePort())")
@@ -72,7 +75,8 @@ final class LocalPD {
         process.arguments = ["--pd", clientAddresses.joined(separator: ","), "--data-dir", root + "/store-\(index)",
                              "--address", addresses.address, "--raft-address", addresses.raftAddress,
                              "--tick-interval-ms", "\(tickMilliseconds)", "--region-heartbeat-interval-ms", "1000",
-                             "--log-level", ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"] + storeArguments
+                             "--log-level", ProcessInfo.processInfo.environment["FLOTILLA_E2E_LOG_LEVEL"] ?? "warning"]
+            + storeArguments + (storeArgumentsByIndex[index] ?? [])
         let log = root + "/store-\(index).log"
         if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))

@@ -180,4 +180,167 @@ struct MoveEndToEndTests {
             }
         }
     }
+
+    /// Replicas (voters and learners) and leaders per store, from PD's routes.
+    static func counts(_ regions: [Flotilla_V1_RegionInfo]) -> (replicas: [UInt64: Int], leaders: [UInt64: Int]) {
+        var replicas: [UInt64: Int] = [:], leaders: [UInt64: Int] = [:]
+        for info in regions {
+            for peer in info.region.peers { replicas[peer.storeID, default: 0] += 1 }
+            if info.hasLeader { leaders[info.leader.storeID, default: 0] += 1 }
+        }
+        return (replicas, leaders)
+    }
+
+    /// Every count of `stores` within `percent` of their mean.
+    static func withinOfMean(_ counts: [UInt64: Int], stores: [UInt64], percent: Double) -> Bool {
+        let values = stores.map { Double(counts[$0] ?? 0) }
+        let mean = values.reduce(0, +) / Double(max(1, values.count))
+        return values.allSatisfy { abs($0 - mean) <= mean * percent / 100 }
+    }
+
+    /// Splits the whole key space into `count` regions at r01, r02, ... and waits until PD
+    /// routes them all, each whole.
+    static func presplit(_ client: FlotillaClient, _ routes: PDClient, count: Int) async throws -> Bool {
+        _ = try await client.split(at: (1..<count).map { Data(String(format: "r%02d", $0).utf8) })
+        return await eventually(seconds: 60) {
+            guard let regions = try? await routes.scanRegions().regions else { return false }
+            return regions.count == count && regions.allSatisfy { Self.isWhole($0) }
+        }
+    }
+
+    @Test func aDownStoreIsRepairedAndAddedStoresAreBalancedTo() async throws {
+        let pd = try LocalPD(members: 1)
+        pd.storeArguments = ["--stale-replica-seconds", "3"]
+        try await pd.withClient(timeout: .seconds(30)) { routes in
+            _ = await eventually(seconds: 30) { (try? await routes.clusterInfo())?.clusterID != 0 }
+            try await routes.updateSchedulerSettings { settings in
+                settings.maxStoreDownTimeSeconds = 4
+                settings.storeLimit = 8
+                settings.balanceRegionEnabled = false
+                settings.balanceLeaderEnabled = false
+            }
+            for index in 0..<4 { try pd.startStore(index) }
+            #expect(await eventually(seconds: 60) { (try? await routes.region(key: Data())).map { Self.isWhole($0.region) } ?? false })
+            let client = try FlotillaClient(pd: pd.clientAddresses, requestTimeout: .seconds(30))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                defer { client.close(); group.cancelAll() }
+                let regionCount = 40
+                #expect(try await Self.presplit(client, routes, count: regionCount), "\(regionCount) regions, each with three voters")
+                let workload = ClientWorkload(client: client, prefix: "r", writers: 2, minimumWrites: 20,
+                                              registers: ["r05-register", "r25-register"], registerClients: 2)
+                var ids = try await Self.storeIDs(pd, routes)
+                // Kill -9 a store holding replicas: once it is down, every region gets its
+                // third replica back on the others.
+                let regions = try await routes.scanRegions().regions
+                let victimID = try #require(regions.first?.region.peers.first?.storeID)
+                let victim = try #require(ids.first { $0.value == victimID }?.key)
+                pd.killStore(victim)
+                let killed = ContinuousClock.now
+                let repaired = await eventually(seconds: 120) {
+                    guard let regions = try? await routes.scanRegions().regions, regions.count >= regionCount else { return false }
+                    return regions.allSatisfy { Self.isWhole($0) && !$0.region.peers.contains { $0.storeID == victimID } }
+                }
+                let repairTook = ContinuousClock.now - killed
+                #expect(repaired, "every region has three voters on live stores")
+                print("repair: \(regionCount) regions whole again \(repairTook) after a store was killed (down time 4 s)")
+
+                // Add a fifth and sixth store, turn the balancers on: replicas and leaders even
+                // out within 20 % of the mean.
+                try pd.startStore(4)
+                try pd.startStore(5)
+                _ = await eventually(seconds: 30) { (try? await Self.storeIDs(pd, routes))?.count == 6 }
+                ids = try await Self.storeIDs(pd, routes)
+                let live = ids.filter { $0.key != victim }.map(\.value)
+                try await routes.updateSchedulerSettings { settings in
+                    settings.balanceRegionEnabled = true
+                    settings.balanceLeaderEnabled = true
+                }
+                let added = ContinuousClock.now
+                var last: (replicas: [UInt64: Int], leaders: [UInt64: Int]) = ([:], [:])
+                let balanced = await eventually(seconds: 150) {
+                    guard let regions = try? await routes.scanRegions().regions, regions.count >= regionCount,
+                          regions.allSatisfy({ Self.isWhole($0) }) else { return false }
+                    last = Self.counts(regions)
+                    return Self.withinOfMean(last.replicas, stores: live, percent: 20) && Self.withinOfMean(last.leaders, stores: live, percent: 20)
+                }
+                let balanceTook = ContinuousClock.now - added
+                #expect(balanced, "replicas \(last.replicas.sorted { $0.key < $1.key }), leaders \(last.leaders.sorted { $0.key < $1.key })")
+                print("balance: 2 stores added to 3, \(regionCount) regions within 20 % in \(balanceTook): replicas \(last.replicas.sorted { $0.key < $1.key }), leaders \(last.leaders.sorted { $0.key < $1.key })")
+                try await workload.finish("repair and balance")
+                let schedulers = try await routes.schedulers()
+                #expect(schedulers.first { $0.name == "balance-region" }?.operatorsMade ?? 0 > 0, "\(schedulers)")
+                #expect(schedulers.first { $0.name == "replica-checker" }?.operatorsMade ?? 0 >= UInt64(regionCount))
+            }
+        }
+    }
+
+    @Test func zonesStayDistinctADrainEndsInATombstoneAndAnImpossibleDrainIsRefused() async throws {
+        let pd = try LocalPD(members: 1)
+        pd.storeArguments = ["--stale-replica-seconds", "3"]
+        let zones = ["a", "a", "b", "b", "c", "c"]
+        for (index, zone) in zones.enumerated() { pd.storeArgumentsByIndex[index] = ["--labels", "zone=\(zone),host=h\(index)"] }
+        try await pd.withClient(timeout: .seconds(30)) { routes in
+            _ = await eventually(seconds: 30) { (try? await routes.clusterInfo())?.clusterID != 0 }
+            try await routes.updateSchedulerSettings { settings in
+                settings.isolationLabel = "zone"
+                settings.maxStoreDownTimeSeconds = 4
+                settings.storeLimit = 8
+            }
+            for index in zones.indices { try pd.startStore(index) }
+            #expect(await eventually(seconds: 60) { (try? await routes.region(key: Data())).map { Self.isWhole($0.region) } ?? false })
+            let client = try FlotillaClient(pd: pd.clientAddresses, requestTimeout: .seconds(30))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.run() }
+                defer { client.close(); group.cancelAll() }
+                #expect(try await Self.presplit(client, routes, count: 8))
+                let workload = ClientWorkload(client: client, prefix: "r", writers: 2, minimumWrites: 20,
+                                              registers: ["r03-register"], registerClients: 2)
+                let ids = try await Self.storeIDs(pd, routes)
+                let zoneOf = Dictionary(uniqueKeysWithValues: ids.map { ($0.value, zones[$0.key]) })
+                // Watch PD's routes all along: a settled region (no learner, not joint) never
+                // has two voters in one zone.
+                let violations = Mutex<[String]>([])
+                let stopWatching = ManagedAtomicFlag()
+                let watcher = Task {
+                    while !stopWatching.isSet {
+                        for info in (try? await routes.scanRegions().regions) ?? [] where !info.joint && info.region.peers.allSatisfy({ $0.role == .voter }) {
+                            let used = info.region.peers.compactMap { zoneOf[$0.storeID] }
+                            if Set(used).count != used.count { violations.withLock { $0.append("region \(info.region.id): zones \(used)") } }
+                        }
+                        try? await Task.sleep(for: .milliseconds(200))
+                    }
+                }
+                // Drain a zone-a store: its replicas go to the other zone-a store, then it is a
+                // tombstone.
+                let drained = try #require(ids[0])
+                try await routes.setStoreState(drained, .offline)
+                let tombstoned = await eventually(seconds: 120) {
+                    (try? await routes.stores())?.first { $0.store.id == drained }?.store.state == .tombstone
+                }
+                #expect(tombstoned, "the drained store became a tombstone")
+                let regions = try await routes.scanRegions().regions
+                #expect(regions.allSatisfy { !$0.region.peers.contains { $0.storeID == drained } })
+                // Draining the last zone-a store would leave two zones for three replicas.
+                do {
+                    try await routes.setStoreState(try #require(ids[1]), .offline)
+                    Issue.record("a drain that cannot finish was accepted")
+                } catch {
+                    #expect("\(error)".contains("cannot be drained"), "\(error)")
+                }
+                // Kill a zone-b store: once down, its replicas go to the other zone-b store.
+                let killedID = try #require(ids[2])
+                pd.killStore(2)
+                let repaired = await eventually(seconds: 120) {
+                    guard let regions = try? await routes.scanRegions().regions else { return false }
+                    return regions.allSatisfy { Self.isWhole($0) && !$0.region.peers.contains { $0.storeID == killedID } }
+                }
+                #expect(repaired, "every region has three voters in three zones after a store was killed")
+                stopWatching.set()
+                await watcher.value
+                #expect(violations.withLock { $0 }.isEmpty, "\(violations.withLock { $0 }.prefix(5))")
+                try await workload.finish("zones and drain")
+            }
+        }
+    }
 }
