@@ -132,16 +132,31 @@ final class SnapshotSender: SnapshotOutbound {
             return
         }
         Task.detached { [self] in
-            defer { _ = inFlight.withLock { $0.remove(key) } }
-            do {
-                try await stream(snapshot, to: address)
-                sentCount.add(1, ordering: .relaxed)
-                logger.info("sent snapshot", metadata: ["region_id": "\(snapshot.regionID)", "to_store": "\(snapshot.toStoreID)",
-                                                        "pairs": "\(snapshot.reader.pairCount)"])
-            } catch {
-                logger.warning("snapshot send failed", metadata: ["region_id": "\(snapshot.regionID)", "to_store": "\(snapshot.toStoreID)",
-                                                                  "error": "\(error)"])
+            // The transfer runs apart from its watchdog, so a stalled one (a receiver stopped
+            // and then killed, say) frees its slot at once even when its task is slow to end.
+            let progress = ProgressClock()
+            let transfer = Task {
+                do {
+                    try await stream(snapshot, to: address, progress: progress)
+                    sentCount.add(1, ordering: .relaxed)
+                    logger.info("sent snapshot", metadata: ["region_id": "\(snapshot.regionID)", "to_store": "\(snapshot.toStoreID)",
+                                                            "pairs": "\(snapshot.reader.pairCount)"])
+                } catch {
+                    logger.warning("snapshot send failed", metadata: ["region_id": "\(snapshot.regionID)", "to_store": "\(snapshot.toStoreID)",
+                                                                      "error": "\(error)"])
+                }
+                progress.finish()
             }
+            while !progress.isFinished {
+                try? await Task.sleep(for: .milliseconds(250))
+                if !progress.isFinished, progress.idle > stallTimeout {
+                    transfer.cancel()
+                    logger.warning("snapshot send abandoned", metadata: ["region_id": "\(snapshot.regionID)", "to_store": "\(snapshot.toStoreID)",
+                                                                         "idle": "\(progress.idle)"])
+                    break
+                }
+            }
+            _ = inFlight.withLock { $0.remove(key) }
         }
     }
 
@@ -150,45 +165,33 @@ final class SnapshotSender: SnapshotOutbound {
     /// was stopped and killed mid-transfer otherwise leaves the stream waiting for ten minutes.)
     static let stallTimeoutDefault: Duration = .seconds(15)
 
-    private func stream(_ snapshot: OutgoingSnapshot, to address: HostPort) async throws {
-        let lastProgress = ProgressClock()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                var options = CallOptions.defaults
-                options.timeout = .seconds(600)
-                let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: address.host, port: address.port), transportSecurity: .plaintext)
-                try await withGRPCClient(transport: transport) { client in
-                    let raft = Flotilla_V1_RaftTransport.Client(wrapping: client)
-                    _ = try await raft.snapshot(request: StreamingClientRequest { writer in
-                        // Chunks are read from RocksDB on NIO's blocking-I/O pool, not on an event loop.
-                        let reader = snapshot.reader
-                        var authenticator = SnapshotAuthenticator(secret: self.secret)
-                        var first = true
-                        while var chunk = try await NIOThreadPool.singleton.runIfActive({ try reader.nextChunk() }) {
-                            try authenticator.sign(&chunk, first: first)
-                            first = false
-                            try await writer.write(chunk)
-                            lastProgress.touch()
-                        }
-                    }, options: options)
+    private func stream(_ snapshot: OutgoingSnapshot, to address: HostPort, progress: ProgressClock) async throws {
+        var options = CallOptions.defaults
+        options.timeout = .seconds(600)
+        let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: address.host, port: address.port), transportSecurity: .plaintext)
+        try await withGRPCClient(transport: transport) { client in
+            let raft = Flotilla_V1_RaftTransport.Client(wrapping: client)
+            _ = try await raft.snapshot(request: StreamingClientRequest { writer in
+                // Chunks are read from RocksDB on NIO's blocking-I/O pool, not on an event loop.
+                let reader = snapshot.reader
+                var authenticator = SnapshotAuthenticator(secret: self.secret)
+                var first = true
+                while var chunk = try await NIOThreadPool.singleton.runIfActive({ try reader.nextChunk() }) {
+                    try authenticator.sign(&chunk, first: first)
+                    first = false
+                    try await writer.write(chunk)
+                    progress.touch()
                 }
-            }
-            group.addTask {
-                while true {
-                    try await Task.sleep(for: .seconds(1))
-                    let idle = lastProgress.idle
-                    if idle > self.stallTimeout { throw SnapshotTransferError(reason: "no progress for \(idle): abandoned") }
-                }
-            }
-            defer { group.cancelAll() }
-            try await group.next()
+            }, options: options)
         }
     }
 }
 
 /// When something last moved, shared by a transfer and its watchdog.
 private final class ProgressClock: Sendable {
-    private let last = Mutex(ContinuousClock.now)
-    func touch() { last.withLock { $0 = .now } }
-    var idle: Duration { ContinuousClock.now - last.withLock { $0 } }
+    private let last = Mutex((at: ContinuousClock.now, finished: false))
+    func touch() { last.withLock { $0.at = .now } }
+    func finish() { last.withLock { $0.finished = true } }
+    var isFinished: Bool { last.withLock { $0.finished } }
+    var idle: Duration { ContinuousClock.now - last.withLock { $0.at } }
 }

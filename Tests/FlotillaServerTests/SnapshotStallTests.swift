@@ -42,8 +42,10 @@ struct SnapshotStallTests {
         let started = ContinuousClock.now
         sender.sendSnapshot(OutgoingSnapshot(reader: reader))
         #expect(sender.sendingCount == 1)
-        while sender.sendingCount > 0 && ContinuousClock.now - started < .seconds(20) { try await Task.sleep(for: .milliseconds(100)) }
+        while sender.sendingCount > 0 && ContinuousClock.now - started < .seconds(120) { try await Task.sleep(for: .milliseconds(100)) }
         let took = ContinuousClock.now - started
-        #expect(sender.sendingCount == 0 && took < .seconds(5), "abandoned after \(took)")
+        // About the 1 s stall timeout alone; the bound leaves room for a loaded machine (the
+        // call's own timeout is ten minutes).
+        #expect(sender.sendingCount == 0 && took < .seconds(60), "abandoned after \(took)")
     }
 }
