@@ -20,7 +20,7 @@ struct BenchCommand: AsyncParsableCommand {
             With --embedded, `run` starts a local cluster of real flotilla-server processes, loads
             it, runs and stops it. `compare` prints two results side by side.
             """,
-        subcommands: [Load.self, Run.self, Compare.self, MakeClusterFile.self, WritePath.self, PDHeartbeats.self, SplitBench.self, PreSplit.self]
+        subcommands: [Load.self, Run.self, Compare.self, MakeClusterFile.self, WritePath.self, PDHeartbeats.self, SplitBench.self, PreSplit.self, MoveBench.self, BalanceWait.self]
     )
 }
 

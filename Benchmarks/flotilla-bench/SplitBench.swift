@@ -53,6 +53,33 @@ struct SplitBench: AsyncParsableCommand {
 
     static func key(_ value: UInt64) -> Data { Data(String(format: "s%012llu", value).utf8) }
 
+    /// `concurrency` writers putting `value` at random keys (`key` of a random number) until
+    /// `shared.stop`, each write's latency recorded in the current window.
+    static func startWriters(client: FlotillaClient, concurrency: Int, shared: Shared, value: Data,
+                             key: @escaping @Sendable (UInt64) -> Data) -> Task<Void, Never> {
+        Task {
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<concurrency {
+                    group.addTask {
+                        var random = SystemRandomNumberGenerator()
+                        while !shared.stop.load(ordering: .relaxed) {
+                            let target = key(UInt64.random(in: 0..<1_000_000_000_000, using: &random))
+                            let started = ContinuousClock.now
+                            let window = shared.current.withLock { $0 }
+                            do {
+                                try await client.put(target, value)
+                                let elapsed = (ContinuousClock.now - started).components
+                                window?.record(UInt64(elapsed.seconds) * 1_000_000 + UInt64(elapsed.attoseconds / 1_000_000_000_000))
+                            } catch {
+                                window?.errors.add(1, ordering: .relaxed)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     func run() async throws {
         guard let endpoints = (pd ?? ProcessInfo.processInfo.environment["FLOTILLA_PD"])?.split(separator: ",").map(String.init) else {
             throw ValidationError("no PD endpoints: pass --pd or set FLOTILLA_PD")
@@ -65,27 +92,7 @@ struct SplitBench: AsyncParsableCommand {
         }
         let shared = Shared()
         let value = Data(repeating: UInt8(ascii: "v"), count: 100)
-        let writers = Task {
-            await withTaskGroup(of: Void.self) { group in
-                for _ in 0..<concurrency {
-                    group.addTask {
-                        var random = SystemRandomNumberGenerator()
-                        while !shared.stop.load(ordering: .relaxed) {
-                            let key = Self.key(UInt64.random(in: 0..<1_000_000_000_000, using: &random))
-                            let started = ContinuousClock.now
-                            let window = shared.current.withLock { $0 }
-                            do {
-                                try await client.put(key, value)
-                                let elapsed = (ContinuousClock.now - started).components
-                                window?.record(UInt64(elapsed.seconds) * 1_000_000 + UInt64(elapsed.attoseconds / 1_000_000_000_000))
-                            } catch {
-                                window?.errors.add(1, ordering: .relaxed)
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let writers = Self.startWriters(client: client, concurrency: concurrency, shared: shared, value: value, key: Self.key)
         // Warm up, then a window without splits.
         try await Task.sleep(for: .seconds(2))
         let baseline = Window()

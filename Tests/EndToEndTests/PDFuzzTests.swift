@@ -81,6 +81,15 @@ struct PDFuzzTests {
             try await fuzz(Flotilla_V1_SetSchedulerSettingsRequest.with { $0.header = header; $0.settings = .defaults }) {
                 try await api.setSchedulerSettings($0).header
             }
+            try await fuzz(Flotilla_V1_AddOperatorRequest.with {
+                $0.header = header
+                $0.regionID = region.id
+                $0.movePeer = Flotilla_V1_MovePeer.with { $0.fromStoreID = store.id; $0.toStoreID = store.id + 1 }
+            }) { try await api.addOperator($0).header }
+            try await fuzz(Flotilla_V1_ListSchedulersRequest.with { $0.header = header }) { try await api.listSchedulers($0).header }
+            try await fuzz(Flotilla_V1_SetStoreStateRequest.with { $0.header = header; $0.change.storeID = store.id; $0.change.state = .offline }) {
+                try await api.setStoreState($0).header
+            }
             try await fuzz(Flotilla_V1_PutMemberRequest.with { $0.header = header; $0.member.memberID = 1; $0.member.name = "pd1" }) {
                 try await api.putMember($0).header
             }
@@ -111,7 +120,7 @@ struct PDFuzzTests {
             }
             #expect(responses.last?.header.error.invalidArgument.contains("1024") == true, "\(String(describing: responses.last?.header))")
             tried += sentBatches.count
-            print("PD fuzz: \(tried) mutated requests over 19 RPCs (seed \(seed)), \(answeredWithError) refused with a typed error")
+            print("PD fuzz: \(tried) mutated requests over 22 RPCs (seed \(seed)), \(answeredWithError) refused with a typed error")
         }
         #expect(tried >= 18 * iterations / 2, "mutations that decode were found for the RPCs: \(tried)")
         // Still serving, one cluster, its first region intact.
