@@ -131,6 +131,7 @@ struct MoveBench: AsyncParsableCommand {
         let started = ContinuousClock.now
         var done = 0, failed = 0
         var running: [UInt64] = []
+        var moving: Set<UInt64> = []
         var next = 0
         while done + failed < moves, ContinuousClock.now - started < .seconds(600) {
             let ops = try await routes.operators(includeHistory: true)
@@ -138,17 +139,27 @@ struct MoveBench: AsyncParsableCommand {
                 if let op = ops.first(where: { $0.id == id }), op.status != .running {
                     if op.status == .succeeded { done += 1 } else { failed += 1 }
                     running.removeAll { $0 == id }
+                    moving.remove(op.regionID)
                 }
             }
             while running.count < 4 && next < moves {
                 next += 1
                 let regions = try await routes.scanRegions(from: key(0), to: Data("mvx".utf8)).regions
                 guard !regions.isEmpty else { break }
-                let busy = Set(ops.filter { $0.status == .running }.map(\.regionID))
-                guard let info = regions.filter({ !busy.contains($0.region.id) && !$0.joint }).randomElement(),
+                let busy = Set(ops.filter { $0.status == .running }.map(\.regionID)).union(moving)
+                guard let info = regions.filter({ !busy.contains($0.region.id) && !$0.joint && $0.region.peers.allSatisfy { $0.role == .voter } }).randomElement(),
                       let source = info.region.peers.filter({ $0.storeID != info.leader.storeID }).randomElement(),
-                      let target = stores.filter({ id in !info.region.peers.contains { $0.storeID == id } }).randomElement() else { continue }
-                if let op = try? await routes.movePeer(info.region.id, from: source.storeID, to: target) { running.append(op.id) }
+                      let target = stores.filter({ id in !info.region.peers.contains { $0.storeID == id } }).randomElement() else {
+                    failed += 1
+                    continue
+                }
+                do {
+                    running.append(try await routes.movePeer(info.region.id, from: source.storeID, to: target).id)
+                    moving.insert(info.region.id)
+                } catch {
+                    failed += 1
+                    print("a move of region \(info.region.id) was refused: \(error)")
+                }
             }
             try await Task.sleep(for: .milliseconds(100))
         }

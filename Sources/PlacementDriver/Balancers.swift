@@ -88,12 +88,16 @@ public enum Balancers {
         let mean = live.map { count($0.store.id) }.reduce(0, +) / live.count
         let tolerance = max(1, mean * settings.effectiveTolerancePercent / 100)
         let ordered = live.map(\.store.id).sorted { count($0) < count($1) || (count($0) == count($1) && $0 < $1) }
-        guard let source = ordered.last else { return nil }
-        for target in ordered where target != source {
-            let gap = count(source) - count(target)
-            guard gap > tolerance, gap >= 2 else { break }
-            for info in regions where info.leader.storeID == source && isQuiet(info, running: running) {
-                if let voter = info.region.peers.first(where: { $0.storeID == target && $0.role == .voter }) { return (info, voter) }
+        // From the store leading the most down: the busiest store's regions may have no
+        // voter on the emptiest (their replicas all elsewhere), and a less busy source with
+        // one still evens things out (the busiest then gives to it).
+        for source in ordered.reversed() {
+            for target in ordered where target != source {
+                let gap = count(source) - count(target)
+                guard gap > tolerance, gap >= 2 else { break }
+                for info in regions where info.leader.storeID == source && isQuiet(info, running: running) {
+                    if let voter = info.region.peers.first(where: { $0.storeID == target && $0.role == .voter }) { return (info, voter) }
+                }
             }
         }
         return nil

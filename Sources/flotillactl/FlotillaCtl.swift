@@ -6,6 +6,6 @@ struct FlotillaCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "flotillactl",
         abstract: "Administer a Flotilla cluster.",
-        subcommands: [EngineCheck.self, Cluster.self, Region.self, KV.self, Status.self]
+        subcommands: [EngineCheck.self, Cluster.self, StoreCommand.self, Region.self, OperatorCommand.self, SchedulerCommand.self, KV.self, Status.self]
     )
 }

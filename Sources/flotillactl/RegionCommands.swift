@@ -8,8 +8,8 @@ import Foundation
 struct Region: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "region",
-        abstract: "List, show and split regions.",
-        subcommands: [List.self, Show.self, Split.self]
+        abstract: "List, show, split and move regions.",
+        subcommands: [List.self, Show.self, Split.self, Move.self, TransferLeader.self]
     )
 
     struct Options: ParsableArguments {
@@ -57,14 +57,18 @@ struct Region: AsyncParsableCommand {
             return ["id": region.id, "startKey": show(region.startKey), "endKey": region.endKey.isEmpty ? "" : show(region.endKey),
                     "epoch": ["confVer": region.epoch.confVer, "version": region.epoch.version],
                     "peers": region.peers.map { ["id": $0.id, "storeId": $0.storeID, "role": $0.role == .voter ? "voter" : "learner"] },
-                    "leader": info.hasLeader ? info.leader.storeID : 0,
+                    "leader": info.hasLeader ? info.leader.storeID : 0, "joint": info.joint,
+                    "pendingPeers": info.pendingPeers.map(\.id), "downPeers": info.downPeers.map(\.id),
                     "approximateSizeBytes": info.stats.approximateSizeBytes, "approximateKeys": info.stats.approximateKeys]
         }
 
         func line(_ info: Flotilla_V1_RegionInfo) -> String {
             let region = info.region
             let peers = region.peers.map { "\($0.storeID)\($0.role == .learner ? "(learner)" : "")" }.joined(separator: ",")
-            return "region \(region.id)  [\(show(region.startKey)), \(show(region.endKey, end: true)))  version \(region.epoch.version) conf_ver \(region.epoch.confVer)  stores \(peers)  leader \(info.hasLeader ? "store \(info.leader.storeID)" : "none")"
+            var extra = info.joint ? "  joint" : ""
+            if !info.pendingPeers.isEmpty { extra += "  pending \(info.pendingPeers.map { "\($0.id)" }.joined(separator: ","))" }
+            if !info.downPeers.isEmpty { extra += "  down \(info.downPeers.map { "\($0.id)" }.joined(separator: ","))" }
+            return "region \(region.id)  [\(show(region.startKey)), \(show(region.endKey, end: true)))  version \(region.epoch.version) conf_ver \(region.epoch.confVer)  stores \(peers)  leader \(info.hasLeader ? "store \(info.leader.storeID)" : "none")\(extra)"
         }
     }
 
@@ -132,6 +136,39 @@ struct Region: AsyncParsableCommand {
             }
             if json { return try Region.printJSON(infos.map(options.json)) }
             for info in infos { print(options.line(info)) }
+        }
+    }
+
+    struct Move: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move a region's replica from one store to another (a learner, one joint change, the old replica removed).",
+            discussion: "With --wait, shows each step until the move succeeds (exit 0) or ends otherwise (exit 1, with PD's reason).")
+        @OptionGroup var options: Options
+        @Argument(help: "The region's id.") var id: UInt64
+        @Option(name: .customLong("from"), help: "The store giving its replica up.") var from: UInt64
+        @Option(name: .customLong("to"), help: "The store taking it.") var to: UInt64
+        @Flag(name: .customLong("wait"), help: "Wait for the move to end, showing its steps.") var wait = false
+
+        func run() async throws {
+            let (regionID, source, target) = (id, from, to)
+            let op = try await options.withPD { try await $0.movePeer(regionID, from: source, to: target) }
+            print("operator \(op.id): \(op.description_p)")
+            if wait { try await OperatorCommand.follow(op.id, options: options) }
+        }
+    }
+
+    struct TransferLeader: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "transfer-leader", abstract: "Make the region's voter on a store its leader.")
+        @OptionGroup var options: Options
+        @Argument(help: "The region's id.") var id: UInt64
+        @Option(name: .customLong("to"), help: "The store whose voter should lead.") var to: UInt64
+        @Flag(name: .customLong("wait"), help: "Wait until the leader is there.") var wait = false
+
+        func run() async throws {
+            let (regionID, target) = (id, to)
+            let op = try await options.withPD { try await $0.transferLeader(regionID, to: target) }
+            print("operator \(op.id): \(op.description_p)")
+            if wait { try await OperatorCommand.follow(op.id, options: options) }
         }
     }
 }

@@ -325,6 +325,29 @@ struct SchedulingTests {
         #expect(Balancers.balanceLeader(regions: leaders, stores: stores, running: [:], settings: settings) == nil)
     }
 
+    @Test func balanceLeaderEvensOutWhenTheBusiestStoresRegionsHaveNoVoterOnTheEmptiest() throws {
+        // Store 1 leads 24 regions whose replicas are all on stores 1-3; stores 4 and 5 hold
+        // replicas only of regions led by 2 and 3. (Found on a 1,000-region cluster, where
+        // the balancer looked only at the busiest store and stopped.)
+        let settings = Flotilla_V1_SchedulerSettings.defaults
+        let stores = Self.table((1...5).map { Self.view($0) })
+        var regions: [Flotilla_V1_RegionInfo] = []
+        for id in UInt64(1)...40 {
+            let stores: [UInt64] = id <= 24 ? [1, 2, 3] : (id % 2 == 0 ? [2, 4, 5] : [3, 4, 5])
+            let peers = stores.map { Build.peer(id * 10 + $0, store: $0) }
+            regions.append(Build.info(Build.region(id, String(format: "k%03d", id), String(format: "k%03d", id + 1), peers: peers)))
+        }
+        var transfers = 0
+        while let next = Balancers.balanceLeader(regions: regions, stores: stores, running: [:], settings: settings), transfers < 200 {
+            let index = try #require(regions.firstIndex { $0.region.id == next.region.region.id })
+            regions[index].leader = next.to
+            transfers += 1
+        }
+        var led: [UInt64: Int] = [:]
+        for info in regions { led[info.leader.storeID, default: 0] += 1 }
+        #expect(transfers < 200 && (1...5).allSatisfy { abs((led[UInt64($0)] ?? 0) - 8) <= 1 }, "\(led.sorted { $0.key < $1.key }) after \(transfers) transfers")
+    }
+
     @Test func hotRegionMovesTheHottestLeaderOffTheHottestStore() throws {
         let settings = Flotilla_V1_SchedulerSettings.defaults
         let stores = Self.table((1...3).map { Self.view($0) })
