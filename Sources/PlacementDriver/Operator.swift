@@ -58,6 +58,16 @@ public enum OperatorStep: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The stores that must be alive for this step to finish (a learner's, the new leader's);
+    /// removing a replica needs nothing of its store.
+    public var storesNeeded: [UInt64] {
+        switch self {
+        case .addLearner(let peer), .promoteLearner(let peer), .transferLeader(let peer): [peer.storeID]
+        case .promoteAndDemote(let promote, _): [promote.storeID]
+        case .removePeer, .splitRegion: []
+        }
+    }
+
     /// The peer this step would demote or remove, which must not be the leader then.
     var peerLeaving: Flotilla_V1_Peer? {
         switch self {
@@ -256,6 +266,17 @@ public struct OperatorController: Sendable {
             for storeID in Set(op.steps[op.currentStep...].flatMap(\.storesTouched)) { load[storeID, default: 0] += 1 }
         }
         return load
+    }
+
+    /// Ends as failed the operators whose current step needs a store that is not live (down,
+    /// disconnected, draining or gone): such a step cannot finish, and the region is left to
+    /// the replica checker at once instead of after the step timeout.
+    public mutating func failSteps(needing isLive: (UInt64) -> Bool, nowMs: UInt64) {
+        for op in running.values.sorted(by: { $0.id < $1.id }) {
+            guard let store = op.steps[op.currentStep].storesNeeded.first(where: { !isLive($0) }) else { continue }
+            end(regionID: op.regionID, status: .failed,
+                reason: "step \(op.currentStep + 1) of \(op.steps.count) (\(op.steps[op.currentStep])) needs store \(store), which is not up", nowMs: nowMs)
+        }
     }
 
     /// Ends operators whose current step ran past its timeout (also for regions that stopped

@@ -307,6 +307,7 @@ public struct PlacementDriver: Sendable {
             command.putRegion = info.region
             outcome.commands.append(command)
         }
+        failStepsOnDeadStores(nowMs: nowMs)
         outcome.step = operators.heartbeat(info, nowMs: nowMs)
         if operators.running[info.region.id] == nil, schedulingAllowed(nowMs: nowMs), state.settings.replicaCheckerEnabled {
             if let reservation = planReplicas(info, nowMs: nowMs) { outcome.commands.append(reservation) }
@@ -490,6 +491,7 @@ public struct PlacementDriver: Sendable {
     public mutating func tick(nowMs: UInt64) -> [Flotilla_V1_PDCommand] {
         guard isLeader else { return [] }
         operators.tick(nowMs: nowMs)
+        failStepsOnDeadStores(nowMs: nowMs)
         guard schedulingAllowed(nowMs: nowMs), nowMs >= lastBalanceMs + timings.balanceIntervalMs else { return [] }
         lastBalanceMs = nowMs
         var commands: [Flotilla_V1_PDCommand] = []
@@ -503,6 +505,13 @@ public struct PlacementDriver: Sendable {
         }
         if let reservation = balance(nowMs: nowMs) { commands.append(reservation) }
         return commands
+    }
+
+    /// Fails operators waiting on a store that is not live (see `OperatorController.failSteps`).
+    /// A store this leader has not heard from yet counts as live until the disconnect time.
+    private mutating func failStepsOnDeadStores(nowMs: UInt64) {
+        let live = Set(state.stores.values.filter { $0.state == .up && liveness(ofStore: $0.id, nowMs: nowMs) == .up }.map(\.id))
+        operators.failSteps(needing: { live.contains($0) }, nowMs: nowMs)
     }
 
     /// One round of the enabled balancers; returns a reservation when a move needs ids.

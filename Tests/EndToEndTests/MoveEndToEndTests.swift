@@ -315,27 +315,64 @@ struct MoveEndToEndTests {
                 // tombstone.
                 let drained = try #require(ids[0])
                 try await routes.setStoreState(drained, .offline)
+                let drainStarted = ContinuousClock.now
                 let tombstoned = await eventually(seconds: 120) {
                     (try? await routes.stores())?.first { $0.store.id == drained }?.store.state == .tombstone
                 }
                 #expect(tombstoned, "the drained store became a tombstone")
+                print("zones: drain to tombstone \(ContinuousClock.now - drainStarted)")
                 let regions = try await routes.scanRegions().regions
                 #expect(regions.allSatisfy { !$0.region.peers.contains { $0.storeID == drained } })
-                // Draining the last zone-a store would leave two zones for three replicas.
-                do {
-                    try await routes.setStoreState(try #require(ids[1]), .offline)
-                    Issue.record("a drain that cannot finish was accepted")
-                } catch {
-                    #expect("\(error)".contains("cannot be drained"), "\(error)")
-                }
+                // Draining the last zone-a store would leave two zones for three replicas:
+                // refused, through the admin CLI as a user would meet it (exit 1, one line).
+                let ctl = URL(fileURLWithPath: LocalCluster.serverBinary).deletingLastPathComponent().appendingPathComponent("flotillactl").path
+                let pdFlag = ["--pd", pd.clientAddresses.joined(separator: ",")]
+                func ctlRun(_ arguments: [String]) throws -> (status: Int32, output: String) { try LocalCluster.runToEnd(ctl, arguments + pdFlag) }
+                let refusedDrain = try ctlRun(["store", "drain", "\(try #require(ids[1]))"])
+                #expect(refusedDrain.status == 1 && refusedDrain.output.contains("cannot be drained"), "\(refusedDrain)")
+                let storeList = try ctlRun(["store", "list", "--json"])
+                let listed = try #require(try JSONSerialization.jsonObject(with: Data(storeList.output.utf8)) as? [[String: Any]])
+                #expect(listed.first { ($0["id"] as? UInt64) == drained }?["state"] as? String == "tombstone", "\(storeList.output)")
+                #expect(listed.allSatisfy { ($0["labels"] as? [String: String])?["zone"] != nil })
+                // Pause and resume a scheduler; move a replica within its zone with --wait.
+                #expect(try ctlRun(["scheduler", "pause", "balance-region"]).status == 0)
+                let paused = try ctlRun(["scheduler", "list", "--json"])
+                #expect(paused.output.contains("\"enabled\" : false"), "\(paused.output)")
+                #expect(try ctlRun(["scheduler", "pause", "no-such-scheduler"]).status != 0)
+                // With the balancers paused and their operators done, an admin move has the
+                // region to itself.
+                #expect(try ctlRun(["scheduler", "pause", "balance-leader"]).status == 0)
+                #expect(try ctlRun(["scheduler", "pause", "hot-region"]).status == 0)
+                let settleStarted = ContinuousClock.now
+                #expect(await eventually(seconds: 60) { (try? await routes.operators())?.isEmpty == true })
+                print("zones: operators settled \(ContinuousClock.now - settleStarted) after pausing the balancers")
+                let zoneC = [try #require(ids[4]), try #require(ids[5])]
+                let movable = try #require(try await routes.scanRegions().regions.first { info in
+                    Self.isWhole(info) && info.region.peers.contains { zoneC.contains($0.storeID) } && info.region.peers.filter { zoneC.contains($0.storeID) }.count == 1
+                })
+                let from = try #require(movable.region.peers.first { zoneC.contains($0.storeID) }).storeID
+                let to = try #require(zoneC.first { $0 != from })
+                let moveStarted = ContinuousClock.now
+                let moved = try ctlRun(["region", "move", "\(movable.region.id)", "--from", "\(from)", "--to", "\(to)", "--wait"])
+                print("zones: flotillactl region move --wait took \(ContinuousClock.now - moveStarted)")
+                #expect(moved.status == 0 && moved.output.contains("step 1 of 3") && moved.output.contains("succeeded"), "\(moved)")
+                let wrongZone = try ctlRun(["region", "move", "\(movable.region.id)", "--from", "\(to)", "--to", "\(try #require(ids[3]))"])
+                #expect(wrongZone.status == 1, "\(wrongZone)")
+                let unknown = try ctlRun(["region", "move", "999999", "--from", "\(from)", "--to", "\(to)"])
+                #expect(unknown.status == 1 && unknown.output.contains("999999"), "\(unknown)")
+                for name in ["balance-region", "balance-leader", "hot-region"] { #expect(try ctlRun(["scheduler", "resume", name]).status == 0) }
+                let ops = try ctlRun(["operator", "list", "--all", "--json"])
+                #expect(ops.status == 0 && ops.output.contains("\"origin\" : \"admin\""), "\(ops.output.prefix(300))")
                 // Kill a zone-b store: once down, its replicas go to the other zone-b store.
                 let killedID = try #require(ids[2])
                 pd.killStore(2)
+                let killedAt = ContinuousClock.now
                 let repaired = await eventually(seconds: 120) {
                     guard let regions = try? await routes.scanRegions().regions else { return false }
                     return regions.allSatisfy { Self.isWhole($0) && !$0.region.peers.contains { $0.storeID == killedID } }
                 }
                 #expect(repaired, "every region has three voters in three zones after a store was killed")
+                print("zones: repair after the kill \(ContinuousClock.now - killedAt)")
                 stopWatching.set()
                 await watcher.value
                 #expect(violations.withLock { $0 }.isEmpty, "\(violations.withLock { $0 }.prefix(5))")

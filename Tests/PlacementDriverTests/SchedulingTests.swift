@@ -205,6 +205,29 @@ struct SchedulingTests {
         #expect(fake.voterStores == Array(stores[0..<3]) && fake.learnerStores.isEmpty)
     }
 
+    @Test func aStepWaitingOnADeadStoreFailsAtOnceAndTheCheckerTakesOver() throws {
+        var (single, fake, stores) = try Self.cluster(stores: 4) { $0.maxStoreDownTimeSeconds = 5 }
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = fake.info.region.id
+        request.movePeer.fromStoreID = stores[1]
+        request.movePeer.toStoreID = stores[3]
+        _ = try single.pd.addOperator(request, newPeerID: try single.allocate(), nowMs: single.nowMs)
+        let step = try #require(try single.heartbeat(fake.report()))
+        fake.carryOut(step)
+        // The target dies while its learner catches up: once it is down (5 s here), the
+        // operator fails with the reason, long before the 60 s step timeout.
+        let learner = try #require(fake.info.region.peers.first { $0.storeID == stores[3] })
+        fake.info.pendingPeers = [learner]
+        single.nowMs += 6_000
+        try single.storeHeartbeats(Array(stores[0..<3]))
+        single.pd.tick(nowMs: single.nowMs)
+        let ended = try #require(single.pd.operators.history.last)
+        #expect(ended.status == .failed && ended.reason.contains("needs store \(stores[3])"), "\(ended.reason)")
+        // The checker removes the learner on the dead store.
+        let next = try single.heartbeat(fake.report())
+        #expect(next == .removePeer(learner), "\(String(describing: next))")
+    }
+
     @Test func aPDLeaderChangeMidMoveIsFinishedOrUndoneFromTheRegionsState() throws {
         // Cut after each step of a move: the new leader's checker leaves three voters and no
         // learner, never a joint configuration.
