@@ -98,6 +98,8 @@ final class SnapshotSender: SnapshotOutbound {
     private let logger: Logger
     private let inFlight = Mutex<Set<[UInt64]>>([])
     let sentCount = Atomic<Int>(0)
+    /// Sends given up for making no progress (`stallTimeout`).
+    let abandonedCount = Atomic<Int>(0)
     /// Snapshots being sent now.
     var sendingCount: Int { inFlight.withLock { $0.count } }
 
@@ -151,6 +153,7 @@ final class SnapshotSender: SnapshotOutbound {
                 try? await Task.sleep(for: .milliseconds(250))
                 if !progress.isFinished, progress.idle > stallTimeout {
                     transfer.cancel()
+                    abandonedCount.add(1, ordering: .relaxed)
                     logger.warning("snapshot send abandoned", metadata: ["region_id": "\(snapshot.regionID)", "to_store": "\(snapshot.toStoreID)",
                                                                          "idle": "\(progress.idle)"])
                     break

@@ -430,7 +430,12 @@ struct PDProcessTests {
                                   (["--region-max-size-bytes", "65536", "--region-split-size-bytes", "131072"], "split size at most max size"),
                                   (["--load-split-seconds", "0"], "seconds 1 to 3600"),
                                   (["--load-split-requests-per-second=-5"], "requests per second"),
-                                  (["--split-check-diff-bytes", "0"], "split-check-diff")] {
+                                  (["--split-check-diff-bytes", "0"], "split-check-diff"),
+                                  (["--labels", "zone"], "not key=value"),
+                                  (["--labels", "zone=a,zone=b"], "given twice"),
+                                  (["--labels", "=a"], "1 to 64 bytes"),
+                                  (["--labels", (0..<17).map { "k\($0)=v" }.joined(separator: ",")], "at most 16"),
+                                  (["--stale-replica-seconds", "0"], "stale-replica-seconds")] {
             let (status, output) = try LocalCluster.runToEnd(server, join + flags)
             #expect(status == 2 && output.contains(fragment), "\(flags): \(status) \(output)")
         }

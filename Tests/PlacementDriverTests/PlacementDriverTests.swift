@@ -374,6 +374,13 @@ struct PlacementDriverTests {
         settings = .defaults
         settings.maxStoreDownTimeSeconds = 0
         #expect(throws: PDFailure.self) { try single.apply(Build.command { $0.setSettings = settings }).get() }
+        for change in [{ (s: inout Flotilla_V1_SchedulerSettings) in s.balanceTolerancePercent = 101 },
+                       { (s: inout Flotilla_V1_SchedulerSettings) in s.storeLimit = PDLimits.storeLimitMax + 1 },
+                       { (s: inout Flotilla_V1_SchedulerSettings) in s.isolationLabel = String(repeating: "z", count: PDLimits.labelKeyBytesMax + 1) }] {
+            settings = .defaults
+            change(&settings)
+            #expect(throws: PDFailure.self) { try single.apply(Build.command { $0.setSettings = settings }).get() }
+        }
         settings = .defaults
         settings.maxReplicas = 5
         try single.apply(Build.command { $0.setSettings = settings }).get()

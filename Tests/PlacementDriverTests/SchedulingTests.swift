@@ -117,6 +117,15 @@ struct SchedulingTests {
         return (single, fake, stores)
     }
 
+    /// An admin's move of the region's replica on `from` to `to`.
+    static func move(_ single: inout SingleMemberPD, _ fake: FakeRegion, from: UInt64, to: UInt64) throws -> Operator {
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = fake.info.region.id
+        request.movePeer.fromStoreID = from
+        request.movePeer.toStoreID = to
+        return try single.pd.addOperator(request, newPeerID: try single.allocate(), nowMs: single.nowMs)
+    }
+
     /// Heartbeats the region and carries out every step until PD sends none for a few rounds
     /// (or `rounds` run out); returns the steps sent.
     static func run(_ single: inout SingleMemberPD, _ fake: inout FakeRegion, stores: [UInt64], rounds: Int = 30,
@@ -141,11 +150,7 @@ struct SchedulingTests {
 
     @Test func aMoveAddsALearnerGoesThroughOneJointChangeAndNeverDemotesTheLeader() throws {
         var (single, fake, stores) = try Self.cluster(stores: 4)
-        var request = Flotilla_V1_AddOperatorRequest()
-        request.regionID = fake.info.region.id
-        request.movePeer.fromStoreID = stores[0]  // the leader's store
-        request.movePeer.toStoreID = stores[3]
-        let op = try single.pd.addOperator(request, newPeerID: try single.allocate(), nowMs: single.nowMs)
+        let op = try Self.move(&single, fake, from: stores[0], to: stores[3])  // the leader's store
         #expect(op.steps.count == 3)
         let transcript = try Self.run(&single, &fake, stores: stores)
         #expect(!transcript.contains { $0.hasPrefix("refused") }, "\(transcript)")
@@ -162,12 +167,8 @@ struct SchedulingTests {
     @Test func badMovesAreRefusedWithAReason() throws {
         var (single, fake, stores) = try Self.cluster(stores: 4)
         func refusal(from: UInt64, to: UInt64) throws -> String? {
-            var request = Flotilla_V1_AddOperatorRequest()
-            request.regionID = fake.info.region.id
-            request.movePeer.fromStoreID = from
-            request.movePeer.toStoreID = to
             do {
-                _ = try single.pd.addOperator(request, newPeerID: try single.allocate(), nowMs: single.nowMs)
+                _ = try Self.move(&single, fake, from: from, to: to)
                 return nil
             } catch {
                 return "\(error)"
@@ -185,11 +186,7 @@ struct SchedulingTests {
 
     @Test func anOperatorThatFailsHalfwayLeavesTheRegionHealthy() throws {
         var (single, fake, stores) = try Self.cluster(stores: 4)
-        var request = Flotilla_V1_AddOperatorRequest()
-        request.regionID = fake.info.region.id
-        request.movePeer.fromStoreID = stores[1]
-        request.movePeer.toStoreID = stores[3]
-        _ = try single.pd.addOperator(request, newPeerID: try single.allocate(), nowMs: single.nowMs)
+        _ = try Self.move(&single, fake, from: stores[1], to: stores[3])
         let step = try #require(try single.heartbeat(fake.report()))
         fake.carryOut(step)
         // The learner never catches up: the step times out.
@@ -207,11 +204,7 @@ struct SchedulingTests {
 
     @Test func aStepWaitingOnADeadStoreFailsAtOnceAndTheCheckerTakesOver() throws {
         var (single, fake, stores) = try Self.cluster(stores: 4) { $0.maxStoreDownTimeSeconds = 5 }
-        var request = Flotilla_V1_AddOperatorRequest()
-        request.regionID = fake.info.region.id
-        request.movePeer.fromStoreID = stores[1]
-        request.movePeer.toStoreID = stores[3]
-        _ = try single.pd.addOperator(request, newPeerID: try single.allocate(), nowMs: single.nowMs)
+        _ = try Self.move(&single, fake, from: stores[1], to: stores[3])
         let step = try #require(try single.heartbeat(fake.report()))
         fake.carryOut(step)
         // The target dies while its learner catches up: once it is down (5 s here), the
@@ -233,11 +226,7 @@ struct SchedulingTests {
         // learner, never a joint configuration.
         for cut in 1...3 {
             var (single, fake, stores) = try Self.cluster(stores: 4)
-            var request = Flotilla_V1_AddOperatorRequest()
-            request.regionID = fake.info.region.id
-            request.movePeer.fromStoreID = stores[1]
-            request.movePeer.toStoreID = stores[3]
-            _ = try single.pd.addOperator(request, newPeerID: try single.allocate(), nowMs: single.nowMs)
+            _ = try Self.move(&single, fake, from: stores[1], to: stores[3])
             var made = 0
             while made < cut, let step = try single.heartbeat(fake.report()) {
                 fake.carryOut(step)

@@ -82,21 +82,35 @@ struct MoveTests {
         #expect(cluster.stores[source]?.regionIDs == [])
     }
 
+    /// A 4-store cluster whose region (on stores 1-3, `count` keys written) got a learner on
+    /// store 4 that was removed while store 4 was down (store 4 stays down).
+    private func learnerRemovedWhileItsStoreWasDown(prefix: String, count: Int) throws
+        -> (cluster: InProcessCluster, region: Flotilla_V1_Region, leader: UInt64, learner: Flotilla_V1_Peer) {
+        let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
+        try cluster.rounds(40)
+        try writeMany(cluster, prefix: prefix, count: count)
+        let region = try #require(cluster.region(for: prefix))
+        let leader = try #require(cluster.leader(of: region.id))
+        let learner = try addLearner(cluster, region: region, leader: leader)
+        cluster.crash(4)
+        try change(cluster, leader: leader, region: region, [(.remove, learner)])
+        return (cluster, region, leader, learner)
+    }
+
+    /// Proposes a membership change on the leader and runs rounds until it completes.
+    private func change(_ cluster: InProcessCluster, leader: UInt64, region: Flotilla_V1_Region,
+                        _ changes: [(kind: ConfChangeKind, peer: Flotilla_V1_Peer)]) throws {
+        let id = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: changes))
+        for _ in 0..<20 where cluster.completed[id] == nil { try cluster.round() }
+        #expect((try? cluster.completed[id]?.get())?.succeeded == true)
+    }
+
     @Test func aReplicaRemovedWhileItsStoreWasDownGivesWayToItsSuccessor() throws {
         // Store 4 gets a learner, goes down, the learner is removed and another added there;
         // on restart the old replica must give way, or it swallows every message for the new.
-        let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
-        try cluster.rounds(40)
-        try writeMany(cluster, prefix: "s", count: 10)
-        let region = try #require(cluster.region(for: "s"))
-        let leader = try #require(cluster.leader(of: region.id))
-        let first = try addLearner(cluster, region: region, leader: leader)
-        cluster.crash(4)
-        let remove = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.remove, first)]))
-        for _ in 0..<20 where cluster.completed[remove] == nil { try cluster.round() }
+        let (cluster, region, leader, first) = try learnerRemovedWhileItsStoreWasDown(prefix: "s", count: 10)
         let successor = peer(first.id + 1_000, store: 4, .learner)
-        let add = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.addLearner, successor)]))
-        for _ in 0..<20 where cluster.completed[add] == nil { try cluster.round() }
+        try change(cluster, leader: leader, region: region, [(.addLearner, successor)])
         // Two replicas of one region on one store are refused.
         let third = peer(first.id + 2_000, store: 4, .learner)
         #expect(throws: StoreRequestError.self) {
@@ -112,15 +126,7 @@ struct MoveTests {
     @Test func aReplicaRemovedWhileItsStoreWasDownIsDestroyedOnceTheRegionShowsItGone() throws {
         // No successor this time: the replica hears from nobody. Its store finds it silent
         // and, shown the region at a newer conf_ver without it (PD's answer), destroys it.
-        let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
-        try cluster.rounds(40)
-        try writeMany(cluster, prefix: "z", count: 10)
-        let region = try #require(cluster.region(for: "z"))
-        let leader = try #require(cluster.leader(of: region.id))
-        let learner = try addLearner(cluster, region: region, leader: leader)
-        cluster.crash(4)
-        let remove = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: region.id, changes: [(.remove, learner)]))
-        for _ in 0..<20 where cluster.completed[remove] == nil { try cluster.round() }
+        let (cluster, region, leader, learner) = try learnerRemovedWhileItsStoreWasDown(prefix: "z", count: 10)
         try cluster.restart(4)
         try cluster.rounds(30)
         let silent = try #require(cluster.stores[4]?.silentReplicas(minTicks: 20))

@@ -37,6 +37,15 @@ struct ScenarioCluster {
         settle()
     }
 
+    /// A node with an empty log, in no configuration yet (a member to add).
+    mutating func addEmptyNode(_ id: NodeID) {
+        let storage = MemoryStorage()
+        var config = RaftConfig(id: id)
+        config.randomSeed = 7
+        storages[id] = storage
+        nodes[id] = RaftNode(config: config, storage: storage)
+    }
+
     /// Runs every node's Ready and delivers messages until nothing moves.
     mutating func settle() {
         for _ in 0..<100 {
@@ -218,11 +227,7 @@ struct RaftScenarioTests {
     @Test func jointConsensusReplacesAVoter() throws {
         // Replace n3 by n4 in one change: enter C_old,new, then leave it automatically.
         var cluster = ScenarioCluster(voters: [1, 2, 3])
-        let storage = MemoryStorage()
-        var config = RaftConfig(id: 4)
-        config.randomSeed = 7
-        cluster.storages[4] = storage
-        cluster.nodes[4] = RaftNode(config: config, storage: storage)
+        cluster.addEmptyNode(4)
         cluster.tick(10)
         cluster.nodes[1]?.campaign()
         cluster.settle()
@@ -240,11 +245,7 @@ struct RaftScenarioTests {
         // n1 enters C_old,new replacing n3 by n4 but dies before its leave entry reaches
         // anyone. n2, elected in the joint configuration, must lead the region out of it.
         var cluster = ScenarioCluster(voters: [1, 2, 3])
-        let storage = MemoryStorage()
-        var config = RaftConfig(id: 4)
-        config.randomSeed = 7
-        cluster.storages[4] = storage
-        cluster.nodes[4] = RaftNode(config: config, storage: storage)
+        cluster.addEmptyNode(4)
         cluster.tick(10)
         cluster.nodes[1]?.campaign()
         cluster.settle()
