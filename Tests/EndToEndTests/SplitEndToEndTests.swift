@@ -20,6 +20,11 @@ struct SplitEndToEndTests {
                 guard let region = try? await routes.region(key: Data()) else { return false }
                 return region.region.region.peers.filter { $0.role == .voter }.count == 3 && region.region.hasLeader
             }, "the first region reaches three voters")
+            // The raw requests at the end go to one region's leader: leadership stays put.
+            try await routes.updateSchedulerSettings { settings in
+                settings.balanceLeaderEnabled = false
+                settings.hotRegionEnabled = false
+            }
             let client = try FlotillaClient(pd: pd.clientAddresses, requestTimeout: .seconds(20))
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await client.run() }
