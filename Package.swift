@@ -143,8 +143,9 @@ let package = Package(
         .executableTarget(
             name: "flotillactl",
             dependencies: [
-                "RocksDB", "FlotillaClient", "FlotillaServer",
+                "RocksDB", "FlotillaClient", "FlotillaServer", "RaftStore", "FlotillaProto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSettings
         ),

@@ -303,6 +303,60 @@ public final class FlotillaClient: Sendable {
         return regions
     }
 
+    /// Starts a consistency check of region `regionID` (which must hold `key`, its start key)
+    /// through its leader. Returns the region as the leader answered for and the index of the
+    /// check entry: every replica digests its state at that index (`RegionStatus.last_check`).
+    public func checkRegion(_ regionID: UInt64, startKey key: Data) async throws -> (region: Flotilla_V1_Region, index: UInt64) {
+        var answer: (Flotilla_V1_Region, UInt64)?
+        try await routed(key: key) { kv, context, region in
+            guard region.id == regionID else { throw FlotillaClientError.rejected("region \(regionID) no longer starts at this key (it split or merged): list the regions again") }
+            guard let client = self.clients.withLock({ $0[kv.channel.storeID] }) else {
+                throw FlotillaClientError.noRoute("store \(kv.channel.storeID) has no address")
+            }
+            var request = Flotilla_V1_CheckRegionRequest()
+            request.context = context
+            var options = CallOptions.defaults
+            options.timeout = max(.milliseconds(1), ContinuousClock.now.duration(to: kv.deadline))
+            let response = try await Flotilla_V1_StoreAdmin.Client(wrapping: client).checkRegion(request, options: options)
+            if !response.hasError { answer = (region, response.index) }
+            return response.error.nonEmpty
+        }
+        guard let answer else { throw FlotillaClientError.unavailable("region \(regionID): no answer to the check") }
+        return answer
+    }
+
+    /// Reads a backup of region `regionID` (starting at `key`) from its leader: `chunk` gets
+    /// the stream's chunks in order, the first carrying the region and applied index. When an
+    /// attempt fails after chunks were handed out, the next attempt starts again with a first
+    /// chunk: the receiver must then drop what it had (`restart` is called first).
+    public func backupRegion(_ regionID: UInt64, startKey key: Data, streamTimeout: Duration,
+                             restart: @Sendable () throws -> Void,
+                             chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) throws -> Void) async throws {
+        var started = false
+        try await routed(key: key) { kv, context, region in
+            guard region.id == regionID else { throw FlotillaClientError.rejected("region \(regionID) no longer starts at this key (it split or merged): list the regions again") }
+            guard let client = self.clients.withLock({ $0[kv.channel.storeID] }) else {
+                throw FlotillaClientError.noRoute("store \(kv.channel.storeID) has no address")
+            }
+            if started { try restart() }
+            started = true
+            var request = Flotilla_V1_BackupRegionRequest()
+            request.context = context
+            var options = CallOptions.defaults
+            options.timeout = streamTimeout
+            return try await Flotilla_V1_StoreAdmin.Client(wrapping: client).backupRegion(request, options: options) { response in
+                var sawLast = false
+                for try await message in response.messages {
+                    if message.hasError { return message.error }
+                    try chunk(message)
+                    if message.last { sawLast = true }
+                }
+                guard sawLast else { throw FlotillaClientError.unavailable("region \(regionID): the backup stream ended early") }
+                return nil
+            }
+        }
+    }
+
     /// A store's status: counters of its store loop and, with `includeRegions`, the Raft
     /// state of each region it hosts.
     public func storeStatus(_ storeID: UInt64, includeRegions: Bool = false) async throws -> Flotilla_V1_StoreStatus {

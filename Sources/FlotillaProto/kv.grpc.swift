@@ -1940,10 +1940,38 @@ public enum Flotilla_V1_StoreAdmin: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "CheckRegion" metadata.
+        public enum CheckRegion: Sendable {
+            /// Request type for "CheckRegion".
+            public typealias Input = Flotilla_V1_CheckRegionRequest
+            /// Response type for "CheckRegion".
+            public typealias Output = Flotilla_V1_CheckRegionResponse
+            /// Descriptor for "CheckRegion".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.StoreAdmin"),
+                method: "CheckRegion",
+                type: .unary
+            )
+        }
+        /// Namespace for "BackupRegion" metadata.
+        public enum BackupRegion: Sendable {
+            /// Request type for "BackupRegion".
+            public typealias Input = Flotilla_V1_BackupRegionRequest
+            /// Response type for "BackupRegion".
+            public typealias Output = Flotilla_V1_BackupChunk
+            /// Descriptor for "BackupRegion".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.StoreAdmin"),
+                method: "BackupRegion",
+                type: .serverStreaming
+            )
+        }
         /// Descriptors for all methods in the "flotilla.v1.StoreAdmin" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Status.descriptor,
-            SplitRegion.descriptor
+            SplitRegion.descriptor,
+            CheckRegion.descriptor,
+            BackupRegion.descriptor
         ]
     }
 }
@@ -1997,6 +2025,34 @@ extension Flotilla_V1_StoreAdmin {
             request: GRPCCore.StreamingServerRequest<Flotilla_V1_SplitRegionRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_SplitRegionResponse>
+
+        /// Handle the "CheckRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_CheckRegionRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_CheckRegionResponse` messages.
+        func checkRegion(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_CheckRegionRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_CheckRegionResponse>
+
+        /// Handle the "BackupRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_BackupRegionRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_BackupChunk` messages.
+        func backupRegion(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_BackupRegionRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_BackupChunk>
     }
 
     /// Service protocol for the "flotilla.v1.StoreAdmin" service.
@@ -2034,6 +2090,34 @@ extension Flotilla_V1_StoreAdmin {
             request: GRPCCore.ServerRequest<Flotilla_V1_SplitRegionRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_SplitRegionResponse>
+
+        /// Handle the "CheckRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_CheckRegionRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Flotilla_V1_CheckRegionResponse` message.
+        func checkRegion(
+            request: GRPCCore.ServerRequest<Flotilla_V1_CheckRegionRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_CheckRegionResponse>
+
+        /// Handle the "BackupRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_BackupRegionRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_BackupChunk` messages.
+        func backupRegion(
+            request: GRPCCore.ServerRequest<Flotilla_V1_BackupRegionRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_BackupChunk>
     }
 
     /// Simple service protocol for the "flotilla.v1.StoreAdmin" service.
@@ -2069,6 +2153,35 @@ extension Flotilla_V1_StoreAdmin {
             request: Flotilla_V1_SplitRegionRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Flotilla_V1_SplitRegionResponse
+
+        /// Handle the "CheckRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_CheckRegionRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Flotilla_V1_CheckRegionResponse` to respond with.
+        func checkRegion(
+            request: Flotilla_V1_CheckRegionRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Flotilla_V1_CheckRegionResponse
+
+        /// Handle the "BackupRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_BackupRegionRequest` message.
+        ///   - response: A response stream of `Flotilla_V1_BackupChunk` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func backupRegion(
+            request: Flotilla_V1_BackupRegionRequest,
+            response: GRPCCore.RPCWriter<Flotilla_V1_BackupChunk>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -2093,6 +2206,28 @@ extension Flotilla_V1_StoreAdmin.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_SplitRegionResponse>(),
             handler: { request, context in
                 try await self.splitRegion(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Flotilla_V1_StoreAdmin.Method.CheckRegion.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_CheckRegionRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_CheckRegionResponse>(),
+            handler: { request, context in
+                try await self.checkRegion(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Flotilla_V1_StoreAdmin.Method.BackupRegion.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_BackupRegionRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_BackupChunk>(),
+            handler: { request, context in
+                try await self.backupRegion(
                     request: request,
                     context: context
                 )
@@ -2125,6 +2260,28 @@ extension Flotilla_V1_StoreAdmin.ServiceProtocol {
         )
         return GRPCCore.StreamingServerResponse(single: response)
     }
+
+    public func checkRegion(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_CheckRegionRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_CheckRegionResponse> {
+        let response = try await self.checkRegion(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func backupRegion(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_BackupRegionRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_BackupChunk> {
+        let response = try await self.backupRegion(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return response
+    }
 }
 
 // Default implementation of methods from 'ServiceProtocol'.
@@ -2153,6 +2310,36 @@ extension Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
                 context: context
             ),
             metadata: [:]
+        )
+    }
+
+    public func checkRegion(
+        request: GRPCCore.ServerRequest<Flotilla_V1_CheckRegionRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_CheckRegionResponse> {
+        return GRPCCore.ServerResponse<Flotilla_V1_CheckRegionResponse>(
+            message: try await self.checkRegion(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func backupRegion(
+        request: GRPCCore.ServerRequest<Flotilla_V1_BackupRegionRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_BackupChunk> {
+        return GRPCCore.StreamingServerResponse<Flotilla_V1_BackupChunk>(
+            metadata: [:],
+            producer: { writer in
+                try await self.backupRegion(
+                    request: request.message,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -2202,6 +2389,44 @@ extension Flotilla_V1_StoreAdmin {
             deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_SplitRegionResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_SplitRegionResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "CheckRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_CheckRegionRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_CheckRegionRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_CheckRegionResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func checkRegion<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_CheckRegionRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_CheckRegionRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_CheckRegionResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_CheckRegionResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "BackupRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_BackupRegionRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_BackupRegionRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_BackupChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func backupRegion<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_BackupRegionRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_BackupRegionRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_BackupChunk>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_BackupChunk>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2280,6 +2505,64 @@ extension Flotilla_V1_StoreAdmin {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "CheckRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_CheckRegionRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_CheckRegionRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_CheckRegionResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func checkRegion<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_CheckRegionRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_CheckRegionRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_CheckRegionResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_CheckRegionResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Flotilla_V1_StoreAdmin.Method.CheckRegion.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "BackupRegion" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_BackupRegionRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_BackupRegionRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_BackupChunk` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func backupRegion<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_BackupRegionRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_BackupRegionRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_BackupChunk>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_BackupChunk>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.serverStreaming(
+                request: request,
+                descriptor: Flotilla_V1_StoreAdmin.Method.BackupRegion.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2331,6 +2614,54 @@ extension Flotilla_V1_StoreAdmin.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_SplitRegionRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_SplitRegionResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CheckRegion" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_CheckRegionRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func checkRegion<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_CheckRegionRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_CheckRegionResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.checkRegion(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_CheckRegionRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_CheckRegionResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "BackupRegion" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_BackupRegionRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func backupRegion<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_BackupRegionRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_BackupChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.backupRegion(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_BackupRegionRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_BackupChunk>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2392,6 +2723,62 @@ extension Flotilla_V1_StoreAdmin.ClientProtocol {
             metadata: metadata
         )
         return try await self.splitRegion(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "CheckRegion" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func checkRegion<Result>(
+        _ message: Flotilla_V1_CheckRegionRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_CheckRegionResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_CheckRegionRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.checkRegion(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "BackupRegion" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func backupRegion<Result>(
+        _ message: Flotilla_V1_BackupRegionRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_BackupChunk>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_BackupRegionRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.backupRegion(
             request: request,
             options: options,
             onResponse: handleResponse

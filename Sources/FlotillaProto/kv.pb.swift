@@ -1135,46 +1135,109 @@ public nonisolated struct Flotilla_V1_RegionDataDigest: Sendable {
   public init() {}
 }
 
-public nonisolated struct Flotilla_V1_RegionStatus: Sendable {
+public nonisolated struct Flotilla_V1_RegionStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var regionID: UInt64 = 0
+  public var regionID: UInt64 {
+    get {_storage._regionID}
+    set {_uniqueStorage()._regionID = newValue}
+  }
 
   /// "leader", "follower", "candidate", "pre-candidate"
-  public var role: String = String()
+  public var role: String {
+    get {_storage._role}
+    set {_uniqueStorage()._role = newValue}
+  }
 
-  public var leaderPeerID: UInt64 = 0
+  public var leaderPeerID: UInt64 {
+    get {_storage._leaderPeerID}
+    set {_uniqueStorage()._leaderPeerID = newValue}
+  }
 
-  public var term: UInt64 = 0
+  public var term: UInt64 {
+    get {_storage._term}
+    set {_uniqueStorage()._term = newValue}
+  }
 
-  public var appliedIndex: UInt64 = 0
+  public var appliedIndex: UInt64 {
+    get {_storage._appliedIndex}
+    set {_uniqueStorage()._appliedIndex = newValue}
+  }
 
-  public var firstLogIndex: UInt64 = 0
+  public var firstLogIndex: UInt64 {
+    get {_storage._firstLogIndex}
+    set {_uniqueStorage()._firstLogIndex = newValue}
+  }
 
-  public var lastLogIndex: UInt64 = 0
+  public var lastLogIndex: UInt64 {
+    get {_storage._lastLogIndex}
+    set {_uniqueStorage()._lastLogIndex = newValue}
+  }
 
   /// The region as this replica has applied it, whether it is in a joint configuration, and
   /// its recent membership changes.
   public var region: Flotilla_V1_Region {
-    get {_region ?? Flotilla_V1_Region()}
-    set {_region = newValue}
+    get {_storage._region ?? Flotilla_V1_Region()}
+    set {_uniqueStorage()._region = newValue}
   }
   /// Returns true if `region` has been explicitly set.
-  public var hasRegion: Bool {self._region != nil}
+  public var hasRegion: Bool {_storage._region != nil}
   /// Clears the value of `region`. Subsequent reads from it will return its default value.
-  public mutating func clearRegion() {self._region = nil}
+  public mutating func clearRegion() {_uniqueStorage()._region = nil}
 
-  public var joint: Bool = false
+  public var joint: Bool {
+    get {_storage._joint}
+    set {_uniqueStorage()._joint = newValue}
+  }
 
-  public var confChanges: [Flotilla_V1_ConfChangeRecord] = []
+  public var confChanges: [Flotilla_V1_ConfChangeRecord] {
+    get {_storage._confChanges}
+    set {_uniqueStorage()._confChanges = newValue}
+  }
+
+  /// The newest consistency check this replica applied (CheckRegion), if any.
+  public var lastCheck: Flotilla_V1_ConsistencyCheckResult {
+    get {_storage._lastCheck ?? Flotilla_V1_ConsistencyCheckResult()}
+    set {_uniqueStorage()._lastCheck = newValue}
+  }
+  /// Returns true if `lastCheck` has been explicitly set.
+  public var hasLastCheck: Bool {_storage._lastCheck != nil}
+  /// Clears the value of `lastCheck`. Subsequent reads from it will return its default value.
+  public mutating func clearLastCheck() {_uniqueStorage()._lastCheck = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _region: Flotilla_V1_Region? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// One replica's part of a consistency check: its data and sessions digested at the check
+/// entry's index (every replica applies the same entry, so all digest the same state).
+public nonisolated struct Flotilla_V1_ConsistencyCheckResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The index of the check entry.
+  public var index: UInt64 = 0
+
+  /// False while the digest is still being computed (off the store's loop).
+  public var computed: Bool = false
+
+  public var keys: UInt64 = 0
+
+  public var checksum: UInt64 = 0
+
+  /// "unverified" until the leader's digest for this index is applied here, then "match" or
+  /// "mismatch" (a mismatch is also logged as an error by the store and counted).
+  public var verdict: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// One membership change a region applied, as each replica records it (replicated state: the
@@ -1304,6 +1367,12 @@ public nonisolated struct Flotilla_V1_StoreStatus: @unchecked Sendable {
   /// Clears the value of `digest`. Subsequent reads from it will return its default value.
   public mutating func clearDigest() {_uniqueStorage()._digest = nil}
 
+  /// Consistency checks whose digest here differed from the leader's, since the start.
+  public var consistencyMismatches: UInt64 {
+    get {_storage._consistencyMismatches}
+    set {_uniqueStorage()._consistencyMismatches = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1360,6 +1429,138 @@ public nonisolated struct Flotilla_V1_SplitRegionResponse: Sendable {
 
   public init() {}
 
+  fileprivate var _error: Flotilla_V1_Error? = nil
+}
+
+/// Starts a consistency check of a region through its leader: a check entry goes through the
+/// region's log; every replica applying it digests its data and sessions at that index, and
+/// the leader then proposes its digest so each replica compares (RegionStatus.last_check).
+/// Answered once the check entry is applied on the leader, with its index.
+public nonisolated struct Flotilla_V1_CheckRegionRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var context: Flotilla_V1_RequestContext {
+    get {_context ?? Flotilla_V1_RequestContext()}
+    set {_context = newValue}
+  }
+  /// Returns true if `context` has been explicitly set.
+  public var hasContext: Bool {self._context != nil}
+  /// Clears the value of `context`. Subsequent reads from it will return its default value.
+  public mutating func clearContext() {self._context = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _context: Flotilla_V1_RequestContext? = nil
+}
+
+public nonisolated struct Flotilla_V1_CheckRegionResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var error: Flotilla_V1_Error {
+    get {_error ?? Flotilla_V1_Error()}
+    set {_error = newValue}
+  }
+  /// Returns true if `error` has been explicitly set.
+  public var hasError: Bool {self._error != nil}
+  /// Clears the value of `error`. Subsequent reads from it will return its default value.
+  public mutating func clearError() {self._error = nil}
+
+  public var index: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _error: Flotilla_V1_Error? = nil
+}
+
+/// Reads one region for a backup: its leader confirms its lease by a read index, waits until
+/// it applied that index, and streams the region's data and client sessions from one RocksDB
+/// snapshot at its applied index.
+public nonisolated struct Flotilla_V1_BackupRegionRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var context: Flotilla_V1_RequestContext {
+    get {_context ?? Flotilla_V1_RequestContext()}
+    set {_context = newValue}
+  }
+  /// Returns true if `context` has been explicitly set.
+  public var hasContext: Bool {self._context != nil}
+  /// Clears the value of `context`. Subsequent reads from it will return its default value.
+  public mutating func clearContext() {self._context = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _context: Flotilla_V1_RequestContext? = nil
+}
+
+/// One key of a backup: user data, or a client session record (its store key).
+public nonisolated struct Flotilla_V1_BackupPair: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var session: Bool = false
+
+  public var key: Data = Data()
+
+  public var value: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A part of a region's backup stream (each at most about 1 MiB). The first carries the region
+/// and the applied index, the last `last`, the pair count and the FNV-1a checksum of the stream.
+public nonisolated struct Flotilla_V1_BackupChunk: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var region: Flotilla_V1_Region {
+    get {_region ?? Flotilla_V1_Region()}
+    set {_region = newValue}
+  }
+  /// Returns true if `region` has been explicitly set.
+  public var hasRegion: Bool {self._region != nil}
+  /// Clears the value of `region`. Subsequent reads from it will return its default value.
+  public mutating func clearRegion() {self._region = nil}
+
+  public var appliedIndex: UInt64 = 0
+
+  public var pairs: [Flotilla_V1_BackupPair] = []
+
+  public var last: Bool = false
+
+  public var pairCount: UInt64 = 0
+
+  public var checksum: UInt64 = 0
+
+  public var error: Flotilla_V1_Error {
+    get {_error ?? Flotilla_V1_Error()}
+    set {_error = newValue}
+  }
+  /// Returns true if `error` has been explicitly set.
+  public var hasError: Bool {self._error != nil}
+  /// Clears the value of `error`. Subsequent reads from it will return its default value.
+  public mutating func clearError() {self._error = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _region: Flotilla_V1_Region? = nil
   fileprivate var _error: Flotilla_V1_Error? = nil
 }
 
@@ -3209,7 +3410,147 @@ nonisolated extension Flotilla_V1_RegionDataDigest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegionStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}role\0\u{3}leader_peer_id\0\u{1}term\0\u{3}applied_index\0\u{3}first_log_index\0\u{3}last_log_index\0\u{1}region\0\u{1}joint\0\u{3}conf_changes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}role\0\u{3}leader_peer_id\0\u{1}term\0\u{3}applied_index\0\u{3}first_log_index\0\u{3}last_log_index\0\u{1}region\0\u{1}joint\0\u{3}conf_changes\0\u{3}last_check\0")
+
+  fileprivate class _StorageClass {
+    var _regionID: UInt64 = 0
+    var _role: String = String()
+    var _leaderPeerID: UInt64 = 0
+    var _term: UInt64 = 0
+    var _appliedIndex: UInt64 = 0
+    var _firstLogIndex: UInt64 = 0
+    var _lastLogIndex: UInt64 = 0
+    var _region: Flotilla_V1_Region? = nil
+    var _joint: Bool = false
+    var _confChanges: [Flotilla_V1_ConfChangeRecord] = []
+    var _lastCheck: Flotilla_V1_ConsistencyCheckResult? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _regionID = source._regionID
+      _role = source._role
+      _leaderPeerID = source._leaderPeerID
+      _term = source._term
+      _appliedIndex = source._appliedIndex
+      _firstLogIndex = source._firstLogIndex
+      _lastLogIndex = source._lastLogIndex
+      _region = source._region
+      _joint = source._joint
+      _confChanges = source._confChanges
+      _lastCheck = source._lastCheck
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._regionID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._role) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._leaderPeerID) }()
+        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._term) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._appliedIndex) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._firstLogIndex) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._lastLogIndex) }()
+        case 8: try { try decoder.decodeSingularMessageField(value: &_storage._region) }()
+        case 9: try { try decoder.decodeSingularBoolField(value: &_storage._joint) }()
+        case 10: try { try decoder.decodeRepeatedMessageField(value: &_storage._confChanges) }()
+        case 11: try { try decoder.decodeSingularMessageField(value: &_storage._lastCheck) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._regionID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._regionID, fieldNumber: 1)
+      }
+      if !_storage._role.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._role, fieldNumber: 2)
+      }
+      if _storage._leaderPeerID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._leaderPeerID, fieldNumber: 3)
+      }
+      if _storage._term != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._term, fieldNumber: 4)
+      }
+      if _storage._appliedIndex != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._appliedIndex, fieldNumber: 5)
+      }
+      if _storage._firstLogIndex != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._firstLogIndex, fieldNumber: 6)
+      }
+      if _storage._lastLogIndex != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._lastLogIndex, fieldNumber: 7)
+      }
+      try { if let v = _storage._region {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+      } }()
+      if _storage._joint != false {
+        try visitor.visitSingularBoolField(value: _storage._joint, fieldNumber: 9)
+      }
+      if !_storage._confChanges.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._confChanges, fieldNumber: 10)
+      }
+      try { if let v = _storage._lastCheck {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      } }()
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_RegionStatus, rhs: Flotilla_V1_RegionStatus) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._regionID != rhs_storage._regionID {return false}
+        if _storage._role != rhs_storage._role {return false}
+        if _storage._leaderPeerID != rhs_storage._leaderPeerID {return false}
+        if _storage._term != rhs_storage._term {return false}
+        if _storage._appliedIndex != rhs_storage._appliedIndex {return false}
+        if _storage._firstLogIndex != rhs_storage._firstLogIndex {return false}
+        if _storage._lastLogIndex != rhs_storage._lastLogIndex {return false}
+        if _storage._region != rhs_storage._region {return false}
+        if _storage._joint != rhs_storage._joint {return false}
+        if _storage._confChanges != rhs_storage._confChanges {return false}
+        if _storage._lastCheck != rhs_storage._lastCheck {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_ConsistencyCheckResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConsistencyCheckResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}index\0\u{1}computed\0\u{1}keys\0\u{1}checksum\0\u{1}verdict\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3217,70 +3558,41 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.regionID) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.role) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.leaderPeerID) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.term) }()
-      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.appliedIndex) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.firstLogIndex) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.lastLogIndex) }()
-      case 8: try { try decoder.decodeSingularMessageField(value: &self._region) }()
-      case 9: try { try decoder.decodeSingularBoolField(value: &self.joint) }()
-      case 10: try { try decoder.decodeRepeatedMessageField(value: &self.confChanges) }()
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.index) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.computed) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.keys) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.checksum) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.verdict) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.regionID != 0 {
-      try visitor.visitSingularUInt64Field(value: self.regionID, fieldNumber: 1)
+    if self.index != 0 {
+      try visitor.visitSingularUInt64Field(value: self.index, fieldNumber: 1)
     }
-    if !self.role.isEmpty {
-      try visitor.visitSingularStringField(value: self.role, fieldNumber: 2)
+    if self.computed != false {
+      try visitor.visitSingularBoolField(value: self.computed, fieldNumber: 2)
     }
-    if self.leaderPeerID != 0 {
-      try visitor.visitSingularUInt64Field(value: self.leaderPeerID, fieldNumber: 3)
+    if self.keys != 0 {
+      try visitor.visitSingularUInt64Field(value: self.keys, fieldNumber: 3)
     }
-    if self.term != 0 {
-      try visitor.visitSingularUInt64Field(value: self.term, fieldNumber: 4)
+    if self.checksum != 0 {
+      try visitor.visitSingularUInt64Field(value: self.checksum, fieldNumber: 4)
     }
-    if self.appliedIndex != 0 {
-      try visitor.visitSingularUInt64Field(value: self.appliedIndex, fieldNumber: 5)
-    }
-    if self.firstLogIndex != 0 {
-      try visitor.visitSingularUInt64Field(value: self.firstLogIndex, fieldNumber: 6)
-    }
-    if self.lastLogIndex != 0 {
-      try visitor.visitSingularUInt64Field(value: self.lastLogIndex, fieldNumber: 7)
-    }
-    try { if let v = self._region {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
-    } }()
-    if self.joint != false {
-      try visitor.visitSingularBoolField(value: self.joint, fieldNumber: 9)
-    }
-    if !self.confChanges.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.confChanges, fieldNumber: 10)
+    if !self.verdict.isEmpty {
+      try visitor.visitSingularStringField(value: self.verdict, fieldNumber: 5)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Flotilla_V1_RegionStatus, rhs: Flotilla_V1_RegionStatus) -> Bool {
-    if lhs.regionID != rhs.regionID {return false}
-    if lhs.role != rhs.role {return false}
-    if lhs.leaderPeerID != rhs.leaderPeerID {return false}
-    if lhs.term != rhs.term {return false}
-    if lhs.appliedIndex != rhs.appliedIndex {return false}
-    if lhs.firstLogIndex != rhs.firstLogIndex {return false}
-    if lhs.lastLogIndex != rhs.lastLogIndex {return false}
-    if lhs._region != rhs._region {return false}
-    if lhs.joint != rhs.joint {return false}
-    if lhs.confChanges != rhs.confChanges {return false}
+  public static func ==(lhs: Flotilla_V1_ConsistencyCheckResult, rhs: Flotilla_V1_ConsistencyCheckResult) -> Bool {
+    if lhs.index != rhs.index {return false}
+    if lhs.computed != rhs.computed {return false}
+    if lhs.keys != rhs.keys {return false}
+    if lhs.checksum != rhs.checksum {return false}
+    if lhs.verdict != rhs.verdict {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3343,7 +3655,7 @@ nonisolated extension Flotilla_V1_ConfChangeRecord: SwiftProtobuf.Message, Swift
 
 nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0\u{3}raft_frames_sent\0\u{3}raft_frames_received\0\u{3}raft_messages_dropped\0\u{1}digest\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0\u{3}raft_frames_sent\0\u{3}raft_frames_received\0\u{3}raft_messages_dropped\0\u{1}digest\0\u{3}consistency_mismatches\0")
 
   fileprivate class _StorageClass {
     var _storeID: UInt64 = 0
@@ -3363,6 +3675,7 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
     var _raftFramesReceived: UInt64 = 0
     var _raftMessagesDropped: UInt64 = 0
     var _digest: Flotilla_V1_RegionDataDigest? = nil
+    var _consistencyMismatches: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3390,6 +3703,7 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
       _raftFramesReceived = source._raftFramesReceived
       _raftMessagesDropped = source._raftMessagesDropped
       _digest = source._digest
+      _consistencyMismatches = source._consistencyMismatches
     }
   }
 
@@ -3425,6 +3739,7 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
         case 15: try { try decoder.decodeSingularUInt64Field(value: &_storage._raftFramesReceived) }()
         case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._raftMessagesDropped) }()
         case 17: try { try decoder.decodeSingularMessageField(value: &_storage._digest) }()
+        case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._consistencyMismatches) }()
         default: break
         }
       }
@@ -3488,6 +3803,9 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
       try { if let v = _storage._digest {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
       } }()
+      if _storage._consistencyMismatches != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._consistencyMismatches, fieldNumber: 18)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3514,6 +3832,7 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
         if _storage._raftFramesReceived != rhs_storage._raftFramesReceived {return false}
         if _storage._raftMessagesDropped != rhs_storage._raftMessagesDropped {return false}
         if _storage._digest != rhs_storage._digest {return false}
+        if _storage._consistencyMismatches != rhs_storage._consistencyMismatches {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -3596,6 +3915,217 @@ nonisolated extension Flotilla_V1_SplitRegionResponse: SwiftProtobuf.Message, Sw
   public static func ==(lhs: Flotilla_V1_SplitRegionResponse, rhs: Flotilla_V1_SplitRegionResponse) -> Bool {
     if lhs._error != rhs._error {return false}
     if lhs.regions != rhs.regions {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_CheckRegionRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckRegionRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}context\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._context) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._context {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_CheckRegionRequest, rhs: Flotilla_V1_CheckRegionRequest) -> Bool {
+    if lhs._context != rhs._context {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_CheckRegionResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckRegionResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}error\0\u{1}index\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.index) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._error {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if self.index != 0 {
+      try visitor.visitSingularUInt64Field(value: self.index, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_CheckRegionResponse, rhs: Flotilla_V1_CheckRegionResponse) -> Bool {
+    if lhs._error != rhs._error {return false}
+    if lhs.index != rhs.index {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_BackupRegionRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BackupRegionRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}context\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._context) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._context {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_BackupRegionRequest, rhs: Flotilla_V1_BackupRegionRequest) -> Bool {
+    if lhs._context != rhs._context {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_BackupPair: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BackupPair"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}session\0\u{1}key\0\u{1}value\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.session) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.key) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.value) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.session != false {
+      try visitor.visitSingularBoolField(value: self.session, fieldNumber: 1)
+    }
+    if !self.key.isEmpty {
+      try visitor.visitSingularBytesField(value: self.key, fieldNumber: 2)
+    }
+    if !self.value.isEmpty {
+      try visitor.visitSingularBytesField(value: self.value, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_BackupPair, rhs: Flotilla_V1_BackupPair) -> Bool {
+    if lhs.session != rhs.session {return false}
+    if lhs.key != rhs.key {return false}
+    if lhs.value != rhs.value {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_BackupChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BackupChunk"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{3}applied_index\0\u{1}pairs\0\u{1}last\0\u{3}pair_count\0\u{1}checksum\0\u{1}error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._region) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.appliedIndex) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.pairs) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.last) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.pairCount) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.checksum) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._region {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if self.appliedIndex != 0 {
+      try visitor.visitSingularUInt64Field(value: self.appliedIndex, fieldNumber: 2)
+    }
+    if !self.pairs.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.pairs, fieldNumber: 3)
+    }
+    if self.last != false {
+      try visitor.visitSingularBoolField(value: self.last, fieldNumber: 4)
+    }
+    if self.pairCount != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pairCount, fieldNumber: 5)
+    }
+    if self.checksum != 0 {
+      try visitor.visitSingularUInt64Field(value: self.checksum, fieldNumber: 6)
+    }
+    try { if let v = self._error {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_BackupChunk, rhs: Flotilla_V1_BackupChunk) -> Bool {
+    if lhs._region != rhs._region {return false}
+    if lhs.appliedIndex != rhs.appliedIndex {return false}
+    if lhs.pairs != rhs.pairs {return false}
+    if lhs.last != rhs.last {return false}
+    if lhs.pairCount != rhs.pairCount {return false}
+    if lhs.checksum != rhs.checksum {return false}
+    if lhs._error != rhs._error {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

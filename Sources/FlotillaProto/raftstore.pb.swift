@@ -647,11 +647,40 @@ public nonisolated struct Flotilla_V1_CommandBatch: Sendable {
   /// Clears the value of `split`. Subsequent reads from it will return its default value.
   public mutating func clearSplit() {self._split = nil}
 
+  public var consistencyCheck: Flotilla_V1_ConsistencyCheckCommand {
+    get {_consistencyCheck ?? Flotilla_V1_ConsistencyCheckCommand()}
+    set {_consistencyCheck = newValue}
+  }
+  /// Returns true if `consistencyCheck` has been explicitly set.
+  public var hasConsistencyCheck: Bool {self._consistencyCheck != nil}
+  /// Clears the value of `consistencyCheck`. Subsequent reads from it will return its default value.
+  public mutating func clearConsistencyCheck() {self._consistencyCheck = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _split: Flotilla_V1_SplitCommand? = nil
+  fileprivate var _consistencyCheck: Flotilla_V1_ConsistencyCheckCommand? = nil
+}
+
+/// A consistency check through the log. With verify_index 0: every replica digests its data
+/// and sessions at this entry's index. Otherwise: the leader's digest of the check at
+/// verify_index, which every replica compares with its own.
+public nonisolated struct Flotilla_V1_ConsistencyCheckCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var verifyIndex: UInt64 = 0
+
+  public var keys: UInt64 = 0
+
+  public var checksum: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Splits a region at one or more keys, applied by every replica in one atomic batch: the
@@ -1830,7 +1859,7 @@ nonisolated extension Flotilla_V1_WriteCommand: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_CommandBatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CommandBatch"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}commands\0\u{1}split\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}commands\0\u{1}split\0\u{3}consistency_check\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1840,6 +1869,7 @@ nonisolated extension Flotilla_V1_CommandBatch: SwiftProtobuf.Message, SwiftProt
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.commands) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._split) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._consistencyCheck) }()
       default: break
       }
     }
@@ -1856,12 +1886,56 @@ nonisolated extension Flotilla_V1_CommandBatch: SwiftProtobuf.Message, SwiftProt
     try { if let v = self._split {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     } }()
+    try { if let v = self._consistencyCheck {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_CommandBatch, rhs: Flotilla_V1_CommandBatch) -> Bool {
     if lhs.commands != rhs.commands {return false}
     if lhs._split != rhs._split {return false}
+    if lhs._consistencyCheck != rhs._consistencyCheck {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_ConsistencyCheckCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConsistencyCheckCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}verify_index\0\u{1}keys\0\u{1}checksum\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.verifyIndex) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.keys) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.checksum) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.verifyIndex != 0 {
+      try visitor.visitSingularUInt64Field(value: self.verifyIndex, fieldNumber: 1)
+    }
+    if self.keys != 0 {
+      try visitor.visitSingularUInt64Field(value: self.keys, fieldNumber: 2)
+    }
+    if self.checksum != 0 {
+      try visitor.visitSingularUInt64Field(value: self.checksum, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_ConsistencyCheckCommand, rhs: Flotilla_V1_ConsistencyCheckCommand) -> Bool {
+    if lhs.verifyIndex != rhs.verifyIndex {return false}
+    if lhs.keys != rhs.keys {return false}
+    if lhs.checksum != rhs.checksum {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

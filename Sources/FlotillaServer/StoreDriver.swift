@@ -42,6 +42,9 @@ public final class StoreDriver: Sendable {
                    @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
         case read(Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, ReadAction)
         case split(SplitProposal, deadline: ContinuousClock.Instant, @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
+        /// An administrative proposal (a consistency check), answered like a write once applied here.
+        case propose(@Sendable (StoreCore) throws(StoreRequestError) -> ProposalID, deadline: ContinuousClock.Instant,
+                     @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
         case snapshot(ReceivedSnapshot)
         case status(includeRegions: Bool, @Sendable (Flotilla_V1_StoreStatus) -> Void)
         /// Work of the server's edge on the store thread (PD heartbeats and their steps,
@@ -166,6 +169,45 @@ public final class StoreDriver: Sendable {
         }
     }
 
+    /// Proposes a consistency check of a region led here; answers the check entry's index once
+    /// it is applied here.
+    func checkRegion(context: Flotilla_V1_RequestContext) async -> Result<UInt64, StoreRequestError> {
+        let deadline: ContinuousClock.Instant
+        do { deadline = try self.deadline(of: context) } catch { return .failure(error) }
+        let regionID = context.regionID
+        let proposed: Result<Flotilla_V1_WriteResult, StoreRequestError> = await withCheckedContinuation { continuation in
+            let event = Event.propose({ core throws(StoreRequestError) in try core.proposeConsistencyCheck(context: context) },
+                                      deadline: deadline, { continuation.resume(returning: $0) })
+            if !enqueue(event) { continuation.resume(returning: .failure(.serverIsBusy(reason: "store inbox full"))) }
+        }
+        switch proposed {
+        case .failure(let error): return .failure(error)
+        case .success:
+            guard let index = await perform({ core, _ in core.consistencyCheckIndex(of: regionID) }), index != 0 else {
+                return .failure(.serverIsBusy(reason: "store stopping"))
+            }
+            return .success(index)
+        }
+    }
+
+    /// Digests a check's snapshot on a background thread, then records it on the store
+    /// thread (a leader then proposes its digest for every replica to compare).
+    private func digestOffLoop(_ check: ConsistencyCheckTask) {
+        DispatchQueue.global(qos: .utility).async { [self] in
+            let digest: RegionDigest
+            do { digest = try check.digest() } catch {
+                logger.error("consistency check digest failed", metadata: ["region_id": "\(check.regionID)", "error": "\(error)"])
+                return
+            }
+            _ = enqueue(.perform({ [logger] core, _ in
+                guard let verify = core.recordConsistencyDigest(digest) else { return }
+                do { try core.proposeConsistencyVerification(verify, regionID: digest.regionID) } catch {
+                    logger.warning("consistency check verification not proposed", metadata: ["region_id": "\(digest.regionID)", "error": "\(error)"])
+                }
+            }))
+        }
+    }
+
     /// Proposes a split and waits until it is applied here (or refused, or the deadline).
     func split(_ proposal: SplitProposal, timeout: Duration) async -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
         await withCheckedContinuation { continuation in
@@ -265,7 +307,7 @@ public final class StoreDriver: Sendable {
                 // Nothing taken is left unanswered: a caller awaiting it would wait forever.
                 for event in events {
                     switch event {
-                    case .write(_, _, _, let complete), .split(_, _, let complete): complete(.failure(.serverIsBusy(reason: "store stopping")))
+                    case .write(_, _, _, let complete), .split(_, _, let complete), .propose(_, _, let complete): complete(.failure(.serverIsBusy(reason: "store stopping")))
                     case .read(_, _, let action): action.run(.failure(.serverIsBusy(reason: "store stopping")))
                     case .snapshot(let received): try? FileManager.default.removeItem(atPath: received.directory)
                     case .status(let includeRegions, let reply): reply(Self.status(of: core, counters: counters, includeRegions: includeRegions))
@@ -291,6 +333,13 @@ public final class StoreDriver: Sendable {
                     do {
                         let id = try core.proposeSplit(regionID: proposal.regionID, epoch: proposal.epoch, splitKeys: proposal.keys,
                                                        newRegions: proposal.newRegions)
+                        pendingWrites[id] = (deadline, complete)
+                    } catch {
+                        complete(.failure(error))
+                    }
+                case .propose(let body, let deadline, let complete):
+                    do {
+                        let id = try body(core)
                         pendingWrites[id] = (deadline, complete)
                     } catch {
                         complete(.failure(error))
@@ -322,6 +371,9 @@ public final class StoreDriver: Sendable {
                     reply(status)
                 }
             }
+            for alarm in core.takeConsistencyAlarms() {
+                logger.critical("CONSISTENCY CHECK FAILED: \(alarm)")
+            }
             for report in core.takeRefusalReports() {
                 logger.warning("refused a Raft message", metadata: ["reason": "\(report)", "refused_total": "\(core.raftMessagesRefused)"])
             }
@@ -337,6 +389,7 @@ public final class StoreDriver: Sendable {
                 counters.logsTruncated += UInt64(output.logsTruncated)
                 if !output.messagesByStore.isEmpty { network.send(output.messagesByStore) }
                 for snapshot in output.snapshotsToSend { snapshots.sendSnapshot(snapshot) }
+                for check in output.consistencyChecks { digestOffLoop(check) }
                 for (id, result) in output.completedWrites { pendingWrites.removeValue(forKey: id)?.complete(result) }
                 for read in output.readyReads { pendingReads.removeValue(forKey: read.id)?.action.run(.success(core)) }
                 for read in output.failedReads { pendingReads.removeValue(forKey: read.id)?.action.run(.failure(read.error)) }
@@ -393,6 +446,7 @@ extension StoreDriver {
         status.snapshotsInstalled = counters.snapshotsInstalled
         status.logsTruncated = counters.logsTruncated
         status.pendingRequests = UInt64(core.pendingRequestCount)
+        status.consistencyMismatches = core.consistencyMismatches
         let regionIDs = core.regionIDs
         status.regions = UInt64(regionIDs.count)
         for regionID in regionIDs {
@@ -414,6 +468,7 @@ extension StoreDriver {
                 region.joint = membership.joint
                 region.confChanges = membership.confChanges
             }
+            if let check = core.consistencyCheckResult(of: regionID) { region.lastCheck = check }
             status.regionStatus.append(region)
         }
         return status

@@ -116,6 +116,9 @@ public struct StoreTurnOutput {
     /// Records (puts, deletes, range deletions) this turn wrote to RocksDB: each is a memtable
     /// insert, the store's main cost per write after the messages.
     public var recordsWritten = 0
+    /// Consistency checks applied this turn: digests to compute off the store's loop, then
+    /// hand to `recordConsistencyDigest`.
+    public var consistencyChecks: [ConsistencyCheckTask] = []
 }
 
 /// One region replica on this store.
@@ -150,6 +153,8 @@ final class RegionPeer {
     var bytesWrittenSinceSplitCheck = 0
     /// The size was checked since this replica opened (a store checks each led region once).
     var sizeCheckedOnce = false
+    /// The newest consistency check applied here.
+    var consistencyCheck: ConsistencyCheckState?
     /// Requests to this region since the last load report (leaders), with the keys and bytes
     /// read and written.
     var load = LoadCounter()
@@ -229,6 +234,10 @@ public final class StoreCore {
     /// Committed entries that did not decode or carried commands breaking a rule.
     public internal(set) var malformedEntries: UInt64 = 0
     private var refusalReports: [String] = []
+    /// Consistency checks whose digest here differed from the leader's, and their alarms not
+    /// yet logged.
+    public internal(set) var consistencyMismatches: UInt64 = 0
+    var consistencyAlarms: [String] = []
     static let refusalReportsMax = 32
 
     /// Opens the store's regions from `db`: every normal `RegionLocalState`, finishing any

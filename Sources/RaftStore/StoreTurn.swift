@@ -185,7 +185,17 @@ extension StoreCore {
                     output.completedWrites += mine.map { ($0, .failure(.proposalDropped)) }
                     continue
                 }
-                if decoded.hasSplit {
+                if decoded.hasConsistencyCheck {
+                    if decoded.commands.isEmpty && !decoded.hasSplit {
+                        try applyConsistencyCheck(decoded.consistencyCheck, peer: peer, index: entry.index, batch: &batch,
+                                                  sessionsWritten: &sessionsWritten, regionStateChanged: regionStateChanged,
+                                                  output: &output)
+                    } else {
+                        report(problem: "consistency check at entry \(entry.index) shares its entry; applied as nothing", regionID: peer.region.id)
+                    }
+                    results = [Flotilla_V1_WriteResult()]
+                    results[0].succeeded = true
+                } else if decoded.hasSplit {
                     let refusal = decoded.commands.isEmpty
                         ? try applySplit(decoded.split, peer: peer, batch: &batch, pendingChildren: &pendingChildren)
                         : .invalidArgument(field: "split", reason: "a split entry carries commands")
@@ -203,7 +213,7 @@ extension StoreCore {
                         regionStateChanged = true
                     }
                 }
-                let commands = decoded.hasSplit ? [] : decoded.commands
+                let commands = decoded.hasSplit || decoded.hasConsistencyCheck ? [] : decoded.commands
                 results.reserveCapacity(commands.count)
                 for command in commands {
                     do {

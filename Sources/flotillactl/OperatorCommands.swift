@@ -270,8 +270,9 @@ struct StoreCommand: AsyncParsableCommand {
 
     struct Drain: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Move every replica off a store; PD then makes it a tombstone.",
-            discussion: "Refused when too few other stores could take its replicas. With --wait, shows the replicas left until it is a tombstone.")
+            abstract: "Move every replica off a store; PD then makes it a tombstone (also: store delete).",
+            discussion: "Refused when too few other stores could take its replicas. With --wait, shows the replicas left until it is a tombstone.",
+            aliases: ["delete"])
         @OptionGroup var options: Region.Options
         @Argument(help: "The store's id.") var id: UInt64
         @Flag(name: .customLong("wait"), help: "Wait until the store is a tombstone.") var wait = false

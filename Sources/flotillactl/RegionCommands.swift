@@ -9,7 +9,7 @@ struct Region: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "region",
         abstract: "List, show, split and move regions.",
-        subcommands: [List.self, Show.self, Split.self, Move.self, TransferLeader.self]
+        subcommands: [List.self, Show.self, Find.self, Split.self, Move.self, TransferLeader.self, Check.self]
     )
 
     struct Options: ParsableArguments {
@@ -21,6 +21,13 @@ struct Region: AsyncParsableCommand {
 
         @Flag(name: .customLong("hex"), help: "Keys are given and shown in hexadecimal.")
         var hex = false
+
+        @Flag(name: .customLong("base64"), help: "Keys are given and shown in base64.")
+        var base64 = false
+
+        func validate() throws {
+            guard !(hex && base64) else { throw ValidationError("--hex and --base64 exclude each other") }
+        }
 
         func endpoints() throws -> [String] {
             guard (1...3_600_000).contains(timeoutMilliseconds) else { throw ValidationError("--timeout-ms must be 1 to 3600000") }
@@ -39,6 +46,10 @@ struct Region: AsyncParsableCommand {
         }
 
         func key(_ text: String) throws -> Data {
+            if base64 {
+                guard let bytes = Data(base64Encoded: text) else { throw ValidationError("\(text) is not base64") }
+                return bytes
+            }
             guard hex else { return Data(text.utf8) }
             guard text.count % 2 == 0, let bytes = Optional(stride(from: 0, to: text.count, by: 2).compactMap({ offset -> UInt8? in
                 let start = text.index(text.startIndex, offsetBy: offset)
@@ -49,6 +60,7 @@ struct Region: AsyncParsableCommand {
 
         func show(_ key: Data, end: Bool = false) -> String {
             if key.isEmpty { return end ? "end" : "\"\"" }
+            if base64 { return key.base64EncodedString() }
             return hex ? key.map { String(format: "%02x", $0) }.joined() : String(decoding: key, as: UTF8.self)
         }
 
@@ -98,6 +110,20 @@ struct Region: AsyncParsableCommand {
         func run() async throws {
             let regionID = id
             let info = try await options.withPD { try await $0.region(id: regionID).region }
+            if json { return try Region.printJSON(options.json(info)) }
+            print(options.line(info))
+        }
+    }
+
+    struct Find: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The region holding a key.")
+        @OptionGroup var options: Options
+        @Argument(help: "The key (text, or --hex / --base64).") var key: String
+        @Flag(name: .customLong("json"), help: "A JSON object.") var json = false
+
+        func run() async throws {
+            let bytes = try options.key(key)
+            let info = try await options.withPD { try await $0.region(key: bytes).region }
             if json { return try Region.printJSON(options.json(info)) }
             print(options.line(info))
         }
