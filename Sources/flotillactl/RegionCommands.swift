@@ -66,7 +66,7 @@ struct Region: AsyncParsableCommand {
 
         func json(_ info: Flotilla_V1_RegionInfo) -> [String: Any] {
             let region = info.region
-            return ["id": region.id, "startKey": show(region.startKey), "endKey": region.endKey.isEmpty ? "" : show(region.endKey),
+            return ["id": region.id, "startKey": region.startKey.isEmpty ? "" : show(region.startKey), "endKey": region.endKey.isEmpty ? "" : show(region.endKey),
                     "epoch": ["confVer": region.epoch.confVer, "version": region.epoch.version],
                     "peers": region.peers.map { ["id": $0.id, "storeId": $0.storeID, "role": $0.role == .voter ? "voter" : "learner"] },
                     "leader": info.hasLeader ? info.leader.storeID : 0, "joint": info.joint,
