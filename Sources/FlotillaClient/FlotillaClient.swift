@@ -328,11 +328,15 @@ public final class FlotillaClient: Sendable {
     /// Reads a backup of region `regionID` (starting at `key`) from its leader: `chunk` gets
     /// the stream's chunks in order, the first carrying the region and applied index. When an
     /// attempt fails after chunks were handed out, the next attempt starts again with a first
-    /// chunk: the receiver must then drop what it had (`restart` is called first).
-    public func backupRegion(_ regionID: UInt64, startKey key: Data, streamTimeout: Duration,
+    /// chunk: the receiver must then drop what it had (`restart` is called first). With `hold`,
+    /// the leader only opens the snapshot: one chunk with `held_id`, streamed later with
+    /// `backupHeld` from the store whose id this returns.
+    @discardableResult
+    public func backupRegion(_ regionID: UInt64, startKey key: Data, streamTimeout: Duration, hold: Bool = false,
                              restart: @Sendable () throws -> Void,
-                             chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) throws -> Void) async throws {
+                             chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) throws -> Void) async throws -> UInt64 {
         var started = false
+        var answeredBy: UInt64 = 0
         try await routed(key: key) { kv, context, region in
             guard region.id == regionID else { throw FlotillaClientError.rejected("region \(regionID) no longer starts at this key (it split or merged): list the regions again") }
             guard let client = self.clients.withLock({ $0[kv.channel.storeID] }) else {
@@ -342,19 +346,53 @@ public final class FlotillaClient: Sendable {
             started = true
             var request = Flotilla_V1_BackupRegionRequest()
             request.context = context
-            var options = CallOptions.defaults
-            options.timeout = streamTimeout
-            return try await Flotilla_V1_StoreAdmin.Client(wrapping: client).backupRegion(request, options: options) { response in
-                var sawLast = false
-                for try await message in response.messages {
-                    if message.hasError { return message.error }
-                    try chunk(message)
-                    if message.last { sawLast = true }
-                }
-                guard sawLast else { throw FlotillaClientError.unavailable("region \(regionID): the backup stream ended early") }
-                return nil
-            }
+            request.hold = hold
+            answeredBy = kv.channel.storeID
+            return try await Self.streamBackup(request, client: client, timeout: hold ? max(.milliseconds(1), ContinuousClock.now.duration(to: kv.deadline)) : streamTimeout,
+                                               regionID: regionID, chunk: chunk)
         }
+        return answeredBy
+    }
+
+    /// Streams a snapshot a `hold` backup request opened on store `storeID`.
+    public func backupHeld(_ heldID: UInt64, storeID: UInt64, regionID: UInt64, streamTimeout: Duration,
+                           chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) throws -> Void) async throws {
+        guard let client = clients.withLock({ $0[storeID] }) else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
+        var request = Flotilla_V1_BackupRegionRequest()
+        request.heldID = heldID
+        if let error = try await Self.streamBackup(request, client: client, timeout: streamTimeout, regionID: regionID, chunk: chunk) {
+            throw FlotillaClientError.rejected("store \(storeID), region \(regionID): \(error.message)")
+        }
+    }
+
+    private static func streamBackup(_ request: Flotilla_V1_BackupRegionRequest, client: GRPCClient<HTTP2ClientTransport.Posix>, timeout: Duration,
+                                     regionID: UInt64, chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) throws -> Void) async throws -> Flotilla_V1_Error? {
+        var options = CallOptions.defaults
+        options.timeout = timeout
+        return try await Flotilla_V1_StoreAdmin.Client(wrapping: client).backupRegion(request, options: options) { response in
+            var complete = false
+            for try await message in response.messages {
+                if message.hasError { return message.error }
+                try chunk(message)
+                if message.last || message.heldID != 0 { complete = true }
+            }
+            guard complete else { throw FlotillaClientError.unavailable("region \(regionID): the backup stream ended early") }
+            return nil
+        }
+    }
+
+    /// Raises, renews or lifts a write fence on store `storeID` (`StoreAdmin.FenceWrites`).
+    public func fenceWrites(_ request: Flotilla_V1_WriteFenceRequest, storeID: UInt64) async throws -> Flotilla_V1_WriteFenceResponse {
+        guard let client = clients.withLock({ $0[storeID] }) else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
+        var options = CallOptions.defaults
+        options.timeout = requestTimeout
+        options.waitForReady = false
+        let response: Flotilla_V1_WriteFenceResponse
+        do { response = try await Flotilla_V1_StoreAdmin.Client(wrapping: client).fenceWrites(request, options: options) } catch {
+            throw FlotillaClientError.unavailable("store \(storeID): \(error)")
+        }
+        if response.hasError { throw FlotillaClientError.rejected("store \(storeID): \(response.error.message)") }
+        return response
     }
 
     /// A store's status: counters of its store loop and, with `includeRegions`, the Raft

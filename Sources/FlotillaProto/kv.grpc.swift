@@ -1966,12 +1966,26 @@ public enum Flotilla_V1_StoreAdmin: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "FenceWrites" metadata.
+        public enum FenceWrites: Sendable {
+            /// Request type for "FenceWrites".
+            public typealias Input = Flotilla_V1_WriteFenceRequest
+            /// Response type for "FenceWrites".
+            public typealias Output = Flotilla_V1_WriteFenceResponse
+            /// Descriptor for "FenceWrites".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.StoreAdmin"),
+                method: "FenceWrites",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "flotilla.v1.StoreAdmin" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Status.descriptor,
             SplitRegion.descriptor,
             CheckRegion.descriptor,
-            BackupRegion.descriptor
+            BackupRegion.descriptor,
+            FenceWrites.descriptor
         ]
     }
 }
@@ -2053,6 +2067,20 @@ extension Flotilla_V1_StoreAdmin {
             request: GRPCCore.StreamingServerRequest<Flotilla_V1_BackupRegionRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_BackupChunk>
+
+        /// Handle the "FenceWrites" method.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_WriteFenceRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_WriteFenceResponse` messages.
+        func fenceWrites(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_WriteFenceRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_WriteFenceResponse>
     }
 
     /// Service protocol for the "flotilla.v1.StoreAdmin" service.
@@ -2118,6 +2146,20 @@ extension Flotilla_V1_StoreAdmin {
             request: GRPCCore.ServerRequest<Flotilla_V1_BackupRegionRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_BackupChunk>
+
+        /// Handle the "FenceWrites" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_WriteFenceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Flotilla_V1_WriteFenceResponse` message.
+        func fenceWrites(
+            request: GRPCCore.ServerRequest<Flotilla_V1_WriteFenceRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_WriteFenceResponse>
     }
 
     /// Simple service protocol for the "flotilla.v1.StoreAdmin" service.
@@ -2182,6 +2224,20 @@ extension Flotilla_V1_StoreAdmin {
             response: GRPCCore.RPCWriter<Flotilla_V1_BackupChunk>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "FenceWrites" method.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_WriteFenceRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Flotilla_V1_WriteFenceResponse` to respond with.
+        func fenceWrites(
+            request: Flotilla_V1_WriteFenceRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Flotilla_V1_WriteFenceResponse
     }
 }
 
@@ -2228,6 +2284,17 @@ extension Flotilla_V1_StoreAdmin.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_BackupChunk>(),
             handler: { request, context in
                 try await self.backupRegion(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Flotilla_V1_StoreAdmin.Method.FenceWrites.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_WriteFenceRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_WriteFenceResponse>(),
+            handler: { request, context in
+                try await self.fenceWrites(
                     request: request,
                     context: context
                 )
@@ -2281,6 +2348,17 @@ extension Flotilla_V1_StoreAdmin.ServiceProtocol {
             context: context
         )
         return response
+    }
+
+    public func fenceWrites(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_WriteFenceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_WriteFenceResponse> {
+        let response = try await self.fenceWrites(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
     }
 }
 
@@ -2340,6 +2418,19 @@ extension Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
                 )
                 return [:]
             }
+        )
+    }
+
+    public func fenceWrites(
+        request: GRPCCore.ServerRequest<Flotilla_V1_WriteFenceRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_WriteFenceResponse> {
+        return GRPCCore.ServerResponse<Flotilla_V1_WriteFenceResponse>(
+            message: try await self.fenceWrites(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
         )
     }
 }
@@ -2427,6 +2518,25 @@ extension Flotilla_V1_StoreAdmin {
             deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_BackupChunk>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Flotilla_V1_BackupChunk>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "FenceWrites" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_WriteFenceRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_WriteFenceRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_WriteFenceResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func fenceWrites<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_WriteFenceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_WriteFenceRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_WriteFenceResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_WriteFenceResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2563,6 +2673,36 @@ extension Flotilla_V1_StoreAdmin {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "FenceWrites" method.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_WriteFenceRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_WriteFenceRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_WriteFenceResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func fenceWrites<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_WriteFenceRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_WriteFenceRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_WriteFenceResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_WriteFenceResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Flotilla_V1_StoreAdmin.Method.FenceWrites.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2662,6 +2802,31 @@ extension Flotilla_V1_StoreAdmin.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_BackupRegionRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_BackupChunk>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "FenceWrites" method.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_WriteFenceRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func fenceWrites<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_WriteFenceRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_WriteFenceResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.fenceWrites(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_WriteFenceRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_WriteFenceResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2779,6 +2944,35 @@ extension Flotilla_V1_StoreAdmin.ClientProtocol {
             metadata: metadata
         )
         return try await self.backupRegion(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "FenceWrites" method.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func fenceWrites<Result>(
+        _ message: Flotilla_V1_WriteFenceRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_WriteFenceResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_WriteFenceRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.fenceWrites(
             request: request,
             options: options,
             onResponse: handleResponse

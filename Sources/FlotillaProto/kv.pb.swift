@@ -1483,6 +1483,10 @@ public nonisolated struct Flotilla_V1_CheckRegionResponse: Sendable {
 /// Reads one region for a backup: its leader confirms its lease by a read index, waits until
 /// it applied that index, and streams the region's data and client sessions from one RocksDB
 /// snapshot at its applied index.
+///
+/// With `hold`, the store only opens the snapshot and answers one chunk with the region, the
+/// applied index and `held_id`; a later request naming `held_id` (to the same store, without
+/// a context) streams it. A held snapshot lasts 10 minutes; a store keeps at most 65,536.
 public nonisolated struct Flotilla_V1_BackupRegionRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1497,11 +1501,64 @@ public nonisolated struct Flotilla_V1_BackupRegionRequest: Sendable {
   /// Clears the value of `context`. Subsequent reads from it will return its default value.
   public mutating func clearContext() {self._context = nil}
 
+  public var hold: Bool = false
+
+  public var heldID: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _context: Flotilla_V1_RequestContext? = nil
+}
+
+/// Holds client writes on this store for a consistent backup: while a fence is up, the store
+/// answers every new write ServerIsBusy (clients retry; splits, membership changes and reads
+/// go on). A fence lapses after hold_ms unless renewed, so a backup that dies never wedges
+/// writes. A restarted store has no fence.
+public nonisolated struct Flotilla_V1_WriteFenceRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 0: raise a new fence. Otherwise the fence to renew (with hold_ms) or lift.
+  public var fenceID: UInt64 = 0
+
+  /// 1 to 60,000 milliseconds.
+  public var holdMs: UInt32 = 0
+
+  public var lift: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Flotilla_V1_WriteFenceResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var error: Flotilla_V1_Error {
+    get {_error ?? Flotilla_V1_Error()}
+    set {_error = newValue}
+  }
+  /// Returns true if `error` has been explicitly set.
+  public var hasError: Bool {self._error != nil}
+  /// Clears the value of `error`. Subsequent reads from it will return its default value.
+  public mutating func clearError() {self._error = nil}
+
+  public var fenceID: UInt64 = 0
+
+  /// Whether the fence named was up, unbroken, until this request (false: it lapsed, or the
+  /// store restarted, and writes may have gone through).
+  public var held: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _error: Flotilla_V1_Error? = nil
 }
 
 /// One key of a backup: user data, or a client session record (its store key).
@@ -1523,45 +1580,65 @@ public nonisolated struct Flotilla_V1_BackupPair: Sendable {
 
 /// A part of a region's backup stream (each at most about 1 MiB). The first carries the region
 /// and the applied index, the last `last`, the pair count and the FNV-1a checksum of the stream.
-public nonisolated struct Flotilla_V1_BackupChunk: Sendable {
+public nonisolated struct Flotilla_V1_BackupChunk: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var region: Flotilla_V1_Region {
-    get {_region ?? Flotilla_V1_Region()}
-    set {_region = newValue}
+    get {_storage._region ?? Flotilla_V1_Region()}
+    set {_uniqueStorage()._region = newValue}
   }
   /// Returns true if `region` has been explicitly set.
-  public var hasRegion: Bool {self._region != nil}
+  public var hasRegion: Bool {_storage._region != nil}
   /// Clears the value of `region`. Subsequent reads from it will return its default value.
-  public mutating func clearRegion() {self._region = nil}
+  public mutating func clearRegion() {_uniqueStorage()._region = nil}
 
-  public var appliedIndex: UInt64 = 0
+  public var appliedIndex: UInt64 {
+    get {_storage._appliedIndex}
+    set {_uniqueStorage()._appliedIndex = newValue}
+  }
 
-  public var pairs: [Flotilla_V1_BackupPair] = []
+  public var pairs: [Flotilla_V1_BackupPair] {
+    get {_storage._pairs}
+    set {_uniqueStorage()._pairs = newValue}
+  }
 
-  public var last: Bool = false
+  public var last: Bool {
+    get {_storage._last}
+    set {_uniqueStorage()._last = newValue}
+  }
 
-  public var pairCount: UInt64 = 0
+  public var pairCount: UInt64 {
+    get {_storage._pairCount}
+    set {_uniqueStorage()._pairCount = newValue}
+  }
 
-  public var checksum: UInt64 = 0
+  public var checksum: UInt64 {
+    get {_storage._checksum}
+    set {_uniqueStorage()._checksum = newValue}
+  }
 
   public var error: Flotilla_V1_Error {
-    get {_error ?? Flotilla_V1_Error()}
-    set {_error = newValue}
+    get {_storage._error ?? Flotilla_V1_Error()}
+    set {_uniqueStorage()._error = newValue}
   }
   /// Returns true if `error` has been explicitly set.
-  public var hasError: Bool {self._error != nil}
+  public var hasError: Bool {_storage._error != nil}
   /// Clears the value of `error`. Subsequent reads from it will return its default value.
-  public mutating func clearError() {self._error = nil}
+  public mutating func clearError() {_uniqueStorage()._error = nil}
+
+  /// Answering a `hold` request: the id that streams the held snapshot.
+  public var heldID: UInt64 {
+    get {_storage._heldID}
+    set {_uniqueStorage()._heldID = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _region: Flotilla_V1_Region? = nil
-  fileprivate var _error: Flotilla_V1_Error? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -3995,7 +4072,7 @@ nonisolated extension Flotilla_V1_CheckRegionResponse: SwiftProtobuf.Message, Sw
 
 nonisolated extension Flotilla_V1_BackupRegionRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".BackupRegionRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}context\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}context\0\u{1}hold\0\u{3}held_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4004,6 +4081,8 @@ nonisolated extension Flotilla_V1_BackupRegionRequest: SwiftProtobuf.Message, Sw
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._context) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.hold) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.heldID) }()
       default: break
       }
     }
@@ -4017,11 +4096,103 @@ nonisolated extension Flotilla_V1_BackupRegionRequest: SwiftProtobuf.Message, Sw
     try { if let v = self._context {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
     } }()
+    if self.hold != false {
+      try visitor.visitSingularBoolField(value: self.hold, fieldNumber: 2)
+    }
+    if self.heldID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.heldID, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_BackupRegionRequest, rhs: Flotilla_V1_BackupRegionRequest) -> Bool {
     if lhs._context != rhs._context {return false}
+    if lhs.hold != rhs.hold {return false}
+    if lhs.heldID != rhs.heldID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_WriteFenceRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WriteFenceRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}fence_id\0\u{3}hold_ms\0\u{1}lift\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.fenceID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.holdMs) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.lift) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.fenceID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.fenceID, fieldNumber: 1)
+    }
+    if self.holdMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.holdMs, fieldNumber: 2)
+    }
+    if self.lift != false {
+      try visitor.visitSingularBoolField(value: self.lift, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_WriteFenceRequest, rhs: Flotilla_V1_WriteFenceRequest) -> Bool {
+    if lhs.fenceID != rhs.fenceID {return false}
+    if lhs.holdMs != rhs.holdMs {return false}
+    if lhs.lift != rhs.lift {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_WriteFenceResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WriteFenceResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}error\0\u{3}fence_id\0\u{1}held\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.fenceID) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.held) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._error {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if self.fenceID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.fenceID, fieldNumber: 2)
+    }
+    if self.held != false {
+      try visitor.visitSingularBoolField(value: self.held, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_WriteFenceResponse, rhs: Flotilla_V1_WriteFenceResponse) -> Bool {
+    if lhs._error != rhs._error {return false}
+    if lhs.fenceID != rhs.fenceID {return false}
+    if lhs.held != rhs.held {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4069,63 +4240,118 @@ nonisolated extension Flotilla_V1_BackupPair: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Flotilla_V1_BackupChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".BackupChunk"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{3}applied_index\0\u{1}pairs\0\u{1}last\0\u{3}pair_count\0\u{1}checksum\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{3}applied_index\0\u{1}pairs\0\u{1}last\0\u{3}pair_count\0\u{1}checksum\0\u{1}error\0\u{3}held_id\0")
+
+  fileprivate class _StorageClass {
+    var _region: Flotilla_V1_Region? = nil
+    var _appliedIndex: UInt64 = 0
+    var _pairs: [Flotilla_V1_BackupPair] = []
+    var _last: Bool = false
+    var _pairCount: UInt64 = 0
+    var _checksum: UInt64 = 0
+    var _error: Flotilla_V1_Error? = nil
+    var _heldID: UInt64 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _region = source._region
+      _appliedIndex = source._appliedIndex
+      _pairs = source._pairs
+      _last = source._last
+      _pairCount = source._pairCount
+      _checksum = source._checksum
+      _error = source._error
+      _heldID = source._heldID
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._region) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.appliedIndex) }()
-      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.pairs) }()
-      case 4: try { try decoder.decodeSingularBoolField(value: &self.last) }()
-      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.pairCount) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.checksum) }()
-      case 7: try { try decoder.decodeSingularMessageField(value: &self._error) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._region) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._appliedIndex) }()
+        case 3: try { try decoder.decodeRepeatedMessageField(value: &_storage._pairs) }()
+        case 4: try { try decoder.decodeSingularBoolField(value: &_storage._last) }()
+        case 5: try { try decoder.decodeSingularUInt64Field(value: &_storage._pairCount) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._checksum) }()
+        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._error) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._heldID) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._region {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if self.appliedIndex != 0 {
-      try visitor.visitSingularUInt64Field(value: self.appliedIndex, fieldNumber: 2)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._region {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if _storage._appliedIndex != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._appliedIndex, fieldNumber: 2)
+      }
+      if !_storage._pairs.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._pairs, fieldNumber: 3)
+      }
+      if _storage._last != false {
+        try visitor.visitSingularBoolField(value: _storage._last, fieldNumber: 4)
+      }
+      if _storage._pairCount != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._pairCount, fieldNumber: 5)
+      }
+      if _storage._checksum != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._checksum, fieldNumber: 6)
+      }
+      try { if let v = _storage._error {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+      } }()
+      if _storage._heldID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._heldID, fieldNumber: 8)
+      }
     }
-    if !self.pairs.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.pairs, fieldNumber: 3)
-    }
-    if self.last != false {
-      try visitor.visitSingularBoolField(value: self.last, fieldNumber: 4)
-    }
-    if self.pairCount != 0 {
-      try visitor.visitSingularUInt64Field(value: self.pairCount, fieldNumber: 5)
-    }
-    if self.checksum != 0 {
-      try visitor.visitSingularUInt64Field(value: self.checksum, fieldNumber: 6)
-    }
-    try { if let v = self._error {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
-    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_BackupChunk, rhs: Flotilla_V1_BackupChunk) -> Bool {
-    if lhs._region != rhs._region {return false}
-    if lhs.appliedIndex != rhs.appliedIndex {return false}
-    if lhs.pairs != rhs.pairs {return false}
-    if lhs.last != rhs.last {return false}
-    if lhs.pairCount != rhs.pairCount {return false}
-    if lhs.checksum != rhs.checksum {return false}
-    if lhs._error != rhs._error {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._region != rhs_storage._region {return false}
+        if _storage._appliedIndex != rhs_storage._appliedIndex {return false}
+        if _storage._pairs != rhs_storage._pairs {return false}
+        if _storage._last != rhs_storage._last {return false}
+        if _storage._pairCount != rhs_storage._pairCount {return false}
+        if _storage._checksum != rhs_storage._checksum {return false}
+        if _storage._error != rhs_storage._error {return false}
+        if _storage._heldID != rhs_storage._heldID {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -382,6 +382,8 @@ struct StoreAdminService: Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
     let snapshotSender: SnapshotSender
     /// The store's PD agent (nil on a static cluster, which cannot split: ids come from PD).
     let agent: PDStoreAgent?
+    /// Backup snapshots opened under a write fence, streamed later.
+    let heldBackups = HeldBackups()
 
     func splitRegion(request: Flotilla_V1_SplitRegionRequest, context: ServerContext) async throws -> Flotilla_V1_SplitRegionResponse {
         var response = Flotilla_V1_SplitRegionResponse()
@@ -410,14 +412,36 @@ struct StoreAdminService: Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
     /// store's loop). An error is the only chunk.
     func backupRegion(request: Flotilla_V1_BackupRegionRequest, response: RPCWriter<Flotilla_V1_BackupChunk>,
                       context: ServerContext) async throws {
-        let regionID = request.context.regionID
-        let opened = await driver.read(context: request.context) { core in try core.openBackupReader(regionID: regionID) }
         let reader: RegionBackupReader
-        switch opened {
-        case .success(let opened): reader = opened
-        case .failure(let error):
+        if request.heldID != 0 {
+            guard let held = heldBackups.take(request.heldID) else {
+                var chunk = Flotilla_V1_BackupChunk()
+                chunk.error = protocolError(StoreRequestError.invalidArgument(field: "held_id", reason: "\(request.heldID) is not held here (expired, streamed already, or the store restarted)"))
+                try await response.write(chunk)
+                return
+            }
+            reader = held
+        } else {
+            let regionID = request.context.regionID
+            let opened = await driver.read(context: request.context) { core in try core.openBackupReader(regionID: regionID) }
+            switch opened {
+            case .success(let opened): reader = opened
+            case .failure(let error):
+                var chunk = Flotilla_V1_BackupChunk()
+                chunk.error = protocolError(error)
+                try await response.write(chunk)
+                return
+            }
+        }
+        if request.hold {
             var chunk = Flotilla_V1_BackupChunk()
-            chunk.error = protocolError(error)
+            chunk.region = reader.region
+            chunk.appliedIndex = reader.appliedIndex
+            if let id = heldBackups.hold(reader) {
+                chunk.heldID = id
+            } else {
+                chunk.error = protocolError(StoreRequestError.serverIsBusy(reason: "\(HeldBackups.countMax) backup snapshots are held here already"))
+            }
             try await response.write(chunk)
             return
         }
@@ -439,6 +463,18 @@ struct StoreAdminService: Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
         chunk.pairCount = reader.pairCount
         chunk.checksum = reader.checksum
         try await response.write(chunk)
+    }
+
+    func fenceWrites(request: Flotilla_V1_WriteFenceRequest, context: ServerContext) async throws -> Flotilla_V1_WriteFenceResponse {
+        var response = Flotilla_V1_WriteFenceResponse()
+        do {
+            let (id, held) = try driver.writeFence.handle(request)
+            response.fenceID = id
+            response.held = held
+        } catch {
+            response.error = protocolError(error)
+        }
+        return response
     }
 
     func status(request: Flotilla_V1_StoreStatusRequest, context: ServerContext) async throws -> Flotilla_V1_StoreStatus {

@@ -80,6 +80,8 @@ public final class StoreDriver: Sendable {
     private let requestTimeout: Duration
     private let snapshots: any SnapshotOutbound
     private let logger: Logger
+    /// Client writes held for a consistent backup (checked before a write enters the inbox).
+    public let writeFence = WriteFence()
     private let onFailure: @Sendable (Error) -> Void
     /// The core is touched only by the store thread, which also releases it (closing RocksDB)
     /// before `stop()` returns: closing during process exit races RocksDB's static teardown.
@@ -237,6 +239,7 @@ public final class StoreDriver: Sendable {
                             complete: @escaping @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void) {
         let deadline: ContinuousClock.Instant
         do { deadline = try self.deadline(of: context) } catch { return complete(.failure(error)) }
+        if let fenced = writeFence.refusal() { return complete(.failure(.serverIsBusy(reason: fenced))) }
         if !enqueue(.write(command, context, deadline: deadline, complete)) {
             complete(.failure(.serverIsBusy(reason: "store inbox full")))
         }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Crypto
 import FlotillaClient
 import FlotillaProto
+import FlotillaServer
 import Foundation
 import RaftStore
 import RocksDB
@@ -39,14 +40,18 @@ struct BackupManifest: Codable {
 
         var start: Data { Data(base64Encoded: startKey) ?? Data() }
         var end: Data { Data(base64Encoded: endKey) ?? Data() }
+        var span: BackupSpan { BackupSpan(id: id, version: version, start: start, end: end) }
     }
 
     let formatVersion: Int
     let clusterId: String
     let createdAt: String
     let finishedAt: String
-    /// "per-region": each region consistent at its own index.
+    /// "per-region": each region consistent at its own index; "cluster-wide": every region
+    /// read under one write fence (a consistent cut of the whole cluster).
     let consistency: String
+    /// How long writes were held for a cluster-wide backup.
+    let fenceHeldMilliseconds: UInt64?
     let regions: [RegionEntry]
     var totalBytes: UInt64 { regions.reduce(0) { $0 + ($1.dataFile?.bytes ?? 0) + ($1.sessionsFile?.bytes ?? 0) } }
     var totalKeys: UInt64 { regions.reduce(0) { $0 + ($1.dataFile?.pairs ?? 0) } }
@@ -61,6 +66,41 @@ struct BackupManifest: Codable {
         }
         return manifest
     }
+}
+
+/// A region's identity and range, as a backup covers the key space with them.
+struct BackupSpan: Sendable {
+    let id: UInt64
+    let version: UInt64
+    let start: Data
+    let end: Data
+
+    /// Key ranges the spans (sorted by start) do not cover.
+    static func gaps(_ spans: [BackupSpan]) -> [(start: Data, end: Data)] {
+        var gaps: [(Data, Data)] = []
+        var covered = Data()
+        var reachedEnd = false
+        for span in spans {
+            if covered.lexicographicallyPrecedes(span.start) { gaps.append((covered, span.start)) }
+            if span.end.isEmpty { reachedEnd = true; break }
+            if covered.lexicographicallyPrecedes(span.end) { covered = span.end }
+        }
+        if !reachedEnd { gaps.append((covered, Data())) }
+        return gaps
+    }
+}
+
+/// A region snapshot opened under a write fence on a store, to stream afterwards.
+struct HeldRegion: Sendable {
+    let region: Flotilla_V1_Region
+    let appliedIndex: UInt64
+    let storeID: UInt64
+    let heldID: UInt64
+    var span: BackupSpan { BackupSpan(id: region.id, version: region.epoch.version, start: region.startKey, end: region.endKey) }
+}
+
+extension Flotilla_V1_Region {
+    var span: BackupSpan { BackupSpan(id: id, version: epoch.version, start: startKey, end: endKey) }
 }
 
 struct BackupError: Error, CustomStringConvertible {
@@ -167,9 +207,136 @@ struct Backup: AsyncParsableCommand {
         @Option(name: .customLong("to"), help: "The backup directory (must not exist, or be empty).") var to: String
         @Option(name: .customLong("concurrency"), help: "Regions read at once (1 to 64).") var concurrency = 4
         @Flag(name: .customLong("json"), help: "Print the manifest summary as JSON.") var json = false
+        @Flag(name: .customLong("consistent"), help: "One consistent cut of the whole cluster: writes are held on every store while each region's snapshot is opened.")
+        var consistent = false
+        @Option(name: .customLong("fence-ms"), help: "With --consistent: the longest writes may be held, in milliseconds (1 to 60000).")
+        var fenceMilliseconds: UInt32 = 10_000
 
         func validate() throws {
             guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency must be 1 to 64") }
+            guard (1...WriteFence.holdMillisecondsMax).contains(fenceMilliseconds) else { throw ValidationError("--fence-ms must be 1 to \(WriteFence.holdMillisecondsMax)") }
+        }
+
+        static func report(_ entry: BackupManifest.RegionEntry, _ count: Int) {
+            let size = (entry.dataFile?.bytes ?? 0) + (entry.sessionsFile?.bytes ?? 0)
+            print("region \(entry.id): \(entry.dataFile?.pairs ?? 0) keys, \(size) bytes at index \(entry.appliedIndex) (\(count) done)")
+        }
+
+        /// Runs `work` on every region, `concurrency` at a time; regions that split meanwhile
+        /// leave gaps, whose regions PD lists are worked on in another round, until the results
+        /// cover every key. Results are sorted by start key.
+        func cover<Entry: Sendable>(_ listed: [Flotilla_V1_Region], span: @escaping @Sendable (Entry) -> BackupSpan,
+                                    _ work: @escaping @Sendable (Flotilla_V1_Region) async throws -> Entry,
+                                    progress: @escaping @Sendable (Entry, Int) -> Void) async throws -> [Entry] {
+            var done: [Entry] = []
+            var pending = listed
+            var round = 0
+            let concurrency = self.concurrency
+            while !pending.isEmpty {
+                round += 1
+                guard round <= 8 else { fail("regions kept splitting under the backup (8 rounds); try again") }
+                let batch = pending
+                let finishedBefore = done.count
+                let results = await withTaskGroup(of: Result<Entry, Error>.self) { group in
+                    var collected: [Result<Entry, Error>] = []
+                    var next = 0
+                    func launch(_ region: Flotilla_V1_Region) { group.addTask { await catching { try await work(region) } } }
+                    while next < min(concurrency, batch.count) { launch(batch[next]); next += 1 }
+                    for await result in group {
+                        collected.append(result)
+                        if case .success(let entry) = result { progress(entry, finishedBefore + collected.count) }
+                        if next < batch.count { launch(batch[next]); next += 1 }
+                    }
+                    return collected
+                }
+                for result in results {
+                    switch result {
+                    case .success(let entry): done.append(entry)
+                    case .failure(let error): throw BackupError("backup failed: \(error) (the directory has no manifest: it is incomplete)")
+                    }
+                }
+                done.sort { span($0).start.lexicographicallyPrecedes(span($1).start) }
+                let gaps = BackupSpan.gaps(done.map(span))
+                pending = []
+                for gap in gaps {
+                    let regions = try await options.withPD { try await $0.scanRegions(from: gap.start, to: gap.end).regions.map(\.region) }
+                    pending += regions.filter { region in !done.contains { span($0).id == region.id && span($0).version == region.epoch.version } }
+                }
+                if !gaps.isEmpty && pending.isEmpty { throw BackupError("PD lists no region for part of the key space; try again") }
+            }
+            return done
+        }
+
+        /// A cluster-wide consistent cut: a write fence on every store, each region's snapshot
+        /// opened by its leader after a read index (so it holds every write acknowledged before
+        /// the fence, and nothing a client could have written after one it saw acknowledged),
+        /// the fence lifted, then the held snapshots streamed. Fails, writing no manifest, when
+        /// a fence lapsed or a store restarted meanwhile.
+        func consistentCut(_ listed: [Flotilla_V1_Region], client: FlotillaClient,
+                           directory: String) async throws -> ([BackupManifest.RegionEntry], UInt64) {
+            let stores = try await options.withPD { try await $0.stores(excludeTombstones: true) }
+            if let absent = stores.first(where: { $0.liveness != .up }) {
+                fail("store \(absent.store.id) is not up: a consistent backup needs every store (drain or repair it first)")
+            }
+            try? await client.discoverStores()
+            var raised: [(storeID: UInt64, fenceID: UInt64)] = []
+            let fenceStarted = ContinuousClock.now
+            func liftAll() async -> [UInt64] {
+                var lapsed: [UInt64] = []
+                for fence in raised {
+                    var lift = Flotilla_V1_WriteFenceRequest()
+                    lift.fenceID = fence.fenceID
+                    lift.lift = true
+                    let held = (try? await client.fenceWrites(lift, storeID: fence.storeID))?.held ?? false
+                    if !held { lapsed.append(fence.storeID) }
+                }
+                return lapsed
+            }
+            for store in stores {
+                var raise = Flotilla_V1_WriteFenceRequest()
+                raise.holdMs = fenceMilliseconds
+                do { raised.append((store.store.id, try await client.fenceWrites(raise, storeID: store.store.id).fenceID)) } catch {
+                    _ = await liftAll()
+                    fail("cannot hold writes on store \(store.store.id): \(error)")
+                }
+            }
+            let timeoutMilliseconds = options.timeoutMilliseconds
+            let held: [HeldRegion]
+            do {
+                held = try await cover(listed, span: \.span) { region in
+                    let opened = Mutex<Flotilla_V1_BackupChunk?>(nil)
+                    let storeID = try await client.backupRegion(region.id, startKey: region.startKey, streamTimeout: .milliseconds(timeoutMilliseconds),
+                                                                hold: true, restart: {}, chunk: { chunk in opened.withLock { $0 = chunk } })
+                    guard let chunk = opened.withLock({ $0 }) else { throw BackupError("region \(region.id): no snapshot opened") }
+                    return HeldRegion(region: chunk.region, appliedIndex: chunk.appliedIndex, storeID: storeID, heldID: chunk.heldID)
+                } progress: { _, _ in }
+            } catch {
+                _ = await liftAll()
+                throw error
+            }
+            let lapsed = await liftAll()
+            let heldFor = ContinuousClock.now - fenceStarted
+            let heldMilliseconds = UInt64(heldFor.components.seconds * 1_000 + heldFor.components.attoseconds / 1_000_000_000_000_000)
+            guard lapsed.isEmpty else {
+                fail("the write fence did not hold throughout on store(s) \(lapsed.map(String.init).joined(separator: ",")) (it lapsed after --fence-ms \(fenceMilliseconds), or the store restarted): no consistent cut; try again")
+            }
+            print("writes held for \(heldMilliseconds) ms while \(held.count) region snapshots opened")
+            let entries = try await cover(held.map(\.region), span: \.span) { region in
+                guard let one = held.first(where: { $0.region.id == region.id }) else { throw BackupError("region \(region.id) was not held") }
+                return try await Self.streamHeld(one, client: client, into: directory)
+            } progress: { entry, count in Self.report(entry, count) }
+            return (entries, heldMilliseconds)
+        }
+
+        /// Streams one held snapshot into SST files.
+        static func streamHeld(_ held: HeldRegion, client: FlotillaClient, into directory: String) async throws -> BackupManifest.RegionEntry {
+            let started = ContinuousClock.now
+            let state = Mutex(RegionBackupState(directory: directory, regionID: held.region.id))
+            try await client.backupHeld(held.heldID, storeID: held.storeID, regionID: held.region.id, streamTimeout: .seconds(3600)) { chunk in
+                try state.withLock { try $0.take(chunk) }
+            }
+            let elapsed = ContinuousClock.now - started
+            return try state.withLock { try $0.entry(milliseconds: UInt64(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)) }
         }
 
         func run() async throws {
@@ -191,51 +358,21 @@ struct Backup: AsyncParsableCommand {
             let client = try FlotillaClient(pd: try options.endpoints(), requestTimeout: .milliseconds(options.timeoutMilliseconds))
             let connections = Task { try await client.run() }
             defer { client.close(); connections.cancel() }
-            var done: [BackupManifest.RegionEntry] = []
-            var pending = listed
-            var round = 0
-            // Regions that split while the backup ran leave gaps: their new parts are read in
-            // another round, until the backup covers every key.
-            while !pending.isEmpty {
-                round += 1
-                guard round <= 8 else { fail("regions kept splitting under the backup (8 rounds); try again") }
-                let results: [Result<BackupManifest.RegionEntry, Error>]
-                results = await withTaskGroup(of: Result<BackupManifest.RegionEntry, Error>.self) { group in
-                    var collected: [Result<BackupManifest.RegionEntry, Error>] = []
-                    var next = 0
-                    func launch(_ region: Flotilla_V1_Region) {
-                        group.addTask { await catching { try await Self.backUp(region, client: client, into: directory, timeoutMilliseconds: options.timeoutMilliseconds) } }
-                    }
-                    while next < min(concurrency, pending.count) { launch(pending[next]); next += 1 }
-                    for await result in group {
-                        collected.append(result)
-                        if case .success(let entry) = result {
-                            let size = (entry.dataFile?.bytes ?? 0) + (entry.sessionsFile?.bytes ?? 0)
-                            print("region \(entry.id): \(entry.dataFile?.pairs ?? 0) keys, \(size) bytes at index \(entry.appliedIndex) (\(done.count + collected.count) done)")
-                        }
-                        if next < pending.count { launch(pending[next]); next += 1 }
-                    }
-                    return collected
-                }
-                for result in results {
-                    switch result {
-                    case .success(let entry): done.append(entry)
-                    case .failure(let error): fail("backup failed: \(error) (the directory has no manifest: it is incomplete)")
-                    }
-                }
-                done.sort { $0.start.lexicographicallyPrecedes($1.start) }
-                let gaps = Self.gaps(done)
-                pending = []
-                for gap in gaps {
-                    let regions = try await options.withPD { try await $0.scanRegions(from: gap.start, to: gap.end).regions.map(\.region) }
-                    pending += regions.filter { region in !done.contains { $0.id == region.id && $0.version == region.epoch.version } }
-                }
-                if !gaps.isEmpty && pending.isEmpty { fail("PD lists no region for part of the key space; try again") }
+            let timeoutMilliseconds = options.timeoutMilliseconds
+            let done: [BackupManifest.RegionEntry]
+            var fenceHeldMilliseconds: UInt64?
+            if consistent {
+                (done, fenceHeldMilliseconds) = try await consistentCut(listed, client: client, directory: directory)
+            } else {
+                done = try await cover(listed, span: \.span) { region in
+                    try await Self.backUp(region, client: client, into: directory, timeoutMilliseconds: timeoutMilliseconds)
+                } progress: { entry, count in Self.report(entry, count) }
             }
             let formatter = ISO8601DateFormatter()
             let manifest = BackupManifest(formatVersion: BackupManifest.formatVersion, clusterId: String(info.clusterID),
                                           createdAt: formatter.string(from: startedAt), finishedAt: formatter.string(from: Date()),
-                                          consistency: "per-region", regions: done)
+                                          consistency: consistent ? "cluster-wide" : "per-region",
+                                          fenceHeldMilliseconds: fenceHeldMilliseconds, regions: done)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             do { try BackupFiles.writeAtomically(try encoder.encode(manifest), to: directory + "/" + BackupManifest.fileName) } catch {
@@ -250,20 +387,6 @@ struct Backup: AsyncParsableCommand {
                 print(String(format: "backup complete: %d regions, %llu keys, %.1f MB in %.2f s (%.1f MB/s) at %@", done.count,
                              manifest.totalKeys, megabytes, seconds, megabytes / seconds, directory))
             }
-        }
-
-        /// Key ranges the entries (sorted by start) do not cover.
-        static func gaps(_ entries: [BackupManifest.RegionEntry]) -> [(start: Data, end: Data)] {
-            var gaps: [(Data, Data)] = []
-            var covered = Data()
-            var reachedEnd = false
-            for entry in entries {
-                if covered.lexicographicallyPrecedes(entry.start) { gaps.append((covered, entry.start)) }
-                if entry.end.isEmpty { reachedEnd = true; break }
-                if covered.lexicographicallyPrecedes(entry.end) { covered = entry.end }
-            }
-            if !reachedEnd { gaps.append((covered, Data())) }
-            return gaps
         }
 
         /// Streams one region from its leader into SST files.
@@ -329,7 +452,8 @@ struct Backup: AsyncParsableCommand {
                 print(String(decoding: try encoder.encode(manifest), as: UTF8.self))
                 return
             }
-            print("backup of cluster \(manifest.clusterId)  \(manifest.createdAt) – \(manifest.finishedAt)  \(manifest.consistency)")
+            let held = manifest.fenceHeldMilliseconds.map { "  (writes held \($0) ms)" } ?? ""
+            print("backup of cluster \(manifest.clusterId)  \(manifest.createdAt) – \(manifest.finishedAt)  \(manifest.consistency)\(held)")
             print("\(manifest.regions.count) regions  \(manifest.totalKeys) keys  \(manifest.totalBytes) bytes")
             for region in manifest.regions {
                 let range = "[\(String(decoding: region.start, as: UTF8.self)), \(region.end.isEmpty ? "end" : String(decoding: region.end, as: UTF8.self)))"
@@ -363,7 +487,7 @@ struct Backup: AsyncParsableCommand {
                 problems += BackupFiles.verify(region, in: directory, scratch: scratch)
                 files += (region.dataFile == nil ? 0 : 1) + (region.sessionsFile == nil ? 0 : 1)
             }
-            if !Create.gaps(manifest.regions).isEmpty { problems.append("the regions do not cover every key") }
+            if !BackupSpan.gaps(manifest.regions.map(\.span)).isEmpty { problems.append("the regions do not cover every key") }
             if problems.isEmpty { print("\(files) files of \(manifest.regions.count) regions match the manifest") }
             return problems
         }

@@ -245,6 +245,35 @@ struct OperationsEndToEndTests {
         let problems = writers.problems(in: contents.filter { $0.key.hasPrefix("w") }, start: backupStart, end: backupEnd)
         #expect(problems.isEmpty, "\(problems.prefix(10))")
 
+        // A cluster-wide consistent cut (--consistent): a chain of writes across four regions,
+        // each invoked after the one before was acknowledged, is seen as a prefix.
+        let chainKeys = ["a-chain", "w01-chain", "w02-chain", "w03-chain"]
+        let chain = Task {
+            var written = 0
+            while !Task.isCancelled && written < 100_000 {
+                written += 1
+                try await client.put(Data(chainKeys[written % chainKeys.count].utf8), Data("\(written)".utf8))
+            }
+            return written
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let cut = try Self.ops("backup", [root, "--keep", "2", "--pd", source.endpoints, "--bin", Self.binaries, "--", "--consistent", "--concurrency", "1"])
+        #expect(cut.status == 0 && cut.output.contains("writes held for"), "\(cut)")
+        try await Task.sleep(for: .milliseconds(300))
+        chain.cancel()
+        let chained = try await chain.value
+        let backups = try FileManager.default.contentsOfDirectory(atPath: root).filter { $0.hasPrefix("backup-") }.sorted()
+        #expect(backups.count == 2, "\(backups)")
+        let cutContents = try Self.backupContents(root + "/" + (backups.last ?? ""))
+        let seen = chainKeys.map { key in cutContents[key].flatMap { Int($0) } ?? 0 }
+        let newest = seen.max() ?? 0
+        #expect(newest > 0 && newest < chained, "chain \(seen) of \(chained)")
+        for (position, value) in seen.enumerated() {
+            // The newest write to this key at or before the newest write the cut holds.
+            let expected = (0...newest).last { $0 % chainKeys.count == position && $0 > 0 } ?? 0
+            #expect(value == expected, "key \(chainKeys[position]) holds \(value), the cut at \(newest) needs \(expected): \(seen)")
+        }
+
         // Consistency check: clean now.
         let clean = try source.ctl(["region", "check", "--all"])
         #expect(clean.status == 0 && !clean.output.contains("INCONSISTENT"), "\(clean)")
