@@ -196,7 +196,12 @@ struct OperationsEndToEndTests {
         #expect(Set(regions.compactMap { $0["startKey"] as? String }) == ["", "w01", "w02", "w03"], "\(regions)")
         #expect(regions.allSatisfy { ["id", "startKey", "endKey", "epoch", "peers", "leader"].allSatisfy($0.keys.contains) })
 
-        // Move a follower's replica of the region holding w02 to the store without one, --wait.
+        // Move a follower's replica of the region holding w02 to the store without one, --wait
+        // (with the balancers paused, as before a manual move: their operators would race it).
+        for scheduler in ["balance-region", "balance-leader", "hot-region"] {
+            #expect(try source.ctl(["scheduler", "pause", scheduler]).status == 0)
+        }
+        #expect(await eventually(seconds: 30) { ((try? source.json(["operator", "list"])) as? [Any])?.isEmpty == true })
         let found = try #require(try source.json(["region", "find", "w02-001"]) as? [String: Any])
         let regionID = try #require(found["id"] as? UInt64)
         let holders = try #require(found["peers"] as? [[String: Any]]).compactMap { $0["storeId"] as? UInt64 }
@@ -334,7 +339,7 @@ struct OperationsEndToEndTests {
 
         // Data altered on disk behind Flotilla's back: the check finds it, and the store alarms.
         #expect(try Self.ops("cluster", ["stop", "--dir", source.directory]).status == 0)
-        let altered = try Self.alterOneValue(dataDirectory: source.directory + "/store-1/db")
+        let altered = try #require(try (1...4).lazy.compactMap { try Self.alterOneValue(dataDirectory: source.directory + "/store-\($0)/db") }.first)
         #expect(try Self.ops("cluster", ["start", "--dir", source.directory, "--bin", Self.binaries]).status == 0)
         var check = (status: Int32(0), output: "")
         let found2 = await eventually(seconds: 60) {
@@ -345,12 +350,14 @@ struct OperationsEndToEndTests {
         #expect(await eventually(seconds: 10) { source.storeLogs().contains("CONSISTENCY CHECK FAILED") })
     }
 
-    /// Changes the value of the first user key a stopped store holds, in its RocksDB.
-    static func alterOneValue(dataDirectory: String) throws -> String {
+    /// Changes the value of the first user key a stopped store holds, in its RocksDB (nil
+    /// when it holds none).
+    static func alterOneValue(dataDirectory: String) throws -> String? {
         let db = try StoreDatabase.open(path: dataDirectory)
         let iterator = db.makeIterator()
         iterator.seekToFirst()
-        let key = try #require(iterator.isValid ? iterator.key : nil)
+        guard iterator.isValid else { return nil }
+        let key = iterator.key
         try db.put(key, Array("altered behind Flotilla's back".utf8))
         return String(decoding: key, as: UTF8.self)
     }
