@@ -577,6 +577,7 @@ struct RegionBackupState {
 
 /// Prints a failure (exit code 1).
 func fail(_ message: String) -> Never {
+    fflush(nil)  // what was printed comes first
     FileHandle.standardError.write(Data("flotillactl: \(message)\n".utf8))
     Foundation.exit(1)
 }

@@ -25,6 +25,16 @@ struct Restore: AsyncParsableCommand {
 
     func run() async throws {
         let started = ContinuousClock.now
+        let client = try FlotillaClient(pd: try options.endpoints(), requestTimeout: .milliseconds(options.timeoutMilliseconds))
+        let connections = Task { try await client.run() }
+        defer { client.close(); connections.cancel() }
+        do {
+            if let first = try await client.scan(from: Data(), to: Data(), limit: 1).first {
+                fail("the cluster holds data (key \(options.show(first.key))): restore needs a fresh cluster")
+            }
+        } catch let error as FlotillaClientError {
+            fail("\(error)")
+        }
         let problems: [String]
         do { problems = try Backup.Verify.check(from) } catch { fail("\(error)") }
         guard problems.isEmpty else {
@@ -32,14 +42,7 @@ struct Restore: AsyncParsableCommand {
             fail("the backup at \(from) did not verify: nothing restored")
         }
         guard let manifest = try BackupManifest.load(from) else { fail("\(from) has no manifest") }
-        let client = try FlotillaClient(pd: try options.endpoints(), requestTimeout: .milliseconds(options.timeoutMilliseconds))
-        let connections = Task { try await client.run() }
-        defer { client.close(); connections.cancel() }
         do {
-            let held = try await client.scan(from: Data(), to: Data(), limit: 1)
-            if let first = held.first {
-                fail("the cluster holds data (key \(options.show(first.key))): restore needs a fresh cluster")
-            }
             let splitKeys = manifest.regions.map(\.start).filter { !$0.isEmpty }
             if !splitKeys.isEmpty {
                 _ = try await client.split(at: splitKeys)

@@ -161,12 +161,22 @@ struct RequestMessageFuzzTests {
             item.request = request
             commands.items.append(item)
         }
+        // Store administration (a write fence is tested on its own: a mutant could hold
+        // writes for a minute).
+        var status = Flotilla_V1_StoreStatusRequest(); status.includeRegions = true; status.digestRegionID = 1
+        var split = Flotilla_V1_SplitRegionRequest(); split.context = context; split.splitKeys = [Data("m".utf8)]
+        var check = Flotilla_V1_CheckRegionRequest(); check.context = context
+        var backup = Flotilla_V1_BackupRegionRequest(); backup.context = context
+        var held = Flotilla_V1_BackupRegionRequest(); held.context = context; held.hold = true; held.heldID = 3
         return [
             ("/flotilla.v1.KV/Get", try get.serializedBytes()), ("/flotilla.v1.KV/BatchGet", try batchGet.serializedBytes()),
             ("/flotilla.v1.KV/Put", try put.serializedBytes()), ("/flotilla.v1.KV/BatchPut", try batchPut.serializedBytes()),
             ("/flotilla.v1.KV/Delete", try delete.serializedBytes()), ("/flotilla.v1.KV/DeleteRange", try deleteRange.serializedBytes()),
             ("/flotilla.v1.KV/Scan", try scan.serializedBytes()), ("/flotilla.v1.KV/CompareAndSwap", try cas.serializedBytes()),
             ("/flotilla.v1.KV/Commands", try commands.serializedBytes()),
+            ("/flotilla.v1.StoreAdmin/Status", try status.serializedBytes()), ("/flotilla.v1.StoreAdmin/SplitRegion", try split.serializedBytes()),
+            ("/flotilla.v1.StoreAdmin/CheckRegion", try check.serializedBytes()), ("/flotilla.v1.StoreAdmin/BackupRegion", try backup.serializedBytes()),
+            ("/flotilla.v1.StoreAdmin/BackupRegion", try held.serializedBytes()),
         ]
     }
 

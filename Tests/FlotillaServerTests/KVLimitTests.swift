@@ -4,6 +4,7 @@ import FlotillaProto
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import RaftStore
 import Testing
 
 /// Each client-facing limit, at the limit and one past it, through a real server.
@@ -80,5 +81,46 @@ struct KVLimitTests {
             }
         }
         await server.stop()
+    }
+}
+
+/// The write fence a consistent backup raises on each store.
+@Suite("Store: write fence")
+struct WriteFenceTests {
+    static func request(id: UInt64 = 0, holdMilliseconds: UInt32 = 1_000, lift: Bool = false) -> Flotilla_V1_WriteFenceRequest {
+        var request = Flotilla_V1_WriteFenceRequest()
+        request.fenceID = id
+        request.holdMs = holdMilliseconds
+        request.lift = lift
+        return request
+    }
+
+    @Test func aFenceHoldsWritesUntilLiftedOrLapsedAndSaysWhetherItHeld() throws {
+        let fence = WriteFence()
+        let start = ContinuousClock.now
+        #expect(fence.refusal(now: start) == nil)
+        let raised = try fence.handle(Self.request(holdMilliseconds: 500), now: start)
+        #expect(raised.held && fence.refusal(now: start)?.contains("fence \(raised.id)") == true)
+        // One fence at a time: a second backup is told so.
+        #expect(throws: StoreRequestError.self) { try fence.handle(Self.request(), now: start + .milliseconds(10)) }
+        // Renewed before it lapses: still held, and longer.
+        #expect(try fence.handle(Self.request(id: raised.id, holdMilliseconds: 500), now: start + .milliseconds(400)).held)
+        #expect(fence.refusal(now: start + .milliseconds(800)) != nil)
+        #expect(try fence.handle(Self.request(id: raised.id, lift: true), now: start + .milliseconds(850)).held)
+        #expect(fence.refusal(now: start + .milliseconds(860)) == nil)
+        // A fence that lapsed lets writes through and says it did not hold.
+        let lapsing = try fence.handle(Self.request(holdMilliseconds: 100), now: start + .seconds(1))
+        #expect(fence.refusal(now: start + .milliseconds(1_200)) == nil)
+        #expect(try !fence.handle(Self.request(id: lapsing.id, lift: true), now: start + .milliseconds(1_300)).held)
+        // An unknown fence (a restarted store has none) did not hold.
+        #expect(try !fence.handle(Self.request(id: 77, lift: true), now: start + .seconds(2)).held)
+    }
+
+    @Test func holdTimesOutsideTheBoundAreRefused() {
+        let fence = WriteFence()
+        for holdMilliseconds in [0, WriteFence.holdMillisecondsMax + 1, UInt32.max] {
+            #expect(throws: StoreRequestError.self) { try fence.handle(Self.request(holdMilliseconds: holdMilliseconds)) }
+        }
+        #expect(fence.refusal() == nil)
     }
 }
