@@ -334,7 +334,7 @@ public final class FlotillaClient: Sendable {
     @discardableResult
     public func backupRegion(_ regionID: UInt64, startKey key: Data, streamTimeout: Duration, hold: Bool = false,
                              restart: @Sendable () throws -> Void,
-                             chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) throws -> Void) async throws -> UInt64 {
+                             chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) async throws -> Void) async throws -> UInt64 {
         var started = false
         var answeredBy: UInt64 = 0
         try await routed(key: key) { kv, context, region in
@@ -356,7 +356,7 @@ public final class FlotillaClient: Sendable {
 
     /// Streams a snapshot a `hold` backup request opened on store `storeID`.
     public func backupHeld(_ heldID: UInt64, storeID: UInt64, regionID: UInt64, streamTimeout: Duration,
-                           chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) throws -> Void) async throws {
+                           chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) async throws -> Void) async throws {
         guard let client = clients.withLock({ $0[storeID] }) else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
         var request = Flotilla_V1_BackupRegionRequest()
         request.heldID = heldID
@@ -366,14 +366,14 @@ public final class FlotillaClient: Sendable {
     }
 
     private static func streamBackup(_ request: Flotilla_V1_BackupRegionRequest, client: GRPCClient<HTTP2ClientTransport.Posix>, timeout: Duration,
-                                     regionID: UInt64, chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) throws -> Void) async throws -> Flotilla_V1_Error? {
+                                     regionID: UInt64, chunk: @escaping @Sendable (Flotilla_V1_BackupChunk) async throws -> Void) async throws -> Flotilla_V1_Error? {
         var options = CallOptions.defaults
         options.timeout = timeout
         return try await Flotilla_V1_StoreAdmin.Client(wrapping: client).backupRegion(request, options: options) { response in
             var complete = false
             for try await message in response.messages {
                 if message.hasError { return message.error }
-                try chunk(message)
+                try await chunk(message)
                 if message.last || message.heldID != 0 { complete = true }
             }
             guard complete else { throw FlotillaClientError.unavailable("region \(regionID): the backup stream ended early") }

@@ -125,18 +125,39 @@ enum BackupFiles {
     /// Reads an SST file's pairs in order (RocksDB's C API has no SST reader: the file is
     /// ingested into a scratch database under `scratch`, which is removed afterwards).
     static func forEachPair(in path: String, scratch: String, _ body: ([UInt8], [UInt8]) throws -> Void) throws {
-        let directory = scratch + "/read-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let db = try Database(path: directory)
-        try db.ingestExternalFiles([path])
-        let iterator = db.makeIterator()
-        iterator.seekToFirst()
-        while iterator.isValid {
-            try body(iterator.key, iterator.value)
-            iterator.next()
-        }
-        try iterator.checkError()
+        let reader = try SSTReader(path: path, scratch: scratch)
+        while let pair = try reader.next() { try body(pair.key, pair.value) }
     }
+}
+
+/// An SST file's pairs, one at a time, through a scratch database (removed when the reader
+/// goes away).
+final class SSTReader {
+    private let directory: String
+    private let db: Database
+    private let iterator: RocksDB.Iterator
+    private var started = false
+
+    init(path: String, scratch: String) throws {
+        directory = scratch + "/read-\(UUID().uuidString)"
+        db = try Database(path: directory)
+        try db.ingestExternalFiles([path])
+        iterator = db.makeIterator()
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
+
+    func next() throws -> (key: [UInt8], value: [UInt8])? {
+        if started { iterator.next() } else { iterator.seekToFirst(); started = true }
+        guard iterator.isValid else {
+            try iterator.checkError()
+            return nil
+        }
+        return (iterator.key, iterator.value)
+    }
+}
+
+extension BackupFiles {
 
     /// Re-reads every file of a region against the manifest: size, SHA-256, then its pairs
     /// against the store's stream checksum and count. Returns the problems found.
@@ -211,10 +232,13 @@ struct Backup: AsyncParsableCommand {
         var consistent = false
         @Option(name: .customLong("fence-ms"), help: "With --consistent: the longest writes may be held, in milliseconds (1 to 60000).")
         var fenceMilliseconds: UInt32 = 10_000
+        @Option(name: .customLong("rate-limit-mb"), help: "Read at most this many MB per second over all regions (0: no limit), to spare the cluster's clients.")
+        var rateLimitMegabytes = 0
 
         func validate() throws {
             guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency must be 1 to 64") }
             guard (1...WriteFence.holdMillisecondsMax).contains(fenceMilliseconds) else { throw ValidationError("--fence-ms must be 1 to \(WriteFence.holdMillisecondsMax)") }
+            guard (0...100_000).contains(rateLimitMegabytes) else { throw ValidationError("--rate-limit-mb must be 0 to 100000") }
         }
 
         static func report(_ entry: BackupManifest.RegionEntry, _ count: Int) {
@@ -273,7 +297,7 @@ struct Backup: AsyncParsableCommand {
         /// the fence lifted, then the held snapshots streamed. Fails, writing no manifest, when
         /// a fence lapsed or a store restarted meanwhile.
         func consistentCut(_ listed: [Flotilla_V1_Region], client: FlotillaClient,
-                           directory: String) async throws -> ([BackupManifest.RegionEntry], UInt64) {
+                           directory: String, limiter: ByteRateLimiter) async throws -> ([BackupManifest.RegionEntry], UInt64) {
             let stores = try await options.withPD { try await $0.stores(excludeTombstones: true) }
             if let absent = stores.first(where: { $0.liveness != .up }) {
                 fail("store \(absent.store.id) is not up: a consistent backup needs every store (drain or repair it first)")
@@ -323,17 +347,19 @@ struct Backup: AsyncParsableCommand {
             print("writes held for \(heldMilliseconds) ms while \(held.count) region snapshots opened")
             let entries = try await cover(held.map(\.region), span: \.span) { region in
                 guard let one = held.first(where: { $0.region.id == region.id }) else { throw BackupError("region \(region.id) was not held") }
-                return try await Self.streamHeld(one, client: client, into: directory)
+                return try await Self.streamHeld(one, client: client, into: directory, limiter: limiter)
             } progress: { entry, count in Self.report(entry, count) }
             return (entries, heldMilliseconds)
         }
 
         /// Streams one held snapshot into SST files.
-        static func streamHeld(_ held: HeldRegion, client: FlotillaClient, into directory: String) async throws -> BackupManifest.RegionEntry {
+        static func streamHeld(_ held: HeldRegion, client: FlotillaClient, into directory: String,
+                               limiter: ByteRateLimiter) async throws -> BackupManifest.RegionEntry {
             let started = ContinuousClock.now
             let state = Mutex(RegionBackupState(directory: directory, regionID: held.region.id))
             try await client.backupHeld(held.heldID, storeID: held.storeID, regionID: held.region.id, streamTimeout: .seconds(3600)) { chunk in
                 try state.withLock { try $0.take(chunk) }
+                await limiter.consume(chunk.pairs.reduce(0) { $0 + $1.key.count + $1.value.count })
             }
             let elapsed = ContinuousClock.now - started
             return try state.withLock { try $0.entry(milliseconds: UInt64(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)) }
@@ -358,14 +384,14 @@ struct Backup: AsyncParsableCommand {
             let client = try FlotillaClient(pd: try options.endpoints(), requestTimeout: .milliseconds(options.timeoutMilliseconds))
             let connections = Task { try await client.run() }
             defer { client.close(); connections.cancel() }
-            let timeoutMilliseconds = options.timeoutMilliseconds
+            let limiter = ByteRateLimiter(bytesPerSecond: rateLimitMegabytes * 1_000_000)
             let done: [BackupManifest.RegionEntry]
             var fenceHeldMilliseconds: UInt64?
             if consistent {
-                (done, fenceHeldMilliseconds) = try await consistentCut(listed, client: client, directory: directory)
+                (done, fenceHeldMilliseconds) = try await consistentCut(listed, client: client, directory: directory, limiter: limiter)
             } else {
                 done = try await cover(listed, span: \.span) { region in
-                    try await Self.backUp(region, client: client, into: directory, timeoutMilliseconds: timeoutMilliseconds)
+                    try await Self.backUp(region, client: client, into: directory, limiter: limiter)
                 } progress: { entry, count in Self.report(entry, count) }
             }
             let formatter = ISO8601DateFormatter()
@@ -391,13 +417,14 @@ struct Backup: AsyncParsableCommand {
 
         /// Streams one region from its leader into SST files.
         static func backUp(_ listed: Flotilla_V1_Region, client: FlotillaClient, into directory: String,
-                           timeoutMilliseconds: Int) async throws -> BackupManifest.RegionEntry {
+                           limiter: ByteRateLimiter) async throws -> BackupManifest.RegionEntry {
             let started = ContinuousClock.now
             let state = Mutex(RegionBackupState(directory: directory, regionID: listed.id))
             try await client.backupRegion(listed.id, startKey: listed.startKey, streamTimeout: .seconds(3600), restart: {
                 try state.withLock { try $0.reset() }
             }, chunk: { chunk in
                 try state.withLock { try $0.take(chunk) }
+                await limiter.consume(chunk.pairs.reduce(0) { $0 + $1.key.count + $1.value.count })
             })
             let elapsed = ContinuousClock.now - started
             return try state.withLock { try $0.entry(milliseconds: UInt64(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)) }
@@ -580,6 +607,27 @@ func fail(_ message: String) -> Never {
     fflush(nil)  // what was printed comes first
     FileHandle.standardError.write(Data("flotillactl: \(message)\n".utf8))
     Foundation.exit(1)
+}
+
+/// Bounds the bytes read per second over every region of a backup: each chunk waits until
+/// the bytes before it fit the rate.
+final class ByteRateLimiter: Sendable {
+    private let bytesPerSecond: Int
+    private let next = Mutex<ContinuousClock.Instant>(.now)
+
+    init(bytesPerSecond: Int) { self.bytesPerSecond = bytesPerSecond }
+
+    func consume(_ bytes: Int) async {
+        guard bytesPerSecond > 0 else { return }
+        let cost = Duration.seconds(Double(bytes) / Double(bytesPerSecond))
+        let wait = next.withLock { next -> Duration in
+            let now = ContinuousClock.now
+            let start = max(next, now)
+            next = start + cost
+            return start - now
+        }
+        if wait > .zero { try? await Task.sleep(for: wait) }
+    }
 }
 
 /// What an async body returned or threw.

@@ -86,21 +86,22 @@ struct Restore: AsyncParsableCommand {
     static func load(_ region: BackupManifest.RegionEntry, from directory: String, scratch: String, client: FlotillaClient,
                      batchBytes: Int) async throws -> (UInt64, UInt64) {
         guard let file = region.dataFile else { return (0, 0) }
-        // Read the SST into batches first (bounded by the region's size, at most about the
-        // region split size), then write them in order.
-        var batches: [[(key: Data, value: Data)]] = [[]]
+        // One batch in memory at a time, written before the next is read.
+        let reader = try SSTReader(path: directory + "/" + file.name, scratch: scratch)
+        var batch: [(key: Data, value: Data)] = []
         var batchSize = 0
         var total: UInt64 = 0
-        try BackupFiles.forEachPair(in: directory + "/" + file.name, scratch: scratch) { key, value in
-            if batchSize + key.count + value.count > batchBytes || batches[batches.count - 1].count >= 1_000, !batches[batches.count - 1].isEmpty {
-                batches.append([])
+        while let (key, value) = try reader.next() {
+            if !batch.isEmpty && (batchSize + key.count + value.count > batchBytes || batch.count >= 1_000) {
+                try await client.batchPut(batch)
+                batch = []
                 batchSize = 0
             }
-            batches[batches.count - 1].append((Data(key), Data(value)))
+            batch.append((Data(key), Data(value)))
             batchSize += key.count + value.count
             total += UInt64(key.count + value.count)
         }
-        for batch in batches where !batch.isEmpty { try await client.batchPut(batch) }
+        if !batch.isEmpty { try await client.batchPut(batch) }
         print("region \(region.id): \(file.pairs) keys restored")
         return (file.pairs, total)
     }
