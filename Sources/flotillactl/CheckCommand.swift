@@ -102,7 +102,7 @@ extension Region {
                      "replicas": outcome.region.peers.map { peer -> [String: Any] in
                          switch outcome.replicas[peer.storeID] {
                          case .success(let digest)?:
-                             ["storeId": peer.storeID, "keys": digest.keys, "checksum": String(digest.checksum, radix: 16), "verdict": digest.verdict]
+                             ["storeId": peer.storeID, "keys": digest.keys, "checksum": String(digest.checksum, radix: 16), "verdictVersusLeader": digest.verdict]
                          case .failure(let problem)?: ["storeId": peer.storeID, "error": problem.description]
                          case nil: ["storeId": peer.storeID, "error": "not reached"]
                          }
@@ -115,10 +115,17 @@ extension Region {
                         continue
                     }
                     print("region \(outcome.region.id)  index \(outcome.index)  \(outcome.consistent ? "consistent" : "INCONSISTENT")")
+                    // The checksum most replicas have: the others are the suspects (the
+                    // verdict compares with the leader, which may be the odd one).
+                    let checksums = outcome.replicas.values.compactMap { try? $0.get().checksum }
+                    let majority = Dictionary(grouping: checksums, by: { $0 }).max { $0.value.count < $1.value.count }.flatMap {
+                        $0.value.count * 2 > checksums.count ? $0.key : nil
+                    }
                     for peer in outcome.region.peers {
                         switch outcome.replicas[peer.storeID] {
                         case .success(let digest)?:
-                            print("  store \(peer.storeID)  keys \(digest.keys)  checksum \(String(digest.checksum, radix: 16))  \(digest.verdict)")
+                            let odd = majority.map { $0 != digest.checksum } == true ? "  <- differs from the other replicas" : ""
+                            print("  store \(peer.storeID)  keys \(digest.keys)  checksum \(String(digest.checksum, radix: 16))  \(digest.verdict) (vs leader)\(odd)")
                         case .failure(let problem)?: print("  store \(peer.storeID)  \(problem)")
                         case nil: print("  store \(peer.storeID)  not reached")
                         }
@@ -127,6 +134,7 @@ extension Region {
             }
             let bad = outcomes.filter { !$0.consistent }
             if !bad.isEmpty {
+                fflush(nil)  // the table first
                 FileHandle.standardError.write(Data("flotillactl: \(bad.count) of \(outcomes.count) region(s) not proven consistent: \(bad.map { "\($0.region.id)" }.joined(separator: ","))\n".utf8))
                 throw ExitCode(1)
             }
