@@ -16,7 +16,7 @@ public enum PDClientError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .unavailable(let endpoints, let last):
-            "no PD leader reachable at \(endpoints.joined(separator: ", ")) (last error: \(last))"
+            "no PD leader reachable at \(endpoints.joined(separator: ", ")): check --pd / FLOTILLA_PD and that PD runs (last error: \(last))"
         case .refused(let error): "PD refused: \(error.message)"
         case .badEndpoint(let text): "PD endpoint '\(text)' is not host:port"
         }

@@ -1373,11 +1373,34 @@ public nonisolated struct Flotilla_V1_StoreStatus: @unchecked Sendable {
     set {_uniqueStorage()._consistencyMismatches = newValue}
   }
 
+  /// Snapshots being received now.
+  public var snapshotsReceiving: [Flotilla_V1_SnapshotProgress] {
+    get {_storage._snapshotsReceiving}
+    set {_uniqueStorage()._snapshotsReceiving = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// A region snapshot a store is receiving: bytes of keys and values so far.
+public nonisolated struct Flotilla_V1_SnapshotProgress: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var regionID: UInt64 = 0
+
+  public var bytes: UInt64 = 0
+
+  public var elapsedMs: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Splits a region at once through its leader (a store joined through PD: the new regions'
@@ -3732,7 +3755,7 @@ nonisolated extension Flotilla_V1_ConfChangeRecord: SwiftProtobuf.Message, Swift
 
 nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0\u{3}raft_frames_sent\0\u{3}raft_frames_received\0\u{3}raft_messages_dropped\0\u{1}digest\0\u{3}consistency_mismatches\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0\u{3}raft_frames_sent\0\u{3}raft_frames_received\0\u{3}raft_messages_dropped\0\u{1}digest\0\u{3}consistency_mismatches\0\u{3}snapshots_receiving\0")
 
   fileprivate class _StorageClass {
     var _storeID: UInt64 = 0
@@ -3753,6 +3776,7 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
     var _raftMessagesDropped: UInt64 = 0
     var _digest: Flotilla_V1_RegionDataDigest? = nil
     var _consistencyMismatches: UInt64 = 0
+    var _snapshotsReceiving: [Flotilla_V1_SnapshotProgress] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3781,6 +3805,7 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
       _raftMessagesDropped = source._raftMessagesDropped
       _digest = source._digest
       _consistencyMismatches = source._consistencyMismatches
+      _snapshotsReceiving = source._snapshotsReceiving
     }
   }
 
@@ -3817,6 +3842,7 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
         case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._raftMessagesDropped) }()
         case 17: try { try decoder.decodeSingularMessageField(value: &_storage._digest) }()
         case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._consistencyMismatches) }()
+        case 19: try { try decoder.decodeRepeatedMessageField(value: &_storage._snapshotsReceiving) }()
         default: break
         }
       }
@@ -3883,6 +3909,9 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
       if _storage._consistencyMismatches != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._consistencyMismatches, fieldNumber: 18)
       }
+      if !_storage._snapshotsReceiving.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._snapshotsReceiving, fieldNumber: 19)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3910,10 +3939,51 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
         if _storage._raftMessagesDropped != rhs_storage._raftMessagesDropped {return false}
         if _storage._digest != rhs_storage._digest {return false}
         if _storage._consistencyMismatches != rhs_storage._consistencyMismatches {return false}
+        if _storage._snapshotsReceiving != rhs_storage._snapshotsReceiving {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_SnapshotProgress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SnapshotProgress"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}bytes\0\u{3}elapsed_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.regionID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.elapsedMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.regionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.regionID, fieldNumber: 1)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 2)
+    }
+    if self.elapsedMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.elapsedMs, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_SnapshotProgress, rhs: Flotilla_V1_SnapshotProgress) -> Bool {
+    if lhs.regionID != rhs.regionID {return false}
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs.elapsedMs != rhs.elapsedMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

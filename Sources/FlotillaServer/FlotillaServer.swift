@@ -287,7 +287,7 @@ public final class FlotillaServer: Sendable {
             SnapshotTransferService(storeID: storeID, knownStores: knownStores,
                                     driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory,
                                     secret: settings.clusterSecret ?? [], receiving: snapshotsReceiving),
-            StoreAdminService(driver: driver, snapshotSender: snapshotSender, agent: agent),
+            StoreAdminService(driver: driver, snapshotSender: snapshotSender, agent: agent, snapshotsReceiving: snapshotsReceiving),
         ])
     }
 
@@ -382,6 +382,8 @@ struct StoreAdminService: Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
     let snapshotSender: SnapshotSender
     /// The store's PD agent (nil on a static cluster, which cannot split: ids come from PD).
     let agent: PDStoreAgent?
+    /// Snapshots this store is receiving (their progress is in the status).
+    let snapshotsReceiving: SnapshotReceiveCount
     /// Backup snapshots opened under a write fence, streamed later.
     let heldBackups = HeldBackups()
 
@@ -481,6 +483,7 @@ struct StoreAdminService: Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
         switch await driver.status(includeRegions: request.includeRegions) {
         case .success(var status):
             status.snapshotsSent = UInt64(snapshotSender.sentCount.load(ordering: .relaxed))
+            status.snapshotsReceiving = snapshotsReceiving.inFlight
             let regionID = request.digestRegionID
             if regionID != 0, let digest = await driver.perform({ core, _ in try? core.regionDigest(regionID) }) ?? nil {
                 status.digest.regionID = regionID

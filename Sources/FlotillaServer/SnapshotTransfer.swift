@@ -13,8 +13,31 @@ import Synchronization
 /// Snapshots a store is receiving now (reported in its store heartbeats).
 public final class SnapshotReceiveCount: Sendable {
     let value = Atomic<Int>(0)
+    /// Bytes received so far per region, and since when (for progress in the store status).
+    private let progress = Mutex<[UInt64: (bytes: UInt64, since: ContinuousClock.Instant)]>([:])
     public init() {}
     public var current: Int { value.load(ordering: .relaxed) }
+
+    func received(_ bytes: Int, regionID: UInt64) {
+        progress.withLock { $0[regionID, default: (0, .now)].bytes += UInt64(bytes) }
+    }
+
+    func ended(regionID: UInt64) { _ = progress.withLock { $0.removeValue(forKey: regionID) } }
+
+    /// The snapshots being received now, by region.
+    var inFlight: [Flotilla_V1_SnapshotProgress] {
+        let now = ContinuousClock.now
+        return progress.withLock { progress in
+            progress.sorted { $0.key < $1.key }.map { regionID, entry in
+                var item = Flotilla_V1_SnapshotProgress()
+                item.regionID = regionID
+                item.bytes = entry.bytes
+                let elapsed = now - entry.since
+                item.elapsedMs = UInt64(max(0, elapsed.components.seconds * 1_000 + elapsed.components.attoseconds / 1_000_000_000_000_000))
+                return item
+            }
+        }
+    }
 }
 
 public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServiceProtocol {
@@ -56,12 +79,15 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
         defer { receiving.value.subtract(1, ordering: .relaxed) }
         var builder: SnapshotBuilder?
         var authenticator = SnapshotAuthenticator(secret: secret)
+        var regionID: UInt64?
+        defer { if let regionID { receiving.ended(regionID: regionID) } }
         do {
             // SST files are written on NIO's blocking-I/O pool, never on an event loop.
             for try await chunk in request {
                 try authenticator.verify(chunk, first: builder == nil)
-                if let builder {
+                if let builder, let regionID {
                     try await NIOThreadPool.singleton.runIfActive { try builder.add(chunk) }
+                    receiving.received(chunk.pairs.reduce(0) { $0 + $1.key.count + $1.value.count }, regionID: regionID)
                     continue
                 }
                 let header = chunk.message
@@ -70,6 +96,8 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
                 }
                 let directory = snapshotDirectory
                 builder = try await NIOThreadPool.singleton.runIfActive { try SnapshotBuilder(firstChunk: chunk, stagingDirectory: directory) }
+                regionID = header.regionID
+                receiving.received(chunk.pairs.reduce(0) { $0 + $1.key.count + $1.value.count }, regionID: header.regionID)
             }
             guard let builder else { throw SnapshotTransferError(reason: "empty stream") }
             let received = try await NIOThreadPool.singleton.runIfActive { try builder.finish() }

@@ -26,8 +26,8 @@ public enum PDFailure: Error, Equatable, Sendable, CustomStringConvertible {
             "cluster id \(got) is not this PD's cluster (\(expected))"
         case .notBootstrapped: "the cluster is not bootstrapped yet"
         case .alreadyBootstrapped: "the cluster is already bootstrapped"
-        case .unknownStore(let id): "store \(id) is not known to PD"
-        case .unknownRegion(let id): "region \(id) is not known to PD"
+        case .unknownStore(let id): "store \(id) is not known to PD (the stores: flotillactl store list)"
+        case .unknownRegion(let id): "region \(id) is not known to PD (the regions: flotillactl region list, or region find KEY)"
         case .addressInUse(let address, let storeID): "address \(address) is already used by store \(storeID)"
         case .staleRegion(let current):
             "the region is older than PD's (region \(current.id) at version \(current.epoch.version), conf_ver \(current.epoch.confVer))"

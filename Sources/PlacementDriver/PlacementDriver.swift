@@ -439,10 +439,10 @@ public struct PlacementDriver: Sendable {
             steps = [.splitRegion(keys: split.splitKeys)]
         case .movePeer(let move):
             guard let leaving = region.peers.first(where: { $0.storeID == move.fromStoreID }) else {
-                throw .invalidArgument("region \(region.id) has no peer on store \(move.fromStoreID)")
+                throw .invalidArgument("region \(region.id) has no peer on store \(move.fromStoreID): --from must be one of its stores (\(region.peers.map { String($0.storeID) }.joined(separator: ",")))")
             }
             guard !region.peers.contains(where: { $0.storeID == move.toStoreID }) else {
-                throw .invalidArgument("region \(region.id) already has a peer on store \(move.toStoreID)")
+                throw .invalidArgument("region \(region.id) already has a peer on store \(move.toStoreID): --to must be a store without one")
             }
             guard let target = state.stores[move.toStoreID] else { throw .unknownStore(move.toStoreID) }
             guard target.state == .up else { throw .invalidArgument("store \(move.toStoreID) is \(target.state == .offline ? "draining (offline)" : "removed (tombstone)") and takes no replicas") }

@@ -56,15 +56,7 @@ extension StoreCore {
         try admitRequest()
         var batch = Flotilla_V1_CommandBatch()
         batch.consistencyCheck = command
-        let data: [UInt8]
-        do { data = try batch.serializedBytes() } catch {
-            throw .invalidArgument(field: "consistency_check", reason: "cannot be encoded: \(error)")
-        }
-        proposeQueuedWrites(peer)
-        let index: UInt64
-        do { index = try peer.raft.propose(data) } catch { throw mapRaftError(error, peer: peer) }
-        touchedRegions.insert(peer.region.id)
-        return trackWrite(peer: peer, index: index)
+        return try proposeAdministrative(batch, peer: peer, field: "consistency_check")
     }
 
     /// Records the digest a check task computed. When this replica leads the region, returns

@@ -44,15 +44,20 @@ extension StoreCore {
         try admitRequest()
         var batch = Flotilla_V1_CommandBatch()
         batch.split = split
+        return try proposeAdministrative(batch, peer: peer, field: "split")
+    }
+
+    /// Proposes an administrative entry (alone in its entry) for a region led here, after the
+    /// writes accepted before it; completes like a write once applied.
+    func proposeAdministrative(_ batch: Flotilla_V1_CommandBatch, peer: RegionPeer, field: String) throws(StoreRequestError) -> ProposalID {
         let data: [UInt8]
         do { data = try batch.serializedBytes() } catch {
-            throw .invalidArgument(field: "split", reason: "cannot be encoded: \(error)")
+            throw .invalidArgument(field: field, reason: "cannot be encoded: \(error)")
         }
-        // Writes accepted before the split are proposed before it.
         proposeQueuedWrites(peer)
         let index: UInt64
         do { index = try peer.raft.propose(data) } catch { throw mapRaftError(error, peer: peer) }
-        touchedRegions.insert(regionID)
+        touchedRegions.insert(peer.region.id)
         return trackWrite(peer: peer, index: index)
     }
 

@@ -37,6 +37,11 @@ struct OperatorCommand: AsyncParsableCommand {
     /// succeeded.
     static func follow(_ id: UInt64, options: Region.Options) async throws {
         var shownStep = -1
+        // For a step adding a learner: the store receiving its snapshot, asked for progress.
+        let stores = try FlotillaClient(pd: try options.endpoints(), requestTimeout: .seconds(2))
+        let connections = Task { try await stores.run() }
+        defer { stores.close(); connections.cancel() }
+        var lastSnapshotLine = ContinuousClock.now - .seconds(10)
         while true {
             let found = try await options.withPD { client in try await client.operators(includeHistory: true).first { $0.id == id } }
             guard let op = found else {
@@ -47,12 +52,31 @@ struct OperatorCommand: AsyncParsableCommand {
                 shownStep = Int(op.currentStep)
                 print("step \(shownStep + 1) of \(op.steps.count): \(Self.describe(op.steps[shownStep]))")
             }
+            if op.status == .running, Int(op.currentStep) < op.steps.count, let target = Self.learnerStore(op.steps[Int(op.currentStep)]),
+               ContinuousClock.now - lastSnapshotLine >= .seconds(1) {
+                try? await stores.discoverStores()
+                if let progress = (try? await stores.storeStatus(target))?.snapshotsReceiving.first(where: { $0.regionID == op.regionID }) {
+                    let megabytes = Double(progress.bytes) / 1e6
+                    let rate = progress.elapsedMs > 0 ? megabytes / (Double(progress.elapsedMs) / 1000) : 0
+                    print(String(format: "  snapshot to store %llu: %.1f MB received (%.1f MB/s)", target, megabytes, rate))
+                    lastSnapshotLine = ContinuousClock.now
+                }
+            }
             if op.status != .running {
                 print(line(op))
                 if op.status != .succeeded { throw ExitCode(1) }
                 return
             }
             try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
+    /// The store a step adds a learner on (which then receives a snapshot), if any.
+    static func learnerStore(_ step: Flotilla_V1_OperatorStep) -> UInt64? {
+        switch step.step {
+        case .changePeer(let change) where change.kind == .addLearner: change.peer.storeID
+        case .changePeers(let changes): changes.changes.first { $0.kind == .addLearner }?.peer.storeID
+        default: nil
         }
     }
 

@@ -41,10 +41,11 @@ final class LocalCluster {
 
     /// Runs a binary to its end as a user would; returns its exit status and its output
     /// (stdout and stderr together).
-    static func runToEnd(_ binary: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    static func runToEnd(_ binary: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output

@@ -17,17 +17,7 @@ struct OperationsEndToEndTests {
 
     /// Runs an `ops/` script (through bash) to its end.
     static func ops(_ script: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [repository + "/ops/" + script] + arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, text)
+        try LocalCluster.runToEnd("/bin/bash", [repository + "/ops/" + script] + arguments, environment: environment)
     }
 
     /// A cluster under `ops/cluster` in its own directory, stopped (and removed) at the end.

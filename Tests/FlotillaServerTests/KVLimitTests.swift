@@ -124,3 +124,19 @@ struct WriteFenceTests {
         #expect(fence.refusal() == nil)
     }
 }
+
+/// Progress of snapshots being received, as a store's status reports it.
+@Suite("Store: snapshot receive progress")
+struct SnapshotProgressTests {
+    @Test func bytesAreCountedPerRegionUntilTheStreamEnds() {
+        let receiving = SnapshotReceiveCount()
+        #expect(receiving.inFlight.isEmpty)
+        receiving.received(1_000, regionID: 7)
+        receiving.received(500, regionID: 7)
+        receiving.received(10, regionID: 3)
+        #expect(receiving.inFlight.map(\.regionID) == [3, 7])
+        #expect(receiving.inFlight.first { $0.regionID == 7 }?.bytes == 1_500)
+        receiving.ended(regionID: 7)
+        #expect(receiving.inFlight.map(\.regionID) == [3])
+    }
+}
