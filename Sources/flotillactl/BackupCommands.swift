@@ -56,13 +56,34 @@ struct BackupManifest: Codable {
     var totalBytes: UInt64 { regions.reduce(0) { $0 + ($1.dataFile?.bytes ?? 0) + ($1.sessionsFile?.bytes ?? 0) } }
     var totalKeys: UInt64 { regions.reduce(0) { $0 + ($1.dataFile?.pairs ?? 0) } }
 
+    /// Bytes of a manifest read back (about 1 KiB per region: room for 65,536 regions).
+    static let manifestBytesMax = 64 << 20
+
+    /// The manifest of a backup directory, checked (nil: the backup is incomplete). A manifest
+    /// is input like any file: its size is bounded, its keys must decode, and its file names
+    /// must be the plain names a backup writes (never a path out of the directory).
     static func load(_ directory: String) throws -> BackupManifest? {
         let path = directory + "/" + fileName
         guard FileManager.default.fileExists(atPath: path) else { return nil }
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        let manifest = try JSONDecoder().decode(BackupManifest.self, from: data)
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw BackupError("\(path) cannot be read") }
+        defer { try? handle.close() }
+        let data = try handle.read(upToCount: manifestBytesMax + 1) ?? Data()
+        guard data.count <= manifestBytesMax else { throw BackupError("\(path) is larger than \(manifestBytesMax) bytes: not a manifest") }
+        let manifest: BackupManifest
+        do { manifest = try JSONDecoder().decode(BackupManifest.self, from: data) } catch {
+            throw BackupError("\(path) is not a backup manifest: \(error)")
+        }
         guard manifest.formatVersion == formatVersion else {
             throw BackupError("\(path): format version \(manifest.formatVersion), this flotillactl reads \(formatVersion)")
+        }
+        for region in manifest.regions {
+            guard Data(base64Encoded: region.startKey) != nil, Data(base64Encoded: region.endKey) != nil else {
+                throw BackupError("\(path): region \(region.id) has a key that is not base64")
+            }
+            for file in [region.dataFile, region.sessionsFile].compactMap({ $0 }) {
+                let expected = ["region-\(region.id).data.sst", "region-\(region.id).sessions.sst"]
+                guard expected.contains(file.name) else { throw BackupError("\(path): region \(region.id) names a file \(file.name.prefix(80)) a backup never writes") }
+            }
         }
         return manifest
     }

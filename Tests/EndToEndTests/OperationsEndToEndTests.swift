@@ -277,7 +277,7 @@ struct OperationsEndToEndTests {
         // A corrupted, a truncated and a missing file: verify and restore refuse (restore
         // before it writes anything).
         let restored = try ScriptedCluster(pd: 1, stores: 3)
-        for damage in ["corrupt", "truncate", "remove"] {
+        for damage in ["corrupt", "truncate", "remove", "escape"] {
             let copy = root + "/damaged-\(damage)"
             try FileManager.default.copyItem(atPath: backup, toPath: copy)
             let file = try #require(try FileManager.default.contentsOfDirectory(atPath: copy).sorted().first { $0.hasSuffix(".data.sst") })
@@ -291,12 +291,17 @@ struct OperationsEndToEndTests {
                 try handle.write(contentsOf: Data([byte[0] ^ 0xFF]))
                 try handle.close()
             case "truncate": try #require(truncate(path, 100) == 0)
-            default: try FileManager.default.removeItem(atPath: path)
+            case "remove": try FileManager.default.removeItem(atPath: path)
+            default:
+                // A manifest naming a file outside the backup directory.
+                let manifest = copy + "/manifest.json"
+                let text = try String(contentsOfFile: manifest, encoding: .utf8).replacingOccurrences(of: "\"\(file)\"", with: "\"..\\/..\\/etc\\/passwd\"")
+                try text.write(toFile: manifest, atomically: true, encoding: .utf8)
             }
             let verified = try LocalCluster.runToEnd(Self.ctl, ["backup", "verify", copy])
-            #expect(verified.status == 1 && verified.output.contains(file), "\(damage): \(verified)")
+            #expect(verified.status == 1 && verified.output.contains(damage == "escape" ? "never writes" : file), "\(damage): \(verified)")
             let refused = try LocalCluster.runToEnd(Self.ctl, ["restore", "--from", copy, "--pd", restored.endpoints])
-            #expect(refused.status == 1 && refused.output.contains("did not verify"), "\(damage): \(refused)")
+            #expect(refused.status == 1 && refused.output.contains(damage == "escape" ? "never writes" : "did not verify"), "\(damage): \(refused)")
         }
 
         // Restore into the fresh cluster: the same data; a second restore is refused.
