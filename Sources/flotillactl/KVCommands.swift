@@ -1,5 +1,6 @@
 import ArgumentParser
 import FlotillaClient
+import FlotillaProto
 import FlotillaServer
 import Foundation
 
@@ -121,34 +122,60 @@ struct Status: AsyncParsableCommand {
     @OptionGroup var connection: KV.Connection
     @Flag(help: "Also list every region's role, term, applied index and log bounds.")
     var regions = false
+    @Flag(name: .customLong("json"), help: "A JSON array: one object per store.")
+    var json = false
 
     func run() async throws {
         let includeRegions = regions
-        let lines = try await connection.withClient { client in
-            var lines: [String] = []
+        let statuses = try await connection.withClient { client -> [(UInt64, Result<Flotilla_V1_StoreStatus, Error>)] in
             try await client.discoverStores()
+            var statuses: [(UInt64, Result<Flotilla_V1_StoreStatus, Error>)] = []
             for storeID in client.storeIDs {
-                do {
-                    let status = try await client.storeStatus(storeID, includeRegions: includeRegions)
-                    let perBatch = status.logSyncs == 0 ? 0 : Double(status.regionsInLogBatches) / Double(status.logSyncs)
-                    lines.append("store \(storeID): regions \(status.regions) leaders \(status.leaders) turns \(status.turns) "
-                                 + "log_syncs \(status.logSyncs) regions_per_batch \(String(format: "%.1f", perBatch)) "
-                                 + "entries_applied \(status.entriesApplied) snapshots sent/received/installed "
-                                 + "\(status.snapshotsSent)/\(status.snapshotsReceived)/\(status.snapshotsInstalled) "
-                                 + "logs_truncated \(status.logsTruncated) pending \(status.pendingRequests) "
-                                 + "raft frames sent/received \(status.raftFramesSent)/\(status.raftFramesReceived) "
-                                 + "raft_messages_dropped \(status.raftMessagesDropped)")
-                    for region in status.regionStatus {
-                        lines.append("  region \(region.regionID): \(region.role), leader peer \(region.leaderPeerID), term \(region.term), "
-                                     + "applied \(region.appliedIndex), log [\(region.firstLogIndex), \(region.lastLogIndex)]")
-                    }
-                } catch {
-                    lines.append("store \(storeID): \(error)")
+                do { statuses.append((storeID, .success(try await client.storeStatus(storeID, includeRegions: includeRegions)))) } catch {
+                    statuses.append((storeID, .failure(error)))
                 }
             }
-            return lines
+            return statuses
         }
-        for line in lines { print(line) }
+        if json {
+            let objects = statuses.map { storeID, result -> [String: Any] in
+                guard case .success(let status) = result else {
+                    return ["storeId": storeID, "error": "\(result)"]
+                }
+                return ["storeId": storeID, "regions": status.regions, "leaders": status.leaders, "turns": status.turns,
+                        "logSyncs": status.logSyncs, "regionsInLogBatches": status.regionsInLogBatches, "entriesApplied": status.entriesApplied,
+                        "snapshotsSent": status.snapshotsSent, "snapshotsReceived": status.snapshotsReceived,
+                        "snapshotsInstalled": status.snapshotsInstalled, "logsTruncated": status.logsTruncated,
+                        "pendingRequests": status.pendingRequests, "raftFramesSent": status.raftFramesSent,
+                        "raftFramesReceived": status.raftFramesReceived, "raftMessagesDropped": status.raftMessagesDropped,
+                        "consistencyMismatches": status.consistencyMismatches,
+                        "regionStatus": status.regionStatus.map { region -> [String: Any] in
+                            ["regionId": region.regionID, "role": region.role, "leaderPeerId": region.leaderPeerID, "term": region.term,
+                             "appliedIndex": region.appliedIndex, "firstLogIndex": region.firstLogIndex, "lastLogIndex": region.lastLogIndex]
+                        }]
+            }
+            let data = try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        for (storeID, result) in statuses {
+            switch result {
+            case .failure(let error): print("store \(storeID): \(error)")
+            case .success(let status):
+                let perBatch = status.logSyncs == 0 ? 0 : Double(status.regionsInLogBatches) / Double(status.logSyncs)
+                print("store \(storeID): regions \(status.regions) leaders \(status.leaders) turns \(status.turns) "
+                      + "log_syncs \(status.logSyncs) regions_per_batch \(String(format: "%.1f", perBatch)) "
+                      + "entries_applied \(status.entriesApplied) snapshots sent/received/installed "
+                      + "\(status.snapshotsSent)/\(status.snapshotsReceived)/\(status.snapshotsInstalled) "
+                      + "logs_truncated \(status.logsTruncated) pending \(status.pendingRequests) "
+                      + "raft frames sent/received \(status.raftFramesSent)/\(status.raftFramesReceived) "
+                      + "raft_messages_dropped \(status.raftMessagesDropped)")
+                for region in status.regionStatus {
+                    print("  region \(region.regionID): \(region.role), leader peer \(region.leaderPeerID), term \(region.term), "
+                          + "applied \(region.appliedIndex), log [\(region.firstLogIndex), \(region.lastLogIndex)]")
+                }
+            }
+        }
     }
 }
 

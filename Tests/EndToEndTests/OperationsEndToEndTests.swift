@@ -220,6 +220,8 @@ struct OperationsEndToEndTests {
         #expect(try source.ctl(["region", "find", "zz", "--hex"]).status == 2)
         let base64 = try source.ctl(["region", "find", Data("w02-001".utf8).base64EncodedString(), "--base64"])
         #expect(base64.status == 0 && base64.output.contains("region \(regionID) "), "\(base64)")
+        let storeStatuses = try #require(try source.json(["status", "--regions"]) as? [[String: Any]])
+        #expect(storeStatuses.count == 4 && storeStatuses.allSatisfy { $0["storeId"] is UInt64 && $0["regionStatus"] is [Any] }, "\(storeStatuses)")
         let completion = try LocalCluster.runToEnd(Self.ctl, ["--generate-completion-script", "bash"])
         #expect(completion.status == 0 && completion.output.contains("backup"), "\(completion.output.prefix(200))")
 
