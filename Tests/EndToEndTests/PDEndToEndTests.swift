@@ -460,6 +460,8 @@ struct PDProcessTests {
         try await pd.withClient { client in
             #expect(await eventually(seconds: 30) { (try? await client.clusterInfo())?.bootstrapped == true })
         }
+        // Serving (its SIGTERM handler installed): the bootstrap is visible in PD a moment before.
+        #expect(await eventually(seconds: 30) { pd.storeLog(0).contains("serving on") })
         let store = try #require(pd.stores[0])
         kill(store.processIdentifier, SIGTERM)
         let deadline = Date().addingTimeInterval(10)
