@@ -182,8 +182,13 @@ struct OperationsEndToEndTests {
         let firstID = try #require(((try source.json(["region", "list"])) as? [[String: Any]])?.first?["id"] as? UInt64)
         let split = try source.ctl(["region", "split", "\(firstID)", "--at", "w01", "--at", "w02", "--at", "w03", "--json"])
         #expect(split.status == 0, "\(split)")
-        let regions = try #require(try source.json(["region", "list"]) as? [[String: Any]])
-        #expect(Set(regions.compactMap { $0["startKey"] as? String }) == ["", "w01", "w02", "w03"], "\(regions)")
+        // PD learns the new regions from the split leader's next heartbeat, sent at once but
+        // not before the split is answered.
+        var regions: [[String: Any]] = []
+        #expect(await eventually(seconds: 20) {
+            regions = ((try? source.json(["region", "list"])) as? [[String: Any]]) ?? []
+            return Set(regions.compactMap { $0["startKey"] as? String }) == ["", "w01", "w02", "w03"]
+        }, "\(regions)")
         #expect(regions.allSatisfy { ["id", "startKey", "endKey", "epoch", "peers", "leader"].allSatisfy($0.keys.contains) })
 
         // Move a follower's replica of the region holding w02 to the store without one, --wait
