@@ -40,6 +40,17 @@ struct EngineCheckCommandTests {
         #expect(notANumber.output.contains("value-bytes"))
     }
 
+    @Test func backupAndRestoreFlagsOutsideTheirBoundsAreUsageErrors() throws {
+        for (arguments, fragment) in [(["backup", "create", "--to", "/tmp/never", "--concurrency", "0"], "--concurrency must be 1 to 64"),
+                                      (["backup", "create", "--to", "/tmp/never", "--fence-ms", "0"], "--fence-ms must be 1 to 60000"),
+                                      (["backup", "create", "--to", "/tmp/never", "--rate-limit-mb=-1"], "--rate-limit-mb must be 0 to 100000"),
+                                      (["restore", "--from", "/tmp/never", "--batch-bytes", "10"], "--batch-bytes must be 65536 to 4194304"),
+                                      (["region", "find", "x", "--hex", "--base64"], "exclude each other")] {
+            let result = try run(arguments + ["--pd", "127.0.0.1:1"])
+            #expect(result.status == 2 && result.output.contains(fragment), "\(arguments): \(result)")
+        }
+    }
+
     @Test func refusesANonEmptyDataDirectory() throws {
         let directory = TemporaryDirectory("engine-check")
         try FileManager.default.createDirectory(atPath: directory.path, withIntermediateDirectories: true)
