@@ -198,6 +198,19 @@ let package = Package(
             // Optimized even in debug builds: CI's seed budget is spent here.
             swiftSettings: strictSettings + [.unsafeFlags(["-O"])]
         ),
+        // Deterministic simulator of a whole cluster: stores, PD, clients, a nemesis (test support).
+        .target(
+            name: "ClusterSimulation",
+            dependencies: ["RaftStore", "Raft", "RocksDB", "FlotillaProto", "PlacementDriver", "Linearizability"],
+            path: "Tests/ClusterSimulation",
+            // Optimized even in debug builds: CI's seed budget is spent here.
+            swiftSettings: strictSettings + [.unsafeFlags(["-O"])]
+        ),
+        .testTarget(
+            name: "ClusterSimulationTests",
+            dependencies: ["ClusterSimulation"],
+            swiftSettings: strictSettings
+        ),
         // Seeded mutation of valid inputs for the fuzz tests (test support).
         .target(
             name: "FuzzSupport",

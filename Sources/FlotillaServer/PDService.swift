@@ -183,14 +183,7 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
         }
         switch await allocate(request.header, count: needed) {
         case .success(let first):
-            var next = first
-            response.newRegions = (0..<splitCount).map { _ in
-                var ids = Flotilla_V1_SplitRegionIDs()
-                ids.regionID = next
-                ids.peerIds = (1...region.peers.count).map { offset in next + UInt64(offset) }
-                next += UInt64(1 + region.peers.count)
-                return ids
-            }
+            response.newRegions = PlacementDriver.splitRegionIDs(first: first, splitCount: splitCount, peerCount: region.peers.count)
             response.header = header()
         case .failure(let error): response.header = header(error.proto)
         }

@@ -301,27 +301,10 @@ final class PDStoreAgent: Sendable {
             await proposeSplit(region: region, keys: split.splitKeys)
             return
         }
-        guard !changes.isEmpty, changes.count <= PDLimitsOnStore.changesPerStepMax else { return }
-        var proposed: [(kind: ConfChangeKind, peer: Flotilla_V1_Peer)] = []
-        for change in changes {
-            var peer = change.peer
-            switch change.kind {
-            case .addLearner:
-                // The new replica's store must be reachable before it is asked to catch up.
-                guard await resolve(peer.storeID) else { return }
-                peer.role = .learner
-                proposed.append((.addLearner, peer))
-            case .promoteLearner:
-                peer.role = .voter
-                proposed.append((.addVoter, peer))
-            case .demoteVoter:
-                peer.role = .learner
-                proposed.append((.addLearner, peer))
-            case .removePeer:
-                proposed.append((.remove, peer))
-            case .UNRECOGNIZED:
-                return
-            }
+        guard let proposed = StoreCore.membershipChanges(for: changes) else { return }
+        // A new replica's store must be reachable before it is asked to catch up.
+        for change in changes where change.kind == .addLearner {
+            guard await resolve(change.peer.storeID) else { return }
         }
         let asked = proposed
         _ = await driver.perform { core, _ in
@@ -334,12 +317,6 @@ final class PDStoreAgent: Sendable {
             }
         }
     }
-
-    /// A bound on the changes of one step a store carries out (a region has at most 16 peers).
-    private enum PDLimitsOnStore {
-        static let changesPerStepMax = 16
-    }
-
 
     /// Asks PD for the new regions' ids and proposes the split through the region's log
     /// (once per epoch version: PD repeats the step until a heartbeat shows it done; a

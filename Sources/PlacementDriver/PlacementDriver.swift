@@ -460,6 +460,19 @@ public struct PlacementDriver: Sendable {
         return try operators.add(regionID: region.id, origin: "admin", steps: steps, regionVersion: region.epoch.version, nowMs: nowMs)
     }
 
+    /// The ids of a split's new regions laid out from the first of the ids `idsForSplit`
+    /// counted: each new region's id, then one peer id per peer of the region.
+    public static func splitRegionIDs(first: UInt64, splitCount: UInt32, peerCount: Int) -> [Flotilla_V1_SplitRegionIDs] {
+        var next = first
+        return (0..<splitCount).map { _ in
+            var ids = Flotilla_V1_SplitRegionIDs()
+            ids.regionID = next
+            ids.peerIds = (1...max(1, peerCount)).map { offset in next + UInt64(offset) }
+            next += UInt64(1 + max(1, peerCount))
+            return ids
+        }
+    }
+
     /// How many ids a split of `region` into `splitCount` more regions needs (a region id and
     /// one peer id per peer, for each new region), once checked: the region is known here
     /// and not at a newer epoch than the asking leader's.

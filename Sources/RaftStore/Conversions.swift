@@ -90,3 +90,35 @@ extension Flotilla_V1_Region {
     func peer(withID id: UInt64) -> Flotilla_V1_Peer? { peers.first { $0.id == id } }
     func peer(onStore storeID: UInt64) -> Flotilla_V1_Peer? { peers.first { $0.storeID == storeID } }
 }
+
+extension StoreCore {
+    /// A bound on the changes of one PD step a store carries out (a region has at most 16 peers).
+    public static let changesPerStepMax = 16
+
+    /// The Raft membership changes that carry out PD's peer changes (one step: a single
+    /// change, or the changes of one joint configuration), each with the role its peer takes;
+    /// nil when the step is empty, too large, or names a change this store does not know.
+    public static func membershipChanges(for changes: [Flotilla_V1_ChangePeer]) -> [(kind: ConfChangeKind, peer: Flotilla_V1_Peer)]? {
+        guard !changes.isEmpty, changes.count <= changesPerStepMax else { return nil }
+        var proposed: [(kind: ConfChangeKind, peer: Flotilla_V1_Peer)] = []
+        for change in changes {
+            var peer = change.peer
+            switch change.kind {
+            case .addLearner:
+                peer.role = .learner
+                proposed.append((.addLearner, peer))
+            case .promoteLearner:
+                peer.role = .voter
+                proposed.append((.addVoter, peer))
+            case .demoteVoter:
+                peer.role = .learner
+                proposed.append((.addLearner, peer))
+            case .removePeer:
+                proposed.append((.remove, peer))
+            case .UNRECOGNIZED:
+                return nil
+            }
+        }
+        return proposed
+    }
+}

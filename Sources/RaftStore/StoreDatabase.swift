@@ -12,7 +12,8 @@ public enum StoreDatabase {
     public static var options: DatabaseOptions { DatabaseOptions() }
 
     /// Opens (or creates) a store's RocksDB at `path` with its column families.
-    public static func open(path: String) throws(RocksDBError) -> Database {
-        try Database(path: path, columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily], options: options)
+    /// `tuning` overrides the options (simulations keep unsynced writes in RocksDB's buffer).
+    public static func open(path: String, tuning: DatabaseOptions = options) throws(RocksDBError) -> Database {
+        try Database(path: path, columnFamilies: [StoreKeys.raftColumnFamily, StoreKeys.metaColumnFamily], options: tuning)
     }
 }

@@ -35,6 +35,12 @@ public struct DatabaseOptions: Sendable {
     public var maxOpenFiles = -1
     /// Data block size, in bytes.
     public var blockSizeBytes = 16 << 10
+    /// Keep unsynced writes in RocksDB's own buffer until a synced write (or a flush) instead
+    /// of handing each to the OS: the files on disk then hold exactly what a power loss would
+    /// leave. For crash simulations, which copy the files as a crash image; slower otherwise.
+    public var manualWALFlush = false
+    /// Background compactions (off only for simulations that copy the files while open).
+    public var autoCompactions = true
 
     public init() {}
 }
@@ -56,6 +62,8 @@ final class NativeOptions {
         rocksdb_options_set_compression(options, settings.compression.cValue)
         rocksdb_options_set_max_background_jobs(options, Int32(settings.maxBackgroundJobs))
         rocksdb_options_set_max_open_files(options, Int32(settings.maxOpenFiles))
+        rocksdb_options_set_manual_wal_flush(options, settings.manualWALFlush ? 1 : 0)
+        rocksdb_options_set_disable_auto_compactions(options, settings.autoCompactions ? 0 : 1)
 
         tableOptions = rocksdb_block_based_options_create()
         cache = rocksdb_cache_create_lru(settings.blockCacheBytes)
