@@ -524,7 +524,12 @@ extension StoreCore {
             batch.delete(StoreKeys.hardState(region: regionID), in: raftCF)
             batch.delete(StoreKeys.applyState(region: regionID), in: metaCF)
             batch.deleteRange(from: StoreKeys.sessionsStart(region: regionID), to: StoreKeys.sessionsEnd(region: regionID), in: metaCF)
-            batch.deleteRange(from: [UInt8](peer.region.startKey), to: StoreKeys.dataUpperBound(peer.region), in: dataCF)
+            // Only an initialized replica owns a range: an uninitialized one (created by a
+            // leader's message, removed before its snapshot came) has none, and its empty
+            // bounds would name every key on the store (found by the cluster simulation, seed 6).
+            if peer.isInitialized {
+                batch.deleteRange(from: [UInt8](peer.region.startKey), to: StoreKeys.dataUpperBound(peer.region), in: dataCF)
+            }
             try db.write(batch, sync: true)
             output.logSyncs += 1
             if let received = peer.receivedSnapshot { removeStagedSnapshot(received.directory) }

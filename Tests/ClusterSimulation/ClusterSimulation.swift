@@ -449,6 +449,7 @@ public final class ClusterSimulation {
             note("store \(store.id) applied the split of region \(split.parent.id) into \(split.children.map { String($0.id) }.joined(separator: ","))")
         }
         try checkNoOverlap(store)
+        if Self.tracing { traceRegions(store) }
         if (tick + store.id) % options.heartbeatIntervalTicks == 0 || !output.splits.isEmpty { heartbeats(store) }
     }
 
@@ -758,6 +759,7 @@ public final class ClusterSimulation {
             clients[index].lastSeen[operation.key] = nil
         }
         if outcome == nil { report.operationsUnknown += 1 }
+        if Self.tracing { note("client \(index) seq \(operation.sequence) region \(operation.regionID): \(RegisterOperation(client: index, key: operation.key, invokedAt: operation.invokedAt, returnedAt: returnedAt, kind: kind))") }
         history.append(RegisterOperation(client: index, key: operation.key, invokedAt: operation.invokedAt, returnedAt: returnedAt, kind: kind))
         if let healedAt, outcome != nil, operation.startTick >= healedAt {
             switch kind {
@@ -771,6 +773,24 @@ public final class ClusterSimulation {
     }
 
     // MARK: Checks
+
+    private var tracedRegions: [UInt64: [UInt64: String]] = [:]
+
+    /// With tracing on: a store's replicas as they appear, change range or go.
+    private func traceRegions(_ store: SimulatedStore) {
+        guard let core = store.core else { return }
+        var now: [UInt64: String] = [:]
+        for id in core.regionIDs {
+            guard let region = core.region(id) else { continue }
+            now[id] = "[\(Self.text(region.startKey)), \(Self.text(region.endKey))) v\(region.epoch.version) c\(region.epoch.confVer)"
+        }
+        let before = tracedRegions[store.id] ?? [:]
+        for (id, text) in now.sorted(by: { $0.key < $1.key }) where before[id] != text {
+            note("store \(store.id) region \(id) now \(text) applied \(core.raftStatus(id)?.applied ?? 0)")
+        }
+        for id in before.keys.sorted() where now[id] == nil { note("store \(store.id) region \(id) gone") }
+        tracedRegions[store.id] = now
+    }
 
     private func checkNoOverlap(_ store: SimulatedStore) throws {
         guard let core = store.core else { return }
@@ -799,9 +819,20 @@ public final class ClusterSimulation {
         for (regionID, replicas) in digests.sorted(by: { $0.key < $1.key }) {
             let byIndex = Dictionary(grouping: replicas, by: \.digest.appliedIndex)
             for (index, same) in byIndex.sorted(by: { $0.key < $1.key }) where same.contains(where: { $0.digest != same[0].digest }) {
-                throw failure("region \(regionID)'s replicas differ at applied index \(index): " + same.map { "store \($0.store): \($0.digest)" }.joined(separator: "; "))
+                throw failure("region \(regionID)'s replicas differ at applied index \(index): " + same.map { replica in
+                    "store \(replica.store): \(replica.digest) {\(dump(replica.store, regionID))}"
+                }.joined(separator: "; "))
             }
         }
+    }
+
+    /// A replica's pairs, for a failure message.
+    private func dump(_ storeID: UInt64, _ regionID: UInt64) -> String {
+        guard let core = stores[storeID]?.core, let keys = try? core.keys(in: regionID) else { return "?" }
+        return keys.map { key in
+            let value = (try? core.get(Data(key), regionID: regionID)).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self) } ?? "?"
+            return "\(String(decoding: key, as: UTF8.self))=\(value)"
+        }.joined(separator: " ")
     }
 
     /// After the heal, every replica PD's routes list catches up with its region's leader.
@@ -844,7 +875,10 @@ public final class ClusterSimulation {
 
     // MARK: Events
 
+    private static let tracing = ProcessInfo.processInfo.environment["FLOTILLA_CLUSTER_SIM_TRACE"] != nil
+
     private func note(_ event: String) {
+        if Self.tracing { print("[\(tick)] \(event)") }
         events.append("[\(tick)] \(event)")
         if events.count > 400 { events.removeFirst(200) }
     }

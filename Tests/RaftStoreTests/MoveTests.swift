@@ -145,6 +145,38 @@ struct MoveTests {
         #expect(cluster.stores[4]?.regionIDs == [], "and it stays so")
     }
 
+    @Test func destroyingAnUninitializedReplicaLeavesTheStoresOtherDataAlone() throws {
+        // Found by the cluster simulation (seed 6): a replica created by a leader's message and
+        // removed before its snapshot came has no range yet; destroying it deleted the data
+        // range ["", ∞) — every region's data on the store.
+        let cluster = try InProcessCluster(storeCount: 4, splitKeys: ["m"], replicas: 3)
+        try cluster.rounds(40)
+        try writeMany(cluster, prefix: "a", count: 10)
+        try writeMany(cluster, prefix: "n", count: 5)
+        let first = try #require(cluster.region(for: "a")), second = try #require(cluster.region(for: "n"))
+        _ = try addLearner(cluster, region: first, leader: try #require(cluster.leader(of: first.id)))
+        #expect(try cluster.dump(4, region: first).count == 10, "store 4 holds the first region")
+        // Store 4 hears nothing and says nothing while the second region adds a learner there.
+        cluster.holdBack = { destination, message in destination == 4 || message.fromPeer.storeID == 4 }
+        let leader = try #require(cluster.leader(of: second.id))
+        let learner = peer(second.id * 100 + 4, store: 4, .learner)
+        try change(cluster, leader: leader, region: second, [(.addLearner, learner)])
+        try cluster.rounds(5)
+        let append = try #require(cluster.held.first { $0.0 == 4 && $0.1.regionID == second.id }?.1)
+        #expect(cluster.stores[4]?.step(append) == true, "the leader's message creates the replica")
+        #expect(cluster.stores[4]?.raftStatus(second.id) != nil && cluster.stores[4]?.region(second.id) == nil, "uninitialized")
+        _ = try #require(try cluster.stores[leader]?.proposeMembershipChange(regionID: second.id, changes: [(.remove, learner)]))
+        // (Proposal ids are per store, so `completed` is not the signal here: the region is.)
+        for _ in 0..<40 where cluster.stores[leader]?.region(second.id)?.peers.contains(learner) != false { try cluster.round() }
+        let current = try #require(cluster.stores[leader]?.region(second.id))
+        #expect(cluster.stores[4]?.destroyIfRemoved(regionID: second.id, peerID: learner.id, region: current) == true)
+        cluster.holdBack = nil
+        cluster.held = []
+        try cluster.rounds(3)
+        #expect(cluster.stores[4]?.raftStatus(second.id) == nil, "destroyed")
+        #expect(try cluster.dump(4, region: first).count == 10, "the first region's data is intact on store 4")
+    }
+
     @Test func aRegionWhoseLeaderDiesInsideTheJointConfigurationIsLedOutOfIt() throws {
         let cluster = try InProcessCluster(storeCount: 4, splitKeys: [], replicas: 3)
         try cluster.rounds(40)
