@@ -26,7 +26,8 @@ public struct ClusterSimulationOptions: Sendable {
     public var crashProbability = 0.0015
     public var restartTicks: ClosedRange<UInt64> = 5...300
     public var pauseProbability = 0.0008
-    public var pauseTicks: ClosedRange<UInt64> = 5...60
+    public var pauseTicks: ClosedRange<UInt64> = 5...80
+    public var leaderPauseProbability = 0.0015
     public var slowDiskProbability = 0.0008
     public var slowDiskTicks: ClosedRange<UInt64> = 20...300
     public var pdLeaderChangeProbability = 0.0006
@@ -229,6 +230,14 @@ public final class ClusterSimulation {
             store.pausedUntil = tick + random.int(in: options.pauseTicks)
             report.pauses += 1
             note("store \(victim) paused until \(store.pausedUntil)")
+        }
+        // A leader paused (a GC pause, SIGSTOP) while its lease runs: the rest elect another,
+        // and requests queued at the old one are served when it resumes.
+        if random.chance(options.leaderPauseProbability), let info = randomRegion(), info.hasLeader,
+           let store = stores[info.leader.storeID], store.isUp, tick >= store.pausedUntil {
+            store.pausedUntil = tick + random.int(in: options.pauseTicks)
+            report.pauses += 1
+            note("store \(store.id) (leads region \(info.region.id)) paused until \(store.pausedUntil)")
         }
         if random.chance(options.slowDiskProbability), let victim = random.pick(storeIDs), let store = stores[victim], store.isUp {
             store.slowUntil = tick + random.int(in: options.slowDiskTicks)

@@ -8,7 +8,7 @@ import Testing
 /// Set `SWIFT_DETERMINISTIC_HASHING=1` too for a replay step for step (`.ci/run` does).
 @Suite("Whole-cluster simulation with a nemesis")
 struct ClusterSimulationTests {
-    static let defaultSeedCount = 6
+    static let defaultSeedCount = 40
 
     @Test func seededRunsKeepEveryRule() throws {
         let environment = ProcessInfo.processInfo.environment
@@ -20,6 +20,7 @@ struct ClusterSimulationTests {
         var seed = replay ?? first
         var totals = ClusterSimulationReport()
         var runs = 0
+        var failedSeeds: [UInt64] = []
         while true {
             if let seconds {
                 guard ContinuousClock.now - started < .seconds(seconds) else { break }
@@ -27,17 +28,20 @@ struct ClusterSimulationTests {
                 break
             }
             let runStarted = ContinuousClock.now
+            runs += 1
+            defer { seed += 1 }
             do {
                 let report = try ClusterSimulation(seed: seed).run()
                 totals.add(report)
                 print("cluster simulation seed \(seed): \(report.summary) in \(ContinuousClock.now - runStarted)")
             } catch let failure as ClusterSimulationFailure {
                 Issue.record("\(failure)")
-                return
+                failedSeeds.append(seed)
+                // The long mode goes on to find more; a bounded run stops at the first.
+                if seconds == nil { return }
             }
-            runs += 1
-            seed += 1
         }
-        print("cluster simulation: \(runs) seeds from \(replay ?? first) in \(ContinuousClock.now - started): \(totals.summary)")
+        print("cluster simulation: \(runs) seeds from \(replay ?? first) in \(ContinuousClock.now - started): \(totals.summary)"
+              + (failedSeeds.isEmpty ? "" : "; FAILED seeds: \(failedSeeds.map(String.init).joined(separator: ", "))"))
     }
 }
