@@ -395,6 +395,25 @@ public final class FlotillaClient: Sendable {
         return response
     }
 
+    /// Cuts store `storeID`'s Raft links to `cutStoreIDs` (both ways), replacing what was cut
+    /// before; an empty list heals them (`StoreAdmin.InjectFault`; the store must run with
+    /// `--enable-fault-injection`). Returns the stores cut off now.
+    @discardableResult
+    public func injectFault(cutStoreIDs: [UInt64], storeID: UInt64) async throws -> [UInt64] {
+        guard let client = clients.withLock({ $0[storeID] }) else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
+        var request = Flotilla_V1_InjectFaultRequest()
+        request.cutStoreIds = cutStoreIDs
+        var options = CallOptions.defaults
+        options.timeout = requestTimeout
+        options.waitForReady = false
+        let response: Flotilla_V1_InjectFaultResponse
+        do { response = try await Flotilla_V1_StoreAdmin.Client(wrapping: client).injectFault(request, options: options) } catch {
+            throw FlotillaClientError.unavailable("store \(storeID): \(error)")
+        }
+        if response.hasError { throw FlotillaClientError.rejected("store \(storeID): \(response.error.message)") }
+        return response.cutStoreIds
+    }
+
     /// A store's status: counters of its store loop and, with `includeRegions`, the Raft
     /// state of each region it hosts.
     public func storeStatus(_ storeID: UInt64, includeRegions: Bool = false) async throws -> Flotilla_V1_StoreStatus {

@@ -1979,13 +1979,27 @@ public enum Flotilla_V1_StoreAdmin: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "InjectFault" metadata.
+        public enum InjectFault: Sendable {
+            /// Request type for "InjectFault".
+            public typealias Input = Flotilla_V1_InjectFaultRequest
+            /// Response type for "InjectFault".
+            public typealias Output = Flotilla_V1_InjectFaultResponse
+            /// Descriptor for "InjectFault".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "flotilla.v1.StoreAdmin"),
+                method: "InjectFault",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "flotilla.v1.StoreAdmin" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Status.descriptor,
             SplitRegion.descriptor,
             CheckRegion.descriptor,
             BackupRegion.descriptor,
-            FenceWrites.descriptor
+            FenceWrites.descriptor,
+            InjectFault.descriptor
         ]
     }
 }
@@ -2081,6 +2095,24 @@ extension Flotilla_V1_StoreAdmin {
             request: GRPCCore.StreamingServerRequest<Flotilla_V1_WriteFenceRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_WriteFenceResponse>
+
+        /// Handle the "InjectFault" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Fault injection for tests: refused unless the store runs with --enable-fault-injection.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Flotilla_V1_InjectFaultRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Flotilla_V1_InjectFaultResponse` messages.
+        func injectFault(
+            request: GRPCCore.StreamingServerRequest<Flotilla_V1_InjectFaultRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_InjectFaultResponse>
     }
 
     /// Service protocol for the "flotilla.v1.StoreAdmin" service.
@@ -2160,6 +2192,24 @@ extension Flotilla_V1_StoreAdmin {
             request: GRPCCore.ServerRequest<Flotilla_V1_WriteFenceRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_WriteFenceResponse>
+
+        /// Handle the "InjectFault" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Fault injection for tests: refused unless the store runs with --enable-fault-injection.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_InjectFaultRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Flotilla_V1_InjectFaultResponse` message.
+        func injectFault(
+            request: GRPCCore.ServerRequest<Flotilla_V1_InjectFaultRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_InjectFaultResponse>
     }
 
     /// Simple service protocol for the "flotilla.v1.StoreAdmin" service.
@@ -2238,6 +2288,24 @@ extension Flotilla_V1_StoreAdmin {
             request: Flotilla_V1_WriteFenceRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Flotilla_V1_WriteFenceResponse
+
+        /// Handle the "InjectFault" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Fault injection for tests: refused unless the store runs with --enable-fault-injection.
+        ///
+        /// - Parameters:
+        ///   - request: A `Flotilla_V1_InjectFaultRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Flotilla_V1_InjectFaultResponse` to respond with.
+        func injectFault(
+            request: Flotilla_V1_InjectFaultRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Flotilla_V1_InjectFaultResponse
     }
 }
 
@@ -2300,6 +2368,17 @@ extension Flotilla_V1_StoreAdmin.StreamingServiceProtocol {
                 )
             }
         )
+        router.registerHandler(
+            forMethod: Flotilla_V1_StoreAdmin.Method.InjectFault.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_InjectFaultRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_InjectFaultResponse>(),
+            handler: { request, context in
+                try await self.injectFault(
+                    request: request,
+                    context: context
+                )
+            }
+        )
     }
 }
 
@@ -2355,6 +2434,17 @@ extension Flotilla_V1_StoreAdmin.ServiceProtocol {
         context: GRPCCore.ServerContext
     ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_WriteFenceResponse> {
         let response = try await self.fenceWrites(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func injectFault(
+        request: GRPCCore.StreamingServerRequest<Flotilla_V1_InjectFaultRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Flotilla_V1_InjectFaultResponse> {
+        let response = try await self.injectFault(
             request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
@@ -2427,6 +2517,19 @@ extension Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_WriteFenceResponse> {
         return GRPCCore.ServerResponse<Flotilla_V1_WriteFenceResponse>(
             message: try await self.fenceWrites(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func injectFault(
+        request: GRPCCore.ServerRequest<Flotilla_V1_InjectFaultRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Flotilla_V1_InjectFaultResponse> {
+        return GRPCCore.ServerResponse<Flotilla_V1_InjectFaultResponse>(
+            message: try await self.injectFault(
                 request: request.message,
                 context: context
             ),
@@ -2537,6 +2640,29 @@ extension Flotilla_V1_StoreAdmin {
             deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_WriteFenceResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_WriteFenceResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "InjectFault" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Fault injection for tests: refused unless the store runs with --enable-fault-injection.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_InjectFaultRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_InjectFaultRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_InjectFaultResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func injectFault<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_InjectFaultRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_InjectFaultRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_InjectFaultResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_InjectFaultResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -2703,6 +2829,40 @@ extension Flotilla_V1_StoreAdmin {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "InjectFault" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Fault injection for tests: refused unless the store runs with --enable-fault-injection.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Flotilla_V1_InjectFaultRequest` message.
+        ///   - serializer: A serializer for `Flotilla_V1_InjectFaultRequest` messages.
+        ///   - deserializer: A deserializer for `Flotilla_V1_InjectFaultResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func injectFault<Result>(
+            request: GRPCCore.ClientRequest<Flotilla_V1_InjectFaultRequest>,
+            serializer: some GRPCCore.MessageSerializer<Flotilla_V1_InjectFaultRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Flotilla_V1_InjectFaultResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_InjectFaultResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Flotilla_V1_StoreAdmin.Method.InjectFault.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2827,6 +2987,35 @@ extension Flotilla_V1_StoreAdmin.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_WriteFenceRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_WriteFenceResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "InjectFault" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Fault injection for tests: refused unless the store runs with --enable-fault-injection.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Flotilla_V1_InjectFaultRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func injectFault<Result>(
+        request: GRPCCore.ClientRequest<Flotilla_V1_InjectFaultRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_InjectFaultResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.injectFault(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Flotilla_V1_InjectFaultRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Flotilla_V1_InjectFaultResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2973,6 +3162,39 @@ extension Flotilla_V1_StoreAdmin.ClientProtocol {
             metadata: metadata
         )
         return try await self.fenceWrites(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "InjectFault" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Fault injection for tests: refused unless the store runs with --enable-fault-injection.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func injectFault<Result>(
+        _ message: Flotilla_V1_InjectFaultRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Flotilla_V1_InjectFaultResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Flotilla_V1_InjectFaultRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.injectFault(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -1584,6 +1584,46 @@ public nonisolated struct Flotilla_V1_WriteFenceResponse: Sendable {
   fileprivate var _error: Flotilla_V1_Error? = nil
 }
 
+/// Cuts this store's Raft links (both ways: frames to them are not sent, frames from them are
+/// dropped) to the stores named, replacing the set cut before; an empty list heals every link.
+/// For nemesis tests: a store started without --enable-fault-injection refuses it.
+public nonisolated struct Flotilla_V1_InjectFaultRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// At most 1,024 store ids.
+  public var cutStoreIds: [UInt64] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Flotilla_V1_InjectFaultResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var error: Flotilla_V1_Error {
+    get {_error ?? Flotilla_V1_Error()}
+    set {_error = newValue}
+  }
+  /// Returns true if `error` has been explicitly set.
+  public var hasError: Bool {self._error != nil}
+  /// Clears the value of `error`. Subsequent reads from it will return its default value.
+  public mutating func clearError() {self._error = nil}
+
+  /// The stores cut off now.
+  public var cutStoreIds: [UInt64] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _error: Flotilla_V1_Error? = nil
+}
+
 /// One key of a backup: user data, or a client session record (its store key).
 public nonisolated struct Flotilla_V1_BackupPair: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -4263,6 +4303,75 @@ nonisolated extension Flotilla_V1_WriteFenceResponse: SwiftProtobuf.Message, Swi
     if lhs._error != rhs._error {return false}
     if lhs.fenceID != rhs.fenceID {return false}
     if lhs.held != rhs.held {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_InjectFaultRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".InjectFaultRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cut_store_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedUInt64Field(value: &self.cutStoreIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.cutStoreIds.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.cutStoreIds, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_InjectFaultRequest, rhs: Flotilla_V1_InjectFaultRequest) -> Bool {
+    if lhs.cutStoreIds != rhs.cutStoreIds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_InjectFaultResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".InjectFaultResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}error\0\u{3}cut_store_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      case 2: try { try decoder.decodeRepeatedUInt64Field(value: &self.cutStoreIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._error {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.cutStoreIds.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.cutStoreIds, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_InjectFaultResponse, rhs: Flotilla_V1_InjectFaultResponse) -> Bool {
+    if lhs._error != rhs._error {return false}
+    if lhs.cutStoreIds != rhs.cutStoreIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -40,6 +40,11 @@ public struct ServerSettings: Sendable {
     /// file's `secretFile`). Without one, the port is open to anyone who knows the cluster id
     /// and store ids, and a warning says so.
     public var clusterSecret: [UInt8]?
+    /// Client writes are refused (with a "disk full" error) while the data directory's
+    /// filesystem has less free space than this; 0 turns the guard off.
+    public var diskReserveBytes: UInt64 = 128 << 20
+    /// Honour `StoreAdmin.InjectFault` (nemesis tests only; refused otherwise).
+    public var faultInjectionEnabled = false
 
     public init(storeID: UInt64, cluster: ClusterFile, dataDirectory: String) {
         self.storeID = storeID
@@ -265,7 +270,8 @@ public final class FlotillaServer: Sendable {
                                             secret: settings.clusterSecret ?? [], logger: logger)
         let driver = StoreDriver(core: core, network: network, tickInterval: settings.tickInterval,
                                  tickCatchUpMax: 2 * settings.electionTimeoutTicks + 1, logger: logger, onFailure: onFailure,
-                                 snapshots: snapshotSender)
+                                 snapshots: snapshotSender,
+                                 diskGuard: DiskSpaceGuard(path: settings.dataDirectory, reserveBytes: settings.diskReserveBytes))
         self.driver = driver
         let snapshotsReceiving = SnapshotReceiveCount()
         agent = pd.map { PDStoreAgent(link: $0, driver: driver, snapshotSender: snapshotSender, logger: logger, dataDirectory: settings.dataDirectory,
@@ -287,7 +293,8 @@ public final class FlotillaServer: Sendable {
             SnapshotTransferService(storeID: storeID, knownStores: knownStores,
                                     driver: driver, logger: logger, snapshotDirectory: storeSettings.snapshotDirectory,
                                     secret: settings.clusterSecret ?? [], receiving: snapshotsReceiving),
-            StoreAdminService(driver: driver, snapshotSender: snapshotSender, agent: agent, snapshotsReceiving: snapshotsReceiving),
+            StoreAdminService(driver: driver, snapshotSender: snapshotSender, agent: agent, snapshotsReceiving: snapshotsReceiving,
+                              faultInjectionEnabled: settings.faultInjectionEnabled),
         ])
     }
 
@@ -384,8 +391,37 @@ struct StoreAdminService: Flotilla_V1_StoreAdmin.SimpleServiceProtocol {
     let agent: PDStoreAgent?
     /// Snapshots this store is receiving (their progress is in the status).
     let snapshotsReceiving: SnapshotReceiveCount
+    /// Whether `InjectFault` is honoured (`--enable-fault-injection`, nemesis tests only).
+    let faultInjectionEnabled: Bool
     /// Backup snapshots opened under a write fence, streamed later.
     let heldBackups = HeldBackups()
+
+    /// Store ids one `InjectFault` may name.
+    static let cutStoresMax = 1_024
+
+    func injectFault(request: Flotilla_V1_InjectFaultRequest, context: ServerContext) async throws -> Flotilla_V1_InjectFaultResponse {
+        var response = Flotilla_V1_InjectFaultResponse()
+        guard faultInjectionEnabled else {
+            response.error = protocolError(StoreRequestError.invalidArgument(
+                field: "request", reason: "fault injection is off on this store (start it with --enable-fault-injection, for nemesis tests only)"))
+            return response
+        }
+        guard request.cutStoreIds.count <= Self.cutStoresMax else {
+            response.error = protocolError(StoreRequestError.invalidArgument(
+                field: "cut_store_ids", reason: "\(request.cutStoreIds.count) store ids, more than \(Self.cutStoresMax)"))
+            return response
+        }
+        let cut = Set(request.cutStoreIds)
+        guard let now = await driver.perform({ _, network -> [UInt64] in
+            network.cutStores = cut
+            return network.cutStores.sorted()
+        }) else {
+            response.error = protocolError(StoreRequestError.serverIsBusy(reason: "store stopping"))
+            return response
+        }
+        response.cutStoreIds = now
+        return response
+    }
 
     func splitRegion(request: Flotilla_V1_SplitRegionRequest, context: ServerContext) async throws -> Flotilla_V1_SplitRegionResponse {
         var response = Flotilla_V1_SplitRegionResponse()

@@ -323,8 +323,16 @@ final class RaftSocketTransport {
                                   nextConnectAt: clock.now, backoffMilliseconds: limits.reconnectBackoffMilliseconds)
     }
 
+    /// Stores whose links are cut by fault injection (`StoreAdmin.InjectFault`): frames to them
+    /// are not sent and frames from them are dropped. Empty unless a nemesis test cut some.
+    var cutStores: Set<UInt64> = []
+
     func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) {
         for (destination, messages) in messagesByStore where !messages.isEmpty {
+            if cutStores.contains(destination) {
+                droppedMessages += messages.count
+                continue
+            }
             guard links[destination] != nil else {
                 droppedMessages += messages.count
                 if unresolvedStores.count < Self.unresolvedStoresMax { unresolvedStores.insert(destination) }
@@ -718,6 +726,7 @@ final class RaftSocketTransport {
             }
             framesReceived += 1
             connection.lastFrameAt = clock.now
+            if cutStores.contains(batch.fromStoreID) { continue }
             deliver(batch)
         }
         compactInput(connection)

@@ -82,6 +82,8 @@ public final class StoreDriver: Sendable {
     private let logger: Logger
     /// Client writes held for a consistent backup (checked before a write enters the inbox).
     public let writeFence = WriteFence()
+    /// Client writes refused while the data filesystem is below its reserve (nil: no guard).
+    public let diskGuard: DiskSpaceGuard?
     private let onFailure: @Sendable (Error) -> Void
     /// The core is touched only by the store thread, which also releases it (closing RocksDB)
     /// before `stop()` returns: closing during process exit races RocksDB's static teardown.
@@ -92,8 +94,9 @@ public final class StoreDriver: Sendable {
     /// `tickCatchUpMax`: ticks run at once after the loop fell behind (see `TickSchedule`);
     /// at least an election timeout.
     init(core: StoreCore, network: RaftSocketTransport, tickInterval: Duration, tickCatchUpMax: Int, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
-         logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, snapshots: any SnapshotOutbound) {
+         logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, snapshots: any SnapshotOutbound, diskGuard: DiskSpaceGuard? = nil) {
         self.tickCatchUpMax = tickCatchUpMax
+        self.diskGuard = diskGuard
         self.onFailure = onFailure
         self.core = core
         self.network = network
@@ -240,6 +243,7 @@ public final class StoreDriver: Sendable {
         let deadline: ContinuousClock.Instant
         do { deadline = try self.deadline(of: context) } catch { return complete(.failure(error)) }
         if let fenced = writeFence.refusal() { return complete(.failure(.serverIsBusy(reason: fenced))) }
+        if let full = diskGuard?.refusal() { return complete(.failure(.serverIsBusy(reason: full))) }
         if !enqueue(.write(command, context, deadline: deadline, complete)) {
             complete(.failure(.serverIsBusy(reason: "store inbox full")))
         }

@@ -83,6 +83,12 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: String?
 
+    @Option(name: .customLong("disk-reserve-mb"), help: "Refuse client writes (\"disk full\") while the data directory's filesystem has less free space than this, in MiB (0: never; at most 1048576; default 128).")
+    var diskReserveMegabytes: UInt64?
+
+    @Flag(name: .customLong("enable-fault-injection"), help: ArgumentHelp("Honour StoreAdmin.InjectFault (cut Raft links): nemesis tests only.", visibility: .hidden))
+    var enableFaultInjection = false
+
     /// `key=value,...`: at most 16 labels, keys of 1 to 64 bytes and values up to 64, each key
     /// once (PD's limits, checked here so a typo stops the store with a reason).
     static func parse(labels: String) throws(ConfigError) -> [(key: String, value: String)] {
@@ -181,6 +187,11 @@ struct ServerCommand: AsyncParsableCommand {
         if let value = loadSplitRequestsPerSecond { triggers.loadSplitRequestsPerSecond = value }
         if let value = loadSplitSeconds { triggers.loadSplitSeconds = value }
         do { settings.splitTriggers = try triggers.validated() } catch { throw ConfigError("\(error)") }
+        if let value = diskReserveMegabytes {
+            guard value <= 1 << 20 else { throw ConfigError("--disk-reserve-mb must be at most 1048576, got \(value)") }
+            settings.diskReserveBytes = value << 20
+        }
+        settings.faultInjectionEnabled = enableFaultInjection
         if let value = file.snapshotSendsMax {
             guard value >= 1 else { throw ConfigError("snapshot-sends-max must be at least 1, got \(value)") }
             settings.snapshotSendsMax = value
