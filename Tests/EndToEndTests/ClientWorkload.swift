@@ -132,7 +132,15 @@ final class ClientWorkload: Sendable {
         let registerKeys = Set(registers.map { Data($0.utf8) })
         var end = Data(prefix.utf8)
         end.append(0xFF)
-        let scanned = try await client.scan(from: Data(prefix.utf8), to: end, limit: 1_000_000).filter { !registerKeys.contains($0.key) }
+        // Only keys of the writers' shape (prefix, writer, '-', five digits): others may share the prefix.
+        let prefix = self.prefix
+        let writerKey = { (key: Data) -> Bool in
+            let text = String(decoding: key, as: UTF8.self)
+            guard text.hasPrefix(prefix) else { return false }
+            let parts = text.dropFirst(prefix.count).split(separator: "-", omittingEmptySubsequences: false)
+            return parts.count == 2 && Int(parts[0]) != nil && parts[1].count == 5 && Int(parts[1]) != nil
+        }
+        let scanned = try await client.scan(from: Data(prefix.utf8), to: end, limit: 1_000_000).filter { !registerKeys.contains($0.key) && writerKey($0.key) }
         #expect(scanned.count == expected.count, "\(name): scan: \(scanned.count) keys, \(expected.count) written")
         #expect(zip(scanned, scanned.dropFirst()).allSatisfy { $0.key.lexicographicallyPrecedes($1.key) }, "\(name): in order, no repeats")
         #expect(scanned.allSatisfy { expected[$0.key] == $0.value }, "\(name): every value as written")
