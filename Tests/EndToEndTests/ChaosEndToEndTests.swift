@@ -80,7 +80,8 @@ struct ChaosRun {
             #expect(try await MoveEndToEndTests.presplit(client, routes, count: 8), "8 regions, each with three voters")
             let bank = try await Bank(client: client, accounts: 8, clients: 2)
             let workload = ClientWorkload(client: client, prefix: "r", writers: 2, minimumWrites: 20,
-                                          registers: ["r01-register", "r04-register", "r06-register"], registerClients: 3)
+                                          registers: ["r01-register", "r04-register", "r06-register"], registerClients: 3,
+                                          rotateRegistersEvery: .seconds(60))
             var random = SplitMix(state: seed)
             let faults = try await nemesis(&random, client: client, ids: ids)
             try await heal(client: client, ids: ids)

@@ -24,8 +24,11 @@ final class ClientWorkload: Sendable {
 
     /// Starts `writers` writers (each writes at least `minimumWrites` keys, at most 2,000) and
     /// `registerClients` register clients on `registers`.
+    ///
+    /// With `rotateRegistersEvery`, register clients move on to fresh keys (`<key>-e<n>`) each
+    /// such period, so a long run's history is many short ones the checker takes key by key.
     init(client: FlotillaClient, prefix: String = "k", writers: Int = 4, minimumWrites: Int = 60,
-         registers: [String], registerClients: Int = 4) {
+         registers: [String], registerClients: Int = 4, rotateRegistersEvery: Duration? = nil) {
         self.client = client
         self.prefix = prefix
         self.registers = registers
@@ -41,7 +44,10 @@ final class ClientWorkload: Sendable {
                         var step = 0
                         while !stop.isSet {
                             step += 1
-                            let key = registers[(clientIndex * 7 + step * 3) % registers.count]
+                            var key = registers[(clientIndex * 7 + step * 3) % registers.count]
+                            if let period = rotateRegistersEvery {
+                                key += "-e\(Int((ContinuousClock.now - origin) / period))"
+                            }
                             let value = "c\(clientIndex)-\(step)"
                             var operation = RegisterOperation(client: clientIndex, key: key, invokedAt: nanoseconds(), returnedAt: nil,
                                                               kind: .read(observed: nil))
