@@ -168,6 +168,7 @@ struct RequestMessageFuzzTests {
         var check = Flotilla_V1_CheckRegionRequest(); check.context = context
         var backup = Flotilla_V1_BackupRegionRequest(); backup.context = context
         var held = Flotilla_V1_BackupRegionRequest(); held.context = context; held.hold = true; held.heldID = 3
+        var inject = Flotilla_V1_InjectFaultRequest(); inject.cutStoreIds = [2, 3]
         return [
             ("/flotilla.v1.KV/Get", try get.serializedBytes()), ("/flotilla.v1.KV/BatchGet", try batchGet.serializedBytes()),
             ("/flotilla.v1.KV/Put", try put.serializedBytes()), ("/flotilla.v1.KV/BatchPut", try batchPut.serializedBytes()),
@@ -177,6 +178,7 @@ struct RequestMessageFuzzTests {
             ("/flotilla.v1.StoreAdmin/Status", try status.serializedBytes()), ("/flotilla.v1.StoreAdmin/SplitRegion", try split.serializedBytes()),
             ("/flotilla.v1.StoreAdmin/CheckRegion", try check.serializedBytes()), ("/flotilla.v1.StoreAdmin/BackupRegion", try backup.serializedBytes()),
             ("/flotilla.v1.StoreAdmin/BackupRegion", try held.serializedBytes()),
+            ("/flotilla.v1.StoreAdmin/InjectFault", try inject.serializedBytes()),
         ]
     }
 
@@ -206,6 +208,7 @@ struct RequestMessageFuzzTests {
             }
         }
         #expect(answered == iterations)
+        print("fuzz: \(iterations) mutated KV and StoreAdmin requests tried over \(Set(samples.map(\.path)).count) RPCs (seed \(Mutator.seed(default: 7))), every one answered")
         try await server.withClient { kv in try await kv.put(Data("after-fuzz".utf8), Data("ok".utf8)) }
         await server.stop()
     }

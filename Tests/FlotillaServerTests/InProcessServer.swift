@@ -12,7 +12,8 @@ final class InProcessServer: @unchecked Sendable {
     let address: HostPort
     private var task: Task<Void, Error>?
 
-    init() async throws {
+    /// `configure` adjusts the store's settings before it starts.
+    init(configure: (inout ServerSettings) -> Void = { _ in }) async throws {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-edge-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let store = ClusterFile.Store(id: 1, address: "127.0.0.1:\(try freeLoopbackPort())", raftAddress: "127.0.0.1:\(try freeLoopbackPort())")
@@ -20,6 +21,7 @@ final class InProcessServer: @unchecked Sendable {
         var settings = ServerSettings(storeID: 1, cluster: ClusterFile(clusterID: 3, stores: [store], splitKeys: []), dataDirectory: root + "/data")
         settings.tickInterval = .milliseconds(20)
         settings.clusterSecret = Array("in-process-test-secret".utf8)
+        configure(&settings)
         var logger = Logger(label: "edge-test")
         logger.logLevel = .warning
         server = try FlotillaServer(settings: settings, logger: logger, onFailure: { _ in })
@@ -27,7 +29,7 @@ final class InProcessServer: @unchecked Sendable {
         task = Task { [server] in try await server.run { _ in listening.continuation.yield() } }
         for await _ in listening.stream { break }
         // Serving: the region has elected its leader (slow on a loaded machine).
-        try await withClient { client in try await client.put(Data("in-process-server-ready".utf8), Data()) }
+        try await withClient { client in _ = try await client.get(Data("in-process-server-ready".utf8)) }
     }
 
     /// A client of this server (run it with `withClient`).

@@ -2,6 +2,7 @@ import FlotillaClient
 import FlotillaProto
 @testable import FlotillaServer
 import Foundation
+import Synchronization
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import RaftStore
@@ -122,6 +123,68 @@ struct WriteFenceTests {
             #expect(throws: StoreRequestError.self) { try fence.handle(Self.request(holdMilliseconds: holdMilliseconds)) }
         }
         #expect(fence.refusal() == nil)
+    }
+}
+
+/// Disk-full protection and the fault-injection switch of a store.
+@Suite("Store: disk reserve and fault injection", .serialized)
+struct DiskAndFaultTests {
+    final class FakeDisk: Sendable {
+        let free = Mutex<UInt64?>(1 << 30)
+    }
+
+    @Test func writesAreRefusedBelowTheReserveAndResumeWhenSpaceReturns() {
+        let disk = FakeDisk()
+        let guardian = DiskSpaceGuard(path: "/data", reserveBytes: 64 << 20, refreshInterval: .milliseconds(500)) { _ in disk.free.withLock { $0 } }
+        let start = ContinuousClock.now
+        #expect(guardian.refusal(now: start) == nil)
+        disk.free.withLock { $0 = 10 << 20 }
+        #expect(guardian.refusal(now: start + .milliseconds(100)) == nil, "measured at most every half second")
+        let refusal = guardian.refusal(now: start + .milliseconds(600))
+        #expect(refusal?.contains("disk full: 10.0 MiB free under /data, below the 64.0 MiB reserve") == true, "\(String(describing: refusal))")
+        disk.free.withLock { $0 = 65 << 20 }
+        #expect(guardian.refusal(now: start + .milliseconds(1_200)) == nil, "writes resume once space is back")
+        disk.free.withLock { $0 = nil }
+        #expect(guardian.refusal(now: start + .milliseconds(1_800)) == nil, "an unreadable filesystem does not stop writes")
+        let off = DiskSpaceGuard(path: "/data", reserveBytes: 0) { _ in 0 }
+        #expect(off.refusal() == nil, "a zero reserve turns the guard off")
+        #expect(DiskSpaceGuard.availableBytes(FileManager.default.temporaryDirectory.path).map { $0 > 0 } == true)
+    }
+
+    @Test func aStoreBelowItsReserveRefusesWritesWithTheCauseAndStillServesReads() async throws {
+        let server = try await InProcessServer { $0.diskReserveBytes = 1 << 60 }
+        defer { Task { await server.stop() } }
+        try await server.withClient { kv in
+            var refusal = "none"
+            do { try await kv.put(Data("k".utf8), Data("v".utf8)) } catch { refusal = "\(error)" }
+            #expect(refusal.contains("disk full") && refusal.contains("--disk-reserve-mb"), "\(refusal)")
+            let read = try await kv.get(Data("k".utf8))
+            #expect(read == nil, "reads go on")
+        }
+        await server.stop()
+    }
+
+    @Test func faultInjectionIsRefusedUnlessEnabledAndBounded() async throws {
+        let plain = try await InProcessServer()
+        try await plain.withClient { kv in
+            var refusal = "none"
+            do { try await kv.injectFault(cutStoreIDs: [2], storeID: 1) } catch { refusal = "\(error)" }
+            #expect(refusal.contains("--enable-fault-injection"), "\(refusal)")
+        }
+        await plain.stop()
+        let enabled = try await InProcessServer { $0.faultInjectionEnabled = true }
+        defer { Task { await enabled.stop() } }
+        try await enabled.withClient { kv in
+            let cut = try await kv.injectFault(cutStoreIDs: [3, 2, 3], storeID: 1)
+            #expect(cut == [2, 3])
+            await #expect(throws: FlotillaClientError.self) {
+                try await kv.injectFault(cutStoreIDs: (1...1_025).map { UInt64($0) }, storeID: 1)
+            }
+            let healed = try await kv.injectFault(cutStoreIDs: [], storeID: 1)
+            #expect(healed == [], "healed")
+            try await kv.put(Data("after".utf8), Data("ok".utf8))
+        }
+        await enabled.stop()
     }
 }
 
