@@ -121,4 +121,48 @@ struct RegisterCheckerTests {
         #expect(RegisterChecker.check(history) == .linearizable)
         #expect(ContinuousClock.now - started < .seconds(5))
     }
+
+    func isViolation(_ verdict: LinearizabilityVerdict) -> Bool {
+        if case .violation = verdict { return true }
+        return false
+    }
+
+    /// Porcupine's README example, as a transcript: client 0 writes 100 over [0, 50]; client
+    /// 1 reads 100 over [10, 40]; client 2 reads the initial 0 over [20, 30]. Linearizable
+    /// (client 2's read, the write, client 1's read). Moving client 2's read after client 1's
+    /// (the new value seen, then the old one) is not.
+    @Test func porcupinesReadmeRegister() {
+        let good = [op(0, 0, 50, .write("100")), op(1, 10, 40, .read(observed: "100")), op(2, 20, 30, .read(observed: "0"))]
+        #expect(RegisterChecker.check(good, initial: "0") == .linearizable)
+        let bad = [op(0, 0, 50, .write("100")), op(1, 10, 20, .read(observed: "100")), op(2, 25, 35, .read(observed: "0"))]
+        #expect(isViolation(RegisterChecker.check(bad, initial: "0")))
+    }
+
+    /// Knossos-style compare-and-swap register transcripts (its `cas-register` model): a
+    /// chain of swaps, a failed swap that must have seen another value, and unknown outcomes
+    /// (Knossos's `:info`) that may or may not have happened.
+    @Test func knossosStyleCompareAndSwapRegister() {
+        let chain = [op(0, 0, 1, .write("1")), op(1, 2, 3, .compareAndSwap(expected: "1", new: "2", succeeded: true)),
+                     op(2, 4, 5, .read(observed: "2"))]
+        #expect(RegisterChecker.check(chain) == .linearizable)
+        let lostSwap = [op(0, 0, 1, .write("1")), op(1, 2, 3, .compareAndSwap(expected: "1", new: "2", succeeded: true)),
+                        op(2, 4, 5, .read(observed: "1"))]
+        #expect(isViolation(RegisterChecker.check(lostSwap)), "a read after an acknowledged swap sees the old value")
+        let impossibleFailure = [op(0, 0, 1, .write("1")), op(1, 2, 3, .compareAndSwap(expected: "1", new: "2", succeeded: false))]
+        #expect(isViolation(RegisterChecker.check(impossibleFailure)), "a swap that failed while the register held what it expected")
+        // Two concurrent swaps from 1: exactly one may succeed.
+        let bothWon = [op(0, 0, 1, .write("1")), op(1, 2, 10, .compareAndSwap(expected: "1", new: "2", succeeded: true)),
+                       op(2, 3, 11, .compareAndSwap(expected: "1", new: "3", succeeded: true))]
+        #expect(isViolation(RegisterChecker.check(bothWon)))
+        let oneWon = [op(0, 0, 1, .write("1")), op(1, 2, 10, .compareAndSwap(expected: "1", new: "2", succeeded: true)),
+                      op(2, 3, 11, .compareAndSwap(expected: "1", new: "3", succeeded: false)), op(3, 12, 13, .read(observed: "2"))]
+        #expect(RegisterChecker.check(oneWon) == .linearizable)
+        // An unknown swap seen later took effect; one never seen may not have.
+        let unknownSeen = [op(0, 0, 1, .write("1")), op(1, 2, nil, .compareAndSwap(expected: "1", new: "2", succeeded: nil)),
+                           op(2, 5, 6, .read(observed: "2")), op(2, 7, 8, .read(observed: "2"))]
+        #expect(RegisterChecker.check(unknownSeen) == .linearizable)
+        let unknownThenUndone = [op(0, 0, 1, .write("1")), op(1, 2, nil, .compareAndSwap(expected: "1", new: "2", succeeded: nil)),
+                                 op(2, 5, 6, .read(observed: "2")), op(2, 7, 8, .read(observed: "1"))]
+        #expect(isViolation(RegisterChecker.check(unknownThenUndone)), "nothing wrote 1 again after the swap was seen")
+    }
 }
