@@ -383,14 +383,7 @@ public final class FlotillaClient: Sendable {
 
     /// Raises, renews or lifts a write fence on store `storeID` (`StoreAdmin.FenceWrites`).
     public func fenceWrites(_ request: Flotilla_V1_WriteFenceRequest, storeID: UInt64) async throws -> Flotilla_V1_WriteFenceResponse {
-        guard let client = clients.withLock({ $0[storeID] }) else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
-        var options = CallOptions.defaults
-        options.timeout = requestTimeout
-        options.waitForReady = false
-        let response: Flotilla_V1_WriteFenceResponse
-        do { response = try await Flotilla_V1_StoreAdmin.Client(wrapping: client).fenceWrites(request, options: options) } catch {
-            throw FlotillaClientError.unavailable("store \(storeID): \(error)")
-        }
+        let response = try await storeAdmin(storeID) { admin, options in try await admin.fenceWrites(request, options: options) }
         if response.hasError { throw FlotillaClientError.rejected("store \(storeID): \(response.error.message)") }
         return response
     }
@@ -400,34 +393,34 @@ public final class FlotillaClient: Sendable {
     /// `--enable-fault-injection`). Returns the stores cut off now.
     @discardableResult
     public func injectFault(cutStoreIDs: [UInt64], storeID: UInt64) async throws -> [UInt64] {
-        guard let client = clients.withLock({ $0[storeID] }) else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
         var request = Flotilla_V1_InjectFaultRequest()
         request.cutStoreIds = cutStoreIDs
+        let response = try await storeAdmin(storeID) { admin, options in try await admin.injectFault(request, options: options) }
+        if response.hasError { throw FlotillaClientError.rejected("store \(storeID): \(response.error.message)") }
+        return response.cutStoreIds
+    }
+
+    /// One `StoreAdmin` call to store `storeID`, bounded by the request timeout, not waiting
+    /// for a connection; a transport failure is `unavailable`, naming the store.
+    private func storeAdmin<Response: Sendable>(
+        _ storeID: UInt64,
+        _ call: (Flotilla_V1_StoreAdmin.Client<HTTP2ClientTransport.Posix>, CallOptions) async throws -> Response
+    ) async throws -> Response {
+        guard let client = clients.withLock({ $0[storeID] }) else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
         var options = CallOptions.defaults
         options.timeout = requestTimeout
         options.waitForReady = false
-        let response: Flotilla_V1_InjectFaultResponse
-        do { response = try await Flotilla_V1_StoreAdmin.Client(wrapping: client).injectFault(request, options: options) } catch {
+        do { return try await call(Flotilla_V1_StoreAdmin.Client(wrapping: client), options) } catch {
             throw FlotillaClientError.unavailable("store \(storeID): \(error)")
         }
-        if response.hasError { throw FlotillaClientError.rejected("store \(storeID): \(response.error.message)") }
-        return response.cutStoreIds
     }
 
     /// A store's status: counters of its store loop and, with `includeRegions`, the Raft
     /// state of each region it hosts.
     public func storeStatus(_ storeID: UInt64, includeRegions: Bool = false) async throws -> Flotilla_V1_StoreStatus {
-        guard let client = clients.withLock({ $0[storeID] }) else { throw FlotillaClientError.noRoute("store \(storeID) has no address") }
         var request = Flotilla_V1_StoreStatusRequest()
         request.includeRegions = includeRegions
-        var options = CallOptions.defaults
-        options.timeout = requestTimeout
-        options.waitForReady = false
-        do {
-            return try await Flotilla_V1_StoreAdmin.Client(wrapping: client).status(request, options: options)
-        } catch {
-            throw FlotillaClientError.unavailable("store \(storeID): \(error)")
-        }
+        return try await storeAdmin(storeID) { admin, options in try await admin.status(request, options: options) }
     }
 
     /// With PD: learns every live store PD knows (so `storeIDs` and `storeStatus` cover them).

@@ -38,6 +38,14 @@ public struct ClusterState: Sendable, Equatable {
     public enum RecordWrite: Equatable, Sendable {
         case put(key: Data, value: Data)
         case delete(key: Data)
+
+        /// The write applied to records kept by key (as PD's region keeps them).
+        public func apply(to records: inout [Data: Data]) {
+            switch self {
+            case .put(let key, let value): records[key] = value
+            case .delete(let key): records[key] = nil
+            }
+        }
     }
 
     /// Applies one command. On failure nothing changed and no records are written.

@@ -25,12 +25,7 @@ struct SimulatedPD {
     @discardableResult
     mutating func apply(_ command: Flotilla_V1_PDCommand) -> Result<Void, PDFailure> {
         let (outcome, writes) = pd.apply(command)
-        for write in writes {
-            switch write {
-            case .put(let key, let value): records[key] = value
-            case .delete(let key): records[key] = nil
-            }
-        }
+        for write in writes { write.apply(to: &records) }
         return outcome
     }
 

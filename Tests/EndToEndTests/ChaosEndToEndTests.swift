@@ -1,6 +1,7 @@
 import FlotillaClient
 import FlotillaProto
 import Foundation
+import Raft
 import Synchronization
 import Testing
 
@@ -53,15 +54,11 @@ struct ChaosRun {
     let seconds: Double
     let smallDisk: String
 
+    /// The nemesis's choices, from the seed.
     private struct SplitMix {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var generator: SplitMix64
+        init(state: UInt64) { generator = SplitMix64(seed: state) }
+        mutating func next() -> UInt64 { generator.next() }
         mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(max(1, bound))) }
         mutating func seconds(_ range: ClosedRange<Double>) -> Duration {
             .milliseconds(Int((range.lowerBound + Double(next() % 1_000) / 1_000 * (range.upperBound - range.lowerBound)) * 1_000))
@@ -104,7 +101,8 @@ struct ChaosRun {
             let store = random.below(4)
             let member = random.below(3)
             let hold = random.seconds(1...5)
-            switch random.below(9) {
+            let choice = random.below(9)
+            switch choice {
             case 0:
                 faults.append("kill -9 store")
                 pd.killStore(store)
@@ -115,15 +113,11 @@ struct ChaosRun {
                 pd.kill(member)
                 try await Task.sleep(for: hold)
                 try pd.start(member)
-            case 2:
-                faults.append("SIGSTOP store")
-                guard let process = pd.stores[store] else { continue }
-                kill(process.processIdentifier, SIGSTOP)
-                try await Task.sleep(for: hold)
-                kill(process.processIdentifier, SIGCONT)
-            case 3:
-                faults.append("SIGSTOP PD member")
-                guard let process = pd.processes[member] else { continue }
+            case 2, 3:
+                // SIGSTOP a store or a PD member, SIGCONT after the hold.
+                let paused = choice == 2 ? pd.stores[store] : pd.processes[member]
+                faults.append(choice == 2 ? "SIGSTOP store" : "SIGSTOP PD member")
+                guard let process = paused else { continue }
                 kill(process.processIdentifier, SIGSTOP)
                 try await Task.sleep(for: hold)
                 kill(process.processIdentifier, SIGCONT)
