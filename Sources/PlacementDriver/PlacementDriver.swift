@@ -461,14 +461,16 @@ public struct PlacementDriver: Sendable {
     }
 
     /// The ids of a split's new regions laid out from the first of the ids `idsForSplit`
-    /// counted: each new region's id, then one peer id per peer of the region.
+    /// counted: each new region's id, then one peer id per peer of the region (a region
+    /// without peers, which validation refuses, gets none).
     public static func splitRegionIDs(first: UInt64, splitCount: UInt32, peerCount: Int) -> [Flotilla_V1_SplitRegionIDs] {
+        guard peerCount > 0 else { return [] }
         var next = first
         return (0..<splitCount).map { _ in
             var ids = Flotilla_V1_SplitRegionIDs()
             ids.regionID = next
-            ids.peerIds = (1...max(1, peerCount)).map { offset in next + UInt64(offset) }
-            next += UInt64(1 + max(1, peerCount))
+            ids.peerIds = (1...peerCount).map { offset in next + UInt64(offset) }
+            next += UInt64(1 + peerCount)
             return ids
         }
     }
