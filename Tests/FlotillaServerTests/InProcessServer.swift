@@ -12,8 +12,10 @@ final class InProcessServer: @unchecked Sendable {
     let address: HostPort
     private var task: Task<Void, Error>?
 
-    /// `configure` adjusts the store's settings before it starts.
-    init(configure: (inout ServerSettings) -> Void = { _ in }) async throws {
+    /// `configure` adjusts the store's settings before it starts. The server is ready once a
+    /// write of `in-process-server-ready` succeeds (a read, with `readyByRead`: for a store
+    /// that refuses writes).
+    init(readyByRead: Bool = false, configure: (inout ServerSettings) -> Void = { _ in }) async throws {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("flotilla-edge-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let store = ClusterFile.Store(id: 1, address: "127.0.0.1:\(try freeLoopbackPort())", raftAddress: "127.0.0.1:\(try freeLoopbackPort())")
@@ -29,7 +31,11 @@ final class InProcessServer: @unchecked Sendable {
         task = Task { [server] in try await server.run { _ in listening.continuation.yield() } }
         for await _ in listening.stream { break }
         // Serving: the region has elected its leader (slow on a loaded machine).
-        try await withClient { client in _ = try await client.get(Data("in-process-server-ready".utf8)) }
+        try await withClient { client in
+            if readyByRead { _ = try await client.get(Data("in-process-server-ready".utf8)) } else {
+                try await client.put(Data("in-process-server-ready".utf8), Data())
+            }
+        }
     }
 
     /// A client of this server (run it with `withClient`).

@@ -152,7 +152,7 @@ struct DiskAndFaultTests {
     }
 
     @Test func aStoreBelowItsReserveRefusesWritesWithTheCauseAndStillServesReads() async throws {
-        let server = try await InProcessServer { $0.diskReserveBytes = 1 << 60 }
+        let server = try await InProcessServer(readyByRead: true) { $0.diskReserveBytes = 1 << 60 }
         defer { Task { await server.stop() } }
         try await server.withClient { kv in
             var refusal = "none"
