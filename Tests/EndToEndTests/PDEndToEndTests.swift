@@ -435,10 +435,14 @@ struct PDProcessTests {
                                   (["--labels", "zone=a,zone=b"], "given twice"),
                                   (["--labels", "=a"], "1 to 64 bytes"),
                                   (["--labels", (0..<17).map { "k\($0)=v" }.joined(separator: ",")], "at most 16"),
-                                  (["--stale-replica-seconds", "0"], "stale-replica-seconds")] {
+                                  (["--stale-replica-seconds", "0"], "stale-replica-seconds"),
+                                  (["--disk-reserve-mb", "1048577"], "--disk-reserve-mb must be at most 1048576")] {
             let (status, output) = try LocalCluster.runToEnd(server, join + flags)
             #expect(status == 2 && output.contains(fragment), "\(flags): \(status) \(output)")
         }
+        // A value that is no number of MiB fails in the argument parser (its usage status).
+        let negative = try LocalCluster.runToEnd(server, join + ["--disk-reserve-mb=-1"])
+        #expect(negative.status != 0 && negative.output.contains("invalid for '--disk-reserve-mb"), "\(negative)")
         let pd = try LocalPD(members: 1)
         let regionID = try await pd.withClient { client in
             #expect(await eventually(seconds: 15) { ((try? await client.clusterInfo())?.clusterID ?? 0) != 0 })
