@@ -24,18 +24,17 @@ final class PDStoreAgent: Sendable {
 
     /// Replicas checked with PD in one round, at most (a partition may silence thousands).
     static let staleChecksPerRoundMax = 16
+    /// The agent's decisions (heartbeats due, steps, split retries, stale checks), shared
+    /// with the cluster simulation; its clock is the time since `startedAt`.
+    private let reporting: Mutex<PDReporting>
+    private let startedAt = ContinuousClock.now
+    private var now: Duration { ContinuousClock.now - startedAt }
 
     let link: Link
     private let driver: StoreDriver
     private let snapshotSender: SnapshotSender
     private let logger: Logger
     private let dataDirectory: String
-    /// Splits this store proposed, by region: the epoch version they were planned at and when,
-    /// so the step PD repeats in every heartbeat answer until it sees the split is proposed once.
-    private let splitsProposed = Mutex<[UInt64: (version: UInt64, at: ContinuousClock.Instant)]>([:])
-    /// How often the loop looks for splits to report (between its rounds).
-    private static let splitPollInterval: Duration = .milliseconds(50)
-
     private let splitTriggers: SplitTriggers
     /// What the last size check of each region found (reported in its heartbeats).
     private let regionSizes = Mutex<[UInt64: SplitCheckPlan.Outcome]>([:])
@@ -57,11 +56,16 @@ final class PDStoreAgent: Sendable {
         self.snapshotSender = snapshotSender
         self.logger = logger
         self.dataDirectory = dataDirectory
+        var settings = PDReporting.Settings()
+        settings.regionHeartbeatInterval = link.regionHeartbeatInterval
+        settings.splitRetryInterval = Self.splitRetryInterval
+        settings.staleChecksPerRoundMax = Self.staleChecksPerRoundMax
+        reporting = Mutex(PDReporting(settings: settings))
     }
 
     /// What the store thread reports each round.
     private struct Report: Sendable {
-        var leaders: [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer], down: [Flotilla_V1_Peer], joint: Bool)] = []
+        var leaders: [LeaderReport] = []
         var regionCount = 0
         var pendingRequests = 0
         var unresolved: Set<UInt64> = []
@@ -88,24 +92,18 @@ final class PDStoreAgent: Sendable {
     }
 
     private func loop() async {
-        var lastSent: [UInt64: (region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, at: ContinuousClock.Instant)] = [:]
         var known: Set<UInt64> = [link.store.id]
         let clock = ContinuousClock()
-        var splitsReported = driver.splitsApplied.load(ordering: .acquiring)
         var lastRound: ContinuousClock.Instant?
-        var staleChecked: [UInt64: ContinuousClock.Instant] = [:]
         while !Task.isCancelled {
-            // A round every store heartbeat interval, or at once after a split here (the new
-            // regions' routes reach PD without waiting).
+            // A round every store heartbeat interval, or at once when the store thread signals
+            // a split applied here (the new regions' routes reach PD without waiting).
             let roundDue = clock.now + link.storeHeartbeatInterval
-            while clock.now < roundDue, driver.splitsApplied.load(ordering: .acquiring) == splitsReported {
-                do { try await Task.sleep(for: min(Self.splitPollInterval, roundDue - clock.now)) } catch { return }
-            }
-            if driver.splitsApplied.load(ordering: .acquiring) != splitsReported { await awaitSplitLeaders() }
-            splitsReported = driver.splitsApplied.load(ordering: .acquiring)
+            if await driver.splitsApplied.wait(upTo: roundDue - clock.now) { await awaitSplitLeaders() }
+            if Task.isCancelled { return }
             let roundStarted = clock.now
             await checkSizes()
-            await checkSilentReplicas(&staleChecked)
+            await checkSilentReplicas()
             await checkLoads(interval: roundStarted - (lastRound ?? roundStarted - link.storeHeartbeatInterval))
             lastRound = roundStarted
             guard let report = await driver.perform({ core, network -> Report in
@@ -122,29 +120,18 @@ final class PDStoreAgent: Sendable {
                 if await resolve(storeID) { known.insert(storeID) }
             }
             await storeHeartbeat(report)
-            let now = clock.now
-            var due: [Flotilla_V1_RegionInfo] = []
-            for (region, leader, pending, down, joint) in report.leaders {
-                let previous = lastSent[region.id]
-                let changed = previous.map { $0.region != region || $0.leader != leader || now - $0.at >= link.regionHeartbeatInterval } ?? true
-                guard changed || !pending.isEmpty || !down.isEmpty || joint else { continue }
-                lastSent[region.id] = (region, leader, now)
-                var info = Flotilla_V1_RegionInfo()
-                info.region = region
-                info.leader = leader
-                info.pendingPeers = pending
-                info.downPeers = down
-                info.joint = joint
-                if let rates = regionRates.withLock({ $0[region.id] }) { info.stats = rates }
-                if let size = regionSizes.withLock({ $0[region.id] }) {
-                    info.stats.approximateSizeBytes = size.sizeBytes
-                    info.stats.approximateKeys = size.keys
+            let now = self.now
+            let leaders = report.leaders
+            var due = reporting.withLock { $0.heartbeatsDue(leaders, now: now) }
+            for index in due.indices {
+                let regionID = due[index].region.id
+                if let rates = regionRates.withLock({ $0[regionID] }) { due[index].stats = rates }
+                if let size = regionSizes.withLock({ $0[regionID] }) {
+                    due[index].stats.approximateSizeBytes = size.sizeBytes
+                    due[index].stats.approximateKeys = size.keys
                 }
-                due.append(info)
             }
             if !due.isEmpty { await regionHeartbeats(due) }
-            let leading = Set(report.leaders.map(\.region.id))
-            lastSent = lastSent.filter { leading.contains($0.key) }
         }
     }
 
@@ -253,8 +240,8 @@ final class PDStoreAgent: Sendable {
                 logger.warning("PD refused a region heartbeat", metadata: ["region_id": "\(region.id)", "error": "\(answer.header.error.message)"])
                 continue
             }
-            guard answer.epoch == region.epoch, let step = answer.step else { continue }
-            await carryOut(step, region: region)
+            guard let action = PDReporting.action(for: answer, region: region) else { continue }
+            await carryOut(action, region: region)
         }
     }
 
@@ -262,58 +249,31 @@ final class PDStoreAgent: Sendable {
     /// (each at most once per that interval, `staleChecksPerRoundMax` per round): one PD
     /// lists at a newer conf_ver without it was removed while it could not hear of it, and is
     /// destroyed (TiKV's stale peer check).
-    private func checkSilentReplicas(_ checked: inout [UInt64: ContinuousClock.Instant]) async {
+    private func checkSilentReplicas() async {
         let minTicks = link.staleReplicaTicks
         guard let silent = await driver.perform({ core, _ in core.silentReplicas(minTicks: minTicks) }) else { return }
-        let now = ContinuousClock.now
-        let interval = link.regionHeartbeatInterval
-        checked = checked.filter { now - $0.value < interval * 6 }
-        for replica in silent.filter({ checked[$0.regionID] == nil }).prefix(Self.staleChecksPerRoundMax) {
-            checked[replica.regionID] = now
+        let now = self.now
+        for replica in reporting.withLock({ $0.staleChecksDue(silent, now: now) }) {
             guard let current = try? await link.client.region(id: replica.regionID), current.hasRegion else { continue }
             let region = current.region.region
             let (regionID, peerID) = (replica.regionID, replica.peerID)
-            if await driver.perform({ core, _ in core.destroyIfRemoved(regionID: regionID, peerID: peerID, region: region) }) == true {
-                logger.notice("destroying a replica PD no longer lists", metadata: ["region_id": "\(regionID)", "peer_id": "\(peerID)",
-                                                                                   "conf_ver": "\(region.epoch.confVer)"])
-            }
+            // Destroyed (and logged as a task carried out) when PD's region shows it removed.
+            _ = driver.submit(.destroyIfRemoved(regionID: regionID, peerID: peerID, region: region))
         }
     }
 
     /// Makes one operator step through the region's log (or a leadership transfer).
-    private func carryOut(_ step: Flotilla_V1_RegionHeartbeatResponse.OneOf_Step, region: Flotilla_V1_Region) async {
-        let regionID = region.id
-        let logger = self.logger
-        let changes: [Flotilla_V1_ChangePeer]
-        switch step {
-        case .changePeer(let change):
-            changes = [change]
-        case .changePeers(let joint):
-            changes = joint.changes
-        case .transferLeader(let transfer):
-            _ = await driver.perform { core, _ in
-                do { try core.transferLeader(regionID: regionID, to: transfer.peer.id) } catch {
-                    logger.warning("PD leader transfer refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
-                }
+    private func carryOut(_ action: PDStepAction, region: Flotilla_V1_Region) async {
+        switch action {
+        case .split(let keys):
+            await proposeSplit(region: region, keys: keys)
+        case .task(let task, let resolveStores):
+            // A new replica's store must be reachable before it is asked to catch up.
+            for storeID in resolveStores {
+                guard await resolve(storeID) else { return }
             }
-            return
-        case .splitRegion(let split):
-            await proposeSplit(region: region, keys: split.splitKeys)
-            return
-        }
-        guard let proposed = StoreCore.membershipChanges(for: changes) else { return }
-        // A new replica's store must be reachable before it is asked to catch up.
-        for change in changes where change.kind == .addLearner {
-            guard await resolve(change.peer.storeID) else { return }
-        }
-        let asked = proposed
-        _ = await driver.perform { core, _ in
-            do {
-                _ = try core.proposeMembershipChange(regionID: regionID, changes: asked)
-                logger.info("PD step proposed", metadata: ["region_id": "\(regionID)",
-                                                           "change": "\(asked.map { "\($0.kind) \($0.peer.id) on store \($0.peer.storeID)" }.joined(separator: ", "))"])
-            } catch {
-                logger.warning("PD step refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
+            if !driver.submit(task) {
+                logger.warning("PD step not handed to the store (inbox full or stopping)", metadata: ["task": "\(task.summary)"])
             }
         }
     }
@@ -323,30 +283,25 @@ final class PDStoreAgent: Sendable {
     /// proposal lost with a leader change is made again after `splitRetryInterval`).
     func proposeSplit(region: Flotilla_V1_Region, keys: [Data]) async {
         let regionID = region.id
-        let now = ContinuousClock.now
-        let fresh = splitsProposed.withLock { proposed -> Bool in
-            if let last = proposed[regionID], last.version == region.epoch.version, now - last.at < Self.splitRetryInterval { return false }
-            proposed[regionID] = (region.epoch.version, now)
-            return true
-        }
-        guard fresh else { return }
+        let now = self.now
+        guard reporting.withLock({ $0.beginSplit(of: region, now: now) }) else { return }
         let newRegions: [Flotilla_V1_SplitRegionIDs]
         do {
             newRegions = try await link.client.askSplit(region: region, splitCount: UInt32(keys.count))
         } catch {
             logger.warning("PD gave no ids for a split", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
-            splitsProposed.withLock { _ = $0.removeValue(forKey: regionID) }
+            reporting.withLock { $0.splitAbandoned(regionID: regionID) }
             return
         }
         let logger = self.logger
-        let epoch = region.epoch
-        _ = await driver.perform { core, _ in
-            do {
-                _ = try core.proposeSplit(regionID: regionID, epoch: epoch, splitKeys: keys, newRegions: newRegions)
-                logger.info("split proposed", metadata: ["region_id": "\(regionID)", "keys": "\(keys.count)",
-                                                         "new_regions": "\(newRegions.map(\.regionID))"])
-            } catch {
-                logger.warning("split refused", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
+        let proposal = SplitProposal(regionID: regionID, epoch: region.epoch, keys: keys, newRegions: newRegions)
+        logger.info("split proposed", metadata: ["region_id": "\(regionID)", "keys": "\(keys.count)",
+                                                 "new_regions": "\(newRegions.map(\.regionID))"])
+        driver.proposeSplit(proposal, timeout: Self.splitRetryInterval) { result in
+            switch result {
+            case .success(let written) where written.refused.isEmpty: break
+            case .success(let written): logger.warning("split refused", metadata: ["region_id": "\(regionID)", "error": "\(written.refused)"])
+            case .failure(let error): logger.warning("split not applied here", metadata: ["region_id": "\(regionID)", "error": "\(error)"])
             }
         }
     }

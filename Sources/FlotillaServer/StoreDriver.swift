@@ -11,44 +11,30 @@ protocol SnapshotOutbound: Sendable {
     func sendSnapshot(_ snapshot: OutgoingSnapshot)
 }
 
-/// Counters of a store loop since it started.
-public struct StoreLoopCounters: Sendable {
-    public var turns: UInt64 = 0
-    public var logSyncs: UInt64 = 0
-    public var regionsInLogBatches: UInt64 = 0
-    public var entriesApplied: UInt64 = 0
-    public var snapshotsReceived: UInt64 = 0
-    public var snapshotsInstalled: UInt64 = 0
-    public var logsTruncated: UInt64 = 0
-}
-
-/// A split to propose: the region, the epoch it was planned at, the keys and PD's new ids.
-struct SplitProposal: Sendable {
-    let regionID: UInt64
-    let epoch: Flotilla_V1_RegionEpoch
-    let keys: [Data]
-    let newRegions: [Flotilla_V1_SplitRegionIDs]
-}
-
 /// Runs a `StoreCore` on its own thread: the store loop. Requests arrive from any thread
 /// through a bounded inbox, Raft messages from the store thread's own sockets; each loop turn
 /// takes both, ticks on schedule, runs the core's turn (one synced log batch for every ready
 /// region), writes messages to the sockets and completes requests. Nothing here blocks an
 /// event loop: callers await.
 public final class StoreDriver: Sendable {
-    /// A request waiting in the inbox or in flight.
+    /// Who waits for an answer from the loop.
+    enum Waiter: Sendable {
+        case write(@Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
+        case read(ReadAction)
+    }
+
+    /// An arrival waiting in the inbox: a request for the loop (its deadline as an instant,
+    /// turned into loop time when taken), or the server edge's own business.
     enum Event: Sendable {
-        case write(Flotilla_V1_WriteCommand, Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant,
-                   @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
-        case read(Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, ReadAction)
-        case split(SplitProposal, deadline: ContinuousClock.Instant, @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
-        /// An administrative proposal (a consistency check), answered like a write once applied here.
-        case propose(@Sendable (StoreCore) throws(StoreRequestError) -> ProposalID, deadline: ContinuousClock.Instant,
-                     @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
+        case write(Flotilla_V1_WriteCommand, Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, Waiter)
+        case read(Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, Waiter)
+        case split(SplitProposal, deadline: ContinuousClock.Instant, Waiter)
+        case consistencyCheck(Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, Waiter)
         case snapshot(ReceivedSnapshot)
+        case task(StoreTask)
         case status(includeRegions: Bool, @Sendable (Flotilla_V1_StoreStatus) -> Void)
-        /// Work of the server's edge on the store thread (PD heartbeats and their steps,
-        /// addresses of stores learnt from PD).
+        /// A question of the server's edge answered on the store thread (PD reports, addresses
+        /// of stores learnt from PD). Changes to the core go as typed `task`s.
         case perform(@Sendable (StoreCore, RaftSocketTransport) -> Void)
     }
 
@@ -66,11 +52,14 @@ public final class StoreDriver: Sendable {
         var storeThreadWaiting = false
     }
 
-    /// Splits applied on this store so far: the PD agent reports the regions at once when it grows.
-    let splitsApplied = Atomic<UInt64>(0)
+    /// Raised by the store thread when a turn applied splits: the PD agent reports the regions
+    /// at once (pushed at apply, not polled).
+    let splitsApplied = StoreSignal()
     /// Regions made by splits here whose replica here campaigned at once: the PD agent waits a
     /// moment for them to lead, so PD learns the new routes in the same round as the shrunk one.
     let splitRegionsCampaigning = Mutex<Set<UInt64>>([])
+    /// Loop time is the time since this instant.
+    private let startedAt = ContinuousClock.now
     private let inbox = Mutex(Inbox())
     private let wakeup: StoreThreadWakeup
     private let stopped = DispatchSemaphore(value: 0)
@@ -181,8 +170,7 @@ public final class StoreDriver: Sendable {
         do { deadline = try self.deadline(of: context) } catch { return .failure(error) }
         let regionID = context.regionID
         let proposed: Result<Flotilla_V1_WriteResult, StoreRequestError> = await withCheckedContinuation { continuation in
-            let event = Event.propose({ core throws(StoreRequestError) in try core.proposeConsistencyCheck(context: context) },
-                                      deadline: deadline, { continuation.resume(returning: $0) })
+            let event = Event.consistencyCheck(context, deadline: deadline, .write({ continuation.resume(returning: $0) }))
             if !enqueue(event) { continuation.resume(returning: .failure(.serverIsBusy(reason: "store inbox full"))) }
         }
         switch proposed {
@@ -204,19 +192,22 @@ public final class StoreDriver: Sendable {
                 logger.error("consistency check digest failed", metadata: ["region_id": "\(check.regionID)", "error": "\(error)"])
                 return
             }
-            _ = enqueue(.perform({ [logger] core, _ in
-                guard let verify = core.recordConsistencyDigest(digest) else { return }
-                do { try core.proposeConsistencyVerification(verify, regionID: digest.regionID) } catch {
-                    logger.warning("consistency check verification not proposed", metadata: ["region_id": "\(digest.regionID)", "error": "\(error)"])
-                }
-            }))
+            _ = enqueue(.task(.recordDigest(digest)))
+        }
+    }
+
+    /// Proposes a split; `complete` runs once it is applied here (or refused, or at the deadline).
+    func proposeSplit(_ proposal: SplitProposal, timeout: Duration,
+                      complete: @escaping @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void) {
+        if !enqueue(.split(proposal, deadline: ContinuousClock.now + timeout, .write(complete))) {
+            complete(.failure(.serverIsBusy(reason: "store inbox full")))
         }
     }
 
     /// Proposes a split and waits until it is applied here (or refused, or the deadline).
     func split(_ proposal: SplitProposal, timeout: Duration) async -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
         await withCheckedContinuation { continuation in
-            if !enqueue(.split(proposal, deadline: ContinuousClock.now + timeout, { continuation.resume(returning: $0) })) {
+            if !enqueue(.split(proposal, deadline: ContinuousClock.now + timeout, .write({ continuation.resume(returning: $0) }))) {
                 continuation.resume(returning: .failure(.serverIsBusy(reason: "store inbox full")))
             }
         }
@@ -244,7 +235,7 @@ public final class StoreDriver: Sendable {
         do { deadline = try self.deadline(of: context) } catch { return complete(.failure(error)) }
         if let fenced = writeFence.refusal() { return complete(.failure(.serverIsBusy(reason: fenced))) }
         if let full = diskGuard?.refusal() { return complete(.failure(.serverIsBusy(reason: full))) }
-        if !enqueue(.write(command, context, deadline: deadline, complete)) {
+        if !enqueue(.write(command, context, deadline: deadline, .write(complete))) {
             complete(.failure(.serverIsBusy(reason: "store inbox full")))
         }
     }
@@ -269,40 +260,35 @@ public final class StoreDriver: Sendable {
         }
         let deadline: ContinuousClock.Instant
         do { deadline = try self.deadline(of: context) } catch { return complete(.failure(error)) }
-        if !enqueue(.read(context, deadline: deadline, action)) { complete(.failure(StoreRequestError.serverIsBusy(reason: "store inbox full"))) }
+        if !enqueue(.read(context, deadline: deadline, .read(action))) { complete(.failure(StoreRequestError.serverIsBusy(reason: "store inbox full"))) }
     }
+
+    /// Hands a typed task to the store loop (PD's operator steps, stale replica checks);
+    /// false when the inbox is full or the store stops.
+    func submit(_ task: StoreTask) -> Bool { enqueue(.task(task)) }
 
     // MARK: The loop
 
+    /// The loop's time: since the driver was made.
+    private func loopTime(_ instant: ContinuousClock.Instant) -> Duration { instant - startedAt }
+
+    /// The store thread: the I/O around `StoreLoop`, which makes every decision of order.
     private func loop(_ core: StoreCore, network: RaftSocketTransport) {
-        var pendingWrites: [ProposalID: (deadline: ContinuousClock.Instant, complete: @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)] = [:]
-        var pendingReads: [ProposalID: (deadline: ContinuousClock.Instant, action: ReadAction)] = [:]
         let clock = ContinuousClock()
-        var schedule = TickSchedule(interval: tickInterval, catchUpTicksMax: tickCatchUpMax, startingAt: clock.now)
+        let loop = StoreLoop<DriverEdge>(core: core, tickInterval: tickInterval, tickCatchUpMax: tickCatchUpMax,
+                                         startingAt: loopTime(clock.now))
+        let edge = DriverEdge(network: network, snapshots: snapshots, logger: logger, driver: self)
         var tickCount = 0
-        var counters = StoreLoopCounters()
         let deliver = { (batch: Flotilla_V1_RaftMessageBatch) in
-            for message in batch.messages { core.step(message) }
+            let now = self.loopTime(clock.now)
+            for message in batch.messages { loop.take(.raft(message), now: now, edge: edge) }
         }
         while true {
-            // Time first: every tick that real time owes (also those missed while the process
-            // was stopped or a turn stalled) runs before any message or request is taken, so no
-            // lease outlives its real length.
-            let ticksDue = schedule.ticksDue(at: clock.now)
-            if ticksDue > tickCatchUpMax / 2 {
-                // Stalled for about an election timeout or more: leases and leadership lapse.
-                logger.warning("store loop stalled: catching up ticks", metadata: ["ticks": "\(ticksDue)", "ticks_dropped_total": "\(schedule.ticksDropped)"])
-            }
-            for _ in 0..<ticksDue {
-                core.tick()
-                tickCount += 1
-                if tickCount % 50 == 0 && logger.logLevel <= .debug {
-                    for regionID in core.regionIDs {
-                        if let status = core.raftStatus(regionID) {
-                            logger.debug("region status", metadata: ["region_id": "\(regionID)", "role": "\(status.role)", "leader": "\(status.leader)", "term": "\(status.term)", "applied": "\(status.applied)"])
-                        }
-                    }
-                }
+            // Time first: every tick owed runs before any message or request is taken.
+            let ticks = loop.runTicks(now: loopTime(clock.now), edge: edge)
+            if ticks > 0 && logger.logLevel <= .debug {
+                tickCount += ticks
+                if tickCount >= 50 { tickCount = 0; logRegionStatus(core) }
             }
             // Frames that arrived while the last turn ran (no waiting).
             network.wait(timeoutMilliseconds: 0, deliver: deliver)
@@ -312,104 +298,13 @@ public final class StoreDriver: Sendable {
             }
             if stopping {
                 // Nothing taken is left unanswered: a caller awaiting it would wait forever.
-                for event in events {
-                    switch event {
-                    case .write(_, _, _, let complete), .split(_, _, let complete), .propose(_, _, let complete): complete(.failure(.serverIsBusy(reason: "store stopping")))
-                    case .read(_, _, let action): action.run(.failure(.serverIsBusy(reason: "store stopping")))
-                    case .snapshot(let received): try? FileManager.default.removeItem(atPath: received.directory)
-                    case .status(let includeRegions, let reply): reply(Self.status(of: core, counters: counters, includeRegions: includeRegions))
-                    case .perform(let body): body(core, network)
-                    }
-                }
+                for event in events { take(event, loop: loop, edge: edge, network: network, stopping: true) }
                 break
             }
-            for event in events {
-                switch event {
-                case .write(let command, let context, let deadline, let complete):
-                    guard clock.now < deadline else {
-                        complete(.failure(.timeout(reason: "the write reached its deadline before it was proposed (not applied)")))
-                        continue
-                    }
-                    do {
-                        let id = try core.proposeWrite(command, context: context)
-                        pendingWrites[id] = (deadline, complete)
-                    } catch {
-                        complete(.failure(error))
-                    }
-                case .split(let proposal, let deadline, let complete):
-                    do {
-                        let id = try core.proposeSplit(regionID: proposal.regionID, epoch: proposal.epoch, splitKeys: proposal.keys,
-                                                       newRegions: proposal.newRegions)
-                        pendingWrites[id] = (deadline, complete)
-                    } catch {
-                        complete(.failure(error))
-                    }
-                case .propose(let body, let deadline, let complete):
-                    do {
-                        let id = try body(core)
-                        pendingWrites[id] = (deadline, complete)
-                    } catch {
-                        complete(.failure(error))
-                    }
-                case .read(let context, let deadline, let action):
-                    guard clock.now < deadline else {
-                        action.run(.failure(.timeout(reason: "the read reached its deadline before it started")))
-                        continue
-                    }
-                    do {
-                        let id = try core.proposeRead(context: context)
-                        pendingReads[id] = (deadline, action)
-                    } catch {
-                        action.run(.failure(error))
-                    }
-                case .snapshot(let received):
-                    counters.snapshotsReceived += 1
-                    if !core.stepSnapshot(received) {
-                        logger.info("snapshot not taken", metadata: ["region_id": "\(received.header.regionID)"])
-                        try? FileManager.default.removeItem(atPath: received.directory)
-                    }
-                case .perform(let body):
-                    body(core, network)
-                case .status(let includeRegions, let reply):
-                    var status = Self.status(of: core, counters: counters, includeRegions: includeRegions)
-                    status.raftFramesSent = UInt64(network.framesSent)
-                    status.raftFramesReceived = UInt64(network.framesReceived)
-                    status.raftMessagesDropped = UInt64(network.droppedMessages)
-                    reply(status)
-                }
-            }
-            for alarm in core.takeConsistencyAlarms() {
-                logger.critical("CONSISTENCY CHECK FAILED: \(alarm)")
-            }
-            for report in core.takeRefusalReports() {
-                logger.warning("refused a Raft message", metadata: ["reason": "\(report)", "refused_total": "\(core.raftMessagesRefused)"])
-            }
+            for event in events { take(event, loop: loop, edge: edge, network: network, stopping: false) }
             do {
-                let output = try core.runTurn(sendBeforeSync: { network.send($0) }, completeBeforeSync: { completed in
-                    for (id, result) in completed { pendingWrites.removeValue(forKey: id)?.complete(result) }
-                })
-                counters.turns += 1
-                counters.logSyncs += UInt64(output.logSyncs)
-                counters.regionsInLogBatches += UInt64(output.regionsInLogBatch)
-                counters.entriesApplied += UInt64(output.entriesApplied)
-                counters.snapshotsInstalled += UInt64(output.snapshotsInstalled)
-                counters.logsTruncated += UInt64(output.logsTruncated)
-                if !output.messagesByStore.isEmpty { network.send(output.messagesByStore) }
-                for snapshot in output.snapshotsToSend { snapshots.sendSnapshot(snapshot) }
-                for check in output.consistencyChecks { digestOffLoop(check) }
-                for (id, result) in output.completedWrites { pendingWrites.removeValue(forKey: id)?.complete(result) }
-                for read in output.readyReads { pendingReads.removeValue(forKey: read.id)?.action.run(.success(core)) }
-                for read in output.failedReads { pendingReads.removeValue(forKey: read.id)?.action.run(.failure(read.error)) }
-                for split in output.splits {
-                    logger.info("region split", metadata: ["region_id": "\(split.parent.id)",
-                                                           "new_regions": "\(split.children.map(\.id))",
-                                                           "version": "\(split.parent.epoch.version)"])
-                }
-                let campaigning = output.splits.filter(\.ledByThisStore).flatMap { $0.children.map(\.id) }
-                if !campaigning.isEmpty { splitRegionsCampaigning.withLock { $0.formUnion(campaigning) } }
-                if !output.splits.isEmpty { splitsApplied.add(UInt64(output.splits.count), ordering: .releasing) }
                 // More work may be ready right away (e.g. commits after this turn's sync).
-                if core.hasPendingWork { continue }
+                if try loop.turn(now: loopTime(clock.now), edge: edge) { continue }
             } catch {
                 // A failed write to the store's own disk: nothing acknowledged can be trusted
                 // to be durable from here, so stop rather than limp on (as TiKV does).
@@ -417,27 +312,200 @@ public final class StoreDriver: Sendable {
                 onFailure(error)
                 break
             }
-            let now = clock.now
-            for (id, pending) in pendingWrites where pending.deadline <= now {
-                pendingWrites[id] = nil
-                pending.complete(.failure(.timeout(reason: "the write did not commit before its deadline (its outcome is unknown)")))
-            }
-            for (id, pending) in pendingReads where pending.deadline <= now {
-                pendingReads[id] = nil
-                pending.action.run(.failure(StoreRequestError.timeout(reason: "the read was not confirmed before its deadline")))
-            }
             let idle = inbox.withLock { inbox -> Bool in
                 inbox.storeThreadWaiting = inbox.events.isEmpty && !inbox.stopping
                 return inbox.storeThreadWaiting
             }
             guard idle else { continue }
-            let untilTick = schedule.nextTickAt - clock.now
+            let untilTick = loop.nextTickAt - loopTime(clock.now)
             let waitMilliseconds = max(0, untilTick.components.seconds * 1_000 + (untilTick.components.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
             network.wait(timeoutMilliseconds: Int32(min(waitMilliseconds, 60_000)), deliver: deliver)
             inbox.withLock { $0.storeThreadWaiting = false }
         }
-        for pending in pendingWrites.values { pending.complete(.failure(.serverIsBusy(reason: "store stopping"))) }
-        for pending in pendingReads.values { pending.action.run(.failure(.serverIsBusy(reason: "store stopping"))) }
+        loop.stop(edge: edge)
+    }
+
+    /// One inbox event on the store thread: a request for the loop, or the edge's own.
+    private func take(_ event: Event, loop: StoreLoop<DriverEdge>, edge: DriverEdge, network: RaftSocketTransport, stopping: Bool) {
+        let request: StoreLoop<DriverEdge>.Request
+        switch event {
+        case .write(let command, let context, let deadline, let waiter):
+            request = .write(command, context, deadline: loopTime(deadline), waiter)
+        case .read(let context, let deadline, let waiter):
+            request = .read(context, deadline: loopTime(deadline), waiter)
+        case .split(let proposal, let deadline, let waiter):
+            request = .split(proposal, deadline: loopTime(deadline), waiter)
+        case .consistencyCheck(let context, let deadline, let waiter):
+            request = .consistencyCheck(context, deadline: loopTime(deadline), waiter)
+        case .snapshot(let received):
+            request = .snapshot(received)
+        case .task(let task):
+            request = .task(task)
+        case .perform(let body):
+            return body(loop.core, network)
+        case .status(let includeRegions, let reply):
+            var status = Self.status(of: loop.core, counters: loop.counters, includeRegions: includeRegions)
+            status.raftFramesSent = UInt64(network.framesSent)
+            status.raftFramesReceived = UInt64(network.framesReceived)
+            status.raftMessagesDropped = UInt64(network.droppedMessages)
+            return reply(status)
+        }
+        if stopping { loop.refuse(request, edge: edge) } else { loop.take(request, now: loopTime(ContinuousClock.now), edge: edge) }
+    }
+
+    private func logRegionStatus(_ core: StoreCore) {
+        for regionID in core.regionIDs {
+            if let status = core.raftStatus(regionID) {
+                logger.debug("region status", metadata: ["region_id": "\(regionID)", "role": "\(status.role)", "leader": "\(status.leader)", "term": "\(status.term)", "applied": "\(status.applied)"])
+            }
+        }
+    }
+
+    /// What a consistency check's digest needs, on a background thread (called by the edge).
+    fileprivate func digestInBackground(_ check: ConsistencyCheckTask) { digestOffLoop(check) }
+}
+
+/// The production edge of the store loop: the store thread's Raft sockets, the snapshot
+/// sender, the continuations of callers, and the PD agent's signals. Used only on the store
+/// thread.
+final class DriverEdge: StoreLoopEdge {
+    typealias Waiter = StoreDriver.Waiter
+    private let network: RaftSocketTransport
+    private let snapshots: any SnapshotOutbound
+    private let logger: Logger
+    private unowned let driver: StoreDriver
+
+    init(network: RaftSocketTransport, snapshots: any SnapshotOutbound, logger: Logger, driver: StoreDriver) {
+        self.network = network
+        self.snapshots = snapshots
+        self.logger = logger
+        self.driver = driver
+    }
+
+    func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) { network.send(messagesByStore) }
+
+    func sendSnapshot(_ snapshot: OutgoingSnapshot) { snapshots.sendSnapshot(snapshot) }
+
+    func complete(_ waiter: Waiter, with result: Result<Flotilla_V1_WriteResult, StoreRequestError>) {
+        switch waiter {
+        case .write(let complete): complete(result)
+        case .read(let action):
+            assertionFailure("a read was answered as a write")
+            action.run(.failure(.proposalDropped))
+        }
+    }
+
+    func serveRead(_ waiter: Waiter, from core: Result<StoreCore, StoreRequestError>) {
+        switch waiter {
+        case .read(let action): action.run(core)
+        case .write(let complete):
+            assertionFailure("a write was answered as a read")
+            complete(.failure(.proposalDropped))
+        }
+    }
+
+    func discard(_ snapshot: ReceivedSnapshot) { try? FileManager.default.removeItem(atPath: snapshot.directory) }
+
+    func notice(_ notice: StoreLoopNotice) {
+        switch notice {
+        case .splitsApplied(let splits, let campaigning):
+            for split in splits {
+                logger.info("region split", metadata: ["region_id": "\(split.parent.id)",
+                                                       "new_regions": "\(split.children.map(\.id))",
+                                                       "version": "\(split.parent.epoch.version)"])
+            }
+            if !campaigning.isEmpty { driver.splitRegionsCampaigning.withLock { $0.formUnion(campaigning) } }
+            driver.splitsApplied.raise()
+        case .consistencyCheck(let check):
+            driver.digestInBackground(check)
+        case .taskDone(let task):
+            logger.info("PD task carried out", metadata: ["task": "\(task.summary)"])
+        case .taskRefused(let task, let error):
+            logger.warning("PD task refused", metadata: ["task": "\(task.summary)", "error": "\(error)"])
+        case .consistencyAlarm(let alarm):
+            logger.critical("CONSISTENCY CHECK FAILED: \(alarm)")
+        case .refusal(let report, let refusedTotal):
+            logger.warning("refused a Raft message", metadata: ["reason": "\(report)", "refused_total": "\(refusedTotal)"])
+        case .snapshotNotTaken(let regionID):
+            logger.info("snapshot not taken", metadata: ["region_id": "\(regionID)"])
+        case .stalled(let ticks, let dropped):
+            logger.warning("store loop stalled: catching up ticks", metadata: ["ticks": "\(ticks)", "ticks_dropped_total": "\(dropped)"])
+        }
+    }
+}
+
+/// A signal the store thread raises and an async task awaits with a timeout: raising it
+/// while nobody waits is remembered until the next wait.
+final class StoreSignal: Sendable {
+    private struct State {
+        var raised = false
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+    private let state = Mutex(State())
+
+    init() {}
+
+    /// Raises the signal (from any thread).
+    func raise() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.raised = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns whether it was raised (clearing it), waiting up to `timeout` for that. One
+    /// waiter at a time.
+    func wait(upTo timeout: Duration) async -> Bool {
+        if state.withLock({ state in defer { state.raised = false }; return state.raised }) { return true }
+        return await withTaskGroup(of: Bool.self) { group in
+            group.addTask { await self.awaitRaise() }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            _ = await group.next()
+            return first
+        }
+    }
+
+    /// Waits until raised (true) or cancelled (false).
+    private func awaitRaise() async -> Bool {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state -> Bool in
+                    if state.raised || Task.isCancelled { return true }
+                    precondition(state.waiter == nil, "a StoreSignal has one waiter at a time")
+                    state.waiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+            return state.withLock { state in defer { state.raised = false }; return state.raised }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume()
+        }
+    }
+}
+
+extension StoreTask {
+    /// One line for the log.
+    var summary: String {
+        switch self {
+        case .changePeers(let regionID, let changes):
+            "region \(regionID): " + changes.map { "\($0.kind) \($0.peer.id) on store \($0.peer.storeID)" }.joined(separator: ", ")
+        case .transferLeader(let regionID, let peerID): "region \(regionID): transfer leader to peer \(peerID)"
+        case .destroyIfRemoved(let regionID, let peerID, let region):
+            "region \(regionID): destroy replica \(peerID) (PD lists conf_ver \(region.epoch.confVer) without it)"
+        case .recordDigest(let digest): "region \(digest.regionID): consistency digest at \(digest.appliedIndex)"
+        }
     }
 }
 

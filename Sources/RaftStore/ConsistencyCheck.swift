@@ -116,7 +116,7 @@ extension StoreCore {
                                                       truncatedTerm: peer.storage.truncatedTerm),
                         in: metaCF)
         output.recordsWritten += batch.batch.count
-        try db.write(batch.batch, sync: false)
+        try write(batch.batch, sync: false, .consistencyCheck)
         batch.batch.clear()
         let reader = SnapshotReader(db: db, snapshot: db.makeSnapshot(), region: peer.region, header: Flotilla_V1_RaftMessage(),
                                     chunkBytes: settings.snapshotChunkBytes)

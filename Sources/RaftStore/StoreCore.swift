@@ -86,6 +86,34 @@ public enum StoreFault: Sendable, Equatable {
     case beforeSplitRegionsOpen
 }
 
+/// A write the store makes to its disk, by what it holds: the points at which a crash test
+/// can stop a store between two writes of a turn.
+public enum StoreDiskWrite: Sendable, Equatable, CustomStringConvertible {
+    case bootstrap
+    /// A turn's apply batch: data, apply states, region states and sessions (unsynced).
+    case apply
+    /// A turn's log batch: entries, hard states, snapshot markers (synced when it must be).
+    case log(synced: Bool)
+    case snapshotClear, snapshotIngest, snapshotMark
+    case logTruncation
+    case replicaDestroy
+    case consistencyCheck
+
+    public var description: String {
+        switch self {
+        case .bootstrap: "bootstrap"
+        case .apply: "apply batch"
+        case .log(let synced): synced ? "log batch (synced)" : "log batch (unsynced)"
+        case .snapshotClear: "snapshot clear"
+        case .snapshotIngest: "snapshot ingest"
+        case .snapshotMark: "snapshot mark"
+        case .logTruncation: "log truncation"
+        case .replicaDestroy: "replica destroy"
+        case .consistencyCheck: "consistency check"
+        }
+    }
+}
+
 /// The error a turn fails with at an injected fault.
 public struct InjectedFault: Error, Sendable {
     public let fault: StoreFault
@@ -239,6 +267,21 @@ public final class StoreCore {
     public internal(set) var consistencyMismatches: UInt64 = 0
     var consistencyAlarms: [String] = []
     static let refusalReportsMax = 32
+    /// Crash tests only: called before every write to the disk, with what it holds; throwing
+    /// fails the operation (the turn) right there, as a crash at that point would.
+    public var diskWriteObserver: ((StoreDiskWrite) throws -> Void)?
+
+    /// Every write of the store goes through here (and `ingest`), so a crash test can stop
+    /// the store between any two of them.
+    func write(_ batch: WriteBatch, sync: Bool, _ what: StoreDiskWrite) throws {
+        try diskWriteObserver?(what)
+        try db.write(batch, sync: sync)
+    }
+
+    func ingest(_ file: String, into columnFamily: ColumnFamily) throws {
+        try diskWriteObserver?(.snapshotIngest)
+        try db.ingestExternalFiles([file], into: columnFamily)
+    }
 
     /// Opens the store's regions from `db`: every normal `RegionLocalState`, finishing any
     /// snapshot install a crash interrupted, and removes staged snapshots no region refers to.
@@ -366,7 +409,7 @@ public final class StoreCore {
         batch.put(StoreKeys.applyState(region: region.id),
                   StoredValues.encodeApplyState(applied: 1, truncatedIndex: 1, truncatedTerm: 1), in: metaCF)
         batch.put(StoreKeys.regionState(region: region.id), try localState.serializedBytes(), in: metaCF)
-        try db.write(batch, sync: true)
+        try write(batch, sync: true, .bootstrap)
         try openPeer(localState)
     }
 

@@ -340,13 +340,13 @@ extension StoreCore {
         let clear = db.makeWriteBatch()
         clear.deleteRange(from: [UInt8](region.startKey), to: StoreKeys.dataUpperBound(region), in: dataCF)
         clear.deleteRange(from: StoreKeys.sessionsStart(region: region.id), to: StoreKeys.sessionsEnd(region: region.id), in: metaCF)
-        try db.write(clear, sync: false)
+        try write(clear, sync: false, .snapshotClear)
         let files = ReceivedSnapshot(header: Flotilla_V1_RaftMessage(), directory: directory)
         if FileManager.default.fileExists(atPath: files.dataFile) {
-            try db.ingestExternalFiles([files.dataFile], into: dataCF)
+            try ingest(files.dataFile, into: dataCF)
         }
         if FileManager.default.fileExists(atPath: files.sessionsFile) {
-            try db.ingestExternalFiles([files.sessionsFile], into: metaCF)
+            try ingest(files.sessionsFile, into: metaCF)
         }
         if settings.injectedFault == .afterSnapshotIngest { throw InjectedFault(fault: .afterSnapshotIngest) }
         var normal = state
@@ -355,7 +355,7 @@ extension StoreCore {
         normal.applyingDirectory = ""
         let mark = db.makeWriteBatch()
         mark.put(StoreKeys.regionState(region: region.id), try normal.serializedBytes(), in: metaCF)
-        try db.write(mark, sync: true)
+        try write(mark, sync: true, .snapshotMark)
         removeStagedSnapshot(directory)
     }
 

@@ -74,7 +74,7 @@ extension StoreCore {
         for item in readies {
             try apply(item.ready, to: item.peer, batch: &applyBatch, pendingChildren: &splitChildren, output: &output)
         }
-        if applyBatch.batch.count > 0 { try db.write(applyBatch.batch, sync: false) }
+        if applyBatch.batch.count > 0 { try write(applyBatch.batch, sync: false, .apply) }
         if settings.injectedFault == .afterSplitApply && !appliedSplits.isEmpty { throw InjectedFault(fault: .afterSplitApply) }
         output.recordsWritten += applyBatch.batch.count
         if let completeBeforeSync, !output.completedWrites.isEmpty {
@@ -83,7 +83,7 @@ extension StoreCore {
             output.completedWrites = []
         }
         let logWrite: Bool = logBatch.count > 0
-        if logWrite { try db.write(logBatch, sync: mustSync) }
+        if logWrite { try write(logBatch, sync: mustSync, .log(synced: mustSync)) }
         output.recordsWritten += logBatch.count
         if logWrite && mustSync { output.logSyncs = 1 }
         for item in readies {
@@ -493,7 +493,7 @@ extension StoreCore {
             truncations.append((peer, index, term))
         }
         guard !truncations.isEmpty else { return }
-        try db.write(batch, sync: false)
+        try write(batch, sync: false, .logTruncation)
         output.recordsWritten += batch.count
         for truncation in truncations {
             let peer = truncation.peer
@@ -530,7 +530,7 @@ extension StoreCore {
             if peer.isInitialized {
                 batch.deleteRange(from: [UInt8](peer.region.startKey), to: StoreKeys.dataUpperBound(peer.region), in: dataCF)
             }
-            try db.write(batch, sync: true)
+            try write(batch, sync: true, .replicaDestroy)
             output.logSyncs += 1
             if let received = peer.receivedSnapshot { removeStagedSnapshot(received.directory) }
             peers[regionID] = nil

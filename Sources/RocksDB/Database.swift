@@ -265,6 +265,15 @@ public final class Database: @unchecked Sendable {
         }
     }
 
+    /// Writes RocksDB's write-ahead log buffer to its file (with `manualWALFlush`, unsynced
+    /// writes wait in that buffer); with `sync`, also syncs it. Crash tests use it to keep what
+    /// a process crash (not a power loss) keeps: every write made, synced or not.
+    public func flushWAL(sync: Bool) throws(RocksDBError) {
+        try withErrorPointer("flush WAL") { errorPointer in
+            rocksdb_flush_wal(db, sync ? 1 : 0, errorPointer)
+        }
+    }
+
     /// Compacts the keys in `[start, end)` of `columnFamily`; `nil` bounds are open.
     public func compactRange(
         in columnFamily: ColumnFamily? = nil, from start: [UInt8]? = nil, to end: [UInt8]? = nil

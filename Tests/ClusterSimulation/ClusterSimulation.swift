@@ -24,6 +24,10 @@ public struct ClusterSimulationOptions: Sendable {
     public var partitionProbability = 0.002
     public var partitionTicks: ClosedRange<UInt64> = 20...400
     public var crashProbability = 0.0015
+    /// Of the crashes, the share that falls inside a store's next turn, before one of its disk
+    /// writes (the first four, at random); half of those keep unsynced writes (a process crash
+    /// rather than a power loss).
+    public var crashInTurnShare = 0.5
     public var restartTicks: ClosedRange<UInt64> = 5...300
     public var pauseProbability = 0.0008
     public var pauseTicks: ClosedRange<UInt64> = 5...80
@@ -101,6 +105,17 @@ public final class ClusterSimulation {
     }
 
     var nowMs: UInt64 { 1_000 + tick * 10 }
+    /// The simulated time of the stores' loops and agents.
+    var now: Duration { .milliseconds(Int64(tick) * 10) }
+
+    /// The PD agent's settings in simulated time: every region led is heartbeat each
+    /// `heartbeatIntervalTicks` round; splits are retried after 1,000 ticks.
+    private var reportingSettings: PDReporting.Settings {
+        var settings = PDReporting.Settings()
+        settings.regionHeartbeatInterval = .milliseconds(Int64(options.heartbeatIntervalTicks) * 10)
+        settings.splitRetryInterval = .milliseconds(10_000)
+        return settings
+    }
 
     // MARK: Setup
 
@@ -121,7 +136,8 @@ public final class ClusterSimulation {
             put.putStore = store
             try pd.apply(put).get()
             storeIDs.append(id)
-            stores[id] = try SimulatedStore(id: id, root: root, raftSeed: seed &* 31 &+ id, electionTimeoutTicks: options.electionTimeoutTicks)
+            stores[id] = try SimulatedStore(id: id, root: root, raftSeed: seed &* 31 &+ id, electionTimeoutTicks: options.electionTimeoutTicks,
+                                            reporting: reportingSettings, edge: SimulatedStoreEdge(storeID: id, simulation: self))
         }
         guard let regionID = pd.allocate(1), let peerID = pd.allocate(1) else { throw failure("PD allocated no region ids") }
         var region = Flotilla_V1_Region()
@@ -192,14 +208,10 @@ public final class ClusterSimulation {
         for storeID in storeIDs {
             guard let store = stores[storeID] else { continue }
             if !store.isUp, let restartAt = store.restartAt, tick >= restartAt {
-                try store.restart()
+                try store.restart(at: now)
                 note("store \(storeID) restarted")
             }
-            guard store.isUp else { continue }
-            if !store.runs(at: tick) {
-                store.ticksOwed += 1
-                continue
-            }
+            guard store.isUp, store.runs(at: tick) else { continue }
             try runLoop(store)
         }
         if tick % 5 == 0 && pd.isUp(at: tick) { pdTick() }
@@ -224,7 +236,11 @@ public final class ClusterSimulation {
 
     private func nemesis() throws {
         if random.chance(options.crashProbability), let victim = random.pick(storeIDs), let store = stores[victim], store.isUp {
-            try crash(store)
+            if random.chance(options.crashInTurnShare) {
+                store.armCrash(atWrite: Int(random.int(in: 0...3)), keepUnsynced: random.chance(0.5), tick: tick)
+            } else {
+                try crash(store)
+            }
         }
         if random.chance(options.pauseProbability), let victim = random.pick(storeIDs), let store = stores[victim], store.isUp {
             store.pausedUntil = tick + random.int(in: options.pauseTicks)
@@ -264,10 +280,16 @@ public final class ClusterSimulation {
             if case .snapshot = envelope.payload, envelope.from == .store(store.id) { return true }
             return false
         }
+        let inTurn = store.crashedInTurn
         try store.crash()
         store.restartAt = tick + random.int(in: options.restartTicks)
         report.crashes += 1
-        note("store \(store.id) crashed (unsynced writes lost); restarts at \(store.restartAt ?? 0)")
+        if let inTurn {
+            report.crashesInTurn += 1
+            note("store \(store.id) crashed inside a turn, before its \(inTurn); restarts at \(store.restartAt ?? 0)")
+        } else {
+            note("store \(store.id) crashed (unsynced writes lost); restarts at \(store.restartAt ?? 0)")
+        }
     }
 
     /// Cuts a random group of stores (with PD, sometimes) from the rest, for a while; one way
@@ -356,7 +378,20 @@ public final class ClusterSimulation {
         return tick < until
     }
 
-    private func send(_ payload: SimPayload, from: SimNode, to: SimNode, lossy: Bool = true) {
+    func sendSnapshot(_ snapshot: OutgoingSnapshot, from storeID: UInt64) {
+        guard let store = stores[storeID] else { return }
+        send(.snapshot(snapshot, senderGeneration: store.generation), from: .store(storeID), to: .store(snapshot.toStoreID))
+    }
+
+    func splitsApplied(_ splits: [AppliedSplit], at storeID: UInt64) {
+        for split in splits {
+            report.splitsApplied += 1
+            note("store \(storeID) applied the split of region \(split.parent.id) into \(split.children.map { String($0.id) }.joined(separator: ","))")
+        }
+        stores[storeID]?.splitsSinceHeartbeat = true
+    }
+
+    func send(_ payload: SimPayload, from: SimNode, to: SimNode, lossy: Bool = true) {
         report.messagesSent += 1
         if isCut(from, to) || (lossy && healedAt == nil && random.chance(options.dropProbability)) {
             report.messagesDropped += 1
@@ -399,71 +434,64 @@ public final class ClusterSimulation {
 
     // MARK: Stores
 
-    /// One loop iteration of a store, as `StoreDriver` runs it: owed ticks first, then the
-    /// messages and requests that arrived, then a turn whose output goes on the network.
+    /// One iteration of a store's production `StoreLoop`, as `StoreDriver` runs it: the ticks
+    /// time owes first, then what arrived in arrival order, then turns until no work is ready
+    /// (bounded); the loop's edge puts what it hands out on the network in the loop's order.
+    /// An armed crash may fall before any disk write of a turn.
     private func runLoop(_ store: SimulatedStore) throws {
-        guard let core = store.core else { return }
-        let ticks = min(store.ticksOwed + 1, 2 * options.electionTimeoutTicks + 1)
-        store.ticksOwed = 0
-        for _ in 0..<ticks { core.tick() }
+        guard let loop = store.loop else { return }
+        let edge = store.edge
+        loop.runTicks(now: now, edge: edge)
         let inbox = store.inbox
         store.inbox = []
         for envelope in inbox {
             switch envelope.payload {
-            case .raft(let message): core.step(message)
+            case .raft(let message): loop.take(.raft(message), now: now, edge: edge)
             case .snapshot(let snapshot, let generation):
                 guard case .store(let sender) = envelope.from, stores[sender]?.generation == generation else { continue }
                 try receiveSnapshot(snapshot, at: store)
             case .request(let request): serve(request, at: store)
             case .heartbeatAnswer(let answer): carryOut(answer, at: store)
             case .splitIDs(let region, let keys, let ids):
-                if (try? core.proposeSplit(regionID: region.id, epoch: region.epoch, splitKeys: keys, newRegions: ids)) != nil {
-                    note("store \(store.id) proposed the split of region \(region.id)")
-                }
+                let proposal = SplitProposal(regionID: region.id, epoch: region.epoch, keys: keys, newRegions: ids)
+                loop.take(.split(proposal, deadline: now + .milliseconds(10_000), .agent("split of region \(region.id)")), now: now, edge: edge)
             default: continue
             }
         }
-        let output: StoreTurnOutput
-        do { output = try core.runTurn() } catch {
-            throw failure("store \(store.id) turn failed: \(error)")
-        }
-        for (destination, messages) in output.messagesByStore.sorted(by: { $0.key < $1.key }) {
-            for message in messages { send(.raft(message), from: .store(store.id), to: .store(destination)) }
-        }
-        for snapshot in output.snapshotsToSend {
-            send(.snapshot(snapshot, senderGeneration: store.generation), from: .store(store.id), to: .store(snapshot.toStoreID))
-        }
-        for (id, result) in output.completedWrites {
-            guard let waiting = store.pendingWrites.removeValue(forKey: id) else { continue }
-            send(.reply(SimReply(operation: waiting.operation, result: result.map { .write($0) })), from: .store(store.id), to: .client(waiting.client))
-        }
-        for read in output.readyReads {
-            guard let waiting = store.pendingReads.removeValue(forKey: read.id) else { continue }
-            let result: Result<SimAnswer, StoreRequestError>
-            do {
-                result = .success(.read(try core.get(waiting.key, regionID: waiting.regionID, epoch: waiting.epoch)))
-            } catch let error as StoreRequestError {
-                result = .failure(error)
+        var turns = 0
+        while true {
+            turns += 1
+            let more: Bool
+            do { more = try loop.turn(now: now, edge: edge) } catch let crash as SimulatedCrash {
+                _ = crash
+                try self.crash(store)
+                return
             } catch {
-                throw failure("store \(store.id) could not read: \(error)")
+                throw failure("store \(store.id) turn failed: \(error)")
             }
-            send(.reply(SimReply(operation: waiting.operation, result: result)), from: .store(store.id), to: .client(waiting.client))
+            if let problem = edge.takeFailures().first { throw failure(problem) }
+            // Production runs another turn at once while work is ready; so does the simulation,
+            // up to a bound per tick.
+            guard more, turns < Self.turnsPerTickMax else { break }
         }
-        for (id, error) in output.failedReads {
-            guard let waiting = store.pendingReads.removeValue(forKey: id) else { continue }
-            send(.reply(SimReply(operation: waiting.operation, result: .failure(error))), from: .store(store.id), to: .client(waiting.client))
-        }
-        for split in output.splits {
-            report.splitsApplied += 1
-            note("store \(store.id) applied the split of region \(split.parent.id) into \(split.children.map { String($0.id) }.joined(separator: ","))")
+        if let armed = store.crashInTurn, tick - armed.armedAt > Self.crashInTurnWaitTicks {
+            // The store wrote too little to meet the armed crash: it falls between turns.
+            try crash(store)
+            return
         }
         try checkNoOverlap(store)
         if Self.tracing { traceRegions(store) }
-        if (tick + store.id) % options.heartbeatIntervalTicks == 0 || !output.splits.isEmpty { heartbeats(store) }
+        if (tick + store.id) % options.heartbeatIntervalTicks == 0 || store.splitsSinceHeartbeat { heartbeats(store) }
     }
 
+    /// An armed crash not met by a disk write within this many ticks falls between turns.
+    private static let crashInTurnWaitTicks: UInt64 = 50
+
+    /// Turns a simulated store runs in one tick while its loop says work is ready.
+    private static let turnsPerTickMax = 8
+
     private func receiveSnapshot(_ snapshot: OutgoingSnapshot, at store: SimulatedStore) throws {
-        guard let core = store.core else { return }
+        guard store.isUp else { return }
         var builder: SnapshotBuilder?
         do {
             while let chunk = try snapshot.reader.nextChunk() {
@@ -473,83 +501,69 @@ public final class ClusterSimulation {
             }
             guard let received = try builder?.finish() else { return }
             report.snapshotsDelivered += 1
-            if !core.stepSnapshot(received) { builder?.abandon() }
+            store.loop?.take(.snapshot(received), now: now, edge: store.edge)
         } catch {
             builder?.abandon()
             throw failure("a snapshot from store \(snapshot.header.fromPeer.storeID) to store \(store.id) failed: \(error)")
         }
     }
 
+    /// A client's request, taken by the store's loop with the server's default deadline.
     private func serve(_ request: SimRequest, at store: SimulatedStore) {
-        guard let core = store.core else { return }
-        do {
-            if let command = request.command {
-                let id = try core.proposeWrite(command, context: request.context)
-                store.pendingWrites[id] = (request.client, request.operation)
-            } else {
-                let id = try core.proposeRead(context: request.context)
-                store.pendingReads[id] = (request.client, request.operation, request.key, request.context.regionID, request.context.epoch)
-            }
-        } catch {
-            send(.reply(SimReply(operation: request.operation, result: .failure(error))), from: .store(store.id), to: .client(request.client))
+        guard let loop = store.loop else { return }
+        let deadline = now + .milliseconds(Int64(options.operationTimeoutTicks) * 10)
+        if let command = request.command {
+            loop.take(.write(command, request.context, deadline: deadline, .write(client: request.client, operation: request.operation)),
+                      now: now, edge: store.edge)
+        } else {
+            let waiter = SimulatedWaiter.read(client: request.client, operation: request.operation, key: request.key,
+                                              regionID: request.context.regionID, epoch: request.context.epoch)
+            loop.take(.read(request.context, deadline: deadline, waiter), now: now, edge: store.edge)
         }
     }
 
-    /// Region heartbeats of the regions led here (every interval, and at once after a split),
-    /// and the check of replicas that hear from no leader (destroyed once PD shows them gone).
+    /// The PD agent's round, with production's decisions (`PDReporting`): heartbeats of the
+    /// regions led here that are due (every interval, and at once after a split), the store
+    /// heartbeat, and the check of replicas that hear from no leader (destroyed through the
+    /// loop once PD shows them gone).
     private func heartbeats(_ store: SimulatedStore) {
-        guard let core = store.core else { return }
-        for (region, leader, pending, down, joint) in core.leaderReports() {
+        guard let core = store.core, let loop = store.loop else { return }
+        store.splitsSinceHeartbeat = false
+        let reports = core.leaderReports()
+        for info in store.reporting.heartbeatsDue(reports, now: now) {
             var request = Flotilla_V1_RegionHeartbeatRequest()
             request.header.clusterID = 7
             request.storeID = store.id
-            request.region.region = region
-            request.region.leader = leader
-            request.region.pendingPeers = pending
-            request.region.downPeers = down
-            request.region.joint = joint
+            request.region = info
             send(.regionHeartbeat(request), from: .store(store.id), to: .pd)
         }
         var stats = Flotilla_V1_StoreStats()
         stats.capacityBytes = 100 << 30
         stats.availableBytes = 90 << 30
         stats.regionCount = UInt64(core.regionIDs.count)
-        stats.leaderCount = UInt64(core.leaderReports().count)
+        stats.leaderCount = UInt64(reports.count)
         if pd.isUp(at: tick) && !isCut(.store(store.id), .pd) {
             try? pd.withLeader { pd throws in try pd.storeHeartbeat(storeID: store.id, stats: stats, nowMs: nowMs) }
-            for replica in core.silentReplicas(minTicks: UInt64(options.electionTimeoutTicks * 20)) {
+            let silent = core.silentReplicas(minTicks: UInt64(options.electionTimeoutTicks * 20))
+            for replica in store.reporting.staleChecksDue(silent, now: now) {
                 guard let current = pd.pd.regions.region(id: replica.regionID) else { continue }
-                if core.destroyIfRemoved(regionID: replica.regionID, peerID: replica.peerID, region: current.region) {
-                    note("store \(store.id) destroys replica \(replica.peerID) of region \(replica.regionID) (PD lists it gone)")
-                }
+                loop.take(.task(.destroyIfRemoved(regionID: replica.regionID, peerID: replica.peerID, region: current.region)),
+                          now: now, edge: store.edge)
             }
         }
     }
 
-    /// A PD step for a region led here, carried out as `PDStoreAgent` does.
+    /// A PD step for a region led here, carried out as `PDStoreAgent` does (`PDReporting`
+    /// decides what it asks; the loop carries it out).
     private func carryOut(_ answer: Flotilla_V1_RegionHeartbeatResponse, at store: SimulatedStore) {
-        guard let core = store.core, let region = core.region(answer.regionID), region.epoch == answer.epoch,
-              core.raftStatus(region.id)?.role == .leader, let step = answer.step else { return }
-        switch step {
-        case .changePeer(let change):
-            proposeChanges([change], region: region, at: store)
-        case .changePeers(let joint):
-            proposeChanges(joint.changes, region: region, at: store)
-        case .transferLeader(let transfer):
-            if (try? core.transferLeader(regionID: region.id, to: transfer.peer.id)) != nil {
-                note("store \(store.id) transfers region \(region.id)'s leadership to peer \(transfer.peer.id)")
-            }
-        case .splitRegion(let split):
-            guard store.splitsAsked[region.id] != region.epoch.version else { return }
-            store.splitsAsked[region.id] = region.epoch.version
-            send(.askSplit(region: region, keys: split.splitKeys), from: .store(store.id), to: .pd)
-        }
-    }
-
-    private func proposeChanges(_ changes: [Flotilla_V1_ChangePeer], region: Flotilla_V1_Region, at store: SimulatedStore) {
-        guard let core = store.core, let proposed = StoreCore.membershipChanges(for: changes) else { return }
-        if (try? core.proposeMembershipChange(regionID: region.id, changes: proposed)) != nil {
-            note("store \(store.id) proposes for region \(region.id): \(proposed.map { "\($0.kind) \($0.peer.id)@s\($0.peer.storeID)" }.joined(separator: ", "))")
+        guard let core = store.core, let loop = store.loop, let region = core.region(answer.regionID),
+              let action = PDReporting.action(for: answer, region: region) else { return }
+        switch action {
+        case .task(let task, _):
+            loop.take(.task(task), now: now, edge: store.edge)
+        case .split(let keys):
+            guard store.reporting.beginSplit(of: region, now: now) else { return }
+            send(.askSplit(region: region, keys: keys), from: .store(store.id), to: .pd)
         }
     }
 
@@ -886,7 +900,7 @@ public final class ClusterSimulation {
 
     private static let tracing = ProcessInfo.processInfo.environment["FLOTILLA_CLUSTER_SIM_TRACE"] != nil
 
-    private func note(_ event: String) {
+    func note(_ event: String) {
         if Self.tracing { print("[\(tick)] \(event)") }
         events.append("[\(tick)] \(event)")
         if events.count > 400 { events.removeFirst(200) }

@@ -109,6 +109,8 @@ public struct ClusterSimulationReport: Sendable {
     public var messagesDropped = 0
     public var messagesDuplicated = 0
     public var crashes = 0
+    /// Crashes that fell inside a turn, before one of its disk writes.
+    public var crashesInTurn = 0
     public var pauses = 0
     public var slowDisks = 0
     public var partitions = 0
@@ -138,6 +140,7 @@ extension ClusterSimulationReport {
         messagesDropped += other.messagesDropped
         messagesDuplicated += other.messagesDuplicated
         crashes += other.crashes
+        crashesInTurn += other.crashesInTurn
         pauses += other.pauses
         slowDisks += other.slowDisks
         partitions += other.partitions
@@ -155,7 +158,7 @@ extension ClusterSimulationReport {
 
     public var summary: String {
         "\(ticks) ticks (\(ticks / 100) simulated s), \(operationsChecked) operations checked (\(operationsUnknown) unknown), "
-            + "\(crashes) crashes, \(pauses) pauses, \(slowDisks) slow disks, \(partitions) partitions (\(oneWayPartitions) one-way), "
+            + "\(crashes) crashes (\(crashesInTurn) inside a turn), \(pauses) pauses, \(slowDisks) slow disks, \(partitions) partitions (\(oneWayPartitions) one-way), "
             + "\(pdLeaderChanges) PD failovers, \(messagesDropped)/\(messagesSent) messages dropped, \(messagesDuplicated) duplicated, "
             + "\(splitsAsked) splits asked (\(splitsApplied) applied by replicas), \(movesAsked) moves, \(transfersAsked) transfers, "
             + "\(snapshotsDelivered) snapshots, \(regionsAtEnd) regions at the end, served again \(ticksToServeAfterHeal) ticks after the heal"

@@ -1,10 +1,10 @@
-@testable import FlotillaServer
+import RaftStore
 import Testing
 
 /// The store loop ticks for real time, missed intervals included: leases count ticks.
 @Suite("Store loop tick schedule")
 struct TickScheduleTests {
-    let start = ContinuousClock().now
+    let start = Duration.seconds(7)
     let interval = Duration.milliseconds(100)
 
     @Test func oneTickPerIntervalOnTime() {

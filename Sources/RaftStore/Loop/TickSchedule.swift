@@ -4,15 +4,17 @@
 /// would serve reads from a lease that ran out in real time (the Raft simulator shows it).
 /// Catching up is bounded by `catchUpTicksMax` (at least an election timeout, so every lease
 /// and check-quorum round that real time ended does end); ticks beyond it are dropped and
-/// counted. A pure value: the driver feeds it instants.
-struct TickSchedule {
-    let interval: Duration
-    let catchUpTicksMax: Int
-    private(set) var nextTickAt: ContinuousClock.Instant
+/// counted. A pure value fed the loop's time: the time since the loop started, from a real clock
+/// in production and from the simulated one in the cluster simulation.
+public struct TickSchedule: Sendable {
+    public let interval: Duration
+    public let catchUpTicksMax: Int
+    /// When the next tick is due, in loop time.
+    public private(set) var nextTickAt: Duration
     /// Ticks that were due and not run because more than `catchUpTicksMax` were due at once.
-    private(set) var ticksDropped: UInt64 = 0
+    public private(set) var ticksDropped: UInt64 = 0
 
-    init(interval: Duration, catchUpTicksMax: Int, startingAt start: ContinuousClock.Instant) {
+    public init(interval: Duration, catchUpTicksMax: Int, startingAt start: Duration = .zero) {
         precondition(interval > .zero, "a tick interval must be positive")
         precondition(catchUpTicksMax >= 1, "at least one tick runs when one is due")
         self.interval = interval
@@ -22,7 +24,7 @@ struct TickSchedule {
 
     /// The ticks to run now: one for every interval that ended since the last call (at most
     /// `catchUpTicksMax`); the schedule moves past them.
-    mutating func ticksDue(at now: ContinuousClock.Instant) -> Int {
+    public mutating func ticksDue(at now: Duration) -> Int {
         guard now >= nextTickAt else { return 0 }
         let late = now - nextTickAt
         // Whole intervals past the due tick, without overflow for any pause length.
@@ -39,7 +41,7 @@ struct TickSchedule {
     }
 
     /// How many whole `interval`s fit in `span` (both positive), saturating.
-    static func wholeIntervals(_ span: Duration, of interval: Duration) -> UInt64 {
+    public static func wholeIntervals(_ span: Duration, of interval: Duration) -> UInt64 {
         let spanAttoseconds = Self.attoseconds(span)
         let intervalAttoseconds = Self.attoseconds(interval)
         guard intervalAttoseconds > 0, spanAttoseconds > 0 else { return 0 }
