@@ -202,6 +202,9 @@ public struct ClusterState: Sendable, Equatable {
                     var info = Flotilla_V1_RegionInfo()
                     info.region = try Flotilla_V1_Region(serializedBytes: value)
                     guard PDRecordKeys.region(info.region.id) == key else { throw CorruptRecord(description: "region record under another id") }
+                    do { try PDValidation.check(region: info.region) } catch {
+                        throw CorruptRecord(description: "region record \(info.region.id) is not a valid region: \(error)")
+                    }
                     guard case .changed(removed: []) = state.routes.update(info) else {
                         throw CorruptRecord(description: "region \(info.region.id) overlaps another persisted route")
                     }

@@ -205,8 +205,10 @@ public struct OperatorController: Sendable {
         if let held = running[regionID] { throw .operatorRunning(regionID: regionID, operatorID: held.id) }
         guard !steps.isEmpty else { throw .invalidArgument("an operator needs at least one step") }
         let op = Operator(id: nextID, regionID: regionID, origin: origin, steps: steps, regionVersion: regionVersion, nowMs: nowMs)
+        precondition(!history.contains { $0.id == op.id }, "operator id \(op.id) reused")
         nextID += 1
         running[regionID] = op
+        precondition(op.currentStep == 0 && op.status == .running, "a new operator starts at its first step, running")
         return op
     }
 
@@ -223,6 +225,8 @@ public struct OperatorController: Sendable {
     public mutating func heartbeat(_ info: Flotilla_V1_RegionInfo, nowMs: UInt64) -> OperatorStep? {
         let regionID = info.region.id
         guard var op = running[regionID] else { return nil }
+        precondition(op.currentStep < op.steps.count && op.status == .running,
+                     "running operator \(op.id) at step \(op.currentStep) of \(op.steps.count), \(op.status)")
         if info.region.epoch.version != op.regionVersion {
             // A split step is done when the version grew; any other step fails with it.
             if case .splitRegion = op.steps[op.currentStep], op.currentStep == op.steps.count - 1,
@@ -234,10 +238,12 @@ public struct OperatorController: Sendable {
                 reason: "the region split or merged (version \(op.regionVersion) → \(info.region.epoch.version))", nowMs: nowMs)
             return nil
         }
+        let stepBefore = op.currentStep
         while op.currentStep < op.steps.count, op.steps[op.currentStep].isFinished(on: info) {
             op.currentStep += 1
             op.stepStartedMs = nowMs
         }
+        precondition(op.currentStep >= stepBefore && op.currentStep <= op.steps.count, "operator \(op.id) step out of bounds")
         running[regionID] = op
         if op.currentStep == op.steps.count {
             end(regionID: regionID, status: .succeeded, reason: "", nowMs: nowMs)
@@ -263,6 +269,7 @@ public struct OperatorController: Sendable {
     public func storeLoad() -> [UInt64: Int] {
         var load: [UInt64: Int] = [:]
         for op in running.values {
+            precondition(op.currentStep < op.steps.count, "running operator \(op.id) past its last step")
             for storeID in Set(op.steps[op.currentStep...].flatMap(\.storesTouched)) { load[storeID, default: 0] += 1 }
         }
         return load
@@ -273,6 +280,7 @@ public struct OperatorController: Sendable {
     /// the replica checker at once instead of after the step timeout.
     public mutating func failSteps(needing isLive: (UInt64) -> Bool, nowMs: UInt64) {
         for op in running.values.sorted(by: { $0.id < $1.id }) {
+            precondition(op.currentStep < op.steps.count, "running operator \(op.id) past its last step")
             guard let store = op.steps[op.currentStep].storesNeeded.first(where: { !isLive($0) }) else { continue }
             end(regionID: op.regionID, status: .failed,
                 reason: "step \(op.currentStep + 1) of \(op.steps.count) (\(op.steps[op.currentStep])) needs store \(store), which is not up", nowMs: nowMs)
@@ -292,6 +300,7 @@ public struct OperatorController: Sendable {
 
     /// Ends `op` as timed out when its step is past the timeout.
     private mutating func timedOut(_ op: Operator, nowMs: UInt64) -> Bool {
+        precondition(op.currentStep < op.steps.count, "running operator \(op.id) past its last step")
         guard nowMs >= op.stepStartedMs, nowMs - op.stepStartedMs > stepTimeoutMs else { return false }
         end(regionID: op.regionID, status: .timedOut,
             reason: "step \(op.currentStep + 1) of \(op.steps.count) (\(op.steps[op.currentStep])) did not finish in \(stepTimeoutMs) ms",
@@ -301,10 +310,14 @@ public struct OperatorController: Sendable {
 
     private mutating func end(regionID: UInt64, status: Operator.Status, reason: String, nowMs: UInt64) {
         guard var op = running.removeValue(forKey: regionID) else { return }
+        precondition(op.status == .running && status != .running, "operator \(op.id) ended twice, or as running")
+        precondition(status != .succeeded || op.currentStep == op.steps.count || op.currentStep == op.steps.count - 1,
+                     "operator \(op.id) succeeded at step \(op.currentStep) of \(op.steps.count)")
         op.status = status
         op.reason = reason
         op.endedMs = nowMs
         history.append(op)
         if history.count > historyMax { history.removeFirst(history.count - historyMax) }
+        precondition(running[regionID] == nil && history.count <= historyMax, "an ended operator still runs, or history is over its bound")
     }
 }

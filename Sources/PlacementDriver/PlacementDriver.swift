@@ -166,6 +166,9 @@ public struct PlacementDriver: Sendable {
         if idNext <= idLimit, idLimit - idNext + 1 >= UInt64(count) {
             let first = idNext
             idNext += UInt64(count)
+            // Ids handed out are reserved in PD's log first: never past the reservation, never twice.
+            precondition(idNext - 1 <= idLimit && idNext > first, "ids \(first)..<\(idNext) outside the reservation through \(idLimit)")
+            precondition(idNext - 1 <= state.reservedIDsThrough, "ids handed out beyond what the log reserved (\(state.reservedIDsThrough))")
             return .ids(first: first, count: count)
         }
         var command = Flotilla_V1_PDCommand()
@@ -466,13 +469,16 @@ public struct PlacementDriver: Sendable {
     public static func splitRegionIDs(first: UInt64, splitCount: UInt32, peerCount: Int) -> [Flotilla_V1_SplitRegionIDs] {
         guard peerCount > 0 else { return [] }
         var next = first
-        return (0..<splitCount).map { _ in
+        let layout = (0..<splitCount).map { _ in
             var ids = Flotilla_V1_SplitRegionIDs()
             ids.regionID = next
             ids.peerIds = (1...peerCount).map { offset in next + UInt64(offset) }
             next += UInt64(1 + peerCount)
             return ids
         }
+        // Exactly the ids `idsForSplit` counted, each once.
+        precondition(next - first == UInt64(splitCount) * UInt64(1 + peerCount), "split id layout uses \(next - first) ids")
+        return layout
     }
 
     /// How many ids a split of `region` into `splitCount` more regions needs (a region id and

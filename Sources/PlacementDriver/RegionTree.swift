@@ -75,6 +75,16 @@ public struct RegionTree: Sendable {
         byID[region.id] = info
         let position = firstStart(notBefore: region.startKey)
         starts.insert((region.startKey, region.id), at: position)
+        precondition(starts.count == byID.count, "route index out of step with the regions")
+        // Ranges stay disjoint: the neighbours end before this region starts and start after it ends.
+        if position > 0, let previous = byID[starts[position - 1].id] {
+            precondition(!previous.region.endKey.isEmpty && KeyOrder.compare(previous.region.endKey, region.startKey) <= 0,
+                         "region \(region.id) overlaps region \(previous.region.id) in the routes")
+        }
+        if position + 1 < starts.count {
+            precondition(!region.endKey.isEmpty && KeyOrder.compare(region.endKey, starts[position + 1].start) <= 0,
+                         "region \(region.id) overlaps region \(starts[position + 1].id) in the routes")
+        }
         return .changed(removed: overlapping)
     }
 
@@ -87,6 +97,7 @@ public struct RegionTree: Sendable {
         } else if let index = starts.firstIndex(where: { $0.id == id }) {
             starts.remove(at: index)
         }
+        precondition(starts.count == byID.count, "route index out of step with the regions")
         return info
     }
 

@@ -13,11 +13,20 @@ struct RegionMap {
     var count: Int { ranges.count }
 
     /// Records (or moves) a region's range.
+    /// The range must overlap no other region's: a store never holds two overlapping replicas.
     mutating func set(_ region: Flotilla_V1_Region) {
+        precondition(region.endKey.isEmpty || region.startKey.lexicographicallyPrecedes(region.endKey),
+                     "region \(region.id): an empty or inverted range")
         remove(region.id)
+        let overlapping = overlapping(start: region.startKey, end: region.endKey)
+        precondition(overlapping.isEmpty, "region \(region.id) would overlap regions \(overlapping) on this store")
         ranges[region.id] = (region.startKey, region.endKey)
         starts.insert((region.startKey, region.id), at: firstIndex(startingAtOrAfter: region.startKey))
+        precondition(starts.count == ranges.count, "region map index out of step with its ranges")
     }
+
+    /// The range recorded for `regionID`, if any.
+    func range(of regionID: UInt64) -> (start: Data, end: Data)? { ranges[regionID] }
 
     mutating func remove(_ regionID: UInt64) {
         guard let range = ranges.removeValue(forKey: regionID) else { return }
@@ -25,6 +34,7 @@ struct RegionMap {
         while index < starts.count, starts[index].start == range.start {
             if starts[index].regionID == regionID {
                 starts.remove(at: index)
+                precondition(starts.count == ranges.count, "region map index out of step with its ranges")
                 return
             }
             index += 1

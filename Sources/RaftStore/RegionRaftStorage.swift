@@ -216,6 +216,7 @@ public final class RegionRaftStorage: RaftLogStorage {
     /// Moves the in-memory view after a staged compaction was written.
     public func commitCompaction(index: UInt64, term: UInt64) {
         guard index > truncatedIndex else { return }
+        precondition(index <= lastIndex, "region \(regionID): compacting to \(index), past the last entry \(lastIndex)")
         truncatedIndex = index
         truncatedTerm = term
         if let cacheStart = cache.first?.index, index >= cacheStart {

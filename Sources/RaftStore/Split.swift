@@ -141,6 +141,7 @@ extension StoreCore {
         let keys = split.splitKeys
         let version = peer.region.epoch.version + UInt64(keys.count)
         let sessions = try allSessions(peer)
+        let childrenBefore = pendingChildren.count
         var children: [Flotilla_V1_Region] = []
         for (position, ids) in split.newRegions.enumerated() {
             var child = Flotilla_V1_Region()
@@ -156,6 +157,10 @@ extension StoreCore {
             }
             children.append(child)
         }
+        // The parent and its new regions tile the old range exactly, in key order.
+        precondition(children.count == keys.count && children.first?.startKey == keys[0] && children.last?.endKey == oldEnd,
+                     "region \(peer.region.id): split into \(children.count) regions for \(keys.count) keys does not tile the old range")
+        precondition(zip(children, children.dropFirst()).allSatisfy { $0.endKey == $1.startKey }, "region \(peer.region.id): split regions leave a gap")
         peer.region.endKey = keys[0]
         peer.region.epoch.version = version
         peer.sizeCheckedOnce = false  // its size is measured again
@@ -194,6 +199,7 @@ extension StoreCore {
             }
             pendingChildren.append(PendingChild(localState: localState, campaign: ledHere))
         }
+        precondition(pendingChildren[childrenBefore...].allSatisfy { $0.localState.region.epoch.version == version }, "a split's regions carry its version")
         appliedSplits.append(AppliedSplit(parent: peer.region, children: children, ledByThisStore: ledHere))
         return nil
     }

@@ -380,6 +380,11 @@ public final class StoreCore {
                               storage: storage, isInitialized: true, appliedConfState: confState)
         peer.storage.snapshotPoint = SnapshotMetadata(index: applied, term: (try? storage.term(at: applied)) ?? 0, confState: confState)
         peer.confChanges = Array(state.confChanges.suffix(RegionPeer.confChangeRecordsMax))
+        // Stored state is input: overlapping regions on disk are corruption, not a trap.
+        let overlapping = regionMap.overlapping(start: region.startKey, end: region.endKey).filter { $0 != region.id }
+        guard overlapping.isEmpty else {
+            throw StoreCorruption(region: region.id, what: "stored range overlaps regions \(overlapping) held here")
+        }
         peers[region.id] = peer
         regionMap.set(region)
         touchedRegions.insert(region.id)

@@ -29,6 +29,7 @@ extension StoreCore {
     /// output.
     public func runTurn(sendBeforeSync: (([UInt64: [Flotilla_V1_RaftMessage]]) -> Void)? = nil,
                         completeBeforeSync: (([(id: ProposalID, result: Result<Flotilla_V1_WriteResult, StoreRequestError>)]) -> Void)? = nil) throws -> StoreTurnOutput {
+        precondition(pendingRequests >= 0, "pending request count negative before a turn")
         var output = StoreTurnOutput()
         var readies: [(peer: RegionPeer, ready: Ready, staged: RegionRaftStorage.StagedWrite)] = []
         let logBatch = db.makeWriteBatch()
@@ -107,7 +108,16 @@ extension StoreCore {
             if let last = item.ready.committedEntries.last {
                 peer.storage.snapshotPoint = SnapshotMetadata(index: last.index, term: last.term, confState: peer.appliedConfState)
             }
+            let appliedBefore = peer.raft.appliedIndex
             peer.raft.advance(item.ready)
+            if let last = item.ready.committedEntries.last {
+                // The pair of the apply-order check: Raft agrees on what was applied, and on
+                // the configuration the store recorded with it.
+                precondition(peer.raft.appliedIndex == last.index && appliedBefore < last.index,
+                             "region \(peer.region.id): Raft applied \(peer.raft.appliedIndex), the store \(last.index)")
+                precondition(peer.raft.confState == peer.appliedConfState,
+                             "region \(peer.region.id): Raft's configuration \(peer.raft.confState) differs from the applied one \(peer.appliedConfState)")
+            }
             if item.ready.softState.map({ $0.role != .leader }) == true {
                 failPending(peer, error: .notLeader(regionID: peer.region.id, leader: peer.leaderPeer), output: &output)
             }
@@ -165,7 +175,12 @@ extension StoreCore {
         guard let last = ready.committedEntries.last else { return }
         var regionStateChanged = false
         var sessionsWritten: Set<UInt64> = []
+        // Entries apply in log order, each once: the first follows what was applied.
+        var expectedIndex = peer.raft.appliedIndex + 1
+        precondition(ready.snapshotToInstall == nil, "region \(peer.region.id): committed entries handed out with a snapshot to install")
         for entry in ready.committedEntries {
+            precondition(entry.index == expectedIndex, "region \(peer.region.id): applying entry \(entry.index), expected \(expectedIndex)")
+            expectedIndex += 1
             let pending = peer.pendingWrites.removeValue(forKey: entry.index)
             // Proposed here in another term: the entry at this index is someone else's.
             let mine = pending.flatMap { $0.term == entry.term ? $0.ids : nil } ?? []
@@ -278,6 +293,7 @@ extension StoreCore {
         if regionStateChanged {
             batch.batch.put(StoreKeys.regionState(region: peer.region.id), try peer.localState.serializedBytes(), in: metaCF)
         }
+        precondition(expectedIndex == last.index + 1, "region \(peer.region.id): applied through \(expectedIndex - 1), recording \(last.index)")
         batch.batch.put(StoreKeys.applyState(region: peer.region.id),
                         StoredValues.encodeApplyState(applied: last.index, truncatedIndex: peer.storage.truncatedIndex,
                                                       truncatedTerm: peer.storage.truncatedTerm),
@@ -489,6 +505,7 @@ extension StoreCore {
                 if !overHard { target = min(target, needed) }
             }
             guard target > truncated else { continue }
+            precondition(target <= applied, "region \(peer.region.id): truncating to \(target), past applied \(applied)")
             let (index, term) = try peer.storage.stageCompaction(upTo: target, applied: applied, into: batch)
             truncations.append((peer, index, term))
         }
@@ -499,6 +516,8 @@ extension StoreCore {
             let peer = truncation.peer
             let before = peer.storage.lastIndex - peer.storage.truncatedIndex
             let kept = peer.storage.lastIndex - truncation.index
+            precondition(truncation.index <= peer.raft.appliedIndex && truncation.index > peer.storage.truncatedIndex,
+                         "region \(peer.region.id): truncation to \(truncation.index) outside (\(peer.storage.truncatedIndex), \(peer.raft.appliedIndex)]")
             peer.storage.commitCompaction(index: truncation.index, term: truncation.term)
             peer.logBytesSinceTruncation = before == 0 ? 0 : Int(Double(peer.logBytesSinceTruncation) * Double(kept) / Double(before))
         }
@@ -512,6 +531,7 @@ extension StoreCore {
     private func destroyRemovedPeers(_ candidates: [RegionPeer], output: inout StoreTurnOutput) throws {
         for peer in candidates where peer.isRemoved && peer.raft.role != .leader {
             let regionID = peer.region.id
+            precondition(peers[regionID] === peer, "region \(regionID): destroying a replica the store no longer holds")
             failPending(peer, error: .regionNotFound(regionID: regionID), output: &output)
             for read in peer.readsAwaitingApply { output.failedReads.append((read.id, .regionNotFound(regionID: regionID))) }
             peer.readsAwaitingApply = []
@@ -535,6 +555,7 @@ extension StoreCore {
             if let received = peer.receivedSnapshot { removeStagedSnapshot(received.directory) }
             peers[regionID] = nil
             regionMap.remove(regionID)
+            precondition(regionMap.range(of: regionID) == nil, "region \(regionID): a destroyed replica's range is still mapped")
         }
     }
 }
