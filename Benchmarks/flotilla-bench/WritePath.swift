@@ -107,12 +107,7 @@ final class WritePathCluster {
             let store = try StoreCore(db: try StoreDatabase.open(path: path + "/db"), storeID: storeID,
                                       settings: StoreSettings(snapshotDirectory: path + "/snapshots")) { peerID in
                 // As flotilla-server configures its regions.
-                var config = RaftConfig(id: peerID)
-                config.electionTimeoutTicks = 10
-                config.heartbeatIntervalTicks = 2
-                config.broadcastCommit = false
-                config.randomSeed = peerID
-                return config
+                RegionRaftPolicy(seed: 0).config(forPeer: peerID)
             }
             for region in regions { try store.bootstrapRegion(region) }
             stores[storeID] = store

@@ -483,6 +483,13 @@ public nonisolated struct Flotilla_V1_RegionLocalState: @unchecked Sendable {
     set {_uniqueStorage()._confChanges = newValue}
   }
 
+  /// TOMBSTONE only: the peer id of the replica that was destroyed here. Peer ids are never
+  /// reused, so no message to it or to an older peer of the region recreates a replica.
+  public var removedPeerID: UInt64 {
+    get {_storage._removedPeerID}
+    set {_uniqueStorage()._removedPeerID = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1485,7 +1492,7 @@ nonisolated extension Flotilla_V1_SnapshotDone: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegionLocalState"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{1}state\0\u{3}conf_state\0\u{3}applying_snapshot\0\u{3}applying_directory\0\u{3}conf_changes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}region\0\u{1}state\0\u{3}conf_state\0\u{3}applying_snapshot\0\u{3}applying_directory\0\u{3}conf_changes\0\u{3}removed_peer_id\0")
 
   fileprivate class _StorageClass {
     var _region: Flotilla_V1_Region? = nil
@@ -1494,6 +1501,7 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
     var _applyingSnapshot: Flotilla_V1_SnapshotMetadata? = nil
     var _applyingDirectory: String = String()
     var _confChanges: [Flotilla_V1_ConfChangeRecord] = []
+    var _removedPeerID: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1510,6 +1518,7 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
       _applyingSnapshot = source._applyingSnapshot
       _applyingDirectory = source._applyingDirectory
       _confChanges = source._confChanges
+      _removedPeerID = source._removedPeerID
     }
   }
 
@@ -1534,6 +1543,7 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
         case 4: try { try decoder.decodeSingularMessageField(value: &_storage._applyingSnapshot) }()
         case 5: try { try decoder.decodeSingularStringField(value: &_storage._applyingDirectory) }()
         case 6: try { try decoder.decodeRepeatedMessageField(value: &_storage._confChanges) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._removedPeerID) }()
         default: break
         }
       }
@@ -1564,6 +1574,9 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
       if !_storage._confChanges.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._confChanges, fieldNumber: 6)
       }
+      if _storage._removedPeerID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._removedPeerID, fieldNumber: 7)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1579,6 +1592,7 @@ nonisolated extension Flotilla_V1_RegionLocalState: SwiftProtobuf.Message, Swift
         if _storage._applyingSnapshot != rhs_storage._applyingSnapshot {return false}
         if _storage._applyingDirectory != rhs_storage._applyingDirectory {return false}
         if _storage._confChanges != rhs_storage._confChanges {return false}
+        if _storage._removedPeerID != rhs_storage._removedPeerID {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -245,22 +245,15 @@ public final class FlotillaServer: Sendable {
          logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, prepare: (StoreCore) throws -> Void) throws {
         self.settings = settings
         self.logger = logger
-        let electionTimeoutTicks = settings.electionTimeoutTicks
         var storeSettings = StoreSettings(snapshotDirectory: settings.dataDirectory + "/snapshots")
         storeSettings.logGCCountThreshold = settings.logGCCountThreshold
         storeSettings.logGCSizeThresholdBytes = settings.logGCSizeThresholdBytes
         storeSettings.maxPendingRequests = settings.maxPendingRequests
         let tickMilliseconds = max(1, settings.tickInterval.components.seconds * 1_000 + settings.tickInterval.components.attoseconds / 1_000_000_000_000_000)
         storeSettings.peerDownTicks = max(1, settings.peerDownSeconds * 1_000 / UInt64(tickMilliseconds))
-        let core = try StoreCore(db: db, storeID: settings.storeID, settings: storeSettings) { peerID in
-            var config = RaftConfig(id: peerID)
-            config.electionTimeoutTicks = electionTimeoutTicks
-            config.heartbeatIntervalTicks = 2
-            // Commit indexes ride on the next append or heartbeat: half the messages per write.
-            config.broadcastCommit = false
-            config.randomSeed = peerID &* 0x9E37_79B9 ^ UInt64(UInt32(truncatingIfNeeded: ProcessInfo.processInfo.processIdentifier))
-            return config
-        }
+        var policy = RegionRaftPolicy.process()
+        policy.electionTimeoutTicks = settings.electionTimeoutTicks
+        let core = try StoreCore(db: db, storeID: settings.storeID, settings: storeSettings, raftConfig: { [policy] in policy.config(forPeer: $0) })
         try prepare(core)
         let storeID = settings.storeID
         let network = try RaftSocketTransport(listen: raftAddress, clusterID: clusterID, storeID: storeID, peers: raftPeers,

@@ -90,15 +90,14 @@ public final class PDServer: Sendable {
         try FlotillaServer.checkIdentity(db: db, clusterID: groupID, storeID: memberID, path: settings.dataDirectory,
                                          what: "PD member \(memberID) of members \(settings.initialMembers.map { "\($0.name)=\($0.peerAddress)" }.joined(separator: ","))")
         machine = PDMachine(timings: settings.timings)
-        let electionTimeoutTicks = settings.electionTimeoutTicks
+        var policy = RegionRaftPolicy.process()
+        policy.electionTimeoutTicks = settings.electionTimeoutTicks
+        // The one difference from the stores': PD's log is short and rarely written, and a
+        // member elected PD leader serves routes from what it applied at once, so followers
+        // hear of every commit right away (one empty append per entry is cheap here).
+        policy.broadcastCommit = true
         let core = try StoreCore(db: db, storeID: memberID, settings: StoreSettings(snapshotDirectory: settings.dataDirectory + "/snapshots"),
-                                 raftConfig: { peerID in
-            var config = RaftConfig(id: peerID)
-            config.electionTimeoutTicks = electionTimeoutTicks
-            config.heartbeatIntervalTicks = 2
-            config.randomSeed = peerID &* 0x9E37_79B9 ^ UInt64(UInt32(truncatingIfNeeded: ProcessInfo.processInfo.processIdentifier))
-            return config
-        }, stateMachine: machine)
+                                 raftConfig: { [policy] in policy.config(forPeer: $0) }, stateMachine: machine)
         var region = Flotilla_V1_Region()
         region.id = Self.regionID
         region.epoch.confVer = 1

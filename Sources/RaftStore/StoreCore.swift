@@ -588,7 +588,9 @@ public final class StoreCore {
         if let stored = try? db.get(StoreKeys.regionState(region: message.regionID), in: metaCF),
            let state = try? Flotilla_V1_RegionLocalState(serializedBytes: stored),
            state.state == .tombstone,
-           state.region.epoch.confVer >= message.epoch.confVer || state.region.peer(withID: message.toPeer.id) != nil {
+           state.region.epoch.confVer >= message.epoch.confVer || state.region.peer(withID: message.toPeer.id) != nil
+            || message.toPeer.id <= state.removedPeerID {
+            // Removed from here: only a successor (a newer peer id, at a newer conf_ver) is made.
             return nil
         }
         for other in overlapping {

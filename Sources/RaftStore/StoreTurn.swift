@@ -537,6 +537,9 @@ extension StoreCore {
             peer.readsAwaitingApply = []
             var tombstone = peer.localState
             tombstone.state = .tombstone
+            // The region no longer lists this replica: the tombstone names it, so no message to
+            // it (or to an older peer of the region here) creates a replica again.
+            tombstone.removedPeerID = peer.peerID
             let raftCF = try db.columnFamily(StoreKeys.raftColumnFamily)
             let batch = db.makeWriteBatch()
             batch.put(StoreKeys.regionState(region: regionID), try tombstone.serializedBytes(), in: metaCF)

@@ -76,14 +76,10 @@ final class SimulatedStore {
         let seed = raftSeed
         let election = electionTimeoutTicks
         let generation = UInt64(self.generation)
-        let core = try StoreCore(db: db, storeID: id, settings: settings) { peerID in
-            var config = RaftConfig(id: peerID)
-            config.electionTimeoutTicks = election
-            config.heartbeatIntervalTicks = 2
-            config.broadcastCommit = false
-            config.randomSeed = seed ^ (peerID &* 0x9E37_79B9) ^ (generation << 48)
-            return config
-        }
+        // The production policy; the seed replays the run (and differs per life of the store).
+        var policy = RegionRaftPolicy(seed: seed ^ (generation << 48))
+        policy.electionTimeoutTicks = election
+        let core = try StoreCore(db: db, storeID: id, settings: settings, raftConfig: { [policy] in policy.config(forPeer: $0) })
         core.diskWriteObserver = { [unowned self] what in try self.observe(what, db: db) }
         loop = StoreLoop(core: core, tickInterval: SimulatedStore.tickInterval, tickCatchUpMax: 2 * electionTimeoutTicks + 1, startingAt: now)
         reporting = PDReporting(settings: reportingSettings)
