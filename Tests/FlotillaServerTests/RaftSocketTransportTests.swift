@@ -214,13 +214,13 @@ struct RaftSocketTransportTests {
         var start = 0
         var frames: [Range<Int>] = []
         while start < messages.count {
-            let end = RaftSocketTransport.frameEnd(messages, from: start, bytesTarget: 3_000)
+            let end = RaftFrameCodec.frameEnd(messages, from: start, bytesTarget: 3_000)
             frames.append(start..<end)
             start = end
         }
         #expect(frames.map(\.count).reduce(0, +) == 10)
         #expect(frames.allSatisfy { $0.count >= 1 && $0.count <= 3 })
         // One message bigger than the target still goes, alone.
-        #expect(RaftSocketTransport.frameEnd([message(region: 1, index: 1, payloadBytes: 10_000)], from: 0, bytesTarget: 3_000) == 1)
+        #expect(RaftFrameCodec.frameEnd([message(region: 1, index: 1, payloadBytes: 10_000)], from: 0, bytesTarget: 3_000) == 1)
     }
 }

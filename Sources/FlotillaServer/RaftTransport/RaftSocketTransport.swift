@@ -5,138 +5,6 @@ import Foundation
 import Logging
 import RaftStore
 
-/// Wakes a store thread waiting in `RaftSocketTransport.wait`: an eventfd that any thread may
-/// signal. Signals coalesce: many before the store thread looks cost it one wake-up.
-final class StoreThreadWakeup: Sendable {
-    let fd: Int32
-
-    init() throws(ConfigError) {
-        fd = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
-        guard fd >= 0 else { throw ConfigError("eventfd() failed: \(String(cString: strerror(errno)))") }
-    }
-
-    func wake() {
-        var one: UInt64 = 1
-        _ = withUnsafeBytes(of: &one) { write(fd, $0.baseAddress, 8) }
-    }
-
-    /// Resets the eventfd after a wake-up (store thread).
-    func reset() {
-        var count: UInt64 = 0
-        _ = withUnsafeMutableBytes(of: &count) { read(fd, $0.baseAddress, 8) }
-    }
-
-    deinit { close(fd) }
-}
-
-/// Bounds of the Raft transport.
-struct RaftTransportLimits: Sendable {
-    /// Largest frame accepted from a peer; a longer one closes the connection. Holds an append
-    /// with the largest entry a store accepts (`KVLimits`).
-    var receivedFrameBytesMax = KVLimits.raftFrameBytesMax
-    /// Outgoing messages are cut into frames of about this many bytes (one message always
-    /// goes, whatever its size, up to `receivedFrameBytesMax`).
-    var sentFrameBytesTarget = 16 << 20
-    /// Bytes queued for one peer that the kernel has not taken yet; messages beyond are
-    /// dropped (Raft retransmits).
-    var queuedBytesMax = 64 << 20
-    /// Bytes read from one connection per poll, so one busy peer cannot hold the store thread.
-    var readBytesPerPollMax = 8 << 20
-    /// Reconnect backoff after a failed or lost outgoing connection, doubled up to the max.
-    var reconnectBackoffMilliseconds = 50
-    var reconnectBackoffMillisecondsMax = 1_000
-    /// A peer must finish the handshake within this, or its connection is closed.
-    var handshakeTimeoutMilliseconds = 5_000
-    /// An authenticated inbound connection that sends nothing for this long is closed (peers
-    /// heartbeat every few hundred milliseconds), as is one whose frame in progress makes no
-    /// progress for this long (a slow or stuck sender holding a partial frame in memory).
-    var idleTimeoutMilliseconds = 30_000
-    /// Inbound connections at once, handshaking or not; beyond, new ones are closed at once.
-    /// Authenticated ones are one per peer store (a newer one replaces the older).
-    var inboundConnectionsMax = 64
-    /// Bytes of partial frames held over all inbound connections; a connection that would
-    /// take the total past it is closed (its peer reconnects; Raft retransmits).
-    var inboundBufferedBytesMax = 256 << 20
-}
-
-/// The Raft port's handshake: before any frame is read, both ends prove they know the cluster
-/// secret, with HMAC-SHA256 over fresh nonces from both sides (so no answer can be replayed).
-///
-///     acceptor → connector  challenge: "FLR1" · acceptor nonce (32 B)                 36 B
-///     connector → acceptor  hello: "FLR1" · cluster id · from store · to store (8 B BE each)
-///                           · connector nonce (32 B) · HMAC("flotilla-raft-connector" …) 92 B
-///     acceptor → connector  proof: HMAC("flotilla-raft-acceptor" …)                   32 B
-///
-/// Both MACs cover both nonces, the cluster id and the two store ids. A connector that gets a
-/// wrong proof closes without sending a frame; an acceptor that gets a wrong hello closes
-/// without reading one. Fixed sizes: nothing is buffered beyond the step being read.
-struct RaftHandshake {
-    static let magic: [UInt8] = Array("FLR1".utf8)
-    static let nonceBytes = 32
-    static let challengeBytes = 4 + nonceBytes
-    static let helloBytes = 4 + 24 + nonceBytes + 32
-    static let proofBytes = 32
-    /// Bytes of a cluster secret (read from the cluster file's `secretFile`).
-    static let secretBytesMin = 16
-    static let secretBytesMax = 4_096
-
-    let key: SymmetricKey
-
-    init(secret: [UInt8]) { key = SymmetricKey(data: secret) }
-
-    static func nonce() -> [UInt8] {
-        var generator = SystemRandomNumberGenerator()
-        return (0..<nonceBytes).map { _ in UInt8.random(in: 0...255, using: &generator) }
-    }
-
-    struct Hello: Equatable {
-        var clusterID: UInt64
-        var fromStoreID: UInt64
-        var toStoreID: UInt64
-        var nonce: [UInt8]
-        var mac: [UInt8]
-    }
-
-    func mac(role: String, acceptorNonce: [UInt8], connectorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64) -> [UInt8] {
-        var message = Array("flotilla-raft-\(role)".utf8)
-        message += acceptorNonce
-        message += connectorNonce
-        for value in [clusterID, from, to] { withUnsafeBytes(of: value.bigEndian) { message += $0 } }
-        return Array(HMAC<SHA256>.authenticationCode(for: message, using: key))
-    }
-
-    static func challenge(nonce: [UInt8]) -> [UInt8] { magic + nonce }
-
-    /// The acceptor's nonce from a challenge, or nil when it is not one.
-    static func parseChallenge(_ bytes: ArraySlice<UInt8>) -> [UInt8]? {
-        guard bytes.count == challengeBytes, Array(bytes.prefix(4)) == magic else { return nil }
-        return Array(bytes.dropFirst(4))
-    }
-
-    func hello(acceptorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64, nonce: [UInt8]) -> [UInt8] {
-        var bytes = Self.magic
-        for value in [clusterID, from, to] { withUnsafeBytes(of: value.bigEndian) { bytes += $0 } }
-        bytes += nonce
-        bytes += mac(role: "connector", acceptorNonce: acceptorNonce, connectorNonce: nonce, clusterID: clusterID, from: from, to: to)
-        return bytes
-    }
-
-    static func parseHello(_ bytes: ArraySlice<UInt8>) -> Hello? {
-        guard bytes.count == helloBytes, Array(bytes.prefix(4)) == magic else { return nil }
-        let body = Array(bytes)
-        func integer(at offset: Int) -> UInt64 { body[offset..<(offset + 8)].reduce(0) { $0 << 8 | UInt64($1) } }
-        return Hello(clusterID: integer(at: 4), fromStoreID: integer(at: 12), toStoreID: integer(at: 20),
-                     nonce: Array(body[28..<60]), mac: Array(body[60..<92]))
-    }
-
-    /// Whether `mac` is the expected one, compared in constant time.
-    func verify(_ mac: [UInt8], role: String, acceptorNonce: [UInt8], connectorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64) -> Bool {
-        let expected = self.mac(role: role, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, clusterID: clusterID, from: from, to: to)
-        guard mac.count == expected.count else { return false }
-        return zip(mac, expected).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
-    }
-}
-
 /// Store-to-store Raft traffic over plain TCP, run by the store thread itself: no event loop
 /// and no HTTP/2 between a region's messages and the socket, so a message costs no thread
 /// hand-off on either side. Each store connects once to every other store's raft address and
@@ -223,6 +91,7 @@ final class RaftSocketTransport {
     private let clusterID: UInt64
     private let storeID: UInt64
     private let handshake: RaftHandshake
+    private let codec: RaftFrameCodec
     /// Connections refused: handshake failures, timeouts, over the inbound bound.
     private(set) var connectionsRefused = 0
     /// Stores whose connections are accepted; nil: any store (stores joining through PD,
@@ -254,6 +123,7 @@ final class RaftSocketTransport {
     init(listen: HostPort, clusterID: UInt64, storeID: UInt64, peers: [UInt64: HostPort], secret: [UInt8],
          acceptAnyStore: Bool = false, limits: RaftTransportLimits = RaftTransportLimits(), logger: Logger) throws(ConfigError) {
         handshake = RaftHandshake(secret: secret)
+        codec = RaftFrameCodec(clusterID: clusterID, storeID: storeID, limits: limits)
         self.clusterID = clusterID
         self.storeID = storeID
         self.knownStores = acceptAnyStore ? nil : Set(peers.keys)
@@ -343,55 +213,14 @@ final class RaftSocketTransport {
                 droppedMessages += messages.count
                 continue
             }
-            var start = 0
-            while start < messages.count {
-                let end = Self.frameEnd(messages, from: start, bytesTarget: limits.sentFrameBytesTarget)
-                var batch = Flotilla_V1_RaftMessageBatch()
-                batch.clusterID = clusterID
-                batch.fromStoreID = storeID
-                batch.toStoreID = destination
-                batch.messages = Array(messages[start..<end])
-                let count = end - start
-                start = end
-                let payload: [UInt8]
-                do { payload = try batch.serializedBytes() } catch {
-                    logger.error("cannot encode a Raft frame", metadata: ["to_store": "\(destination)", "error": "\(error)"])
-                    droppedMessages += count
-                    continue
-                }
-                guard payload.count <= limits.receivedFrameBytesMax else {
-                    // Cannot happen for requests within `KVLimits`; say so loudly if it does.
-                    logger.error("dropped a Raft frame over the frame limit", metadata: [
-                        "to_store": "\(destination)", "frame_bytes": "\(payload.count)", "limit_bytes": "\(limits.receivedFrameBytesMax)"])
-                    droppedMessages += count
-                    continue
-                }
-                guard connection.queuedBytes + payload.count + 4 <= limits.queuedBytesMax else {
-                    droppedMessages += count
-                    continue
-                }
-                let length = UInt32(payload.count)
-                connection.output.append(contentsOf: [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)])
-                connection.output.append(contentsOf: payload)
-                connection.outputMessages += count
-                framesSent += 1
-            }
+            let room = max(0, limits.queuedBytesMax - connection.queuedBytes)
+            let encoded = codec.encode(messages, to: destination, roomBytes: room, into: &connection.output)
+            for problem in encoded.problems { logger.error("dropped a Raft frame", metadata: ["reason": "\(problem)"]) }
+            droppedMessages += encoded.droppedMessages
+            connection.outputMessages += encoded.messages
+            framesSent += encoded.frames
             if connection.isReady { flush(connection) }
         }
-    }
-
-    /// The end of the frame that starts at `start`: messages up to about `bytesTarget` bytes.
-    static func frameEnd(_ messages: [Flotilla_V1_RaftMessage], from start: Int, bytesTarget: Int) -> Int {
-        var bytes = 0
-        var end = start
-        while end < messages.count {
-            let message = messages[end]
-            let size = 96 + message.message.context.count + message.message.entries.reduce(0) { $0 + $1.data.count + 24 }
-            if end > start && bytes + size > bytesTarget { break }
-            bytes += size
-            end += 1
-        }
-        return end
     }
 
     /// Writes queued bytes until the kernel's buffer is full; watches for writability then.
@@ -699,37 +528,20 @@ final class RaftSocketTransport {
 
     private func deliverFrames(_ connection: Connection, deliver: (Flotilla_V1_RaftMessageBatch) -> Void) {
         guard connection.isReady, connection.outboundStoreID == nil else { return }
-        while connection.input.count - connection.inputStart >= 4 {
-            let start = connection.inputStart
-            let length = Int(connection.input[start]) << 24 | Int(connection.input[start + 1]) << 16
-                | Int(connection.input[start + 2]) << 8 | Int(connection.input[start + 3])
-            guard length <= limits.receivedFrameBytesMax else {
-                refuse(connection, reason: "a frame of \(length) bytes is over the \(limits.receivedFrameBytesMax)-byte limit")
+        while true {
+            switch codec.decode(connection.input, start: &connection.inputStart, fromPeer: connection.peerStoreID) {
+            case .needMore:
+                compactInput(connection)
                 return
+            case .refused(let reason):
+                return refuse(connection, reason: reason)
+            case .frame(let batch):
+                framesReceived += 1
+                connection.lastFrameAt = clock.now
+                if cutStores.contains(batch.fromStoreID) { continue }
+                deliver(batch)
             }
-            guard connection.input.count - start - 4 >= length else { break }
-            connection.inputStart = start + 4 + length
-            let batch: Flotilla_V1_RaftMessageBatch
-            do {
-                batch = try Flotilla_V1_RaftMessageBatch(serializedBytes: Array(connection.input[(start + 4)..<(start + 4 + length)]))
-            } catch {
-                refuse(connection, reason: "an undecodable frame: \(error)")
-                return
-            }
-            guard batch.clusterID == clusterID else {
-                refuse(connection, reason: "a frame from cluster \(batch.clusterID), this is cluster \(clusterID)")
-                return
-            }
-            guard batch.toStoreID == storeID, batch.fromStoreID == connection.peerStoreID else {
-                refuse(connection, reason: "a frame from store \(batch.fromStoreID) to store \(batch.toStoreID) does not belong here (store \(storeID))")
-                return
-            }
-            framesReceived += 1
-            connection.lastFrameAt = clock.now
-            if cutStores.contains(batch.fromStoreID) { continue }
-            deliver(batch)
         }
-        compactInput(connection)
     }
 
     /// Bytes of partial frames buffered over every inbound connection.
