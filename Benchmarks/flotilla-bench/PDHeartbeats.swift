@@ -201,12 +201,11 @@ struct PDHeartbeats: AsyncParsableCommand {
                                 _ stream: @escaping @Sendable (Flotilla_V1_PD.Client<HTTP2ClientTransport.Posix>, Flotilla_V1_PDRequestHeader) async throws -> Int) async throws -> Int {
         _ = try await client.clusterInfo()  // learns the cluster id
         let leader = try await client.members().leader.clientAddress
-        let parts = leader.split(separator: ":")
-        guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("PD's leader address \(leader) is not host:port") }
+        guard let address = HostPort(dialable: leader) else { throw ValidationError("PD's leader address \(leader) is not host:port") }
         var header = Flotilla_V1_PDRequestHeader()
         header.clusterID = client.clusterID
         let sentHeader = header
-        return try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: String(parts[0]), port: port), transportSecurity: .plaintext)) { grpc in
+        return try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: address.host, port: address.port), transportSecurity: .plaintext)) { grpc in
             let pd = Flotilla_V1_PD.Client(wrapping: grpc)
             return try await withThrowingTaskGroup(of: Int.self) { group in
                 for _ in 0..<concurrency { group.addTask { try await stream(pd, sentHeader) } }

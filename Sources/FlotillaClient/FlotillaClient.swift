@@ -571,9 +571,8 @@ public final class FlotillaClient: Sendable {
     /// Starts connections to stores PD named that the client did not know (or whose address changed).
     private func learn(stores: [Flotilla_V1_Store]) {
         for store in stores {
-            guard let colon = store.address.lastIndex(of: ":"), let port = Int(store.address[store.address.index(after: colon)...]),
-                  (1...65_535).contains(port), clients.withLock({ $0[store.id] }) == nil,
-                  let client = try? GRPCClient(transport: .http2NIOPosix(target: .ipv4(address: String(store.address[..<colon]), port: port),
+            guard let address = HostPort(dialable: store.address), clients.withLock({ $0[store.id] }) == nil,
+                  let client = try? GRPCClient(transport: .http2NIOPosix(target: .ipv4(address: address.host, port: address.port),
                                                                        transportSecurity: .plaintext, config: Self.transportConfig)) else { continue }
             let added = clients.withLock { clients -> Bool in
                 guard clients[store.id] == nil else { return false }

@@ -41,12 +41,9 @@ public final class PDClient: Sendable {
         var config = HTTP2ClientTransport.Posix.Config.defaults
         config.backoff = .init(initial: .milliseconds(20), max: .seconds(1), multiplier: 2, jitter: 0.2)
         for endpoint in endpoints {
-            guard let colon = endpoint.lastIndex(of: ":"), colon != endpoint.startIndex,
-                  let port = Int(endpoint[endpoint.index(after: colon)...]), (1...65_535).contains(port) else {
-                throw .badEndpoint(endpoint)
-            }
+            guard let address = HostPort(dialable: endpoint) else { throw .badEndpoint(endpoint) }
             do {
-                clients.append(GRPCClient(transport: try .http2NIOPosix(target: .ipv4(address: String(endpoint[..<colon]), port: port),
+                clients.append(GRPCClient(transport: try .http2NIOPosix(target: .ipv4(address: address.host, port: address.port),
                                                                       transportSecurity: .plaintext, config: config)))
             } catch {
                 throw .badEndpoint(endpoint)

@@ -153,21 +153,6 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
     public init(_ description: String) { self.description = description }
 }
 
-/// host:port, parsed.
-public struct HostPort: Sendable, Equatable, CustomStringConvertible {
-    public var host: String
-    public var port: Int
-
-    public init?(_ text: String) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-              (0...65_535).contains(port), colon != text.startIndex else { return nil }
-        host = String(text[..<colon])
-        self.port = port
-    }
-
-    public var description: String { "\(host):\(port)" }
-}
-
 import FlotillaProto
 
 extension ClusterFile {

@@ -27,8 +27,7 @@ public enum PDValidation {
         guard !address.isEmpty, address.utf8.count <= PDLimits.addressBytesMax else {
             throw .invalidArgument("\(field): must be host:port, 1 to \(PDLimits.addressBytesMax) bytes")
         }
-        guard let colon = address.lastIndex(of: ":"), colon != address.startIndex,
-              let port = Int(address[address.index(after: colon)...]), (1...65_535).contains(port) else {
+        guard HostPort(dialable: address) != nil else {
             throw .invalidArgument("\(field): \(address.prefix(64)) is not host:port with a port from 1 to 65535")
         }
     }

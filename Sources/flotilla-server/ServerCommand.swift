@@ -1,3 +1,4 @@
+import FlotillaProto
 import ArgumentParser
 import FlotillaCommandLine
 import FlotillaServer

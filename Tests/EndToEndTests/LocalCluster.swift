@@ -1,3 +1,4 @@
+import FlotillaProto
 import FlotillaClient
 import FlotillaServer
 import Foundation

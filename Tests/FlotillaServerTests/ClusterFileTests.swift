@@ -1,3 +1,4 @@
+import FlotillaProto
 @testable import FlotillaServer
 import Foundation
 import Testing
@@ -21,6 +22,18 @@ struct ClusterFileTests {
         do { _ = try ClusterFile.load(path: inner); Issue.record("accepted") } catch { #expect(error.description.contains("'adress'")) }
         let good = try write(#"{"clusterID": 1, "stores": [\#(store)], "splitKeys": ["g"]}"#)
         #expect(try ClusterFile.load(path: good).splitKeys == ["g"])
+    }
+
+    /// One parser of host:port for every program (server, PD, client, bench).
+    @Test func hostPortIsParsedStrictlyOnce() {
+        #expect(HostPort("127.0.0.1:7001") == HostPort(dialable: "127.0.0.1:7001"))
+        #expect(HostPort("[::1]:80")?.host == "[::1]")
+        #expect(HostPort("127.0.0.1:0")?.port == 0, "a listener may ask for an ephemeral port")
+        #expect(HostPort(dialable: "127.0.0.1:0") == nil, "nobody dials port 0")
+        for bad in ["", ":80", "host", "host:", "host:+80", "host:-1", "host:65536", "host:000080", "host:8 0",
+                    "host:٣", String(repeating: "h", count: HostPort.textBytesMax) + ":1"] {
+            #expect(HostPort(bad) == nil, "\(bad.prefix(40)) was accepted")
+        }
     }
 
     @Test func addressesAreComparedAsEndpointsNotText() throws {

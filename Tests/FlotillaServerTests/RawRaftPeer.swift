@@ -1,4 +1,5 @@
 @testable import FlotillaServer
+import FlotillaProto
 import Foundation
 
 /// A raw TCP client of a store's Raft port, for tests that speak the handshake and frames by
