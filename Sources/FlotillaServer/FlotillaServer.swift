@@ -23,10 +23,10 @@ public struct ServerSettings: Sendable {
     public var regionHeartbeatInterval: Duration = .seconds(10)
     public var tickInterval: Duration = .milliseconds(100)
     public var electionTimeoutTicks = 10
-    /// Log truncation thresholds, request bound and snapshot limits (see `StoreSettings`).
-    public var logGCCountThreshold: UInt64 = 10_000
-    public var logGCSizeThresholdBytes = 32 << 20
-    public var maxPendingRequests = 16_384
+    /// The store core's thresholds and bounds (log truncation, requests in flight, sessions).
+    /// Its `snapshotDirectory` is always `snapshots/` in the data directory.
+    public var store: StoreSettings
+    /// Snapshots this store sends at once.
     public var snapshotSendsMax = 4
     /// A region's leader reports a peer down to PD after this long without hearing from it
     /// (TiKV's `max-peer-down-duration`, 10 minutes there).
@@ -50,6 +50,7 @@ public struct ServerSettings: Sendable {
         self.storeID = storeID
         self.cluster = cluster
         self.dataDirectory = dataDirectory
+        store = StoreSettings(snapshotDirectory: dataDirectory + "/snapshots")
     }
 
     /// A store that joins the cluster PD serves (its id comes from PD).
@@ -57,7 +58,11 @@ public struct ServerSettings: Sendable {
         self.storeID = 0
         self.pd = pd
         self.dataDirectory = dataDirectory
+        store = StoreSettings(snapshotDirectory: dataDirectory + "/snapshots")
     }
+
+    /// Every default, where `StoreTunable` reads them.
+    static let defaults = ServerSettings(pd: PDJoin(endpoints: [], address: "", raftAddress: ""), dataDirectory: "")
 }
 
 /// Where a joining store finds PD and where it listens itself.
@@ -211,7 +216,7 @@ public final class FlotillaServer: Sendable {
         var link = PDStoreAgent.Link(client: agentClient, store: store)
         link.storeHeartbeatInterval = settings.storeHeartbeatInterval
         link.regionHeartbeatInterval = settings.regionHeartbeatInterval
-        let tickMilliseconds = max(1, settings.tickInterval.components.seconds * 1_000 + settings.tickInterval.components.attoseconds / 1_000_000_000_000_000)
+        let tickMilliseconds = max(1, settings.tickInterval.milliseconds)
         link.staleReplicaTicks = max(1, settings.staleReplicaSeconds * 1_000 / UInt64(tickMilliseconds))
         return try FlotillaServer(settings: resolved, db: db, clusterID: client.clusterID, address: address, raftAddress: raftAddress,
                                   addresses: [:], raftPeers: [:], knownStores: nil, pd: link, logger: logger, onFailure: onFailure) { core in
@@ -245,11 +250,9 @@ public final class FlotillaServer: Sendable {
          logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, prepare: (StoreCore) throws -> Void) throws {
         self.settings = settings
         self.logger = logger
-        var storeSettings = StoreSettings(snapshotDirectory: settings.dataDirectory + "/snapshots")
-        storeSettings.logGCCountThreshold = settings.logGCCountThreshold
-        storeSettings.logGCSizeThresholdBytes = settings.logGCSizeThresholdBytes
-        storeSettings.maxPendingRequests = settings.maxPendingRequests
-        let tickMilliseconds = max(1, settings.tickInterval.components.seconds * 1_000 + settings.tickInterval.components.attoseconds / 1_000_000_000_000_000)
+        var storeSettings = settings.store
+        storeSettings.snapshotDirectory = settings.dataDirectory + "/snapshots"
+        let tickMilliseconds = max(1, settings.tickInterval.milliseconds)
         storeSettings.peerDownTicks = max(1, settings.peerDownSeconds * 1_000 / UInt64(tickMilliseconds))
         var policy = RegionRaftPolicy.process()
         policy.electionTimeoutTicks = settings.electionTimeoutTicks

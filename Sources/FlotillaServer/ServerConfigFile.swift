@@ -21,6 +21,10 @@ import TOMLKit
 ///     [limits]
 ///     max-pending-requests = 16384
 ///     snapshot-sends-max = 4
+///     disk-reserve-mb = 128
+///
+/// The numeric keys are `StoreTunable.all` (with `stale-replica-seconds` and
+/// `region-heartbeat-interval-ms` at the top level, read when joining through PD).
 public struct ServerConfigFile: Sendable, Equatable {
     public var storeID: UInt64?
     public var clusterFile: String?
@@ -29,13 +33,10 @@ public struct ServerConfigFile: Sendable, Equatable {
     public var address: String?
     public var raftAddress: String?
     public var dataDirectory: String?
-    public var tickIntervalMilliseconds: Int?
-    public var electionTimeoutTicks: Int?
     public var logLevel: String?
-    public var logGCCountThreshold: UInt64?
-    public var logGCSizeThresholdBytes: Int?
-    public var maxPendingRequests: Int?
-    public var snapshotSendsMax: Int?
+    /// The numeric settings the file gives, by `StoreTunable.flag` (read from each tunable's
+    /// section and key; range-checked when applied).
+    public var tunables: [String: Int] = [:]
 
     public init() {}
 
@@ -86,19 +87,15 @@ public struct ServerConfigFile: Sendable, Equatable {
         config.address = try reader.string(table, "address")
         config.raftAddress = try reader.string(table, "raft-address")
         config.dataDirectory = try reader.path(table, "data-dir", base: base)
-        config.tickIntervalMilliseconds = try reader.integer(table, "tick-interval-ms")
-        config.electionTimeoutTicks = try reader.integer(table, "election-timeout-ticks")
         config.logLevel = try reader.string(table, "log-level")
-        if let gc = try reader.section(table, "raft-log-gc") {
-            config.logGCCountThreshold = try reader.unsigned(gc, "count-threshold", section: "raft-log-gc")
-            config.logGCSizeThresholdBytes = try reader.integer(gc, "size-threshold-bytes", section: "raft-log-gc")
-            try reader.rejectUnknown(gc, section: "raft-log-gc")
+        let sections = Set(StoreTunable.all.compactMap(\.section)).sorted()
+        var tables: [String?: TOMLTable] = [nil: table]
+        for section in sections { tables[section] = try reader.section(table, section) }
+        for tunable in StoreTunable.all {
+            guard let holder = tables[tunable.section] ?? nil else { continue }
+            if let value = try reader.integer(holder, tunable.key, section: tunable.section) { config.tunables[tunable.flag] = value }
         }
-        if let limits = try reader.section(table, "limits") {
-            config.maxPendingRequests = try reader.integer(limits, "max-pending-requests", section: "limits")
-            config.snapshotSendsMax = try reader.integer(limits, "snapshot-sends-max", section: "limits")
-            try reader.rejectUnknown(limits, section: "limits")
-        }
+        for section in sections { if let holder = tables[section] ?? nil { try reader.rejectUnknown(holder, section: section) } }
         try reader.rejectUnknown(table, section: nil)
         return config
     }

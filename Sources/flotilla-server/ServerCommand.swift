@@ -39,12 +39,6 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("labels"), help: "With --pd: this store's labels key=value,... (for example zone=a), read by PD's isolation rule.")
     var labels: String?
 
-    @Option(name: .customLong("stale-replica-seconds"), help: "With --pd: check a replica with PD after this long without a leader, and destroy it if it was removed (1-86400; default 60).")
-    var staleReplicaSeconds: UInt64?
-
-    @Option(name: .customLong("region-heartbeat-interval-ms"), help: "With --pd: how often each led region reports to PD (500-600000; default 10000).")
-    var regionHeartbeatIntervalMilliseconds: Int?
-
     @Option(name: .customLong("secret-file"), help: "With --pd: a file holding the cluster secret (16 to 4096 bytes) every store's Raft port proves.")
     var secretFile: String?
 
@@ -66,26 +60,41 @@ struct ServerCommand: AsyncParsableCommand {
     @Option(name: .customLong("data-dir"), help: "Directory of this store's data (created if missing).")
     var dataDirectory: String?
 
-    @Option(name: .customLong("tick-interval-ms"), help: "Raft tick interval in milliseconds (10-10000; default 100).")
+    // The numeric settings: flag, help, bounds and default from `StoreTunable` (one place).
+    @Option(name: .customLong(StoreTunable.tickIntervalMilliseconds.flag), help: ArgumentHelp(StoreTunable.tickIntervalMilliseconds.help))
     var tickIntervalMilliseconds: Int?
-
-    @Option(name: .customLong("election-timeout-ticks"), help: "Raft election timeout in ticks (3-1000; default 10).")
+    @Option(name: .customLong(StoreTunable.electionTimeoutTicks.flag), help: ArgumentHelp(StoreTunable.electionTimeoutTicks.help))
     var electionTimeoutTicks: Int?
-
-    @Option(name: .customLong("log-gc-count-threshold"), help: "Truncate a region's log beyond this many applied entries (default 10000).")
-    var logGCCountThreshold: UInt64?
-
-    @Option(name: .customLong("log-gc-size-threshold-bytes"), help: "...or beyond this many bytes of entries (default 32 MiB).")
+    @Option(name: .customLong(StoreTunable.logGCCountThreshold.flag), help: ArgumentHelp(StoreTunable.logGCCountThreshold.help))
+    var logGCCountThreshold: Int?
+    @Option(name: .customLong(StoreTunable.logGCSizeThresholdBytes.flag), help: ArgumentHelp(StoreTunable.logGCSizeThresholdBytes.help))
     var logGCSizeThresholdBytes: Int?
-
-    @Option(name: .customLong("max-pending-requests"), help: "Requests in flight before ServerIsBusy (default 16384).")
+    @Option(name: .customLong(StoreTunable.maxPendingRequests.flag), help: ArgumentHelp(StoreTunable.maxPendingRequests.help))
     var maxPendingRequests: Int?
+    @Option(name: .customLong(StoreTunable.snapshotSendsMax.flag), help: ArgumentHelp(StoreTunable.snapshotSendsMax.help))
+    var snapshotSendsMax: Int?
+    @Option(name: .customLong(StoreTunable.diskReserveMegabytes.flag), help: ArgumentHelp(StoreTunable.diskReserveMegabytes.help))
+    var diskReserveMegabytes: Int?
+    @Option(name: .customLong(StoreTunable.staleReplicaSeconds.flag), help: ArgumentHelp(StoreTunable.staleReplicaSeconds.help))
+    var staleReplicaSeconds: Int?
+    @Option(name: .customLong(StoreTunable.regionHeartbeatIntervalMilliseconds.flag), help: ArgumentHelp(StoreTunable.regionHeartbeatIntervalMilliseconds.help))
+    var regionHeartbeatIntervalMilliseconds: Int?
+
+    /// The numeric flags given, by tunable (the order of `StoreTunable.all`).
+    var tunableFlags: [String: Int] {
+        let given: [(StoreTunable, Int?)] = [
+            (.tickIntervalMilliseconds, tickIntervalMilliseconds), (.electionTimeoutTicks, electionTimeoutTicks),
+            (.logGCCountThreshold, logGCCountThreshold), (.logGCSizeThresholdBytes, logGCSizeThresholdBytes),
+            (.maxPendingRequests, maxPendingRequests), (.snapshotSendsMax, snapshotSendsMax),
+            (.diskReserveMegabytes, diskReserveMegabytes), (.staleReplicaSeconds, staleReplicaSeconds),
+            (.regionHeartbeatIntervalMilliseconds, regionHeartbeatIntervalMilliseconds),
+        ]
+        precondition(given.map(\.0.flag) == StoreTunable.all.map(\.flag), "every tunable has its flag")
+        return given.reduce(into: [:]) { flags, pair in if let value = pair.1 { flags[pair.0.flag] = value } }
+    }
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (default info).")
     var logLevel: String?
-
-    @Option(name: .customLong("disk-reserve-mb"), help: "Refuse client writes (\"disk full\") while the data directory's filesystem has less free space than this, in MiB (0: never; at most 1048576; default 128).")
-    var diskReserveMegabytes: UInt64?
 
     @Flag(name: .customLong("enable-fault-injection"), help: ArgumentHelp("Honour StoreAdmin.InjectFault (cut Raft links): nemesis tests only.", visibility: .hidden))
     var enableFaultInjection = false
@@ -122,8 +131,8 @@ struct ServerCommand: AsyncParsableCommand {
                 throw ConfigError("--pd and --store-id/--cluster-file exclude each other: PD gives a joining store its id")
             }
             let list = endpoints.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
-            guard !list.isEmpty, list.allSatisfy({ HostPort($0) != nil }) else { throw ConfigError("--pd: '\(endpoints)' is not host:port,...") }
-            guard let address = address ?? file.address, HostPort(address) != nil else {
+            guard !list.isEmpty, list.allSatisfy({ HostPort(dialable: $0) != nil }) else { throw ConfigError("--pd: '\(endpoints)' is not host:port,...") }
+            guard let address = address ?? file.address, HostPort(dialable: address) != nil else {
                 throw ConfigError("with --pd, --address (address in the config file) is this store's KV host:port")
             }
             guard let raftAddress = raftAddress ?? file.raftAddress, HostPort(raftAddress) != nil else {
@@ -139,24 +148,15 @@ struct ServerCommand: AsyncParsableCommand {
             }
             staticCluster = (storeID, clusterPath)
         }
-        let tick = tickIntervalMilliseconds ?? file.tickIntervalMilliseconds ?? 100
-        guard (10...10_000).contains(tick) else { throw ConfigError("--tick-interval-ms (tick-interval-ms) must be between 10 and 10000, got \(tick)") }
-        let election = electionTimeoutTicks ?? file.electionTimeoutTicks ?? 10
-        guard (3...1_000).contains(election) else { throw ConfigError("--election-timeout-ticks (election-timeout-ticks) must be between 3 and 1000, got \(election)") }
+        let flags = tunableFlags
+        let tunables = StoreTunable.all.compactMap { tunable in (flags[tunable.flag] ?? file.tunables[tunable.flag]).map { (tunable, $0) } }
+        for (tunable, value) in tunables { try tunable.check(value) }
         let levelName = logLevel ?? file.logLevel ?? "info"
         guard let level = Logger.Level(rawValue: levelName) else { throw ConfigError("log level '\(levelName)' is not a level") }
-        let interval = regionHeartbeatIntervalMilliseconds ?? 10_000
-        guard (500...600_000).contains(interval) else { throw ConfigError("--region-heartbeat-interval-ms must be between 500 and 600000, got \(interval)") }
         var settings: ServerSettings
         if let join {
             settings = ServerSettings(pd: join, dataDirectory: dataDirectory)
-            settings.regionHeartbeatInterval = .milliseconds(interval)
-            settings.storeHeartbeatInterval = .milliseconds(min(1_000, interval))
             if let secretFile { settings.clusterSecret = try ClusterFile.readSecret(path: secretFile) }
-            if let staleReplicaSeconds {
-                guard (1...86_400).contains(staleReplicaSeconds) else { throw ConfigError("--stale-replica-seconds must be between 1 and 86400, got \(staleReplicaSeconds)") }
-                settings.staleReplicaSeconds = staleReplicaSeconds
-            }
         } else if let (storeID, clusterPath) = staticCluster {
             guard secretFile == nil else { throw ConfigError("--secret-file is for --pd; a static cluster names its secret in the cluster file (secretFile)") }
             let cluster = try ClusterFile.load(path: clusterPath)
@@ -165,20 +165,7 @@ struct ServerCommand: AsyncParsableCommand {
         } else {
             throw ConfigError("no store id: pass --pd to join through PD, or --store-id with --cluster-file")
         }
-        settings.tickInterval = .milliseconds(tick)
-        settings.electionTimeoutTicks = election
-        if let value = logGCCountThreshold ?? file.logGCCountThreshold {
-            guard value >= 1 else { throw ConfigError("the log GC count threshold must be at least 1") }
-            settings.logGCCountThreshold = value
-        }
-        if let value = logGCSizeThresholdBytes ?? file.logGCSizeThresholdBytes {
-            guard value >= 4_096 else { throw ConfigError("the log GC size threshold must be at least 4096 bytes, got \(value)") }
-            settings.logGCSizeThresholdBytes = value
-        }
-        if let value = maxPendingRequests ?? file.maxPendingRequests {
-            guard value >= 1 else { throw ConfigError("max pending requests must be at least 1, got \(value)") }
-            settings.maxPendingRequests = value
-        }
+        for (tunable, value) in tunables { try tunable.apply(value, to: &settings) }
         var triggers = SplitTriggers()
         if let value = regionMaxSizeBytes { triggers.regionMaxSizeBytes = value }
         if let value = regionSplitSizeBytes { triggers.regionSplitSizeBytes = value } else if regionMaxSizeBytes != nil {
@@ -188,15 +175,7 @@ struct ServerCommand: AsyncParsableCommand {
         if let value = loadSplitRequestsPerSecond { triggers.loadSplitRequestsPerSecond = value }
         if let value = loadSplitSeconds { triggers.loadSplitSeconds = value }
         do { settings.splitTriggers = try triggers.validated() } catch { throw ConfigError("\(error)") }
-        if let value = diskReserveMegabytes {
-            guard value <= 1 << 20 else { throw ConfigError("--disk-reserve-mb must be at most 1048576, got \(value)") }
-            settings.diskReserveBytes = value << 20
-        }
         settings.faultInjectionEnabled = enableFaultInjection
-        if let value = file.snapshotSendsMax {
-            guard value >= 1 else { throw ConfigError("snapshot-sends-max must be at least 1, got \(value)") }
-            settings.snapshotSendsMax = value
-        }
         return (settings, level)
     }
 
