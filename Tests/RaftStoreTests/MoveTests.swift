@@ -16,14 +16,6 @@ struct MoveTests {
         }
     }
 
-    private func peer(_ id: UInt64, store: UInt64, _ role: Flotilla_V1_PeerRole) -> Flotilla_V1_Peer {
-        var peer = Flotilla_V1_Peer()
-        peer.id = id
-        peer.storeID = store
-        peer.role = role
-        return peer
-    }
-
     /// Adds a learner on store 4 and waits until it has installed its snapshot.
     private func addLearner(_ cluster: InProcessCluster, region: Flotilla_V1_Region, leader: UInt64) throws -> Flotilla_V1_Peer {
         let learner = peer(region.id * 100 + 4, store: 4, .learner)

@@ -10,14 +10,6 @@ import Testing
 /// restart; only a successor (a new peer id at a newer conf_ver) is created in its place.
 @Suite("Peer life: removed replicas never come back")
 struct PeerLifeTests {
-    private func peer(_ id: UInt64, store: UInt64, _ role: Flotilla_V1_PeerRole) -> Flotilla_V1_Peer {
-        var peer = Flotilla_V1_Peer()
-        peer.id = id
-        peer.storeID = store
-        peer.role = role
-        return peer
-    }
-
     /// A region on stores 1-3 that had a learner on store 4, removed and destroyed there;
     /// every message store 4 received while it was a member, kept for replay.
     private func removedLearner() throws -> (cluster: InProcessCluster, region: Flotilla_V1_Region, leader: UInt64,

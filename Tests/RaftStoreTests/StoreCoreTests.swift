@@ -194,6 +194,15 @@ final class InProcessCluster {
     deinit { for path in paths.values { try? FileManager.default.removeItem(atPath: path) } }
 }
 
+/// A peer of the given id, store and role (tests of membership and peer life).
+func peer(_ id: UInt64, store: UInt64, _ role: Flotilla_V1_PeerRole) -> Flotilla_V1_Peer {
+    var peer = Flotilla_V1_Peer()
+    peer.id = id
+    peer.storeID = store
+    peer.role = role
+    return peer
+}
+
 @Suite("Store core: many regions per store, group commit, apply, sessions")
 struct StoreCoreTests {
     @Test func threeStoresServeWritesAndReadsInEveryRegion() throws {
