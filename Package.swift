@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "Raft", targets: ["Raft"]),
         .library(name: "RaftStore", targets: ["RaftStore"]),
         .library(name: "FlotillaProto", targets: ["FlotillaProto"]),
+        .library(name: "FlotillaCluster", targets: ["FlotillaCluster"]),
         .library(name: "PlacementDriver", targets: ["PlacementDriver"]),
         .executable(name: "flotillactl", targets: ["flotillactl"]),
         .executable(name: "flotilla-server", targets: ["flotilla-server"]),
@@ -65,6 +66,13 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // What every process and tool shares without linking a server: host:port, the
+        // cluster file, config errors, admin limits, loopback ports.
+        .target(
+            name: "FlotillaCluster",
+            dependencies: ["FlotillaProto"],
+            swiftSettings: strictSettings
+        ),
         // One node's multi-Raft engine: regions' Raft state in the shared RocksDB, group commit.
         .target(
             name: "RaftStore",
@@ -76,7 +84,7 @@ let package = Package(
         .target(
             name: "PlacementDriver",
             dependencies: [
-                "FlotillaProto",
+                "FlotillaProto", "FlotillaCluster",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             swiftSettings: strictSettings
@@ -85,17 +93,19 @@ let package = Package(
         .target(
             name: "FlotillaClient",
             dependencies: [
-                "FlotillaProto",
+                "FlotillaProto", "FlotillaCluster",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
             swiftSettings: strictSettings
         ),
-        // A store process: store loop thread, KV and Raft transport gRPC services, links.
+        // The node runtime both processes run: the store loop thread (StoreDriver), the Raft
+        // transport (frame codec, handshake, links, epoll), snapshot transfer, write admission
+        // (fence, disk reserve), the gRPC edge guard and config-file reading.
         .target(
-            name: "FlotillaServer",
+            name: "FlotillaNode",
             dependencies: [
-                "RaftStore", "Raft", "RocksDB", "FlotillaProto", "CLinuxEvents", "PlacementDriver", "FlotillaClient",
+                "RaftStore", "Raft", "RocksDB", "FlotillaProto", "FlotillaCluster", "CLinuxEvents",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "Logging", package: "swift-log"),
@@ -105,6 +115,32 @@ let package = Package(
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
                 .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // The store process (flotilla-server): settings and config file, the KV and admin
+        // services, the PD agent, backups held for streaming.
+        .target(
+            name: "FlotillaStoreServer",
+            dependencies: [
+                "FlotillaNode", "FlotillaCluster", "RaftStore", "Raft", "RocksDB", "FlotillaProto", "FlotillaClient",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // The PD process (flotilla-pd): PD's region on the node runtime, PD's state machine
+        // and its gRPC service. Links no store-only code.
+        .target(
+            name: "FlotillaPDServer",
+            dependencies: [
+                "FlotillaNode", "FlotillaCluster", "PlacementDriver", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
@@ -121,7 +157,7 @@ let package = Package(
         .executableTarget(
             name: "flotilla-server",
             dependencies: [
-                "FlotillaServer",
+                "FlotillaStoreServer", "FlotillaCluster", "RaftStore", "FlotillaProto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 "FlotillaCommandLine",
@@ -132,7 +168,7 @@ let package = Package(
         .executableTarget(
             name: "flotilla-pd",
             dependencies: [
-                "FlotillaServer",
+                "FlotillaPDServer", "FlotillaCluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 "FlotillaCommandLine",
@@ -143,7 +179,7 @@ let package = Package(
         .executableTarget(
             name: "flotillactl",
             dependencies: [
-                "RocksDB", "FlotillaClient", "FlotillaServer", "RaftStore", "FlotillaProto",
+                "RocksDB", "FlotillaClient", "FlotillaCluster", "RaftStore", "FlotillaProto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -153,7 +189,7 @@ let package = Package(
         .executableTarget(
             name: "flotilla-bench",
             dependencies: [
-                "FlotillaClient", "FlotillaProto", "FlotillaServer", "RaftStore", "Raft", "RocksDB", "PlacementDriver",
+                "FlotillaClient", "FlotillaProto", "FlotillaCluster", "RaftStore", "Raft", "RocksDB", "PlacementDriver",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -246,7 +282,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["FlotillaClient", "FlotillaServer", "flotilla-server", "flotilla-pd", "flotilla-bench", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
+            dependencies: ["FlotillaClient", "FlotillaCluster", "FlotillaStoreServer", "PlacementDriver", "flotilla-server", "flotilla-pd", "flotilla-bench", "RaftStore", "Raft", "RocksDB", "FlotillaProto",
                            "Linearizability", "FuzzSupport",
                            .product(name: "GRPCCore", package: "grpc-swift-2"),
                            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport")],
@@ -254,7 +290,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FlotillaServerTests",
-            dependencies: ["FlotillaServer", "FlotillaProto", "FlotillaClient", "RaftStore", "Raft", "FuzzSupport",
+            dependencies: ["FlotillaNode", "FlotillaStoreServer", "FlotillaPDServer", "FlotillaCluster", "FlotillaProto", "FlotillaClient", "RaftStore", "Raft", "FuzzSupport",
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "GRPCCore", package: "grpc-swift-2"),
                            .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),

@@ -1,8 +1,8 @@
 import ArgumentParser
 import FlotillaClient
+import FlotillaCluster
 import FlotillaCommandLine
 import FlotillaProto
-import FlotillaServer
 import Foundation
 
 /// `flotilla-bench`: YCSB-style load tests against Flotilla and, with the same workloads, etcd.

@@ -1,4 +1,4 @@
-import FlotillaServer
+import FlotillaCluster
 import Foundation
 
 /// A local Flotilla cluster of real `flotilla-server` processes on loopback, started for one

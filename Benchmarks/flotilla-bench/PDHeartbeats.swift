@@ -1,5 +1,6 @@
 import ArgumentParser
 import FlotillaClient
+import FlotillaCluster
 import FlotillaProto
 import Foundation
 import GRPCCore

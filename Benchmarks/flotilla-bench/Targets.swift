@@ -1,6 +1,6 @@
 import FlotillaClient
+import FlotillaCluster
 import FlotillaProto
-import FlotillaServer
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2

@@ -1,3 +1,4 @@
+import FlotillaCluster
 import FlotillaProto
 import Foundation
 import GRPCCore

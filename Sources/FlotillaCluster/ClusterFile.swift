@@ -1,3 +1,4 @@
+import FlotillaProto
 import Foundation
 
 /// The static description of a cluster that every store is started with (until the placement
@@ -9,7 +10,7 @@ import Foundation
 ///      "secretFile": "cluster.secret"}
 ///
 /// `secretFile` (relative to the cluster file) holds the cluster secret the stores' Raft ports
-/// prove to each other (16 to 4,096 bytes; see `RaftHandshake`). Unknown or misspelled fields
+/// prove to each other (`ClusterSecret.bytesMin` to `bytesMax` bytes). Unknown or misspelled fields
 /// are refused, and no two endpoints may resolve to the same address.
 public struct ClusterFile: Codable, Sendable, Equatable {
     public struct Store: Codable, Sendable, Equatable {
@@ -83,11 +84,11 @@ public struct ClusterFile: Codable, Sendable, Equatable {
     public static func readSecret(path: String) throws(ConfigError) -> [UInt8] {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw ConfigError("cannot read the cluster secret file \(path)") }
         defer { try? handle.close() }
-        let data = (try? handle.read(upToCount: RaftHandshake.secretBytesMax + 1)) ?? Data()
+        let data = (try? handle.read(upToCount: ClusterSecret.bytesMax + 1)) ?? Data()
         var secret = [UInt8](data)
         while let last = secret.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") || last == UInt8(ascii: " ") { secret.removeLast() }
-        guard (RaftHandshake.secretBytesMin...RaftHandshake.secretBytesMax).contains(secret.count) else {
-            throw ConfigError("the cluster secret in \(path) has \(secret.count) bytes; it needs \(RaftHandshake.secretBytesMin) to \(RaftHandshake.secretBytesMax)")
+        guard (ClusterSecret.bytesMin...ClusterSecret.bytesMax).contains(secret.count) else {
+            throw ConfigError("the cluster secret in \(path) has \(secret.count) bytes; it needs \(ClusterSecret.bytesMin) to \(ClusterSecret.bytesMax)")
         }
         return secret
     }
@@ -128,7 +129,7 @@ public struct ClusterFile: Codable, Sendable, Equatable {
         var seen: [String: String] = [:]
         for endpoint in endpoints {
             guard let hostPort = HostPort(endpoint) else { continue }
-            let resolved = (try? RaftSocketTransport.resolve(hostPort)).map { address -> String in
+            let resolved = (try? hostPort.resolveIPv4()).map { address -> String in
                 var copy = address
                 var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
                 inet_ntop(AF_INET, &copy.sin_addr, &text, socklen_t(INET_ADDRSTRLEN))
@@ -146,14 +147,6 @@ public struct ClusterFile: Codable, Sendable, Equatable {
         guard !splitKeys.contains("") else { throw ConfigError("a split key must not be empty") }
     }
 }
-
-/// A configuration problem, with a message for the operator.
-public struct ConfigError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
-}
-
-import FlotillaProto
 
 extension ClusterFile {
     /// The regions every store creates at bootstrap: the key space cut at the split keys, each

@@ -63,7 +63,7 @@ public struct GRPCEdgeGuard: Sendable {
     }
 
     /// Why request headers must not reach the gRPC handler, or nil.
-    static func refusal(of headers: HPACKHeaders) -> String? {
+    package static func refusal(of headers: HPACKHeaders) -> String? {
         let timeouts = headers[canonicalForm: "grpc-timeout"]
         guard timeouts.count <= 1 else { return "more than one grpc-timeout header" }
         if let timeout = timeouts.first, !isValidTimeout(String(timeout)) {
@@ -76,10 +76,10 @@ public struct GRPCEdgeGuard: Sendable {
 /// Per connection, at the socket end of the pipeline: rewrites the advertised stream limit in
 /// the server's first SETTINGS frame and counts the streams open on the connection.
 final class HTTP2StreamLimitHandler: ChannelDuplexHandler, @unchecked Sendable {
-    typealias InboundIn = ByteBuffer
+    package typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
 
     private let advertised: UInt32
     private let hardMax: UInt32
@@ -88,7 +88,7 @@ final class HTTP2StreamLimitHandler: ChannelDuplexHandler, @unchecked Sendable {
     private(set) var rewroteLimit = false
     private(set) var openStreams = 0
 
-    init(advertised: UInt32, hardMax: UInt32) {
+    package init(advertised: UInt32, hardMax: UInt32) {
         self.advertised = advertised
         self.hardMax = hardMax
     }
@@ -101,7 +101,7 @@ final class HTTP2StreamLimitHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func streamClosed() { openStreams -= 1 }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard !firstWriteSeen else { return context.write(data, promise: promise) }
         firstWriteSeen = true
         var buffer = unwrapOutboundIn(data)
@@ -132,10 +132,10 @@ final class HTTP2StreamLimitHandler: ChannelDuplexHandler, @unchecked Sendable {
 /// Per stream, in front of the gRPC handler: refuses a stream beyond the connection's limit,
 /// and answers request headers the gRPC library must not parse with INVALID_ARGUMENT.
 final class GRPCStreamGuardHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTP2Frame.FramePayload
+    package typealias InboundIn = HTTP2Frame.FramePayload
     typealias InboundOut = HTTP2Frame.FramePayload
     typealias OutboundIn = HTTP2Frame.FramePayload
-    typealias OutboundOut = HTTP2Frame.FramePayload
+    package typealias OutboundOut = HTTP2Frame.FramePayload
 
     private var refused: Bool
     /// Largest gRPC message accepted: a longer one is answered RESOURCE_EXHAUSTED naming the
@@ -150,22 +150,22 @@ final class GRPCStreamGuardHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var messageBytesRemaining = 0
     private var prefix: [UInt8] = []
 
-    init(refused: Bool, messageBytesMax: Int) {
+    package init(refused: Bool, messageBytesMax: Int) {
         self.refused = refused
         self.messageBytesMax = messageBytesMax
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         if case .headers = unwrapOutboundIn(data) { responseHeadersSent = true }
         context.write(data, promise: promise)
     }
 
-    func channelActive(context: ChannelHandlerContext) {
+    package func channelActive(context: ChannelHandlerContext) {
         if refused { refuse(context: context) }
         context.fireChannelActive()
     }
 
-    func handlerAdded(context: ChannelHandlerContext) {
+    package func handlerAdded(context: ChannelHandlerContext) {
         if refused && context.channel.isActive { refuse(context: context) }
     }
 
@@ -175,7 +175,7 @@ final class GRPCStreamGuardHandler: ChannelDuplexHandler, RemovableChannelHandle
         context.writeAndFlush(wrapOutboundOut(.rstStream(.refusedStream)), promise: nil)
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !answered else { return }
         switch unwrapInboundIn(data) {
         case .headers(let headers):

@@ -1,3 +1,5 @@
+import FlotillaCluster
+import FlotillaNode
 import Foundation
 
 /// A PD member's TOML configuration file. Every setting may also be given as a flag, which
@@ -30,13 +32,13 @@ public struct PDConfigFile: Sendable, Equatable {
     public init() {}
 
     public static func load(path: String) throws(ConfigError) -> PDConfigFile {
-        let (text, base) = try ServerConfigFile.readText(path: path)
+        let (text, base) = try TOMLConfigFile.readText(path: path)
         return try parse(text, source: path, relativeTo: base)
     }
 
     public static func parse(_ text: String, source: String, relativeTo base: URL? = nil) throws(ConfigError) -> PDConfigFile {
-        let table = try ServerConfigFile.table(text, source: source)
-        var reader = ServerConfigFile.Reader(source: source)
+        let table = try TOMLConfigFile.table(text, source: source)
+        var reader = TOMLConfigReader(source: source)
         var config = PDConfigFile()
         config.name = try reader.string(table, "name")
         config.dataDirectory = try reader.path(table, "data-dir", base: base)

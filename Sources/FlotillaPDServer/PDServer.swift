@@ -1,3 +1,5 @@
+import FlotillaCluster
+import FlotillaNode
 import FlotillaProto
 import Foundation
 import GRPCCore
@@ -87,8 +89,8 @@ public final class PDServer: Sendable {
         // The member list identifies this PD group on its Raft transport and in its data dir.
         let groupID = Self.groupID(settings.initialMembers)
         let db = try StoreDatabase.open(path: settings.dataDirectory + "/db")
-        try FlotillaServer.checkIdentity(db: db, clusterID: groupID, storeID: memberID, path: settings.dataDirectory,
-                                         what: "PD member \(memberID) of members \(settings.initialMembers.map { "\($0.name)=\($0.peerAddress)" }.joined(separator: ","))")
+        try NodeIdentity.check(db: db, clusterID: groupID, storeID: memberID, path: settings.dataDirectory,
+                                   what: "PD member \(memberID) of members \(settings.initialMembers.map { "\($0.name)=\($0.peerAddress)" }.joined(separator: ","))")
         machine = PDMachine(timings: settings.timings)
         var policy = RegionRaftPolicy.process()
         policy.electionTimeoutTicks = settings.electionTimeoutTicks

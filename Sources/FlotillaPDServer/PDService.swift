@@ -1,3 +1,4 @@
+import FlotillaNode
 import FlotillaProto
 import Foundation
 import GRPCCore

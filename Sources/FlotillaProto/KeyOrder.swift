@@ -16,6 +16,14 @@ public enum KeyOrder {
             }
         }
     }
+
+    /// A key for a message: text when it is printable ASCII, else hexadecimal (at most 64
+    /// bytes shown).
+    public static func printable(_ key: Data) -> String {
+        if key.isEmpty { return "\"\"" }
+        if key.count <= 64, key.allSatisfy({ (0x21...0x7E).contains($0) }) { return String(decoding: key, as: UTF8.self) }
+        return "0x" + key.prefix(64).map { String(format: "%02x", $0) }.joined() + (key.count > 64 ? "…" : "")
+    }
 }
 
 extension Flotilla_V1_Region {

@@ -1,3 +1,5 @@
+import FlotillaCluster
+import FlotillaNode
 import FlotillaProto
 import FlotillaClient
 import Foundation
@@ -109,7 +111,7 @@ public final class FlotillaServer: Sendable {
         guard let address = HostPort(me.address) else { throw ConfigError("bad address \(me.address)") }
         guard let raftAddress = HostPort(me.raftAddress) else { throw ConfigError("bad raftAddress \(me.raftAddress)") }
         let db = try StoreDatabase.open(path: settings.dataDirectory + "/db")
-        try Self.checkIdentity(db: db, clusterID: cluster.clusterID, storeID: settings.storeID, path: settings.dataDirectory)
+        try NodeIdentity.check(db: db, clusterID: cluster.clusterID, storeID: settings.storeID, path: settings.dataDirectory)
         var addresses: [UInt64: HostPort] = [:]
         var raftPeers: [UInt64: HostPort] = [:]
         for store in cluster.stores {
@@ -312,25 +314,6 @@ public final class FlotillaServer: Sendable {
         if let missing = expected.first(where: { wanted in !stored.contains { $0.id == wanted.id } }) {
             throw ConfigError("the cluster file describes \(describe(missing)), which this store's data dir does not hold: the split keys changed since this store was created")
         }
-    }
-
-    /// A store refuses a data dir that another cluster or store wrote.
-    static func checkIdentity(db: Database, clusterID: UInt64, storeID: UInt64, path: String, what: String? = nil) throws {
-        let meta = try db.columnFamily(StoreKeys.metaColumnFamily)
-        if let stored = try db.get(StoreKeys.storeIdent, in: meta) {
-            let ident = try Flotilla_V1_StoreIdent(serializedBytes: stored)
-            guard ident.clusterID == clusterID, ident.storeID == storeID else {
-                if let what {
-                    throw ConfigError("data dir \(path) was written by another PD group or member than \(what)")
-                }
-                throw ConfigError("data dir \(path) belongs to cluster \(ident.clusterID) store \(ident.storeID), not cluster \(clusterID) store \(storeID)")
-            }
-            return
-        }
-        var ident = Flotilla_V1_StoreIdent()
-        ident.clusterID = clusterID
-        ident.storeID = storeID
-        try db.put(StoreKeys.storeIdent, try ident.serializedBytes(), in: meta, sync: true)
     }
 
     /// Serves until `shutDown()`; prints the listening address once bound.

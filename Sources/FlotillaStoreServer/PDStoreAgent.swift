@@ -1,9 +1,10 @@
 import FlotillaClient
+import FlotillaCluster
+import FlotillaNode
 import FlotillaProto
 import Foundation
 import Logging
 import Raft
-import PlacementDriver
 import RaftStore
 import Synchronization
 
@@ -429,7 +430,7 @@ final class PDStoreAgent: Sendable {
                 continue
             }
             logger.info("hot region splits", metadata: ["region_id": "\(load.region.id)", "requests": "\(load.requests)",
-                                                        "split_key": "\(PDValidation.printable(key))"])
+                                                        "split_key": "\(KeyOrder.printable(key))"])
             await proposeSplit(region: load.region, keys: [key])
         }
     }

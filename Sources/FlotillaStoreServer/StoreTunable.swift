@@ -1,3 +1,5 @@
+import FlotillaCluster
+import FlotillaNode
 import RaftStore
 
 /// One numeric setting of a store process, described once: its flag, its key in the TOML

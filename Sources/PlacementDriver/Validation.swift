@@ -1,3 +1,4 @@
+import FlotillaCluster
 import FlotillaProto
 import Foundation
 
@@ -68,19 +69,12 @@ public enum PDValidation {
                 throw .invalidArgument("split_keys: key \(position) is \(key.count) bytes (1 to \(KVLimits.keyBytesMax))")
             }
             guard KeyOrder.compare(region.startKey, key) < 0, region.contains(key) else {
-                throw .invalidArgument("split_keys: key \(printable(key)) is not strictly inside region \(region.id) [\(printable(region.startKey)), \(printable(region.endKey)))")
+                throw .invalidArgument("split_keys: key \(KeyOrder.printable(key)) is not strictly inside region \(region.id) [\(KeyOrder.printable(region.startKey)), \(KeyOrder.printable(region.endKey)))")
             }
             if position > 0, KeyOrder.compare(keys[position - 1], key) >= 0 {
                 throw .invalidArgument("split_keys: keys must be strictly increasing (key \(position) is not after key \(position - 1))")
             }
         }
-    }
-
-    /// A key for a message: text when it is printable ASCII, else hexadecimal.
-    public static func printable(_ key: Data) -> String {
-        if key.isEmpty { return "\"\"" }
-        if key.count <= 64, key.allSatisfy({ (0x21...0x7E).contains($0) }) { return String(decoding: key, as: UTF8.self) }
-        return "0x" + key.prefix(64).map { String(format: "%02x", $0) }.joined() + (key.count > 64 ? "…" : "")
     }
 
     /// Scheduler settings within their bounds.

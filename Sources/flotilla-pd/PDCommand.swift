@@ -1,6 +1,7 @@
 import ArgumentParser
+import FlotillaCluster
 import FlotillaCommandLine
-import FlotillaServer
+import FlotillaPDServer
 import Foundation
 import Logging
 

@@ -1,7 +1,8 @@
+import FlotillaCluster
 import FlotillaProto
 import ArgumentParser
 import FlotillaCommandLine
-import FlotillaServer
+import FlotillaStoreServer
 import RaftStore
 import Foundation
 import Logging

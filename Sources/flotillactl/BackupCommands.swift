@@ -1,8 +1,8 @@
 import ArgumentParser
 import Crypto
 import FlotillaClient
+import FlotillaCluster
 import FlotillaProto
-import FlotillaServer
 import Foundation
 import RaftStore
 import RocksDB
@@ -258,7 +258,7 @@ struct Backup: AsyncParsableCommand {
 
         func validate() throws {
             guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency must be 1 to 64") }
-            guard (1...WriteFence.holdMillisecondsMax).contains(fenceMilliseconds) else { throw ValidationError("--fence-ms must be 1 to \(WriteFence.holdMillisecondsMax)") }
+            guard (1...StoreAdminLimits.writeFenceHoldMillisecondsMax).contains(fenceMilliseconds) else { throw ValidationError("--fence-ms must be 1 to \(StoreAdminLimits.writeFenceHoldMillisecondsMax)") }
             guard (0...100_000).contains(rateLimitMegabytes) else { throw ValidationError("--rate-limit-mb must be 0 to 100000") }
         }
 

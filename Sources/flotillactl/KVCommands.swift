@@ -1,7 +1,7 @@
 import ArgumentParser
 import FlotillaClient
+import FlotillaCluster
 import FlotillaProto
-import FlotillaServer
 import Foundation
 
 /// `flotillactl kv …`: reads and writes through the routing client, which finds regions and

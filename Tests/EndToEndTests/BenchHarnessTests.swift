@@ -1,4 +1,5 @@
-import FlotillaServer
+import FlotillaCluster
+import FlotillaStoreServer
 import Foundation
 import Testing
 

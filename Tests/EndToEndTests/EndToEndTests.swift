@@ -1,5 +1,6 @@
 import FlotillaClient
-import FlotillaServer
+import FlotillaCluster
+import FlotillaStoreServer
 import Foundation
 import Testing
 

@@ -1,6 +1,7 @@
+import FlotillaCluster
 import FlotillaProto
 import FlotillaClient
-import FlotillaServer
+import FlotillaStoreServer
 import Foundation
 import Raft
 import RaftStore

@@ -1,6 +1,6 @@
 import FlotillaClient
 import FlotillaProto
-import FlotillaServer
+import FlotillaStoreServer
 import Foundation
 
 /// Real `flotilla-pd` members on loopback, each with its own data dir, started and stopped by

@@ -1,6 +1,7 @@
 import FlotillaClient
+import FlotillaCluster
 import FlotillaProto
-import FlotillaServer
+import FlotillaStoreServer
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Foundation

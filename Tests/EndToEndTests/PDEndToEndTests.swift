@@ -1,6 +1,6 @@
 import FlotillaClient
 import FlotillaProto
-import FlotillaServer
+import FlotillaStoreServer
 import Foundation
 import Testing
 

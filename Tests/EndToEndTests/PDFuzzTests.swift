@@ -1,10 +1,12 @@
 import FlotillaClient
+import FlotillaCluster
 import FlotillaProto
-import FlotillaServer
+import FlotillaStoreServer
 import FuzzSupport
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import PlacementDriver
 import SwiftProtobuf
 import Testing
 

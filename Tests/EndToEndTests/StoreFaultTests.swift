@@ -1,6 +1,7 @@
 import FlotillaClient
+import FlotillaCluster
 import FlotillaProto
-import FlotillaServer
+import FlotillaStoreServer
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2

@@ -1,5 +1,8 @@
+import FlotillaCluster
 import FlotillaProto
-@testable import FlotillaServer
+@testable import FlotillaNode
+@testable import FlotillaPDServer
+@testable import FlotillaStoreServer
 import Foundation
 import Testing
 

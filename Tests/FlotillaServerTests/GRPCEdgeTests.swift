@@ -1,5 +1,7 @@
 import FlotillaProto
-@testable import FlotillaServer
+@testable import FlotillaNode
+@testable import FlotillaPDServer
+@testable import FlotillaStoreServer
 import Foundation
 import FuzzSupport
 import NIOHPACK

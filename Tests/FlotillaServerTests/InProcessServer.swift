@@ -1,6 +1,9 @@
 import FlotillaClient
+import FlotillaCluster
 import FlotillaProto
-import FlotillaServer
+import FlotillaNode
+import FlotillaPDServer
+import FlotillaStoreServer
 import Foundation
 import Logging
 

@@ -1,6 +1,8 @@
 import FlotillaClient
 import FlotillaProto
-@testable import FlotillaServer
+@testable import FlotillaNode
+@testable import FlotillaPDServer
+@testable import FlotillaStoreServer
 import Foundation
 import Synchronization
 import GRPCCore

@@ -1,4 +1,7 @@
-import FlotillaServer
+import FlotillaCluster
+import FlotillaNode
+import FlotillaPDServer
+import FlotillaStoreServer
 import Foundation
 import Testing
 

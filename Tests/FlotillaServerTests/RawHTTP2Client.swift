@@ -1,4 +1,6 @@
-@testable import FlotillaServer
+@testable import FlotillaNode
+@testable import FlotillaPDServer
+@testable import FlotillaStoreServer
 import Foundation
 import NIOCore
 import NIOHPACK

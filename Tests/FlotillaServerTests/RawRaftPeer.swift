@@ -1,4 +1,7 @@
-@testable import FlotillaServer
+import FlotillaCluster
+@testable import FlotillaNode
+@testable import FlotillaPDServer
+@testable import FlotillaStoreServer
 import FlotillaProto
 import Foundation
 
@@ -80,7 +83,7 @@ final class RawRaftListener {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         var reuse: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, socklen_t(MemoryLayout<Int32>.size))
-        var address = try RaftSocketTransport.resolve(HostPort("127.0.0.1:\(port)")!)
+        var address = try HostPort("127.0.0.1:\(port)")!.resolveIPv4()
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -108,7 +111,7 @@ final class RawRaftListener {
 /// A blocking TCP socket connected to 127.0.0.1:`port`, whose reads time out after the given time.
 func connectLoopback(port: Int, receiveTimeoutMicroseconds: Int) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    var address = try RaftSocketTransport.resolve(HostPort("127.0.0.1:\(port)")!)
+    var address = try HostPort("127.0.0.1:\(port)")!.resolveIPv4()
     let connected = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }

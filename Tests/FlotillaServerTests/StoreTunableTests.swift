@@ -1,4 +1,7 @@
-@testable import FlotillaServer
+import FlotillaCluster
+@testable import FlotillaNode
+@testable import FlotillaPDServer
+@testable import FlotillaStoreServer
 import Foundation
 import Testing
 

@@ -7,7 +7,7 @@
 /// strings and comments. toml++ then parses the values.
 enum TOMLLexicalCheck {
     /// The first problem, with its line, or nil.
-    static func problem(in text: String) -> String? {
+    package static func problem(in text: String) -> String? {
         for (offset, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             if let problem = problem(inLine: Array(line.utf8)) { return "\(problem) on line \(offset + 1)" }
         }

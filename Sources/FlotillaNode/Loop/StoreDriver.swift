@@ -7,7 +7,7 @@ import Synchronization
 
 /// Where a store loop's snapshots go: a sender that streams them. Must return at once (it
 /// queues). Raft messages go through the store thread's own `RaftSocketTransport`.
-protocol SnapshotOutbound: Sendable {
+package protocol SnapshotOutbound: Sendable {
     func sendSnapshot(_ snapshot: OutgoingSnapshot)
 }
 
@@ -18,14 +18,14 @@ protocol SnapshotOutbound: Sendable {
 /// event loop: callers await.
 public final class StoreDriver: Sendable {
     /// Who waits for an answer from the loop.
-    enum Waiter: Sendable {
+    package enum Waiter: Sendable {
         case write(@Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void)
         case read(ReadAction)
     }
 
     /// An arrival waiting in the inbox: a request for the loop (its deadline as an instant,
     /// turned into loop time when taken), or the server edge's own business.
-    enum Event: Sendable {
+    package enum Event: Sendable {
         case write(Flotilla_V1_WriteCommand, Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, Waiter)
         case read(Flotilla_V1_RequestContext, deadline: ContinuousClock.Instant, Waiter)
         case split(SplitProposal, deadline: ContinuousClock.Instant, Waiter)
@@ -39,7 +39,7 @@ public final class StoreDriver: Sendable {
     }
 
     /// Runs on the store thread once a read may be served (or fails with the reason).
-    struct ReadAction: Sendable {
+    package struct ReadAction: Sendable {
         let run: @Sendable (Result<StoreCore, StoreRequestError>) -> Void
     }
 
@@ -54,10 +54,10 @@ public final class StoreDriver: Sendable {
 
     /// Raised by the store thread when a turn applied splits: the PD agent reports the regions
     /// at once (pushed at apply, not polled).
-    let splitsApplied = StoreSignal()
+    package let splitsApplied = StoreSignal()
     /// Regions made by splits here whose replica here campaigned at once: the PD agent waits a
     /// moment for them to lead, so PD learns the new routes in the same round as the shrunk one.
-    let splitRegionsCampaigning = Mutex<Set<UInt64>>([])
+    package let splitRegionsCampaigning = Mutex<Set<UInt64>>([])
     /// Loop time is the time since this instant.
     private let startedAt = ContinuousClock.now
     private let inbox = Mutex(Inbox())
@@ -82,7 +82,7 @@ public final class StoreDriver: Sendable {
 
     /// `tickCatchUpMax`: ticks run at once after the loop fell behind (see `TickSchedule`);
     /// at least an election timeout.
-    init(core: StoreCore, network: RaftSocketTransport, tickInterval: Duration, tickCatchUpMax: Int, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
+    package init(core: StoreCore, network: RaftSocketTransport, tickInterval: Duration, tickCatchUpMax: Int, requestTimeout: Duration = .seconds(5), inboxEventsMax: Int = 100_000,
          logger: Logger, onFailure: @escaping @Sendable (Error) -> Void, snapshots: any SnapshotOutbound, diskGuard: DiskSpaceGuard? = nil) {
         self.tickCatchUpMax = tickCatchUpMax
         self.diskGuard = diskGuard
@@ -137,7 +137,7 @@ public final class StoreDriver: Sendable {
 
     /// Runs `body` on the store thread between turns and returns what it returned; nil when
     /// the store is stopping or its inbox is full.
-    func perform<T: Sendable>(_ body: @escaping @Sendable (StoreCore, RaftSocketTransport) -> T) async -> T? {
+    package func perform<T: Sendable>(_ body: @escaping @Sendable (StoreCore, RaftSocketTransport) -> T) async -> T? {
         await withCheckedContinuation { continuation in
             let once = Once<T?>(continuation)
             if !enqueue(.perform({ core, network in once.resume(body(core, network)) })) { once.resume(nil) }
@@ -165,7 +165,7 @@ public final class StoreDriver: Sendable {
 
     /// Proposes a consistency check of a region led here; answers the check entry's index once
     /// it is applied here.
-    func checkRegion(context: Flotilla_V1_RequestContext) async -> Result<UInt64, StoreRequestError> {
+    package func checkRegion(context: Flotilla_V1_RequestContext) async -> Result<UInt64, StoreRequestError> {
         let deadline: ContinuousClock.Instant
         do { deadline = try self.deadline(of: context) } catch { return .failure(error) }
         let regionID = context.regionID
@@ -197,7 +197,7 @@ public final class StoreDriver: Sendable {
     }
 
     /// Proposes a split; `complete` runs once it is applied here (or refused, or at the deadline).
-    func proposeSplit(_ proposal: SplitProposal, timeout: Duration,
+    package func proposeSplit(_ proposal: SplitProposal, timeout: Duration,
                       complete: @escaping @Sendable (Result<Flotilla_V1_WriteResult, StoreRequestError>) -> Void) {
         if !enqueue(.split(proposal, deadline: ContinuousClock.now + timeout, .write(complete))) {
             complete(.failure(.serverIsBusy(reason: "store inbox full")))
@@ -205,7 +205,7 @@ public final class StoreDriver: Sendable {
     }
 
     /// Proposes a split and waits until it is applied here (or refused, or the deadline).
-    func split(_ proposal: SplitProposal, timeout: Duration) async -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
+    package func split(_ proposal: SplitProposal, timeout: Duration) async -> Result<Flotilla_V1_WriteResult, StoreRequestError> {
         await withCheckedContinuation { continuation in
             if !enqueue(.split(proposal, deadline: ContinuousClock.now + timeout, .write({ continuation.resume(returning: $0) }))) {
                 continuation.resume(returning: .failure(.serverIsBusy(reason: "store inbox full")))
@@ -220,7 +220,7 @@ public final class StoreDriver: Sendable {
     }
 
     /// The request's deadline: `timeout_ms` from now when set, else the server's default.
-    func deadline(of context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> ContinuousClock.Instant {
+    package func deadline(of context: Flotilla_V1_RequestContext) throws(StoreRequestError) -> ContinuousClock.Instant {
         guard context.timeoutMs <= KVLimits.requestTimeoutMillisecondsMax else {
             throw .invalidArgument(field: "context.timeout_ms", reason: "\(context.timeoutMs) is more than \(KVLimits.requestTimeoutMillisecondsMax)")
         }
@@ -265,7 +265,7 @@ public final class StoreDriver: Sendable {
 
     /// Hands a typed task to the store loop (PD's operator steps, stale replica checks);
     /// false when the inbox is full or the store stops.
-    func submit(_ task: StoreTask) -> Bool { enqueue(.task(task)) }
+    package func submit(_ task: StoreTask) -> Bool { enqueue(.task(task)) }
 
     // MARK: The loop
 
@@ -369,24 +369,24 @@ public final class StoreDriver: Sendable {
 /// sender, the continuations of callers, and the PD agent's signals. Used only on the store
 /// thread.
 final class DriverEdge: StoreLoopEdge {
-    typealias Waiter = StoreDriver.Waiter
+    package typealias Waiter = StoreDriver.Waiter
     private let network: RaftSocketTransport
     private let snapshots: any SnapshotOutbound
     private let logger: Logger
     private unowned let driver: StoreDriver
 
-    init(network: RaftSocketTransport, snapshots: any SnapshotOutbound, logger: Logger, driver: StoreDriver) {
+    package init(network: RaftSocketTransport, snapshots: any SnapshotOutbound, logger: Logger, driver: StoreDriver) {
         self.network = network
         self.snapshots = snapshots
         self.logger = logger
         self.driver = driver
     }
 
-    func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) { network.send(messagesByStore) }
+    package func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) { network.send(messagesByStore) }
 
-    func sendSnapshot(_ snapshot: OutgoingSnapshot) { snapshots.sendSnapshot(snapshot) }
+    package func sendSnapshot(_ snapshot: OutgoingSnapshot) { snapshots.sendSnapshot(snapshot) }
 
-    func complete(_ waiter: Waiter, with result: Result<Flotilla_V1_WriteResult, StoreRequestError>) {
+    package func complete(_ waiter: Waiter, with result: Result<Flotilla_V1_WriteResult, StoreRequestError>) {
         switch waiter {
         case .write(let complete): complete(result)
         case .read(let action):
@@ -395,7 +395,7 @@ final class DriverEdge: StoreLoopEdge {
         }
     }
 
-    func serveRead(_ waiter: Waiter, from core: Result<StoreCore, StoreRequestError>) {
+    package func serveRead(_ waiter: Waiter, from core: Result<StoreCore, StoreRequestError>) {
         switch waiter {
         case .read(let action): action.run(core)
         case .write(let complete):
@@ -404,9 +404,9 @@ final class DriverEdge: StoreLoopEdge {
         }
     }
 
-    func discard(_ snapshot: ReceivedSnapshot) { try? FileManager.default.removeItem(atPath: snapshot.directory) }
+    package func discard(_ snapshot: ReceivedSnapshot) { try? FileManager.default.removeItem(atPath: snapshot.directory) }
 
-    func notice(_ notice: StoreLoopNotice) {
+    package func notice(_ notice: StoreLoopNotice) {
         switch notice {
         case .splitsApplied(let splits, let campaigning):
             for split in splits {
@@ -436,17 +436,17 @@ final class DriverEdge: StoreLoopEdge {
 
 /// A signal the store thread raises and an async task awaits with a timeout: raising it
 /// while nobody waits is remembered until the next wait.
-final class StoreSignal: Sendable {
+package final class StoreSignal: Sendable {
     private struct State {
         var raised = false
         var waiter: CheckedContinuation<Void, Never>?
     }
     private let state = Mutex(State())
 
-    init() {}
+    package init() {}
 
     /// Raises the signal (from any thread).
-    func raise() {
+    package func raise() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             state.raised = true
             defer { state.waiter = nil }
@@ -457,7 +457,7 @@ final class StoreSignal: Sendable {
 
     /// Returns whether it was raised (clearing it), waiting up to `timeout` for that. One
     /// waiter at a time.
-    func wait(upTo timeout: Duration) async -> Bool {
+    package func wait(upTo timeout: Duration) async -> Bool {
         if state.withLock({ state in defer { state.raised = false }; return state.raised }) { return true }
         return await withTaskGroup(of: Bool.self) { group in
             group.addTask { await self.awaitRaise() }
@@ -497,7 +497,7 @@ final class StoreSignal: Sendable {
 
 extension StoreTask {
     /// One line for the log.
-    var summary: String {
+    package var summary: String {
         switch self {
         case .changePeers(let regionID, let changes):
             "region \(regionID): " + changes.map { "\($0.kind) \($0.peer.id) on store \($0.peer.storeID)" }.joined(separator: ", ")
@@ -510,7 +510,7 @@ extension StoreTask {
 }
 
 extension StoreDriver {
-    static func status(of core: StoreCore, counters: StoreLoopCounters, includeRegions: Bool) -> Flotilla_V1_StoreStatus {
+    package static func status(of core: StoreCore, counters: StoreLoopCounters, includeRegions: Bool) -> Flotilla_V1_StoreStatus {
         var status = Flotilla_V1_StoreStatus()
         status.storeID = core.storeID
         status.turns = counters.turns
@@ -551,12 +551,12 @@ extension StoreDriver {
 }
 
 /// Resumes a continuation exactly once, whoever gets there first.
-final class Once<Value: Sendable>: Sendable {
+package final class Once<Value: Sendable>: Sendable {
     private let continuation: Mutex<CheckedContinuation<Value, Never>?>
 
-    init(_ continuation: CheckedContinuation<Value, Never>) { self.continuation = Mutex(continuation) }
+    package init(_ continuation: CheckedContinuation<Value, Never>) { self.continuation = Mutex(continuation) }
 
-    func resume(_ value: Value) {
+    package func resume(_ value: Value) {
         continuation.withLock { stored in
             stored?.resume(returning: value)
             stored = nil

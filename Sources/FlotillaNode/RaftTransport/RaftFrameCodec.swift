@@ -8,16 +8,16 @@ import FlotillaProto
 /// length, refuses one over `frameBytesMax` before buffering the body, and delivers a batch
 /// only when it decodes and names this cluster, this store and the authenticated peer.
 /// Whatever the bytes, decoding answers `needMore`, a frame or a refusal with its reason.
-struct RaftFrameCodec {
+package struct RaftFrameCodec {
     static let lengthBytes = 4
-    let clusterID: UInt64
-    let storeID: UInt64
+    package let clusterID: UInt64
+    package let storeID: UInt64
     /// Largest frame body sent or accepted.
-    let frameBytesMax: Int
+    package let frameBytesMax: Int
     /// Outgoing messages are cut into frames of about this many bytes.
     let frameBytesTarget: Int
 
-    init(clusterID: UInt64, storeID: UInt64, limits: RaftTransportLimits) {
+    package init(clusterID: UInt64, storeID: UInt64, limits: RaftTransportLimits) {
         precondition(limits.receivedFrameBytesMax > 0 && limits.receivedFrameBytesMax <= Int(UInt32.max),
                      "the frame limit must fit the 4-byte length")
         precondition(limits.sentFrameBytesTarget > 0, "a frame target must be positive")
@@ -30,7 +30,7 @@ struct RaftFrameCodec {
     // MARK: Encoding
 
     /// What `encode` did with one destination's messages.
-    struct Encoded: Equatable {
+    package struct Encoded: Equatable {
         var frames = 0
         var messages = 0
         /// Messages not queued: their frame was over the limit, did not encode, or did not fit.
@@ -41,7 +41,7 @@ struct RaftFrameCodec {
 
     /// Appends `messages` to `destination` as frames to `output`, never past `roomBytes` more
     /// bytes; frames that do not fit are dropped whole (Raft retransmits).
-    func encode(_ messages: [Flotilla_V1_RaftMessage], to destination: UInt64, roomBytes: Int, into output: inout [UInt8]) -> Encoded {
+    package func encode(_ messages: [Flotilla_V1_RaftMessage], to destination: UInt64, roomBytes: Int, into output: inout [UInt8]) -> Encoded {
         var result = Encoded()
         var room = roomBytes
         var start = 0
@@ -84,7 +84,7 @@ struct RaftFrameCodec {
 
     /// The end of the frame that starts at `start`: messages up to about `bytesTarget` bytes
     /// (at least one, whatever its size).
-    static func frameEnd(_ messages: [Flotilla_V1_RaftMessage], from start: Int, bytesTarget: Int) -> Int {
+    package static func frameEnd(_ messages: [Flotilla_V1_RaftMessage], from start: Int, bytesTarget: Int) -> Int {
         var bytes = 0
         var end = start
         while end < messages.count {
@@ -100,7 +100,7 @@ struct RaftFrameCodec {
     // MARK: Decoding
 
     /// One step of reading frames from a connection's buffered bytes.
-    enum Decoded {
+    package enum Decoded {
         /// The buffer ends inside a frame: read more.
         case needMore
         /// A whole frame that belongs here.
@@ -111,7 +111,7 @@ struct RaftFrameCodec {
 
     /// Reads the frame starting at `start` in `input` from authenticated peer `peerStoreID`,
     /// moving `start` past it when it is whole (also when it is refused).
-    func decode(_ input: [UInt8], start: inout Int, fromPeer peerStoreID: UInt64?) -> Decoded {
+    package func decode(_ input: [UInt8], start: inout Int, fromPeer peerStoreID: UInt64?) -> Decoded {
         precondition(start >= 0 && start <= input.count, "the read position is inside the buffer")
         guard input.count - start >= Self.lengthBytes else { return .needMore }
         let length = Int(input[start]) << 24 | Int(input[start + 1]) << 16 | Int(input[start + 2]) << 8 | Int(input[start + 3])

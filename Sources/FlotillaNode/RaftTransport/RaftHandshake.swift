@@ -1,4 +1,5 @@
 import Crypto
+import FlotillaCluster
 import Foundation
 
 /// The Raft port's handshake: before any frame is read, both ends prove they know the cluster
@@ -12,21 +13,21 @@ import Foundation
 /// Both MACs cover both nonces, the cluster id and the two store ids. A connector that gets a
 /// wrong proof closes without sending a frame; an acceptor that gets a wrong hello closes
 /// without reading one. Fixed sizes: nothing is buffered beyond the step being read.
-struct RaftHandshake {
+package struct RaftHandshake {
     static let magic: [UInt8] = Array("FLR1".utf8)
     static let nonceBytes = 32
-    static let challengeBytes = 4 + nonceBytes
-    static let helloBytes = 4 + 24 + nonceBytes + 32
-    static let proofBytes = 32
+    package static let challengeBytes = 4 + nonceBytes
+    package static let helloBytes = 4 + 24 + nonceBytes + 32
+    package static let proofBytes = 32
     /// Bytes of a cluster secret (read from the cluster file's `secretFile`).
-    static let secretBytesMin = 16
-    static let secretBytesMax = 4_096
+    static let secretBytesMin = ClusterSecret.bytesMin
+    package static let secretBytesMax = ClusterSecret.bytesMax
 
-    let key: SymmetricKey
+    package let key: SymmetricKey
 
-    init(secret: [UInt8]) { key = SymmetricKey(data: secret) }
+    package init(secret: [UInt8]) { key = SymmetricKey(data: secret) }
 
-    static func nonce() -> [UInt8] {
+    package static func nonce() -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
         return (0..<nonceBytes).map { _ in UInt8.random(in: 0...255, using: &generator) }
     }
@@ -47,15 +48,15 @@ struct RaftHandshake {
         return Array(HMAC<SHA256>.authenticationCode(for: message, using: key))
     }
 
-    static func challenge(nonce: [UInt8]) -> [UInt8] { magic + nonce }
+    package static func challenge(nonce: [UInt8]) -> [UInt8] { magic + nonce }
 
     /// The acceptor's nonce from a challenge, or nil when it is not one.
-    static func parseChallenge(_ bytes: ArraySlice<UInt8>) -> [UInt8]? {
+    package static func parseChallenge(_ bytes: ArraySlice<UInt8>) -> [UInt8]? {
         guard bytes.count == challengeBytes, Array(bytes.prefix(4)) == magic else { return nil }
         return Array(bytes.dropFirst(4))
     }
 
-    func hello(acceptorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64, nonce: [UInt8]) -> [UInt8] {
+    package func hello(acceptorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64, nonce: [UInt8]) -> [UInt8] {
         var bytes = Self.magic
         for value in [clusterID, from, to] { withUnsafeBytes(of: value.bigEndian) { bytes += $0 } }
         bytes += nonce
@@ -72,7 +73,7 @@ struct RaftHandshake {
     }
 
     /// Whether `mac` is the expected one, compared in constant time.
-    func verify(_ mac: [UInt8], role: String, acceptorNonce: [UInt8], connectorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64) -> Bool {
+    package func verify(_ mac: [UInt8], role: String, acceptorNonce: [UInt8], connectorNonce: [UInt8], clusterID: UInt64, from: UInt64, to: UInt64) -> Bool {
         let expected = self.mac(role: role, acceptorNonce: acceptorNonce, connectorNonce: connectorNonce, clusterID: clusterID, from: from, to: to)
         guard mac.count == expected.count else { return false }
         return zip(mac, expected).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0

@@ -1,5 +1,6 @@
 import CLinuxEvents
 import Crypto
+import FlotillaCluster
 import FlotillaProto
 import Foundation
 import Logging
@@ -17,7 +18,7 @@ import RaftStore
 /// delivered; messages to a peer that is down, or beyond the queue bound, are dropped and
 /// counted (Raft retransmits them); nothing blocks — connects, reads and writes are
 /// non-blocking. Not thread-safe: only the store thread calls it (the wake-up is separate).
-final class RaftSocketTransport {
+package final class RaftSocketTransport {
     /// Where a connection stands in its life: TCP connect, the handshake, then frames.
     private enum Phase {
         /// Outbound: the TCP connect is in progress.
@@ -87,7 +88,7 @@ final class RaftSocketTransport {
 
     let wakeup: StoreThreadWakeup
     /// The port the transport listens on (the configured one, or the kernel's pick for 0).
-    let listeningPort: Int
+    package let listeningPort: Int
     private let clusterID: UInt64
     private let storeID: UInt64
     private let handshake: RaftHandshake
@@ -98,7 +99,7 @@ final class RaftSocketTransport {
     /// proven by the cluster secret when there is one).
     private let knownStores: Set<UInt64>?
     /// Destinations messages were sent to without a known address (PD resolves them).
-    private(set) var unresolvedStores: Set<UInt64> = []
+    package private(set) var unresolvedStores: Set<UInt64> = []
     static let unresolvedStoresMax = 1_024
     private let limits: RaftTransportLimits
     private let logger: Logger
@@ -120,7 +121,7 @@ final class RaftSocketTransport {
 
     /// Binds `listen` and prepares links to `peers` (addresses resolved now, once).
     /// - Throws: `ConfigError` naming the address that cannot be resolved or bound.
-    init(listen: HostPort, clusterID: UInt64, storeID: UInt64, peers: [UInt64: HostPort], secret: [UInt8],
+    package init(listen: HostPort, clusterID: UInt64, storeID: UInt64, peers: [UInt64: HostPort], secret: [UInt8],
          acceptAnyStore: Bool = false, limits: RaftTransportLimits = RaftTransportLimits(), logger: Logger) throws(ConfigError) {
         handshake = RaftHandshake(secret: secret)
         codec = RaftFrameCodec(clusterID: clusterID, storeID: storeID, limits: limits)
@@ -133,11 +134,11 @@ final class RaftSocketTransport {
         nextExpiryCheck = now
         nextRefusalLogAt = now
         for (peerStoreID, address) in peers {
-            links[peerStoreID] = PeerLink(address: try Self.resolve(address), description: address.description,
+            links[peerStoreID] = PeerLink(address: try address.resolveIPv4(), description: address.description,
                                           connectionFD: nil, nextConnectAt: now, backoffMilliseconds: limits.reconnectBackoffMilliseconds)
         }
         wakeup = try StoreThreadWakeup()
-        let bindAddress = try Self.resolve(listen)
+        let bindAddress = try listen.resolveIPv4()
         let socketFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard socketFD >= 0 else { throw ConfigError("cannot open the Raft listening socket: \(String(cString: strerror(errno)))") }
         var reuse: Int32 = 1
@@ -183,10 +184,10 @@ final class RaftSocketTransport {
     /// Queues each store's messages as frames and writes what the kernel takes now; the rest
     /// goes out as the socket drains (during `wait`).
     /// Sets (or changes) where store `storeID`'s Raft transport listens.
-    func setPeer(_ storeID: UInt64, address: HostPort) throws(ConfigError) {
+    package func setPeer(_ storeID: UInt64, address: HostPort) throws(ConfigError) {
         guard storeID != self.storeID else { return }
         unresolvedStores.remove(storeID)
-        let resolved = try Self.resolve(address)
+        let resolved = try address.resolveIPv4()
         if let link = links[storeID], link.description == address.description { return }
         if let fd = links[storeID]?.connectionFD, let connection = connections[fd] { drop(connection, reason: "the store moved to \(address)") }
         links[storeID] = PeerLink(address: resolved, description: address.description, connectionFD: nil,
@@ -195,9 +196,9 @@ final class RaftSocketTransport {
 
     /// Stores whose links are cut by fault injection (`StoreAdmin.InjectFault`): frames to them
     /// are not sent and frames from them are dropped. Empty unless a nemesis test cut some.
-    var cutStores: Set<UInt64> = []
+    package var cutStores: Set<UInt64> = []
 
-    func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) {
+    package func send(_ messagesByStore: [UInt64: [Flotilla_V1_RaftMessage]]) {
         for (destination, messages) in messagesByStore where !messages.isEmpty {
             if cutStores.contains(destination) {
                 droppedMessages += messages.count
@@ -448,7 +449,7 @@ final class RaftSocketTransport {
 
     /// Waits up to `timeoutMilliseconds` (0: only what is ready now) for the wake-up, new
     /// frames or writable sockets; hands every valid batch received to `deliver`.
-    func wait(timeoutMilliseconds: Int32, deliver: (Flotilla_V1_RaftMessageBatch) -> Void) {
+    package func wait(timeoutMilliseconds: Int32, deliver: (Flotilla_V1_RaftMessageBatch) -> Void) {
         for destination in links.keys { connectIfDue(destination) }
         if clock.now >= nextExpiryCheck {
             closeExpired()
@@ -584,19 +585,5 @@ final class RaftSocketTransport {
         if epoll_ctl(epollFD, operation, fd, &event) != 0 {
             logger.error("epoll_ctl failed", metadata: ["fd": "\(fd)", "error": "\(String(cString: strerror(errno)))"])
         }
-    }
-
-    /// An IPv4 address for `address` (a literal or a name resolved once, at start-up).
-    static func resolve(_ address: HostPort) throws(ConfigError) -> sockaddr_in {
-        var hints = addrinfo()
-        hints.ai_family = AF_INET
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var results: UnsafeMutablePointer<addrinfo>?
-        let status = getaddrinfo(address.host, String(address.port), &hints, &results)
-        defer { if let results { freeaddrinfo(results) } }
-        guard status == 0, let first = results, let socketAddress = first.pointee.ai_addr else {
-            throw ConfigError("cannot resolve \(address): \(String(cString: gai_strerror(status)))")
-        }
-        return socketAddress.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
     }
 }

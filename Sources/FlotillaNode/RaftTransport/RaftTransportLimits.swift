@@ -1,13 +1,13 @@
 import FlotillaProto
 
 /// Bounds of the Raft transport.
-struct RaftTransportLimits: Sendable {
+package struct RaftTransportLimits: Sendable {
     /// Largest frame accepted from a peer; a longer one closes the connection. Holds an append
     /// with the largest entry a store accepts (`KVLimits`).
-    var receivedFrameBytesMax = KVLimits.raftFrameBytesMax
+    package var receivedFrameBytesMax = KVLimits.raftFrameBytesMax
     /// Outgoing messages are cut into frames of about this many bytes (one message always
     /// goes, whatever its size, up to `receivedFrameBytesMax`).
-    var sentFrameBytesTarget = 16 << 20
+    package var sentFrameBytesTarget = 16 << 20
     /// Bytes queued for one peer that the kernel has not taken yet; messages beyond are
     /// dropped (Raft retransmits).
     var queuedBytesMax = 64 << 20
@@ -17,15 +17,15 @@ struct RaftTransportLimits: Sendable {
     var reconnectBackoffMilliseconds = 50
     var reconnectBackoffMillisecondsMax = 1_000
     /// A peer must finish the handshake within this, or its connection is closed.
-    var handshakeTimeoutMilliseconds = 5_000
+    package var handshakeTimeoutMilliseconds = 5_000
     /// An authenticated inbound connection that sends nothing for this long is closed (peers
     /// heartbeat every few hundred milliseconds), as is one whose frame in progress makes no
     /// progress for this long (a slow or stuck sender holding a partial frame in memory).
-    var idleTimeoutMilliseconds = 30_000
+    package var idleTimeoutMilliseconds = 30_000
     /// Inbound connections at once, handshaking or not; beyond, new ones are closed at once.
     /// Authenticated ones are one per peer store (a newer one replaces the older).
-    var inboundConnectionsMax = 64
+    package var inboundConnectionsMax = 64
     /// Bytes of partial frames held over all inbound connections; a connection that would
     /// take the total past it is closed (its peer reconnects; Raft retransmits).
-    var inboundBufferedBytesMax = 256 << 20
+    package var inboundBufferedBytesMax = 256 << 20
 }

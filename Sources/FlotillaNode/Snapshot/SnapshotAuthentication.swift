@@ -8,11 +8,11 @@ import RaftStore
 /// before anything is written to disk), the last an HMAC over the header MAC and every pair
 /// (checked before the snapshot is handed to the store). A snapshot from a client without the
 /// secret, or altered on the way, is refused.
-struct SnapshotAuthenticator {
+package struct SnapshotAuthenticator {
     private let key: SymmetricKey
     private var pairs: HMAC<SHA256>
 
-    init(secret: [UInt8]) {
+    package init(secret: [UInt8]) {
         key = SymmetricKey(data: secret)
         pairs = HMAC<SHA256>(key: key)
         pairs.update(data: Array("flotilla-snapshot-pairs".utf8))
@@ -23,7 +23,7 @@ struct SnapshotAuthenticator {
     }
 
     /// Feeds a chunk's pairs (and, for the first, its header MAC) to the running MAC.
-    mutating func add(_ chunk: Flotilla_V1_SnapshotChunk) {
+    package mutating func add(_ chunk: Flotilla_V1_SnapshotChunk) {
         if !chunk.headerMac.isEmpty { pairs.update(data: chunk.headerMac) }
         for pair in chunk.pairs {
             var lengths: [UInt8] = [UInt8(truncatingIfNeeded: pair.column.rawValue)]
@@ -39,14 +39,14 @@ struct SnapshotAuthenticator {
     func finalMAC() -> Data { Data(pairs.finalize()) }
 
     /// Signs a chunk on its way out: the header MAC on the first, the final MAC on the last.
-    mutating func sign(_ chunk: inout Flotilla_V1_SnapshotChunk, first: Bool) throws {
+    package mutating func sign(_ chunk: inout Flotilla_V1_SnapshotChunk, first: Bool) throws {
         if first { chunk.headerMac = try headerMAC(of: chunk.message) }
         add(chunk)
         if chunk.last { chunk.mac = finalMAC() }
     }
 
     /// Checks a chunk on its way in; throws naming what does not match.
-    mutating func verify(_ chunk: Flotilla_V1_SnapshotChunk, first: Bool) throws(SnapshotTransferError) {
+    package mutating func verify(_ chunk: Flotilla_V1_SnapshotChunk, first: Bool) throws(SnapshotTransferError) {
         if first {
             guard let expected = try? headerMAC(of: chunk.message), Self.equal(expected, chunk.headerMac) else {
                 throw SnapshotTransferError(reason: "the snapshot's header is not signed with the cluster secret")
@@ -65,7 +65,7 @@ struct SnapshotAuthenticator {
     }
 
     /// Constant-time comparison.
-    static func equal(_ lhs: Data, _ rhs: Data) -> Bool {
+    package static func equal(_ lhs: Data, _ rhs: Data) -> Bool {
         guard lhs.count == rhs.count else { return false }
         return zip(lhs, rhs).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0
     }

@@ -1,3 +1,4 @@
+import FlotillaCluster
 import FlotillaProto
 import Foundation
 import GRPCCore
@@ -12,20 +13,20 @@ import Synchronization
 /// store is refused with a logged reason.
 /// Snapshots a store is receiving now (reported in its store heartbeats).
 public final class SnapshotReceiveCount: Sendable {
-    let value = Atomic<Int>(0)
+    package let value = Atomic<Int>(0)
     /// Bytes received so far per region, and since when (for progress in the store status).
     private let progress = Mutex<[UInt64: (bytes: UInt64, since: ContinuousClock.Instant)]>([:])
     public init() {}
     public var current: Int { value.load(ordering: .relaxed) }
 
-    func received(_ bytes: Int, regionID: UInt64) {
+    package func received(_ bytes: Int, regionID: UInt64) {
         progress.withLock { $0[regionID, default: (0, .now)].bytes += UInt64(bytes) }
     }
 
-    func ended(regionID: UInt64) { _ = progress.withLock { $0.removeValue(forKey: regionID) } }
+    package func ended(regionID: UInt64) { _ = progress.withLock { $0.removeValue(forKey: regionID) } }
 
     /// The snapshots being received now, by region.
-    var inFlight: [Flotilla_V1_SnapshotProgress] {
+    package var inFlight: [Flotilla_V1_SnapshotProgress] {
         let now = ContinuousClock.now
         return progress.withLock { progress in
             progress.sorted { $0.key < $1.key }.map { regionID, entry in
@@ -41,17 +42,17 @@ public final class SnapshotReceiveCount: Sendable {
 }
 
 public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServiceProtocol {
-    let storeID: UInt64
+    package let storeID: UInt64
     /// Stores snapshots are accepted from; nil: any (stores joining through PD).
-    let knownStores: Set<UInt64>?
-    let driver: StoreDriver
-    let logger: Logger
+    package let knownStores: Set<UInt64>?
+    package let driver: StoreDriver
+    package let logger: Logger
     /// Where incoming snapshots are staged as SST files.
-    let snapshotDirectory: String
+    package let snapshotDirectory: String
     /// Snapshots received at once; more are refused (the leader retries later).
     let receivesMax: Int
     /// The cluster secret every stream must be signed with (`SnapshotAuthenticator`).
-    let secret: [UInt8]
+    package let secret: [UInt8]
     private let receiving: SnapshotReceiveCount
 
     public init(storeID: UInt64, knownStores: Set<UInt64>?, driver: StoreDriver, logger: Logger,
@@ -119,21 +120,21 @@ public struct SnapshotTransferService: Flotilla_V1_RaftTransport.SimpleServicePr
 /// Streams region snapshots to other stores: at most `sendsMax` at once and one per
 /// (region, peer); a snapshot beyond that is skipped (Raft sends another after its timeout).
 /// Chunks are read from the RocksDB snapshot as the stream drains, never all at once.
-final class SnapshotSender: SnapshotOutbound {
+package final class SnapshotSender: SnapshotOutbound {
     private let addresses: Mutex<[UInt64: HostPort]>
     private let sendsMax: Int
     private let secret: [UInt8]
     private let logger: Logger
     private let inFlight = Mutex<Set<[UInt64]>>([])
-    let sentCount = Atomic<Int>(0)
+    package let sentCount = Atomic<Int>(0)
     /// Sends given up for making no progress (`stallTimeout`).
-    let abandonedCount = Atomic<Int>(0)
+    package let abandonedCount = Atomic<Int>(0)
     /// Snapshots being sent now.
-    var sendingCount: Int { inFlight.withLock { $0.count } }
+    package var sendingCount: Int { inFlight.withLock { $0.count } }
 
     private let stallTimeout: Duration
 
-    init(addresses: [UInt64: HostPort], sendsMax: Int, secret: [UInt8], logger: Logger, stallTimeout: Duration = SnapshotSender.stallTimeoutDefault) {
+    package init(addresses: [UInt64: HostPort], sendsMax: Int, secret: [UInt8], logger: Logger, stallTimeout: Duration = SnapshotSender.stallTimeoutDefault) {
         self.stallTimeout = stallTimeout
         self.secret = secret
         self.addresses = Mutex(addresses)
@@ -142,11 +143,11 @@ final class SnapshotSender: SnapshotOutbound {
     }
 
     /// Sets where snapshots for `storeID` go (a store or PD member learnt at run time).
-    func setAddress(_ address: HostPort, for storeID: UInt64) {
+    package func setAddress(_ address: HostPort, for storeID: UInt64) {
         addresses.withLock { $0[storeID] = address }
     }
 
-    func sendSnapshot(_ snapshot: OutgoingSnapshot) {
+    package func sendSnapshot(_ snapshot: OutgoingSnapshot) {
         let key = [snapshot.regionID, snapshot.header.toPeer.id]
         guard let address = addresses.withLock({ $0[snapshot.toStoreID] }) else {
             logger.warning("snapshot not sent: no address known for the store", metadata: ["to_store": "\(snapshot.toStoreID)"])
@@ -221,8 +222,8 @@ final class SnapshotSender: SnapshotOutbound {
 /// When something last moved, shared by a transfer and its watchdog.
 private final class ProgressClock: Sendable {
     private let last = Mutex((at: ContinuousClock.now, finished: false))
-    func touch() { last.withLock { $0.at = .now } }
-    func finish() { last.withLock { $0.finished = true } }
+    package func touch() { last.withLock { $0.at = .now } }
+    package func finish() { last.withLock { $0.finished = true } }
     var isFinished: Bool { last.withLock { $0.finished } }
     var idle: Duration { ContinuousClock.now - last.withLock { $0.at } }
 }
