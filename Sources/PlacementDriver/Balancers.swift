@@ -20,6 +20,7 @@ public enum Balancers {
         }
         for op in running.values {
             guard let info = byID[op.regionID] else { continue }
+            precondition(op.currentStep < op.steps.count, "running operator \(op.id) past its last step")
             for step in op.steps[op.currentStep...] {
                 switch step {
                 case .addLearner(let peer) where !info.region.peers.contains(where: { $0.id == peer.id }):
@@ -65,6 +66,9 @@ public enum Balancers {
                           gap > 2 * regionWeight(info) else { continue }
                     let kept = info.region.peers.filter { $0.role == .voter && $0.id != peer.id }
                     guard ReplicaChecker.isolationAllows(target.store.id, beside: kept, stores: stores, settings: settings) else { continue }
+                    // A move goes from a voter on the heavier store to a store without a replica.
+                    precondition(peer.storeID == source.store.id && source.store.id != target.store.id
+                                 && weight(source.store.id) > weight(target.store.id), "balance-region would move region \(info.region.id) uphill")
                     return (info, peer, target.store.id)
                 }
             }
@@ -82,6 +86,7 @@ public enum Balancers {
         var leaders: [UInt64: Int] = [:]
         for info in regions where info.hasLeader { leaders[info.leader.storeID, default: 0] += 1 }
         for op in running.values {
+            precondition(op.currentStep < op.steps.count, "running operator \(op.id) past its last step")
             if case .transferLeader(let peer) = op.steps[op.currentStep] { leaders[peer.storeID, default: 0] += 1 }
         }
         let count = { (id: UInt64) in leaders[id] ?? 0 }
@@ -96,7 +101,11 @@ public enum Balancers {
                 let gap = count(source) - count(target)
                 guard gap > tolerance, gap >= 2 else { break }
                 for info in regions where info.leader.storeID == source && isQuiet(info, running: running) {
-                    if let voter = info.region.peers.first(where: { $0.storeID == target && $0.role == .voter }) { return (info, voter) }
+                    if let voter = info.region.peers.first(where: { $0.storeID == target && $0.role == .voter }) {
+                        precondition(voter.storeID != info.leader.storeID && count(source) > count(target),
+                                     "balance-leader would move region \(info.region.id)'s leader to where it is, or uphill")
+                        return (info, voter)
+                    }
                 }
             }
         }
@@ -125,7 +134,10 @@ public enum Balancers {
             .sorted { $0.stats.writtenBytesPerSecond > $1.stats.writtenBytesPerSecond }
         for info in led where info.stats.writtenBytesPerSecond > 0 {
             for target in ordered where target != hottest && rate(target) + info.stats.writtenBytesPerSecond < rate(hottest) {
-                if let voter = info.region.peers.first(where: { $0.storeID == target && $0.role == .voter }) { return (info, voter) }
+                if let voter = info.region.peers.first(where: { $0.storeID == target && $0.role == .voter }) {
+                    precondition(voter.storeID != hottest && rate(target) < rate(hottest), "hot-region would move region \(info.region.id)'s leader onto a hotter store")
+                    return (info, voter)
+                }
             }
         }
         return nil

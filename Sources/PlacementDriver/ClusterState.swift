@@ -65,10 +65,13 @@ public struct ClusterState: Sendable, Equatable {
             if clusterID == id { return [] }
             guard clusterID == 0 else { throw .clusterMismatch(expected: clusterID, got: id) }
             clusterID = id
+            precondition(clusterID != 0, "the cluster id is set once, and not to 0")
             return [.put(key: PDRecordKeys.clusterID, value: PDRecordKeys.encode(id))]
         case .reserveIdsThrough(let bound):
             guard bound > reservedIDsThrough else { return [] }
+            let before = reservedIDsThrough
             reservedIDsThrough = bound
+            precondition(reservedIDsThrough > before, "the reserved id bound never decreases")
             return [.put(key: PDRecordKeys.reservedIDs, value: PDRecordKeys.encode(bound))]
         case .bootstrap(let request):
             return try bootstrap(request)
@@ -83,11 +86,14 @@ public struct ClusterState: Sendable, Equatable {
             case .stale(let current): throw .staleRegion(current: current)
             case .sameMeta: return []
             case .changed(let removed):
+                precondition(routes.region(id: region.id)?.region == region && !removed.contains(region.id),
+                             "a changed route is held, and does not replace itself")
                 return removed.map { .delete(key: PDRecordKeys.region($0)) }
                     + [.put(key: PDRecordKeys.region(region.id), value: try PDRecordKeys.encode(region))]
             }
         case .deleteRegion(let id):
             guard routes.remove(id: id) != nil else { return [] }
+            precondition(routes.region(id: id) == nil, "a deleted route is gone")
             return [.delete(key: PDRecordKeys.region(id))]
         case .setSettings(let newSettings):
             try PDValidation.check(settings: newSettings)
@@ -113,6 +119,7 @@ public struct ClusterState: Sendable, Equatable {
                     writes.append(.delete(key: PDRecordKeys.operatorRecord(id)))
                 }
             }
+            precondition(operatorHistory.count <= PDLimits.operatorHistoryMax, "operator history over its bound")
             return writes
         case .setStoreState(let change):
             guard var store = stores[change.storeID] else { throw .unknownStore(change.storeID) }
@@ -146,10 +153,12 @@ public struct ClusterState: Sendable, Equatable {
         guard region.id <= reservedIDsThrough, region.peers[0].id <= reservedIDsThrough, region.id != region.peers[0].id else {
             throw .invalidArgument("bootstrap: region and peer ids must be distinct ids allocated by PD")
         }
+        precondition(routes.count == 0, "routes exist only after bootstrap")
         var writes = try put(store: store)
         var info = Flotilla_V1_RegionInfo()
         info.region = region
-        routes.update(info)
+        let update = routes.update(info)
+        precondition(update == .changed(removed: []) && routes.count == 1, "the first region is the only route")
         bootstrapRegionID = region.id
         writes.append(.put(key: PDRecordKeys.region(region.id), value: try PDRecordKeys.encode(region)))
         writes.append(.put(key: PDRecordKeys.bootstrapped, value: PDRecordKeys.encode(region.id)))
@@ -174,6 +183,8 @@ public struct ClusterState: Sendable, Equatable {
             }
         }
         stores[store.id] = store
+        precondition(stores.values.filter { $0.state != .tombstone && $0.address == store.address }.count <= 1,
+                     "two live stores share address \(store.address)")
         return [.put(key: PDRecordKeys.store(store.id), value: try PDRecordKeys.encode(store))]
     }
 
@@ -224,6 +235,9 @@ public struct ClusterState: Sendable, Equatable {
             } catch {
                 throw CorruptRecord(description: "PD record \(key.map { String(format: "%02x", $0) }.joined()) does not decode: \(error)")
             }
+        }
+        guard state.isBootstrapped || state.routes.count == 0 else {
+            throw CorruptRecord(description: "\(state.routes.count) routes persisted but no bootstrap record")
         }
         return state
     }

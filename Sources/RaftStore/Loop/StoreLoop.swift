@@ -143,6 +143,7 @@ public final class StoreLoop<Edge: StoreLoopEdge> {
     @discardableResult
     public func runTicks(now: Duration, edge: Edge) -> Int {
         let due = schedule.ticksDue(at: now)
+        precondition(due >= 0 && due <= schedule.catchUpTicksMax, "at most the catch-up ticks run at once")
         if due > schedule.catchUpTicksMax / 2 {
             // Stalled for about an election timeout or more: leases and leadership lapse.
             edge.notice(.stalled(ticks: due, ticksDropped: schedule.ticksDropped))
@@ -278,6 +279,8 @@ public final class StoreLoop<Edge: StoreLoopEdge> {
             pendingReads[id] = nil
             edge.serveRead(pending.waiter, from: .failure(.timeout(reason: "the read was not confirmed before its deadline")))
         }
+        assert(!pendingWrites.values.contains { $0.deadline <= now } && !pendingReads.values.contains { $0.deadline <= now },
+               "a request past its deadline is answered")
     }
 
     // MARK: Stop
@@ -301,5 +304,6 @@ public final class StoreLoop<Edge: StoreLoopEdge> {
         for (_, pending) in pendingReads.sorted(by: { $0.key < $1.key }) { edge.serveRead(pending.waiter, from: .failure(stopping)) }
         pendingWrites = [:]
         pendingReads = [:]
+        precondition(waitingCount == 0, "a stopped loop leaves nothing waiting")
     }
 }

@@ -38,6 +38,8 @@ extension StoreCore {
         }
         peers[region.id] = peer
         regionMap.set(region)
+        precondition(regionMap.range(of: region.id) != nil && peer.raft.appliedIndex == applied,
+                     "region \(region.id): an opened replica is mapped and starts at its applied index")
         touchedRegions.insert(region.id)
         if peer.raft.termExhausted {
             refusalReports.append("region \(region.id): persisted term \(peer.raft.term) is at or above the limit \(RaftLimits.termMax) "

@@ -113,6 +113,8 @@ extension StoreCore {
         peer.sessions = [:]
         peer.receivedSnapshot = nil
         peer.logBytesSinceTruncation = 0
+        precondition(regionMap.range(of: peer.region.id)?.start == peer.region.startKey,
+                     "region \(peer.region.id): an installed snapshot's range is the one mapped")
         try restoreStateMachine(peer.region.id)
     }
 

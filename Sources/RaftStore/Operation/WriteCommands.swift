@@ -49,6 +49,8 @@ extension StoreCore {
                 bytes += queued[end].command.count + 11
                 end += 1
             }
+            // Every entry carries at least one write, and only the first may pass the entry limit.
+            precondition(end > start && (end - start == 1 || bytes <= settings.entryBytesMax), "a command batch outside its bounds")
             var entry: [UInt8] = []
             entry.reserveCapacity(bytes)
             for item in queued[start..<end] { CommandBatchEncoding.append(item.command, to: &entry) }

@@ -25,6 +25,7 @@ public enum StoreKeys {
         appendBigEndian(region, to: &key)
         key.append(logEntryTag)
         appendBigEndian(index, to: &key)
+        precondition(key.count == 17, "a log key is region · tag · index, 17 bytes")
         return key
     }
 
@@ -106,6 +107,7 @@ public enum StoreKeys {
     }
 
     static func readBigEndian(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> UInt64 {
+        precondition(offset >= 0 && offset + 8 <= bytes.count, "an 8-byte read inside the buffer")
         var value: UInt64 = 0
         for position in offset..<(offset + 8) { value = value << 8 | UInt64(bytes[position]) }
         return value
@@ -134,6 +136,7 @@ enum StoredValues {
         bytes.append(entry.kind.rawValue)
         StoreKeys.appendBigEndian(entry.term, to: &bytes)
         bytes.append(contentsOf: entry.data)
+        precondition(bytes.count == 9 + entry.data.count, "an entry value is kind · term · data")
         return bytes
     }
 
@@ -149,6 +152,7 @@ enum StoredValues {
         StoreKeys.appendBigEndian(hardState.term, to: &bytes)
         StoreKeys.appendBigEndian(hardState.vote, to: &bytes)
         StoreKeys.appendBigEndian(hardState.commit, to: &bytes)
+        precondition(bytes.count == 24, "a hard state is 24 bytes")
         return bytes
     }
 
@@ -160,6 +164,8 @@ enum StoredValues {
 
     /// Apply state: applied index · truncated index · truncated term (8 B BE each).
     static func encodeApplyState(applied: UInt64, truncatedIndex: UInt64, truncatedTerm: UInt64) -> [UInt8] {
+        // The log is truncated only through what was applied (pairs with LogGC's check).
+        precondition(truncatedIndex <= applied, "truncated \(truncatedIndex) past applied \(applied)")
         var bytes = [UInt8]()
         StoreKeys.appendBigEndian(applied, to: &bytes)
         StoreKeys.appendBigEndian(truncatedIndex, to: &bytes)

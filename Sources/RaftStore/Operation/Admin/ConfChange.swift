@@ -72,6 +72,7 @@ extension StoreCore {
         guard let change = ConfChangeV2(decoding: entry.data),
               let next = try? peer.appliedConfState.applying(change) else { return false }
         let announced = (try? Flotilla_V1_Region(serializedBytes: change.context))?.peers ?? []
+        let confVerBefore = peer.region.epoch.confVer
         peer.appliedConfState = next
         let voters = next.voters.union(next.votersOutgoing)
         peer.region.peers = next.allNodes.sorted().compactMap { id in
@@ -82,6 +83,13 @@ extension StoreCore {
             return described
         }
         peer.region.epoch.confVer += 1
+        // The descriptor follows Raft's configuration: the same members, voters as voters, and
+        // at most one replica per store (checked at proposal; see `supersedes`).
+        precondition(peer.region.peers.allSatisfy { next.allNodes.contains($0.id) && ($0.role == .voter) == voters.contains($0.id) },
+                     "region \(peer.region.id): descriptor peers differ from the applied configuration")
+        precondition(Set(peer.region.peers.map(\.storeID)).count == peer.region.peers.count,
+                     "region \(peer.region.id): two replicas on one store after index \(entry.index)")
+        precondition(peer.region.epoch.confVer == confVerBefore + 1, "conf_ver moves by one per applied change")
         var record = Flotilla_V1_ConfChangeRecord()
         record.index = entry.index
         record.kind = change.isLeaveJoint ? .leaveJoint : next.isJoint ? .enterJoint : .simple
@@ -93,6 +101,7 @@ extension StoreCore {
         }
         peer.confChanges.append(record)
         if peer.confChanges.count > RegionPeer.confChangeRecordsMax { peer.confChanges.removeFirst(peer.confChanges.count - RegionPeer.confChangeRecordsMax) }
+        precondition(peer.confChanges.count <= RegionPeer.confChangeRecordsMax, "membership record over its bound")
         if !next.allNodes.contains(peer.peerID) { peer.isRemoved = true }
         return true
     }

@@ -76,6 +76,12 @@ public struct SplitCheckPlan: @unchecked Sendable {
             if sinceBoundary < triggers.regionSplitSizeBytes / 2, boundaries.count > 1 { boundaries.removeLast() }
             outcome.splitKeys = boundaries
         }
+        // Split keys are strictly inside the region, increasing, and bounded (a proposal
+        // refuses anything else; this pairs with that check).
+        precondition(outcome.splitKeys.count <= KVLimits.splitKeysMax
+                     && outcome.splitKeys.allSatisfy { region.contains($0) && $0 != region.startKey }
+                     && zip(outcome.splitKeys, outcome.splitKeys.dropFirst()).allSatisfy { $0.lexicographicallyPrecedes($1) },
+                     "region \(region.id): split check found keys outside its range or out of order")
         return outcome
     }
 }
@@ -118,6 +124,7 @@ public struct RegionLoad: Sendable {
             }
             while position < sorted.count && sorted[position] == key { position += 1 }
         }
+        precondition(best.map { region.contains($0.key) && $0.key != region.startKey } ?? true, "a load split key inside the region")
         return best?.key
     }
 }
@@ -142,6 +149,7 @@ struct LoadCounter {
         state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
         let slot = Int((state >> 33) % UInt64(requests))
         if slot < RegionLoad.samplesMax { samples[slot] = key }
+        precondition(samples.count == RegionLoad.samplesMax, "the load sample stays at its bound")
     }
 }
 
@@ -154,6 +162,7 @@ extension StoreCore {
         for regionID in peers.keys.sorted() {
             guard let peer = peers[regionID], peer.isInitialized, !peer.isRemoved, peer.raft.role == .leader,
                   peer.bytesWrittenSinceSplitCheck >= diffBytes || !peer.sizeCheckedOnce else { continue }
+            precondition(peer.region.id == regionID, "peers are keyed by their region's id")
             peer.bytesWrittenSinceSplitCheck = 0
             peer.sizeCheckedOnce = true
             plans.append(SplitCheckPlan(db: db, snapshot: db.makeSnapshot(), region: peer.region))
