@@ -113,28 +113,54 @@ extension StoreCore {
     /// with many writes of a client in flight at once). The session changes in memory; the
     /// caller writes the sessions named in `sessionsWritten` once the entries are applied.
     func applyCommand(_ command: Flotilla_V1_WriteCommand, peer: RegionPeer, index: UInt64, batch: inout ApplyBatch,
-                              sessionsWritten: inout Set<UInt64>) throws -> Flotilla_V1_WriteResult {
+                      sessionsWritten: inout Set<UInt64>) throws -> Flotilla_V1_WriteResult {
         var session: Flotilla_V1_ClientSession? = nil
         if command.clientID != 0 {
-            let known = try loadSession(peer: peer, client: command.clientID)
-            if command.sequence < known.ackedBelow {
-                // The client has had this write's answer and moved on: a late duplicate.
-                var stale = Flotilla_V1_WriteResult()
-                stale.staleDuplicate = true
-                return stale
+            switch try sessionAnswer(to: command, peer: peer) {
+            case .answered(let result): return result
+            case .apply(let known): session = known
             }
-            if let kept = known.replies.first(where: { $0.sequence == command.sequence }) {
-                // Another write under a sequence already used: refused, not silently dropped.
-                if kept.payloadDigest != 0 && kept.payloadDigest != command.payloadDigest {
-                    var mismatch = Flotilla_V1_WriteResult()
-                    mismatch.payloadMismatch = true
-                    return mismatch
-                }
-                // A retry: the first reply, not a second application.
-                return (try? Flotilla_V1_WriteResult(serializedBytes: kept.reply)) ?? Flotilla_V1_WriteResult()
-            }
-            session = known
         }
+        let result = try applyMutation(command, peer: peer, index: index, batch: &batch)
+        if var session {
+            try record(result, of: command, in: &session, index: index)
+            peer.sessions[command.clientID] = session
+            sessionsWritten.insert(command.clientID)
+        }
+        return result
+    }
+
+    /// What a client's session says about a command: answered already (a late duplicate, a
+    /// retry with its first reply, or another payload under a used sequence), or to apply.
+    private enum SessionAnswer {
+        case answered(Flotilla_V1_WriteResult)
+        case apply(Flotilla_V1_ClientSession)
+    }
+
+    private func sessionAnswer(to command: Flotilla_V1_WriteCommand, peer: RegionPeer) throws -> SessionAnswer {
+        let known = try loadSession(peer: peer, client: command.clientID)
+        if command.sequence < known.ackedBelow {
+            // The client has had this write's answer and moved on: a late duplicate.
+            var stale = Flotilla_V1_WriteResult()
+            stale.staleDuplicate = true
+            return .answered(stale)
+        }
+        if let kept = known.replies.first(where: { $0.sequence == command.sequence }) {
+            // Another write under a sequence already used: refused, not silently dropped.
+            if kept.payloadDigest != 0 && kept.payloadDigest != command.payloadDigest {
+                var mismatch = Flotilla_V1_WriteResult()
+                mismatch.payloadMismatch = true
+                return .answered(mismatch)
+            }
+            // A retry: the first reply, not a second application.
+            return .answered((try? Flotilla_V1_WriteResult(serializedBytes: kept.reply)) ?? Flotilla_V1_WriteResult())
+        }
+        return .apply(known)
+    }
+
+    /// The command's effect on the region's data, staged in `batch`.
+    private func applyMutation(_ command: Flotilla_V1_WriteCommand, peer: RegionPeer, index: UInt64,
+                               batch: inout ApplyBatch) throws -> Flotilla_V1_WriteResult {
         var result = Flotilla_V1_WriteResult()
         result.succeeded = true
         if !command.stateMachineCommand.isEmpty, let stateMachine {
@@ -179,28 +205,31 @@ extension StoreCore {
                 peer.load.writtenBytes += cas.key.count + cas.newValue.count
             }
         }
-        if var session {
-            if command.firstIncompleteSequence > 0 {
-                session.ackedBelow = max(session.ackedBelow, min(command.firstIncompleteSequence, command.sequence))
-            }
-            var reply = Flotilla_V1_SessionReply()
-            reply.sequence = command.sequence
-            reply.reply = try result.serializedData()
-            reply.payloadDigest = command.payloadDigest
-            var replies = session.replies.filter { $0.sequence >= session.ackedBelow }
-            replies.insert(reply, at: replies.firstIndex { $0.sequence > command.sequence } ?? replies.endIndex)
-            if replies.count > settings.sessionRepliesMax {
-                // Bounded: forget the oldest replies; their writes are never applied again.
-                let dropped = replies.count - settings.sessionRepliesMax
-                session.ackedBelow = replies[dropped - 1].sequence + 1
-                replies.removeFirst(dropped)
-            }
-            session.replies = replies
-            session.lastUsedIndex = index
-            peer.sessions[command.clientID] = session
-            sessionsWritten.insert(command.clientID)
-        }
         return result
+    }
+
+    /// Keeps the command's reply in its client's session for retries; bounded by
+    /// `sessionRepliesMax` (the oldest replies go, and their writes are never applied again).
+    private func record(_ result: Flotilla_V1_WriteResult, of command: Flotilla_V1_WriteCommand,
+                        in session: inout Flotilla_V1_ClientSession, index: UInt64) throws {
+        if command.firstIncompleteSequence > 0 {
+            session.ackedBelow = max(session.ackedBelow, min(command.firstIncompleteSequence, command.sequence))
+        }
+        var reply = Flotilla_V1_SessionReply()
+        reply.sequence = command.sequence
+        reply.reply = try result.serializedData()
+        reply.payloadDigest = command.payloadDigest
+        var replies = session.replies.filter { $0.sequence >= session.ackedBelow }
+        replies.insert(reply, at: replies.firstIndex { $0.sequence > command.sequence } ?? replies.endIndex)
+        if replies.count > settings.sessionRepliesMax {
+            let dropped = replies.count - settings.sessionRepliesMax
+            session.ackedBelow = replies[dropped - 1].sequence + 1
+            replies.removeFirst(dropped)
+        }
+        precondition(replies.count <= settings.sessionRepliesMax && replies.allSatisfy { $0.sequence >= session.ackedBelow },
+                     "a session keeps at most its bound of replies, none below what the client acknowledged")
+        session.replies = replies
+        session.lastUsedIndex = index
     }
 
     func loadSession(peer: RegionPeer, client: UInt64) throws -> Flotilla_V1_ClientSession {

@@ -136,27 +136,12 @@ extension StoreCore {
             // A joint configuration is replicated state too: refused alike everywhere.
             return error
         }
-        let raftCF = try db.columnFamily(StoreKeys.raftColumnFamily)
         let oldEnd = peer.region.endKey
         let keys = split.splitKeys
         let version = peer.region.epoch.version + UInt64(keys.count)
         let sessions = try allSessions(peer)
         let childrenBefore = pendingChildren.count
-        var children: [Flotilla_V1_Region] = []
-        for (position, ids) in split.newRegions.enumerated() {
-            var child = Flotilla_V1_Region()
-            child.id = ids.regionID
-            child.startKey = keys[position]
-            child.endKey = position + 1 < keys.count ? keys[position + 1] : oldEnd
-            child.epoch.confVer = peer.region.epoch.confVer
-            child.epoch.version = version
-            child.peers = zip(peer.region.peers, ids.peerIds).map { parentPeer, id in
-                var childPeer = parentPeer
-                childPeer.id = id
-                return childPeer
-            }
-            children.append(child)
-        }
+        let children = Self.splitChildren(of: peer.region, split, version: version)
         // The parent and its new regions tile the old range exactly, in key order.
         precondition(children.count == keys.count && children.first?.startKey == keys[0] && children.last?.endKey == oldEnd,
                      "region \(peer.region.id): split into \(children.count) regions for \(keys.count) keys does not tile the old range")
@@ -178,30 +163,61 @@ extension StoreCore {
                 continue
             }
             guard let me = child.peer(onStore: storeID) else { continue }
-            var localState = Flotilla_V1_RegionLocalState()
-            localState.region = child
-            localState.state = .normal
-            localState.confState = Flotilla_V1_ConfState(child.confState)
-            batch.batch.put(StoreKeys.regionState(region: child.id), try localState.serializedBytes(), in: metaCF)
-            let initial = Self.splitInitialIndex
-            batch.batch.put(StoreKeys.applyState(region: child.id),
-                            StoredValues.encodeApplyState(applied: initial, truncatedIndex: initial, truncatedTerm: initial), in: metaCF)
-            // A replica its leader created early (by a message, before this split) may have
-            // voted: its term and vote are kept.
-            var hardState = HardState(term: initial, vote: noNode, commit: initial)
-            if let early = peers[child.id], early.peerID == me.id, early.raft.term > initial {
-                hardState.term = early.raft.term
-                hardState.vote = early.raft.vote
-            }
-            batch.batch.put(StoreKeys.hardState(region: child.id), StoredValues.encode(hardState), in: raftCF)
-            for (client, session) in sessions {
-                batch.batch.put(StoreKeys.session(region: child.id, client: client), try session.serializedBytes(), in: metaCF)
-            }
+            let localState = try stageChild(child, replica: me.id, sessions: sessions, into: &batch)
             pendingChildren.append(PendingChild(localState: localState, campaign: ledHere))
         }
         precondition(pendingChildren[childrenBefore...].allSatisfy { $0.localState.region.epoch.version == version }, "a split's regions carry its version")
         appliedSplits.append(AppliedSplit(parent: peer.region, children: children, ledByThisStore: ledHere))
         return nil
+    }
+
+    /// The regions a split makes of `parent`: one per split key, from it to the next (the last
+    /// to the parent's end), each with the parent's members under the split's new ids.
+    private static func splitChildren(of parent: Flotilla_V1_Region, _ split: Flotilla_V1_SplitCommand,
+                                      version: UInt64) -> [Flotilla_V1_Region] {
+        let keys = split.splitKeys
+        return split.newRegions.enumerated().map { position, ids in
+            var child = Flotilla_V1_Region()
+            child.id = ids.regionID
+            child.startKey = keys[position]
+            child.endKey = position + 1 < keys.count ? keys[position + 1] : parent.endKey
+            child.epoch.confVer = parent.epoch.confVer
+            child.epoch.version = version
+            child.peers = zip(parent.peers, ids.peerIds).map { parentPeer, id in
+                var childPeer = parentPeer
+                childPeer.id = id
+                return childPeer
+            }
+            return child
+        }
+    }
+
+    /// Stages a new region's replica here in the apply batch: its descriptor, its apply and
+    /// hard state at `splitInitialIndex`, and the parent's client sessions.
+    private func stageChild(_ child: Flotilla_V1_Region, replica replicaID: UInt64, sessions: [(UInt64, Flotilla_V1_ClientSession)],
+                            into batch: inout ApplyBatch) throws -> Flotilla_V1_RegionLocalState {
+        let raftCF = try db.columnFamily(StoreKeys.raftColumnFamily)
+        var localState = Flotilla_V1_RegionLocalState()
+        localState.region = child
+        localState.state = .normal
+        localState.confState = Flotilla_V1_ConfState(child.confState)
+        batch.batch.put(StoreKeys.regionState(region: child.id), try localState.serializedBytes(), in: metaCF)
+        let initial = Self.splitInitialIndex
+        batch.batch.put(StoreKeys.applyState(region: child.id),
+                        StoredValues.encodeApplyState(applied: initial, truncatedIndex: initial, truncatedTerm: initial), in: metaCF)
+        // A replica its leader created early (by a message, before this split) may have
+        // voted: its term and vote are kept.
+        var hardState = HardState(term: initial, vote: noNode, commit: initial)
+        if let early = peers[child.id], early.peerID == replicaID, early.raft.term > initial {
+            hardState.term = early.raft.term
+            hardState.vote = early.raft.vote
+        }
+        precondition(hardState.term >= initial && hardState.commit == initial, "a new region's replica starts at the split's initial index")
+        batch.batch.put(StoreKeys.hardState(region: child.id), StoredValues.encode(hardState), in: raftCF)
+        for (client, session) in sessions {
+            batch.batch.put(StoreKeys.session(region: child.id, client: client), try session.serializedBytes(), in: metaCF)
+        }
+        return localState
     }
 
     /// Every client session of the region: those on disk, overlaid with those changed in
