@@ -131,4 +131,14 @@ struct ClusterStateTests {
             #expect(throws: ClusterState.CorruptRecord.self) { try ClusterState.load(records) }
         }
     }
+
+    /// Routes persisted without the bootstrap record are corruption: a PD that loaded them
+    /// would let a second bootstrap add a route beside them.
+    @Test func routesWithoutABootstrapRecordAreRefused() throws {
+        var pd = SingleMemberPD()
+        _ = try pd.bootstrap(stores: 1)
+        let records = pd.records.filter { $0.key != PDRecordKeys.bootstrapped }.map { ($0.key, $0.value) }
+        #expect(throws: ClusterState.CorruptRecord.self) { try ClusterState.load(records) }
+        #expect(try ClusterState.load(pd.records.map { ($0.key, $0.value) }).isBootstrapped)
+    }
 }
