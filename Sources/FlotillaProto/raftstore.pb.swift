@@ -258,6 +258,13 @@ public nonisolated struct Flotilla_V1_RaftCoreMessage: @unchecked Sendable {
     set {_uniqueStorage()._isLeaderTransfer = newValue}
   }
 
+  /// On a heartbeat: the leader's group has nothing to do, and the follower may sleep when its
+  /// log ends at the commit index; on a heartbeat response: the follower sleeps.
+  public var sleep: Bool {
+    get {_storage._sleep}
+    set {_uniqueStorage()._sleep = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -336,11 +343,37 @@ public nonisolated struct Flotilla_V1_RaftMessage: @unchecked Sendable {
     set {_uniqueStorage()._endKey = newValue}
   }
 
+  /// Set (with region_id 0 and no Raft message) on a store heartbeat: one per store pair and
+  /// heartbeat interval, so replicas of sleeping regions learn that their leaders' stores live.
+  public var storeHeartbeat: Flotilla_V1_StoreHeartbeat {
+    get {_storage._storeHeartbeat ?? Flotilla_V1_StoreHeartbeat()}
+    set {_uniqueStorage()._storeHeartbeat = newValue}
+  }
+  /// Returns true if `storeHeartbeat` has been explicitly set.
+  public var hasStoreHeartbeat: Bool {_storage._storeHeartbeat != nil}
+  /// Clears the value of `storeHeartbeat`. Subsequent reads from it will return its default value.
+  public mutating func clearStoreHeartbeat() {_uniqueStorage()._storeHeartbeat = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// A store's sign of life to another store (store-level liveness). Any message from a store
+/// counts as one; this one is sent when the store has nothing else to send.
+public nonisolated struct Flotilla_V1_StoreHeartbeat: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The sender's store id (also in the frame; here for transports that carry single messages).
+  public var storeID: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Messages of many regions from one store to another, coalesced into one frame of the Raft
@@ -1037,7 +1070,7 @@ nonisolated extension Flotilla_V1_SnapshotMetadata: SwiftProtobuf.Message, Swift
 
 nonisolated extension Flotilla_V1_RaftCoreMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RaftCoreMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}from\0\u{1}to\0\u{1}term\0\u{3}log_term\0\u{1}index\0\u{1}entries\0\u{1}commit\0\u{1}reject\0\u{3}reject_hint\0\u{3}reject_hint_term\0\u{1}snapshot\0\u{1}context\0\u{3}sent_at_tick\0\u{3}is_leader_transfer\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}from\0\u{1}to\0\u{1}term\0\u{3}log_term\0\u{1}index\0\u{1}entries\0\u{1}commit\0\u{1}reject\0\u{3}reject_hint\0\u{3}reject_hint_term\0\u{1}snapshot\0\u{1}context\0\u{3}sent_at_tick\0\u{3}is_leader_transfer\0\u{1}sleep\0")
 
   fileprivate class _StorageClass {
     var _kind: UInt32 = 0
@@ -1055,6 +1088,7 @@ nonisolated extension Flotilla_V1_RaftCoreMessage: SwiftProtobuf.Message, SwiftP
     var _context: Data = Data()
     var _sentAtTick: UInt64 = 0
     var _isLeaderTransfer: Bool = false
+    var _sleep: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1080,6 +1114,7 @@ nonisolated extension Flotilla_V1_RaftCoreMessage: SwiftProtobuf.Message, SwiftP
       _context = source._context
       _sentAtTick = source._sentAtTick
       _isLeaderTransfer = source._isLeaderTransfer
+      _sleep = source._sleep
     }
   }
 
@@ -1113,6 +1148,7 @@ nonisolated extension Flotilla_V1_RaftCoreMessage: SwiftProtobuf.Message, SwiftP
         case 13: try { try decoder.decodeSingularBytesField(value: &_storage._context) }()
         case 14: try { try decoder.decodeSingularUInt64Field(value: &_storage._sentAtTick) }()
         case 15: try { try decoder.decodeSingularBoolField(value: &_storage._isLeaderTransfer) }()
+        case 16: try { try decoder.decodeSingularBoolField(value: &_storage._sleep) }()
         default: break
         }
       }
@@ -1170,6 +1206,9 @@ nonisolated extension Flotilla_V1_RaftCoreMessage: SwiftProtobuf.Message, SwiftP
       if _storage._isLeaderTransfer != false {
         try visitor.visitSingularBoolField(value: _storage._isLeaderTransfer, fieldNumber: 15)
       }
+      if _storage._sleep != false {
+        try visitor.visitSingularBoolField(value: _storage._sleep, fieldNumber: 16)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1194,6 +1233,7 @@ nonisolated extension Flotilla_V1_RaftCoreMessage: SwiftProtobuf.Message, SwiftP
         if _storage._context != rhs_storage._context {return false}
         if _storage._sentAtTick != rhs_storage._sentAtTick {return false}
         if _storage._isLeaderTransfer != rhs_storage._isLeaderTransfer {return false}
+        if _storage._sleep != rhs_storage._sleep {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1205,7 +1245,7 @@ nonisolated extension Flotilla_V1_RaftCoreMessage: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Flotilla_V1_RaftMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RaftMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{3}from_peer\0\u{3}to_peer\0\u{1}epoch\0\u{1}region\0\u{1}message\0\u{3}start_key\0\u{3}end_key\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{3}from_peer\0\u{3}to_peer\0\u{1}epoch\0\u{1}region\0\u{1}message\0\u{3}start_key\0\u{3}end_key\0\u{3}store_heartbeat\0")
 
   fileprivate class _StorageClass {
     var _regionID: UInt64 = 0
@@ -1216,6 +1256,7 @@ nonisolated extension Flotilla_V1_RaftMessage: SwiftProtobuf.Message, SwiftProto
     var _message: Flotilla_V1_RaftCoreMessage? = nil
     var _startKey: Data = Data()
     var _endKey: Data = Data()
+    var _storeHeartbeat: Flotilla_V1_StoreHeartbeat? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1234,6 +1275,7 @@ nonisolated extension Flotilla_V1_RaftMessage: SwiftProtobuf.Message, SwiftProto
       _message = source._message
       _startKey = source._startKey
       _endKey = source._endKey
+      _storeHeartbeat = source._storeHeartbeat
     }
   }
 
@@ -1260,6 +1302,7 @@ nonisolated extension Flotilla_V1_RaftMessage: SwiftProtobuf.Message, SwiftProto
         case 6: try { try decoder.decodeSingularMessageField(value: &_storage._message) }()
         case 7: try { try decoder.decodeSingularBytesField(value: &_storage._startKey) }()
         case 8: try { try decoder.decodeSingularBytesField(value: &_storage._endKey) }()
+        case 9: try { try decoder.decodeSingularMessageField(value: &_storage._storeHeartbeat) }()
         default: break
         }
       }
@@ -1296,6 +1339,9 @@ nonisolated extension Flotilla_V1_RaftMessage: SwiftProtobuf.Message, SwiftProto
       if !_storage._endKey.isEmpty {
         try visitor.visitSingularBytesField(value: _storage._endKey, fieldNumber: 8)
       }
+      try { if let v = _storage._storeHeartbeat {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1313,10 +1359,41 @@ nonisolated extension Flotilla_V1_RaftMessage: SwiftProtobuf.Message, SwiftProto
         if _storage._message != rhs_storage._message {return false}
         if _storage._startKey != rhs_storage._startKey {return false}
         if _storage._endKey != rhs_storage._endKey {return false}
+        if _storage._storeHeartbeat != rhs_storage._storeHeartbeat {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flotilla_V1_StoreHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StoreHeartbeat"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.storeID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.storeID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.storeID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flotilla_V1_StoreHeartbeat, rhs: Flotilla_V1_StoreHeartbeat) -> Bool {
+    if lhs.storeID != rhs.storeID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -48,6 +48,11 @@ public struct RaftNode {
     public internal(set) var refusedMessages: UInt64 = 0
     /// Reads this node confirmed from its lease (no heartbeat round), since it started.
     public internal(set) var leaseReadsServed: UInt64 = 0
+    /// The group sleeps (see `Sleep.swift`): no ticks, no heartbeats, no elections until woken.
+    public internal(set) var isAsleep = false
+    /// This leader asked its followers to sleep and waits for all to answer that they do.
+    public internal(set) var isFallingAsleep = false
+    var followersAsleep: Set<NodeID> = []
 
     var messagesNow: [Message] = []
     var messagesAfterPersist: [Message] = []
@@ -136,8 +141,21 @@ public struct RaftNode {
     /// stalled on a slow disk) — before stepping messages or asking for reads: a node that
     /// resumes with its clock behind would serve reads from a lease that ran out.
     public mutating func tick() {
+        precondition(!isAsleep, "a sleeping node passes time with passTicksAsleep, not tick")
         tickCount += 1
         if role == .leader { tickLeader() } else { tickElection() }
+    }
+
+    /// Runs `ticks` ticks' worth of time as one: the clock (and so every lease, vote refusal
+    /// and transfer deadline) moves by all of them, while election and heartbeat timers move
+    /// by one. For a loop that fell behind: its catching up costs one tick of work, and a
+    /// follower never campaigns because its own loop was late (its leader's heartbeats are
+    /// waiting in the socket), while no lease outlives real time.
+    public mutating func tick(passing ticks: UInt64) {
+        precondition(ticks >= 1, "at least the tick that is due")
+        precondition(!isAsleep, "a sleeping node passes time with passTicksAsleep, not tick")
+        tickCount += ticks - 1
+        tick()
     }
 
     private mutating func tickElection() {
@@ -170,9 +188,10 @@ public struct RaftNode {
             && tickCount - pr.snapshotSentAtTick >= UInt64(2 * config.electionTimeoutTicks) {
             progress[nodeID]?.becomeProbe()
         }
+        checkStillFallingAsleep()
         if heartbeatElapsed >= config.heartbeatIntervalTicks {
             heartbeatElapsed = 0
-            broadcastHeartbeat(context: [])
+            broadcastHeartbeat(context: [], sleep: isFallingAsleep)
         }
     }
 
@@ -198,6 +217,7 @@ public struct RaftNode {
         }
         role = .follower
         leader = newLeader
+        isAsleep = false
         resetVolatileState()
     }
 
@@ -206,6 +226,8 @@ public struct RaftNode {
         heartbeatElapsed = 0
         resetRandomizedElectionTimeout()
         leadTransferee = noNode
+        isFallingAsleep = false
+        followersAsleep = []
         votes = [:]
         uncommittedProposals = []
         uncommittedBytes = 0

@@ -81,13 +81,14 @@ extension RaftNode {
 
     /// Heartbeats carry the commit index only as far as each follower is known to match, so a
     /// follower never commits an entry it may not have.
-    mutating func broadcastHeartbeat(context: [UInt8]) {
+    mutating func broadcastHeartbeat(context: [UInt8], sleep: Bool = false) {
         for nodeID in followerIDs {
             guard let pr = progress[nodeID] else { continue }
             var message = Message(kind: .heartbeat, from: id, to: nodeID)
             message.commit = min(pr.match, log.committed)
             message.context = context
             message.sentAtTick = tickCount
+            message.sleep = sleep
             send(message)
         }
     }

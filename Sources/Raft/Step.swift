@@ -120,6 +120,10 @@ extension RaftNode {
             var reply = Message(kind: .heartbeatResponse, from: id, to: message.from)
             reply.context = message.context
             reply.sentAtTick = message.sentAtTick
+            if message.sleep {
+                reply.sleep = fallAsleepIfCaughtUp(leaderCommit: message.commit)
+                reply.reject = !reply.sleep  // asked to sleep and cannot: wakes the leader
+            }
             send(reply)
         case .installSnapshot:
             heardFromLeader(message.from)
@@ -251,6 +255,7 @@ extension RaftNode {
         progress[from] = pr
         if pr.match < log.lastIndex { sendAppend(to: from) }
         if !message.context.isEmpty { acknowledgeRead(context: message.context, from: from) }
+        noteSleepAnswer(message)
     }
 
     mutating func sendTimeoutNow(to nodeID: NodeID) {

@@ -156,6 +156,9 @@ public struct Message: Sendable, Equatable, CustomStringConvertible {
     public var sentAtTick: UInt64 = 0
     /// A vote request caused by leader transfer: receivers grant it even within a lease.
     public var isLeaderTransfer = false
+    /// On a heartbeat: the leader's group sleeps, and so may the follower (see `sleep()`); on
+    /// a heartbeat response: the follower sleeps.
+    public var sleep = false
 
     public init(kind: MessageKind, from: NodeID, to: NodeID) {
         self.kind = kind

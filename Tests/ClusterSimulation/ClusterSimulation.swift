@@ -192,9 +192,74 @@ public final class ClusterSimulation {
         try awaitCaughtUpReplicas()
         try checkReplicas(final: true)
         try checkHistory()
+        try checkSleepAndFailover()
         report.ticks = tick
         report.regionsAtEnd = pd.pd.regions.count
+        report.regionSleeps = stores.values.reduce(0) { $0 + $1.regionSleepsTotal }
+        report.regionWakes = stores.values.reduce(0) { $0 + $1.regionWakesTotal }
         return report
+    }
+
+    /// Sleeping regions, then a failover with every region asleep: with the workload stopped,
+    /// regions fall asleep on their replicas; then the store leading the most regions is
+    /// killed for good, and each region it led must elect a leader on another store within
+    /// `storeDeadAfterTicks` and a few election timeouts (store liveness wakes them: no
+    /// region heartbeat would).
+    private func checkSleepAndFailover() throws {
+        let up = { self.storeIDs.compactMap { self.stores[$0] }.filter { $0.isUp } }
+        func replicas() -> (asleep: Int, all: Int) {
+            up().reduce((0, 0)) { sum, store in
+                guard let core = store.loop?.core else { return sum }
+                return (sum.0 + core.sleepingRegionCount, sum.1 + core.regionIDs.count)
+            }
+        }
+        let idleDeadline = tick + 600
+        while tick < idleDeadline {
+            try step(faults: false)
+            let counted = replicas()
+            if counted.asleep == counted.all { break }
+        }
+        (report.replicasAsleep, report.replicasAtEnd) = replicas()
+        if ProcessInfo.processInfo.environment["FLOTILLA_SIM_SLEEP_DEBUG"] != nil {
+            for store in up() {
+                guard let core = store.loop?.core else { continue }
+                for regionID in core.regionIDs where !core.isAsleep(regionID) {
+                    print("seed \(seed) store \(store.id) region \(regionID) awake: \(core.raftStatus(regionID).map { "\($0.role)" } ?? "?") \(core.sleepBlocker(regionID) ?? "-")")
+                }
+            }
+        }
+        var ledAsleep: [UInt64: [UInt64]] = [:]
+        for store in up() {
+            guard let core = store.loop?.core else { continue }
+            for regionID in core.regionIDs where core.raftStatus(regionID)?.role == .leader && core.isAsleep(regionID) {
+                ledAsleep[store.id, default: []].append(regionID)
+            }
+        }
+        guard let (victimID, regions) = ledAsleep.max(by: { ($0.value.count, $1.key) < ($1.value.count, $0.key) }),
+              let victim = stores[victimID] else { return }
+        try victim.crash()
+        victim.restartAt = nil
+        note("store \(victimID) killed for good, leading regions \(regions) asleep")
+        let killedAt = tick
+        // Liveness presumes the store dead, then elections run; with the simulation's message
+        // delays (up to 4 ticks against a 10-tick timeout) two survivors split votes often.
+        let deadline = killedAt + SimulatedStore.storeDeadAfterTicks + UInt64(15 * options.electionTimeoutTicks)
+        while true {
+            try step(faults: false)
+            let unled = regions.filter { regionID in !up().contains { $0.loop?.core.raftStatus(regionID)?.role == .leader } }
+            if unled.isEmpty { break }
+            guard tick < deadline else {
+                let states = unled.flatMap { regionID in
+                    up().compactMap { store in
+                        store.loop?.core.sleepState(regionID).map { "region \(regionID) on store \(store.id): \($0)" }
+                    }
+                }
+                throw failure("regions \(unled) had no leader \(tick - killedAt) ticks after store \(victimID), which led them asleep, was killed: "
+                              + states.joined(separator: "; "))
+            }
+        }
+        report.failoverTicks = tick - killedAt
+        note("every region of store \(victimID) led again after \(report.failoverTicks) ticks")
     }
 
     private func step(faults: Bool) throws {

@@ -37,6 +37,11 @@ final class SimulatedStore {
     var splitsSinceHeartbeat = false
 
     var isUp: Bool { loop != nil }
+    /// Region sleeps and wakes counted by the store's cores before its last restart.
+    var sleepsOfEarlierLives: UInt64 = 0
+    var wakesOfEarlierLives: UInt64 = 0
+    var regionSleepsTotal: UInt64 { sleepsOfEarlierLives + (loop?.core.regionSleepsTotal ?? 0) }
+    var regionWakesTotal: UInt64 { wakesOfEarlierLives + (loop?.core.regionWakesTotal ?? 0) }
 
     init(id: UInt64, root: String, raftSeed: UInt64, electionTimeoutTicks: Int, reporting: PDReporting.Settings,
          edge: SimulatedStoreEdge) throws {
@@ -73,6 +78,9 @@ final class SimulatedStore {
         settings.logGCSizeThresholdBytes = 1 << 20
         settings.peerDownTicks = UInt64(electionTimeoutTicks * 30)
         settings.snapshotChunkBytes = 64 << 10
+        // Regions sleep after 2–20 quiet ticks (seeded), so runs cover eager and lazy sleep.
+        settings.regionSleepAfterQuietTicks = Int(raftSeed % 19) + 2
+        settings.storeDeadAfterTicks = Self.storeDeadAfterTicks
         let seed = raftSeed
         let election = electionTimeoutTicks
         let generation = UInt64(self.generation)
@@ -84,6 +92,9 @@ final class SimulatedStore {
         loop = StoreLoop(core: core, tickInterval: SimulatedStore.tickInterval, tickCatchUpMax: 2 * electionTimeoutTicks + 1, startingAt: now)
         reporting = PDReporting(settings: reportingSettings)
     }
+
+    /// A store not heard from for this many ticks is presumed dead by the others.
+    static let storeDeadAfterTicks: UInt64 = 20
 
     /// A simulated tick is 10 ms of the loop's time.
     static let tickInterval = Duration.milliseconds(10)
@@ -111,7 +122,9 @@ final class SimulatedStore {
     /// writes are still in RocksDB's buffer, not in them), the process's state is dropped, and
     /// the copy becomes the store's directory.
     func crash() throws {
-        guard loop != nil else { return }
+        guard let running = loop else { return }
+        sleepsOfEarlierLives += running.core.regionSleepsTotal
+        wakesOfEarlierLives += running.core.regionWakesTotal
         if crashedInTurn == nil { try image() }
         loop = nil  // closes RocksDB; what it flushes on close goes to the discarded directory
         let image = path + ".image"

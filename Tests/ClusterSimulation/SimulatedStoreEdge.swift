@@ -91,6 +91,8 @@ final class SimulatedStoreEdge: StoreLoopEdge {
             simulation.note("store \(storeID) refused \(task): \(error)")
         case .consistencyAlarm(let alarm):
             failures.append("store \(storeID) consistency alarm: \(alarm)")
+        case .storesPresumedDead(let stores, let woken):
+            simulation.note("store \(storeID) presumes stores \(stores) dead: \(woken) sleeping regions woke")
         case .consistencyCheck, .refusal, .snapshotNotTaken, .stalled:
             break
         }

@@ -124,6 +124,13 @@ public struct ClusterSimulationReport: Sendable {
     public var regionsAtEnd = 0
     public var ticksToServeAfterHeal: UInt64 = 0
     public var linearizabilityTimedOut = 0
+    /// Region sleeps and wakes over all stores; replicas asleep when the idle phase ended, of all.
+    public var regionSleeps: UInt64 = 0
+    public var regionWakes: UInt64 = 0
+    public var replicasAsleep = 0
+    public var replicasAtEnd = 0
+    /// Ticks from killing the store that led most regions (all asleep) to a leader elsewhere for each.
+    public var failoverTicks: UInt64 = 0
 
     public init() {}
 
@@ -154,6 +161,11 @@ extension ClusterSimulationReport {
         regionsAtEnd += other.regionsAtEnd
         ticksToServeAfterHeal = max(ticksToServeAfterHeal, other.ticksToServeAfterHeal)
         linearizabilityTimedOut += other.linearizabilityTimedOut
+        regionSleeps += other.regionSleeps
+        regionWakes += other.regionWakes
+        replicasAsleep += other.replicasAsleep
+        replicasAtEnd += other.replicasAtEnd
+        failoverTicks = max(failoverTicks, other.failoverTicks)
     }
 
     public var summary: String {
@@ -162,6 +174,8 @@ extension ClusterSimulationReport {
             + "\(pdLeaderChanges) PD failovers, \(messagesDropped)/\(messagesSent) messages dropped, \(messagesDuplicated) duplicated, "
             + "\(splitsAsked) splits asked (\(splitsApplied) applied by replicas), \(movesAsked) moves, \(transfersAsked) transfers, "
             + "\(snapshotsDelivered) snapshots, \(regionsAtEnd) regions at the end, served again \(ticksToServeAfterHeal) ticks after the heal"
+            + ", \(regionSleeps) region sleeps and \(regionWakes) wakes, \(replicasAsleep)/\(replicasAtEnd) replicas asleep when idle, "
+            + "every region led again \(failoverTicks) ticks after its sleeping leader's store was killed"
             + (linearizabilityTimedOut > 0 ? ", \(linearizabilityTimedOut) checks timed out" : "")
     }
 }

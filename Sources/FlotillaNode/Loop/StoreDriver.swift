@@ -281,7 +281,11 @@ public final class StoreDriver: Sendable {
         var tickCount = 0
         let deliver = { (batch: Flotilla_V1_RaftMessageBatch) in
             let now = self.loopTime(clock.now)
-            for message in batch.messages { loop.take(.raft(message), now: now, edge: edge) }
+            // The frame's sender is authenticated: a message naming another store as its
+            // sender (whose liveness it would vouch for) is not taken.
+            for message in batch.messages where message.fromPeer.storeID == batch.fromStoreID {
+                loop.take(.raft(message), now: now, edge: edge)
+            }
         }
         while true {
             // Time first: every tick owed runs before any message or request is taken.
@@ -428,6 +432,8 @@ final class DriverEdge: StoreLoopEdge {
             logger.warning("refused a Raft message", metadata: ["reason": "\(report)", "refused_total": "\(refusedTotal)"])
         case .snapshotNotTaken(let regionID):
             logger.info("snapshot not taken", metadata: ["region_id": "\(regionID)"])
+        case .storesPresumedDead(let stores, let woken):
+            logger.warning("stores presumed dead: not heard from", metadata: ["stores": "\(stores)", "sleeping_regions_woken": "\(woken)"])
         case .stalled(let ticks, let dropped):
             logger.warning("store loop stalled: catching up ticks", metadata: ["ticks": "\(ticks)", "ticks_dropped_total": "\(dropped)"])
         }

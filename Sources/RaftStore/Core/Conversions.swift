@@ -49,6 +49,7 @@ extension Flotilla_V1_RaftCoreMessage {
         context = Data(message.context)
         sentAtTick = message.sentAtTick
         isLeaderTransfer = message.isLeaderTransfer
+        sleep = message.sleep
     }
 
     /// The core message, or nil when a field is out of range (a peer running other code).
@@ -76,6 +77,7 @@ extension Flotilla_V1_RaftCoreMessage {
         message.context = [UInt8](context)
         message.sentAtTick = sentAtTick
         message.isLeaderTransfer = isLeaderTransfer
+        message.sleep = sleep
         return message
     }
 }

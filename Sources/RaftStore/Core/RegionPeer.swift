@@ -29,6 +29,8 @@ final class RegionPeer {
     var knownPeers: [UInt64: Flotilla_V1_Peer] = [:]
     /// A snapshot received and stepped into Raft, waiting for Raft to hand it out to install.
     var receivedSnapshot: ReceivedSnapshot?
+    /// Ticks in a row this leader had nothing to do (it sleeps at `regionSleepAfterQuietTicks`).
+    var quietTicks = 0
     /// Approximate bytes of log entries written since the last truncation.
     var logBytesSinceTruncation = 0
     /// Bytes of keys and values applied since the leader last checked the region's size.

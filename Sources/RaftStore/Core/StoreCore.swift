@@ -38,6 +38,21 @@ public final class StoreCore {
     /// Regions that may have a Ready: touched by an event since their last turn, or left with
     /// work by it. A turn looks at these only, not at every region.
     var touchedRegions: Set<UInt64> = []
+    /// Regions that tick: every replica here that does not sleep (`Operation/Sleep.swift`).
+    var awakeRegions: Set<UInt64> = []
+    /// Sleeping regions, with the store tick their Raft clock was last brought to.
+    var sleepingRegions: [UInt64: UInt64] = [:]
+    /// Ticks run since this store started: the clock sleeping regions catch up from.
+    public internal(set) var storeTick: UInt64 = 0
+    /// Times a region here fell asleep, and woke, since the store started.
+    public internal(set) var regionSleepsTotal: UInt64 = 0
+    public internal(set) var regionWakesTotal: UInt64 = 0
+    /// Which other stores were heard from lately (store-level liveness).
+    var liveness: StoreLiveness
+    /// The other stores this one shares regions with (refreshed every `remoteStoresRefreshTicks`).
+    var remoteStores: Set<UInt64> = []
+    /// Store heartbeats to send with the next turn's messages.
+    var storeHeartbeatsDue: [UInt64: [Flotilla_V1_RaftMessage]] = [:]
     /// Regions whose replica here was found removed (a newer replica of the region on this
     /// store was addressed): destroyed at the end of the next turn.
     var supersededRegions: Set<UInt64> = []
@@ -80,6 +95,7 @@ public final class StoreCore {
         self.storeID = storeID
         self.settings = settings
         self.makeRaftConfig = raftConfig
+        liveness = StoreLiveness(deadAfterTicks: settings.storeDeadAfterTicks)
         dataCF = db.defaultColumnFamily
         metaCF = try db.columnFamily(StoreKeys.metaColumnFamily)
         try FileManager.default.createDirectory(atPath: settings.snapshotDirectory, withIntermediateDirectories: true)
@@ -135,33 +151,34 @@ public final class StoreCore {
     }
 
     /// Whether a turn would do anything now (a region may have a Ready, or reads wait).
-    public var hasPendingWork: Bool { !touchedRegions.isEmpty || !peersWithImmediateReads.isEmpty }
+    public var hasPendingWork: Bool { !touchedRegions.isEmpty || !peersWithImmediateReads.isEmpty || !storeHeartbeatsDue.isEmpty }
 
     /// Requests accepted and not yet completed.
     public var pendingRequestCount: Int { pendingRequests }
 
     // MARK: Events
 
-    /// Advances every region's logical clock by one tick.
-    public func tick() {
-        for peer in peers.values { peer.raft.tick() }
-        touchedRegions.formUnion(peers.keys)
-    }
 
     /// Delivers a Raft message from another store. A message for a region this store does not
     /// have creates an (uninitialized) peer when it comes from a leader to a new member;
-    /// others, and snapshots (which arrive through `stepSnapshot`), are dropped.
+    /// others, and snapshots (which arrive through `stepSnapshot`), are dropped. Returns whether
+    /// a region took it. Any message is a sign of life of its sender's store; a store heartbeat
+    /// is only that.
     @discardableResult
     public func step(_ message: Flotilla_V1_RaftMessage) -> Bool {
+        if message.fromPeer.storeID != 0 && message.fromPeer.storeID != storeID { heard(fromStore: message.fromPeer.storeID) }
+        if message.hasStoreHeartbeat { return false }  // liveness only: no region takes it
         guard let core = message.message.core, core.kind != .installSnapshot else { return false }
         if supersedes(message) { return false }
         guard let peer = peers[message.regionID] ?? createPeer(for: message, kind: core.kind),
               message.toPeer.id == peer.peerID else { return false }
         if message.fromPeer.id != 0 { peer.knownPeers[message.fromPeer.id] = message.fromPeer }
+        prepareToStep(peer, core)
         if let refusal = peer.raft.step(core) {
             report(refusal: refusal, regionID: peer.region.id)
             return false
         }
+        noteSleepAfterStep(peer)
         touchedRegions.insert(peer.region.id)
         return true
     }

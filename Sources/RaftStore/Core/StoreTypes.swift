@@ -66,6 +66,14 @@ public struct StoreSettings: Sendable {
     /// A leader reports a peer down once it has not heard from it for this many ticks
     /// (the server sets it from seconds; TiKV's `max-peer-down-duration` is 10 minutes).
     public var peerDownTicks: UInt64 = 3_000
+    /// A leader's region sleeps once it had nothing to do for this many ticks in a row (its
+    /// followers with it, see `RaftNode.sleep()`); 0: regions never sleep.
+    public var regionSleepAfterQuietTicks = 20
+    /// A store sends every store it shares regions with a heartbeat this often (in ticks), and
+    /// presumes one it has not heard from for `storeDeadAfterTicks` gone: every sleeping
+    /// region with a replica there wakes (its followers then elect a leader as usual).
+    public var storeHeartbeatIntervalTicks: UInt64 = 2
+    public var storeDeadAfterTicks: UInt64 = 20
     /// Crash tests only: fail the turn at this point, as a process crash there would.
     public var injectedFault: StoreFault?
 
@@ -147,4 +155,8 @@ public struct StoreTurnOutput {
     /// Consistency checks applied this turn: digests to compute off the store's loop, then
     /// hand to `recordConsistencyDigest`.
     public var consistencyChecks: [ConsistencyCheckTask] = []
+    /// Stores presumed dead this turn (silent for `storeDeadAfterTicks`), and the sleeping
+    /// regions that woke for it.
+    public var storesPresumedDead: [UInt64] = []
+    public var regionsWokenByStoreDeath = 0
 }

@@ -73,6 +73,9 @@ public enum StoreLoopNotice {
     case snapshotNotTaken(regionID: UInt64)
     /// The loop fell behind real time by `ticks` (about an election timeout or more).
     case stalled(ticks: Int, ticksDropped: UInt64)
+    /// Stores not heard from for `storeDeadAfterTicks`: the sleeping regions with a replica
+    /// there woke (`regionsWoken`).
+    case storesPresumedDead([UInt64], regionsWoken: Int)
 }
 
 /// Counters of a store loop since it started.
@@ -148,7 +151,9 @@ public final class StoreLoop<Edge: StoreLoopEdge> {
             // Stalled for about an election timeout or more: leases and leadership lapse.
             edge.notice(.stalled(ticks: due, ticksDropped: schedule.ticksDropped))
         }
-        for _ in 0..<due { core.tick() }
+        // Owed ticks move every clock by all of them but cost one tick of work (bounded work,
+        // not just a bounded count): a late loop's followers do not campaign for its lateness.
+        if due > 0 { core.tick(passing: due) }
         return due
     }
 
@@ -254,6 +259,9 @@ public final class StoreLoop<Edge: StoreLoopEdge> {
         }
         for read in output.failedReads {
             if let pending = pendingReads.removeValue(forKey: read.id) { edge.serveRead(pending.waiter, from: .failure(read.error)) }
+        }
+        if !output.storesPresumedDead.isEmpty {
+            edge.notice(.storesPresumedDead(output.storesPresumedDead, regionsWoken: output.regionsWokenByStoreDeath))
         }
         if !output.splits.isEmpty {
             let campaigning = output.splits.filter(\.ledByThisStore).flatMap { $0.children.map(\.id) }

@@ -36,7 +36,7 @@ extension StoreCore {
         guard overlapping.isEmpty else {
             throw StoreCorruption(region: region.id, what: "stored range overlaps regions \(overlapping) held here")
         }
-        peers[region.id] = peer
+        insert(peer)
         regionMap.set(region)
         precondition(regionMap.range(of: region.id) != nil && peer.raft.appliedIndex == applied,
                      "region \(region.id): an opened replica is mapped and starts at its applied index")
@@ -156,7 +156,7 @@ extension StoreCore {
         // Created for the new region's first election: it never had a leader, so no lease
         // binds this replica and it may vote at once.
         if firstElectionOfSplit { peer.raft.waiveStartupLease() }
-        peers[region.id] = peer
+        insert(peer)
         touchedRegions.insert(region.id)
         return peer
     }
@@ -191,7 +191,7 @@ extension StoreCore {
             try write(batch, sync: true, .replicaDestroy)
             output.logSyncs += 1
             if let received = peer.receivedSnapshot { removeStagedSnapshot(received.directory) }
-            peers[regionID] = nil
+            removePeer(regionID)
             regionMap.remove(regionID)
             precondition(regionMap.range(of: regionID) == nil, "region \(regionID): a destroyed replica's range is still mapped")
         }

@@ -111,6 +111,9 @@ extension StoreCore {
             throw .regionNotFound(regionID: context.regionID)
         }
         if context.hasEpoch && context.epoch != peer.region.epoch { throw .epochNotMatch(current: currentRegions(of: peer)) }
+        // Every request to a replica goes through here: a proposal, a read, a membership
+        // change or a transfer wakes a sleeping region.
+        wakeIfAsleep(peer)
         return peer
     }
 

@@ -34,6 +34,7 @@ extension StoreCore {
                         completeBeforeSync: (([(id: ProposalID, result: Result<Flotilla_V1_WriteResult, StoreRequestError>)]) -> Void)? = nil) throws -> StoreTurnOutput {
         precondition(pendingRequests >= 0, "pending request count negative before a turn")
         var output = StoreTurnOutput()
+        expireSilentStores(output: &output)
         let logBatch = db.makeWriteBatch()
         let (readies, mustSync) = try collectReadies(into: logBatch, output: &output)
         output.completedWrites += refusedQueuedWrites.map { ($0.id, .failure($0.error)) }
@@ -45,6 +46,7 @@ extension StoreCore {
         for item in readies {
             for message in item.ready.messagesAfterPersist { addOutgoing(message, from: item.peer, to: &output) }
         }
+        flushStoreHeartbeats(output: &output)
         advance(readies, output: &output)
         try finishTurn(readies, splitChildren: splitChildren, output: &output)
         pendingRequests -= output.completedWrites.count + output.readyReads.count + output.failedReads.count

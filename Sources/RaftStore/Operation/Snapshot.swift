@@ -20,6 +20,7 @@ extension StoreCore {
               message.toPeer.id == peer.peerID, !peer.isRemoved else { return false }
         if message.fromPeer.id != 0 { peer.knownPeers[message.fromPeer.id] = message.fromPeer }
         if let previous = peer.receivedSnapshot { removeStagedSnapshot(previous.directory) }
+        wakeIfAsleep(peer)
         peer.receivedSnapshot = received
         if let refusal = peer.raft.step(core) {
             report(refusal: refusal, regionID: peer.region.id)

@@ -248,7 +248,7 @@ extension StoreCore {
             if let early = peers[regionID] {
                 heardOfLeader = early.knowsALeader
                 if let received = early.receivedSnapshot { removeStagedSnapshot(received.directory) }
-                peers[regionID] = nil
+                removePeer(regionID)
             }
             try openPeer(child.localState)
             guard let opened = peers[regionID] else { continue }
