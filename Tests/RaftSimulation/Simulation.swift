@@ -99,6 +99,16 @@ public struct SimulationOptions: Sendable {
     /// writes: logs even out, so a node cut off from the leader can win an election while
     /// the others still hear from it (what leases, and check-quorum, are about).
     public var quietSpellProbability = 0.01
+    /// Chance per tick that a leader whose group may sleep (`RaftNode.canSleep`) starts
+    /// falling asleep. Sleeping nodes do not tick (their clocks are handed the ticks, as a
+    /// store does); a sleeping follower wakes when its host would presume the leader's
+    /// process gone: the leader crashed, paused, or cut from it for `leaderGoneTicks`.
+    public var sleepProbability = 0.3
+    /// Chance per tick of an idle spell (two to eight election timeouts without any request):
+    /// groups fall asleep; in half of them the sleeping leader is then isolated or paused for
+    /// three to six election timeouts, so the rest elect a new leader while it sleeps.
+    public var idleSpellProbability = 0.005
+    public var leaderGoneTicks: UInt64 = 20
     public var snapshotEveryEntries: UInt64 = 25
     /// Every this many ticks, note every node's role, term, vote and log in the events (for
     /// reading a failing seed's trace: `FLOTILLA_SIM_STATES=N`).
@@ -212,6 +222,8 @@ public struct Simulation {
     var roles: [NodeID: Role] = [:]
     /// Paused nodes, and the tick each resumes at.
     var pausedUntil: [NodeID: UInt64] = [:]
+    /// Ticks a sleeping follower's leader has been gone (crashed, paused, cut off) for it.
+    var leaderGoneFor: [NodeID: UInt64] = [:]
     /// Each node's clock: ticks per simulated tick, and the fraction of a tick run up.
     var clockRates: [NodeID: Double] = [:]
     var clockPhases: [NodeID: Double] = [:]
@@ -247,6 +259,9 @@ public struct Simulation {
     var quietCutAt: UInt64?
     /// No client writes until this tick.
     var quietUntil: UInt64?
+    /// No requests at all until then (an idle spell), and when its leader fault falls.
+    var idleUntil: UInt64?
+    var idleFaultAt: UInt64?
     /// An invariant broken where the simulator cannot throw; thrown at the end of the step.
     var pendingFailure: SimulationFailure?
 
@@ -435,12 +450,55 @@ public struct Simulation {
             if pausedUntil[id] == nil {
                 while phase >= 1 {
                     phase -= 1
-                    nodes[id]?.raft?.tick()
+                    tickOrPassAsleep(id)
                 }
+                tendSleep(id)
                 refreshRole(id)
             }
             clockPhases[id] = phase
         }
+    }
+
+    /// One tick of a node's clock: run, or handed to it as a sleeping host does.
+    mutating func tickOrPassAsleep(_ id: NodeID) {
+        if nodes[id]?.raft?.isAsleep == true { nodes[id]?.raft?.passTicksAsleep(1) } else { nodes[id]?.raft?.tick() }
+    }
+
+    /// The host's half of sleeping, as a store does it: a quiet leader may start sleeping; a
+    /// sleeping follower whose leader's process is gone (crashed, paused, cut off) for
+    /// `leaderGoneTicks` wakes.
+    mutating func tendSleep(_ id: NodeID) {
+        guard let raft = nodes[id]?.raft else { return }
+        if raft.role == .leader && raft.canSleep && !raft.isFallingAsleep && chance(options.sleepProbability) {
+            nodes[id]?.raft?.startSleeping()
+            count("sleep: leader starts sleeping")
+            return
+        }
+        guard raft.isAsleep, raft.role != .leader else { leaderGoneFor[id] = nil; return }
+        if leaderReachable(from: id) {
+            leaderGoneFor[id] = nil
+        } else {
+            let gone = (leaderGoneFor[id] ?? 0) + 1
+            leaderGoneFor[id] = gone
+            if gone >= options.leaderGoneTicks {
+                wakeIfAsleep(id)
+                count("sleep: follower woken by its leader's death")
+            }
+        }
+    }
+
+    /// Whether `id`'s leader's process runs and reaches it (what store liveness tells).
+    func leaderReachable(from id: NodeID) -> Bool {
+        guard let leader = nodes[id]?.raft?.leader, leader != noNode, leader != id else { return false }
+        return nodes[leader]?.raft != nil && pausedUntil[leader] == nil && !linkIsCut(leader, id)
+    }
+
+    mutating func wakeIfAsleep(_ id: NodeID) {
+        guard nodes[id]?.raft?.isAsleep == true else { return }
+        let leaderAlive = leaderReachable(from: id)
+        nodes[id]?.raft?.wake(leaderAlive: leaderAlive)
+        leaderGoneFor[id] = nil
+        count("sleep: woken")
     }
 
     mutating func runClients() {
@@ -458,6 +516,7 @@ public struct Simulation {
             quietCutAt = nil
             if let until = quietUntil { cutLeaderFromOneFollower(until: until) }
         }
+        if idleSpell() { return }
         let writing = quietUntil == nil
         if chance(options.proposeProbability), writing, let id = pick(runningIDs) { _ = propose(at: id) }
         if chance(options.readProbability), let id = pick(runningIDs) { requestRead(at: id) }
@@ -471,6 +530,46 @@ public struct Simulation {
             }
             if chance(options.leaderReadProbability) { requestRead(at: id) }
         }
+    }
+
+    /// Starts, runs and ends idle spells; true while one runs (no client sends anything).
+    mutating func idleSpell() -> Bool {
+        if faultsEnabled && idleUntil == nil && quietUntil == nil && chance(options.idleSpellProbability) {
+            let timeout = UInt64(options.electionTimeoutTicks)
+            let spell = ticks(from: 2 * timeout, to: 8 * timeout)
+            idleUntil = clock + spell
+            if chance(0.5) {
+                let faultAfter = ticks(from: timeout, to: 2 * timeout)
+                idleFaultAt = clock + faultAfter
+            }
+            let event = "idle spell: no requests until t\(clock + spell)"
+            note(event)
+            count("workload: idle spell")
+        }
+        guard let until = idleUntil else { return false }
+        if let at = idleFaultAt, at <= clock {
+            idleFaultAt = nil
+            if let id = leaders.first, nodes[id]?.raft?.isAsleep == true {
+                let faultUntil = clock + ticks(from: UInt64(3 * options.electionTimeoutTicks), to: UInt64(6 * options.electionTimeoutTicks))
+                if chance(0.5) {
+                    cut(id, from: nodes.keys.filter { $0 != id }, until: faultUntil)
+                    let event = "sleeping leader \(id) isolated until t\(faultUntil)"
+                    note(event)
+                    count("sleeping leader isolated")
+                } else {
+                    pausedUntil[id] = faultUntil
+                    let event = "sleeping leader \(id) paused until t\(faultUntil)"
+                    note(event)
+                    count("sleeping leader paused")
+                }
+            }
+        }
+        if until <= clock || !faultsEnabled {
+            idleUntil = nil
+            idleFaultAt = nil
+            return false
+        }
+        return true
     }
 
     // MARK: Faults
@@ -525,6 +624,7 @@ public struct Simulation {
         if chance(options.explicitJointProbability) { enterExplicitJoint() }
         if chance(options.transferProbability), let leaderID = leaders.first,
            let target = pick(Array(nodes[leaderID]?.raft?.confState.voters ?? []).sorted()) {
+            wakeIfAsleep(leaderID)
             try? nodes[leaderID]?.raft?.transferLeader(to: target)
             note("transfer leader \(leaderID) → \(target)")
             count("leader transfer")
@@ -559,7 +659,7 @@ public struct Simulation {
         while phase >= 1 {
             phase -= 1
             missed += 1
-            if options.tickCatchUpOnResume { nodes[id]?.raft?.tick() }
+            if options.tickCatchUpOnResume { tickOrPassAsleep(id) }
         }
         clockPhases[id] = phase
         refreshRole(id)
@@ -622,6 +722,7 @@ public struct Simulation {
         guard !changes.isEmpty else { return }
         let transition: ConfChangeTransition = chance(0.3) ? .jointImplicit : .auto
         do {
+            wakeIfAsleep(leaderID)
             let index = try nodes[leaderID]?.raft?.proposeConfChange(ConfChangeV2(changes: changes, transition: transition))
             note("conf change at \(leaderID) index \(index ?? 0): \(changes.map { "\($0.kind) \($0.nodeID)" }) \(transition)")
             self.count("conf change proposed")
@@ -648,6 +749,7 @@ public struct Simulation {
         }
         guard !changes.isEmpty else { return }
         do {
+            wakeIfAsleep(leaderID)
             guard let index = try nodes[leaderID]?.raft?.proposeConfChange(ConfChangeV2(changes: changes, transition: .jointExplicit)) else { return }
             let dwell = ticks(from: 1, to: options.jointDwellTicksMax)
             explicitJoint = (index, clock + dwell)
@@ -666,6 +768,7 @@ public struct Simulation {
         guard let plan = explicitJoint, clock >= plan.leaveAt || !faultsEnabled,
               let leaderID = leaders.first, let raft = nodes[leaderID]?.raft else { return }
         if raft.confState.isJoint {
+            wakeIfAsleep(leaderID)
             if let index = try? nodes[leaderID]?.raft?.proposeConfChange(.leaveJoint) {
                 note("leave joint proposed at \(leaderID) index \(index)")
                 count("explicit joint leave proposed")
@@ -714,6 +817,7 @@ public struct Simulation {
                 continue
             }
             guard roles[message.to] != nil, !linkIsCut(message.from, message.to) else { continue }
+            if nodes[message.to]?.raft?.wakes(on: message) == true { wakeIfAsleep(message.to) }
             let termBefore = message.kind == .requestPreVote ? nodes[message.to]?.raft?.term : nil
             let leaseReadsBefore = message.kind == .readIndex ? nodes[message.to]?.raft?.leaseReadsServed : nil
             nodes[message.to]?.raft?.step(message)
@@ -729,6 +833,7 @@ public struct Simulation {
 
     mutating func propose(at id: NodeID) -> UInt64? {
         let value = nextWriteValue
+        wakeIfAsleep(id)
         guard (try? nodes[id]?.raft?.propose(Self.encodeWrite(value))) != nil else { return nil }
         nextWriteValue += 1
         writeInvocations[value] = (id, clock)
@@ -738,6 +843,7 @@ public struct Simulation {
     mutating func requestRead(at id: NodeID) {
         let context = Self.encodeWrite(nextReadContext)
         let leaseReadsBefore = nodes[id]?.raft?.leaseReadsServed ?? 0
+        wakeIfAsleep(id)
         guard (try? nodes[id]?.raft?.readIndex(context: context)) != nil else { return }
         nextReadContext += 1
         readInvocations[context] = clock
