@@ -79,6 +79,8 @@ struct ScenarioCluster {
                     continue
                 }
                 transcript.append("\(message)")
+                // As a store does: a message that wakes a sleeping node wakes it first.
+                if nodes[message.to]?.wakes(on: message) == true { nodes[message.to]?.wake(leaderAlive: true) }
                 nodes[message.to]?.step(message)
             }
         }
@@ -93,7 +95,10 @@ struct ScenarioCluster {
 
     mutating func tick(_ count: Int = 1, only: Set<NodeID>? = nil) {
         for _ in 0..<count {
-            for id in nodes.keys.sorted() where only?.contains(id) ?? true { nodes[id]?.tick() }
+            for id in nodes.keys.sorted() where only?.contains(id) ?? true {
+                // A sleeping node does not tick; its host hands it the time that passed.
+                if nodes[id]?.isAsleep == true { nodes[id]?.passTicksAsleep(1) } else { nodes[id]?.tick() }
+            }
             settle()
         }
     }
