@@ -1,0 +1,95 @@
+import FlotillaProto
+import Foundation
+import Raft
+@testable import RaftStore
+import Testing
+
+/// Sleeping regions and store liveness at the store level (`Operation/Sleep.swift`).
+@Suite("Store: sleeping regions and store liveness")
+struct SleepingRegionTests {
+    private func quietCluster() throws -> InProcessCluster {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["m"]) { _, settings in
+            settings.regionSleepAfterQuietTicks = 5
+            settings.storeDeadAfterTicks = 20
+        }
+        for _ in 0..<80 where cluster.regions.contains(where: { cluster.leader(of: $0.id) == nil }) { try cluster.round() }
+        _ = try cluster.write(InProcessCluster.put("a", "1"), key: "a")
+        _ = try cluster.write(InProcessCluster.put("z", "1"), key: "z")
+        try cluster.rounds(20)
+        return cluster
+    }
+
+    private func asleepEverywhere(_ cluster: InProcessCluster) -> Bool {
+        cluster.storeIDs.allSatisfy { id in
+            guard let store = cluster.stores[id] else { return true }
+            return store.sleepingRegionCount == store.regionIDs.count
+        }
+    }
+
+    @Test func storeLivenessPresumesASilentStoreDeadOnceAndRevivesIt() {
+        var liveness = StoreLiveness(deadAfterTicks: 10)
+        liveness.watch(2, at: 0)
+        liveness.watch(3, at: 0)
+        liveness.heard(3, at: 8)
+        #expect(liveness.expire(at: 9).isEmpty)
+        #expect(liveness.expire(at: 10) == [2], "silent for the whole span: presumed dead")
+        #expect(liveness.expire(at: 11).isEmpty, "once")
+        #expect(!liveness.isAlive(2) && liveness.isAlive(3))
+        liveness.heard(2, at: 12)
+        #expect(liveness.isAlive(2), "a sign of life revives it")
+        liveness.keepWatching(only: [3])
+        #expect(liveness.expire(at: 100) == [3], "a store no longer shared is not watched")
+    }
+
+    @Test func idleRegionsSleepOnEveryStoreAndStillServe() throws {
+        let cluster = try quietCluster()
+        #expect(asleepEverywhere(cluster), "every replica sleeps once idle")
+        let sent = cluster.stores.values.map(\.regionSleepsTotal).reduce(0, +)
+        #expect(sent >= 6)
+        // A write wakes its region and completes; the other region sleeps on.
+        let result = try cluster.write(InProcessCluster.put("b", "2"), key: "b")
+        #expect((try? result.get()) != nil)
+        let other = try #require(cluster.region(for: "z"))
+        #expect(cluster.storeIDs.allSatisfy { cluster.stores[$0]?.isAsleep(other.id) == true }, "a write wakes only its region")
+        // A linearizable read at a sleeping leader: served after one heartbeat round.
+        try cluster.rounds(20)
+        #expect(asleepEverywhere(cluster))
+        let leader = try #require(cluster.leader(of: other.id))
+        let read = try #require(try cluster.stores[leader]?.proposeRead(context: cluster.context(other.id)))
+        for _ in 0..<10 where cluster.readyReads[read] == nil { try cluster.round(tick: false) }
+        #expect(cluster.readyReads[read] == other.id, "the read was confirmed")
+        #expect(try cluster.stores[leader]?.get(Data("z".utf8), regionID: other.id) == Data("1".utf8))
+    }
+
+    @Test func aSleepingRegionOfAStoreThatDiesElectsALeaderElsewhere() throws {
+        let cluster = try quietCluster()
+        #expect(asleepEverywhere(cluster))
+        let region = try #require(cluster.region(for: "a"))
+        let dead = try #require(cluster.leader(of: region.id))
+        cluster.crash(dead)
+        var rounds = 0
+        while cluster.leader(of: region.id) == nil && rounds < 100 {
+            try cluster.round()
+            rounds += 1
+        }
+        let successor = cluster.leader(of: region.id)
+        #expect(successor != nil && successor != dead, "a new leader after \(rounds) rounds")
+        #expect(rounds >= 20, "not before the store was presumed dead (20 ticks): \(rounds)")
+        #expect(rounds <= 20 + 40, "within the liveness span and a couple of elections: \(rounds)")
+        #expect(cluster.storeIDs.filter { $0 != dead }.allSatisfy { cluster.stores[$0]?.storesPresumedDead == [dead] })
+    }
+
+    /// Sleeping regions send nothing, so the stores' own heartbeats are what keeps live
+    /// stores from presuming each other dead.
+    @Test func storesHeartbeatEachOtherWhileTheirRegionsSleep() throws {
+        let cluster = try quietCluster()
+        var seen: [UInt64: Int] = [:]
+        cluster.holdBack = { destination, message in
+            if message.hasStoreHeartbeat { seen[destination, default: 0] += 1 }
+            return false
+        }
+        try cluster.rounds(10)
+        #expect(cluster.storeIDs.allSatisfy { (seen[$0] ?? 0) >= 2 * 5 }, "each store hears a heartbeat from both others every 2 ticks: \(seen)")
+        #expect(cluster.storeIDs.allSatisfy { cluster.stores[$0]?.storesPresumedDead.isEmpty == true })
+    }
+}
