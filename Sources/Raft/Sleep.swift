@@ -123,7 +123,11 @@ extension RaftNode {
     /// more check-quorum round (a liveness choice; leases rest on acknowledged sends only).
     /// `leaderAlive`: the host knows the leader's process alive; a follower then counts its
     /// leader as heard from now (refusing votes is always safe; it only delays an election).
-    public mutating func wake(leaderAlive: Bool) {
+    /// `followerSilentTicks`: on a leader, how long the host has not heard from each
+    /// follower's process; the sleep itself is no silence (a follower that answered it sends
+    /// nothing until woken), so a follower counts as heard that long ago, not when the group
+    /// fell asleep (its down time, reported to PD, starts when its process went quiet).
+    public mutating func wake(leaderAlive: Bool, followerSilentTicks: (NodeID) -> UInt64 = { _ in 0 }) {
         guard isAsleep else { return }
         isAsleep = false
         if role == .follower && leaderAlive && leader != noNode {
@@ -134,7 +138,11 @@ extension RaftNode {
         heartbeatElapsed = role == .leader ? config.heartbeatIntervalTicks - 1 : 0
         resetRandomizedElectionTimeout()
         if role == .leader {
-            for nodeID in followerIDs { progress[nodeID]?.recentActive = true }
+            for nodeID in followerIDs {
+                progress[nodeID]?.recentActive = true
+                let silent = min(followerSilentTicks(nodeID), tickCount)
+                if let heard = progress[nodeID]?.lastHeardTick, heard < tickCount - silent { progress[nodeID]?.lastHeardTick = tickCount - silent }
+            }
         }
         precondition(!isAsleep, "a woken node is awake")
     }

@@ -52,6 +52,12 @@ public struct StoreLiveness: Sendable {
 
     public func isAlive(_ storeID: UInt64) -> Bool { !presumedDead.contains(storeID) }
 
+    /// Ticks since `storeID` was last heard from (0 for a store not watched).
+    public func ticksSilent(_ storeID: UInt64, at tick: UInt64) -> UInt64 {
+        guard let heardAt = lastHeardTick[storeID], heardAt <= tick else { return 0 }
+        return tick - heardAt
+    }
+
     /// The stores that fell silent for `deadAfterTicks` by `tick`: presumed dead from now on.
     public mutating func expire(at tick: UInt64) -> [UInt64] {
         var fallen: [UInt64] = []
@@ -177,7 +183,10 @@ extension StoreCore {
         guard sleepingRegions[peer.region.id] != nil else { return }
         catchUpClock(peer)
         let leaderStore = peer.leaderPeer?.storeID ?? 0
-        peer.raft.wake(leaderAlive: leaderStore != 0 && leaderStore != storeID && liveness.isAlive(leaderStore))
+        peer.raft.wake(leaderAlive: leaderStore != 0 && leaderStore != storeID && liveness.isAlive(leaderStore)) { [liveness, storeTick] nodeID in
+            guard let store = peer.peer(withID: nodeID)?.storeID else { return 0 }
+            return liveness.ticksSilent(store, at: storeTick)
+        }
         regionWakesTotal += 1
         sleepingRegions[peer.region.id] = nil
         awakeRegions.insert(peer.region.id)
