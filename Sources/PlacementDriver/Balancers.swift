@@ -81,7 +81,7 @@ public enum Balancers {
     /// than the tolerance (and by at least 2, so the transfer cannot flip them).
     public static func balanceLeader(regions: [Flotilla_V1_RegionInfo], stores: [UInt64: StoreView], running: [UInt64: Operator],
                                      settings: Flotilla_V1_SchedulerSettings) -> (region: Flotilla_V1_RegionInfo, to: Flotilla_V1_Peer)? {
-        let live = stores.values.filter { $0.store.state == .up && $0.liveness == .up }
+        let live = stores.values.filter(\.isSchedulable)
         guard live.count >= 2 else { return nil }
         var leaders: [UInt64: Int] = [:]
         for info in regions where info.hasLeader { leaders[info.leader.storeID, default: 0] += 1 }
@@ -122,7 +122,7 @@ public enum Balancers {
     /// leaves the target cooler than the source was.
     public static func hotRegion(regions: [Flotilla_V1_RegionInfo], stores: [UInt64: StoreView], running: [UInt64: Operator],
                                  settings: Flotilla_V1_SchedulerSettings) -> (region: Flotilla_V1_RegionInfo, to: Flotilla_V1_Peer)? {
-        let live = stores.values.filter { $0.store.state == .up && $0.liveness == .up }
+        let live = stores.values.filter(\.isSchedulable)
         guard live.count >= 2 else { return nil }
         var heat: [UInt64: UInt64] = [:]
         for info in regions where info.hasLeader { heat[info.leader.storeID, default: 0] += info.stats.writtenBytesPerSecond }

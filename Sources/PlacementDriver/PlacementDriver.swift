@@ -5,6 +5,10 @@ import Foundation
 public struct PDTimings: Sendable, Equatable {
     /// A store silent this long is disconnected (not yet down: see `max-store-down-time`).
     public var storeDisconnectMs: UInt64 = 20_000
+    /// A store silent this long (three of its 1 s heartbeats missed) gets no new work: no
+    /// balancer or checker picks it as a target, and an operator step waiting on it fails at
+    /// once (a leader transfer to a killed store gives up in seconds, not at the step timeout).
+    public var storeSchedulableSilenceMs: UInt64 = 3_000
     /// How often region leaders report; a new PD leader waits one such round (plus slack)
     /// before it schedules, so it decides from every region's report, not its persisted
     /// routes alone.
@@ -181,11 +185,17 @@ public struct PlacementDriver: Sendable {
     /// The store's liveness at `nowMs`: a store this leader has not heard from counts from
     /// the leader's start.
     public func liveness(ofStore id: UInt64, nowMs: UInt64) -> Flotilla_V1_StoreLiveness {
-        let since = storeHeard[id]?.atMs ?? leaderSinceMs ?? nowMs
-        let silentMs = nowMs >= since ? nowMs - since : 0
+        let silentMs = storeSilentMs(id, nowMs: nowMs)
         if silentMs > state.settings.maxStoreDownTimeSeconds * 1000 { return .down }
         if silentMs > timings.storeDisconnectMs { return .disconnected }
         return .up
+    }
+
+    /// How long the store has been silent (a store this leader has not heard from counts from
+    /// the leader's start).
+    public func storeSilentMs(_ id: UInt64, nowMs: UInt64) -> UInt64 {
+        let since = storeHeard[id]?.atMs ?? leaderSinceMs ?? nowMs
+        return nowMs >= since ? nowMs - since : 0
     }
 
     public func storeInfo(id: UInt64, nowMs: UInt64) -> Flotilla_V1_StoreInfo? {
@@ -393,6 +403,7 @@ public struct PlacementDriver: Sendable {
         for (id, store) in state.stores where store.state != .tombstone {
             views[id] = StoreView(store: store, liveness: liveness(ofStore: id, nowMs: nowMs),
                                   stats: storeHeard[id]?.stats ?? Flotilla_V1_StoreStats())
+            views[id]?.heardLately = storeSilentMs(id, nowMs: nowMs) <= timings.storeSchedulableSilenceMs
         }
         for (storeID, count) in operators.storeLoad() { views[storeID]?.operatorsInFlight = count }
         return views
@@ -531,7 +542,9 @@ public struct PlacementDriver: Sendable {
     /// Fails operators waiting on a store that is not live (see `OperatorController.failSteps`).
     /// A store this leader has not heard from yet counts as live until the disconnect time.
     private mutating func failStepsOnDeadStores(nowMs: UInt64) {
-        let live = Set(state.stores.values.filter { $0.state == .up && liveness(ofStore: $0.id, nowMs: nowMs) == .up }.map(\.id))
+        let live = Set(state.stores.values.filter {
+            $0.state == .up && liveness(ofStore: $0.id, nowMs: nowMs) == .up && storeSilentMs($0.id, nowMs: nowMs) <= timings.storeSchedulableSilenceMs
+        }.map(\.id))
         operators.failSteps(needing: { live.contains($0) }, nowMs: nowMs)
     }
 

@@ -7,6 +7,8 @@ public struct StoreView: Equatable, Sendable {
     public var stats: Flotilla_V1_StoreStats
     /// Running operators adding a replica to this store or taking one from it.
     public var operatorsInFlight = 0
+    /// Heard from within `PDTimings.storeSchedulableSilenceMs`: it may be given new work.
+    public var heardLately = true
 
     public init(store: Flotilla_V1_Store, liveness: Flotilla_V1_StoreLiveness, stats: Flotilla_V1_StoreStats) {
         self.store = store
@@ -15,7 +17,10 @@ public struct StoreView: Equatable, Sendable {
     }
 
     /// May receive a new replica: up (state and liveness) and not busy.
-    public var canTakeReplicas: Bool { store.state == .up && liveness == .up && !stats.busy }
+    public var canTakeReplicas: Bool { isSchedulable && !stats.busy }
+
+    /// May be the target of new work (a replica, a leader): up, and heard from lately.
+    public var isSchedulable: Bool { store.state == .up && liveness == .up && heardLately }
 
     /// Its replicas count toward a region's replicas: not down, not removed. (A store that is
     /// only disconnected still counts, so a short blip does not start a repair.)

@@ -136,6 +136,8 @@ struct PlacementDriverTests {
                 Issue.record("unexpected step \(step)")
             }
             single.nowMs += 1_000
+            // Stores heartbeat every second (a store silent for 3 s gets no work).
+            try single.storeHeartbeats(stores, regionCounts: [stores[0]: 1])
         }
         #expect(region.peers.filter { $0.role == .voter }.map(\.storeID).sorted() == stores.sorted())
         #expect(transcript.count == 4)

@@ -221,6 +221,31 @@ struct SchedulingTests {
         #expect(next == .removePeer(learner), "\(String(describing: next))")
     }
 
+    /// A store that missed three heartbeats (killed seconds ago, long before it counts as
+    /// disconnected) is no scheduler's target, and a leader transfer waiting on it gives up.
+    @Test func aStoreThatMissedItsHeartbeatsGetsNoWorkAndATransferToItGivesUp() throws {
+        var (single, fake, stores) = try Self.cluster(stores: 3)
+        let leaderStore = fake.info.leader.storeID
+        let target = try #require(fake.info.region.peers.first { $0.storeID != leaderStore && $0.role == .voter }).storeID
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = fake.info.region.id
+        request.transferLeaderStoreID = target
+        _ = try single.pd.addOperator(request, newPeerID: nil, nowMs: single.nowMs)
+        single.nowMs += 2_000
+        try single.storeHeartbeats(stores.filter { $0 != target })
+        single.pd.tick(nowMs: single.nowMs)
+        #expect(single.pd.operators.running[fake.info.region.id] != nil, "two seconds of silence are a blip")
+        single.nowMs += 2_000
+        try single.storeHeartbeats(stores.filter { $0 != target })
+        single.pd.tick(nowMs: single.nowMs)
+        let ended = try #require(single.pd.operators.history.last)
+        #expect(ended.status == .failed && ended.reason.contains("needs store \(target)"), "\(ended.reason)")
+        let views = single.pd.storeViews(nowMs: single.nowMs)
+        #expect(views[target]?.liveness == .up, "not yet disconnected")
+        #expect(views[target]?.isSchedulable == false && views[target]?.canTakeReplicas == false)
+        #expect(views[leaderStore]?.isSchedulable == true)
+    }
+
     @Test func aPDLeaderChangeMidMoveIsFinishedOrUndoneFromTheRegionsState() throws {
         // Cut after each step of a move: the new leader's checker leaves three voters and no
         // learner, never a joint configuration.
