@@ -1207,6 +1207,17 @@ public nonisolated struct Flotilla_V1_RegionStatus: @unchecked Sendable {
   /// Clears the value of `lastCheck`. Subsequent reads from it will return its default value.
   public mutating func clearLastCheck() {_uniqueStorage()._lastCheck = nil}
 
+  /// The region sleeps here; on a leader that does not, why (empty: it may sleep soon).
+  public var asleep: Bool {
+    get {_storage._asleep}
+    set {_uniqueStorage()._asleep = newValue}
+  }
+
+  public var awakeBecause: String {
+    get {_storage._awakeBecause}
+    set {_uniqueStorage()._awakeBecause = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1377,6 +1388,39 @@ public nonisolated struct Flotilla_V1_StoreStatus: @unchecked Sendable {
   public var snapshotsReceiving: [Flotilla_V1_SnapshotProgress] {
     get {_storage._snapshotsReceiving}
     set {_uniqueStorage()._snapshotsReceiving = newValue}
+  }
+
+  /// Regions asleep here now (no ticks, no heartbeats), and region sleeps and wakes since the start.
+  public var regionsAsleep: UInt64 {
+    get {_storage._regionsAsleep}
+    set {_uniqueStorage()._regionsAsleep = newValue}
+  }
+
+  public var regionSleeps: UInt64 {
+    get {_storage._regionSleeps}
+    set {_uniqueStorage()._regionSleeps = newValue}
+  }
+
+  public var regionWakes: UInt64 {
+    get {_storage._regionWakes}
+    set {_uniqueStorage()._regionWakes = newValue}
+  }
+
+  /// Stores this one presumes dead now (not heard from for the store liveness span).
+  public var storesPresumedDead: [UInt64] {
+    get {_storage._storesPresumedDead}
+    set {_uniqueStorage()._storesPresumedDead = newValue}
+  }
+
+  /// The store's clock: ticks run since the start, and ticks owed but dropped after stalls.
+  public var ticks: UInt64 {
+    get {_storage._ticks}
+    set {_uniqueStorage()._ticks = newValue}
+  }
+
+  public var ticksDropped: UInt64 {
+    get {_storage._ticksDropped}
+    set {_uniqueStorage()._ticksDropped = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -3550,7 +3594,7 @@ nonisolated extension Flotilla_V1_RegionDataDigest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegionStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}role\0\u{3}leader_peer_id\0\u{1}term\0\u{3}applied_index\0\u{3}first_log_index\0\u{3}last_log_index\0\u{1}region\0\u{1}joint\0\u{3}conf_changes\0\u{3}last_check\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}region_id\0\u{1}role\0\u{3}leader_peer_id\0\u{1}term\0\u{3}applied_index\0\u{3}first_log_index\0\u{3}last_log_index\0\u{1}region\0\u{1}joint\0\u{3}conf_changes\0\u{3}last_check\0\u{1}asleep\0\u{3}awake_because\0")
 
   fileprivate class _StorageClass {
     var _regionID: UInt64 = 0
@@ -3564,6 +3608,8 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
     var _joint: Bool = false
     var _confChanges: [Flotilla_V1_ConfChangeRecord] = []
     var _lastCheck: Flotilla_V1_ConsistencyCheckResult? = nil
+    var _asleep: Bool = false
+    var _awakeBecause: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3585,6 +3631,8 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
       _joint = source._joint
       _confChanges = source._confChanges
       _lastCheck = source._lastCheck
+      _asleep = source._asleep
+      _awakeBecause = source._awakeBecause
     }
   }
 
@@ -3614,6 +3662,8 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
         case 9: try { try decoder.decodeSingularBoolField(value: &_storage._joint) }()
         case 10: try { try decoder.decodeRepeatedMessageField(value: &_storage._confChanges) }()
         case 11: try { try decoder.decodeSingularMessageField(value: &_storage._lastCheck) }()
+        case 12: try { try decoder.decodeSingularBoolField(value: &_storage._asleep) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._awakeBecause) }()
         default: break
         }
       }
@@ -3659,6 +3709,12 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
       try { if let v = _storage._lastCheck {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
       } }()
+      if _storage._asleep != false {
+        try visitor.visitSingularBoolField(value: _storage._asleep, fieldNumber: 12)
+      }
+      if !_storage._awakeBecause.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._awakeBecause, fieldNumber: 13)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3679,6 +3735,8 @@ nonisolated extension Flotilla_V1_RegionStatus: SwiftProtobuf.Message, SwiftProt
         if _storage._joint != rhs_storage._joint {return false}
         if _storage._confChanges != rhs_storage._confChanges {return false}
         if _storage._lastCheck != rhs_storage._lastCheck {return false}
+        if _storage._asleep != rhs_storage._asleep {return false}
+        if _storage._awakeBecause != rhs_storage._awakeBecause {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -3795,7 +3853,7 @@ nonisolated extension Flotilla_V1_ConfChangeRecord: SwiftProtobuf.Message, Swift
 
 nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0\u{3}raft_frames_sent\0\u{3}raft_frames_received\0\u{3}raft_messages_dropped\0\u{1}digest\0\u{3}consistency_mismatches\0\u{3}snapshots_receiving\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}store_id\0\u{1}regions\0\u{1}leaders\0\u{1}turns\0\u{3}log_syncs\0\u{3}regions_in_log_batches\0\u{3}entries_applied\0\u{3}snapshots_sent\0\u{3}snapshots_received\0\u{3}snapshots_installed\0\u{3}logs_truncated\0\u{3}pending_requests\0\u{3}region_status\0\u{3}raft_frames_sent\0\u{3}raft_frames_received\0\u{3}raft_messages_dropped\0\u{1}digest\0\u{3}consistency_mismatches\0\u{3}snapshots_receiving\0\u{3}regions_asleep\0\u{3}region_sleeps\0\u{3}region_wakes\0\u{3}stores_presumed_dead\0\u{1}ticks\0\u{3}ticks_dropped\0")
 
   fileprivate class _StorageClass {
     var _storeID: UInt64 = 0
@@ -3817,6 +3875,12 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
     var _digest: Flotilla_V1_RegionDataDigest? = nil
     var _consistencyMismatches: UInt64 = 0
     var _snapshotsReceiving: [Flotilla_V1_SnapshotProgress] = []
+    var _regionsAsleep: UInt64 = 0
+    var _regionSleeps: UInt64 = 0
+    var _regionWakes: UInt64 = 0
+    var _storesPresumedDead: [UInt64] = []
+    var _ticks: UInt64 = 0
+    var _ticksDropped: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -3846,6 +3910,12 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
       _digest = source._digest
       _consistencyMismatches = source._consistencyMismatches
       _snapshotsReceiving = source._snapshotsReceiving
+      _regionsAsleep = source._regionsAsleep
+      _regionSleeps = source._regionSleeps
+      _regionWakes = source._regionWakes
+      _storesPresumedDead = source._storesPresumedDead
+      _ticks = source._ticks
+      _ticksDropped = source._ticksDropped
     }
   }
 
@@ -3883,6 +3953,12 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
         case 17: try { try decoder.decodeSingularMessageField(value: &_storage._digest) }()
         case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._consistencyMismatches) }()
         case 19: try { try decoder.decodeRepeatedMessageField(value: &_storage._snapshotsReceiving) }()
+        case 20: try { try decoder.decodeSingularUInt64Field(value: &_storage._regionsAsleep) }()
+        case 21: try { try decoder.decodeSingularUInt64Field(value: &_storage._regionSleeps) }()
+        case 22: try { try decoder.decodeSingularUInt64Field(value: &_storage._regionWakes) }()
+        case 23: try { try decoder.decodeRepeatedUInt64Field(value: &_storage._storesPresumedDead) }()
+        case 24: try { try decoder.decodeSingularUInt64Field(value: &_storage._ticks) }()
+        case 25: try { try decoder.decodeSingularUInt64Field(value: &_storage._ticksDropped) }()
         default: break
         }
       }
@@ -3952,6 +4028,24 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
       if !_storage._snapshotsReceiving.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._snapshotsReceiving, fieldNumber: 19)
       }
+      if _storage._regionsAsleep != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._regionsAsleep, fieldNumber: 20)
+      }
+      if _storage._regionSleeps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._regionSleeps, fieldNumber: 21)
+      }
+      if _storage._regionWakes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._regionWakes, fieldNumber: 22)
+      }
+      if !_storage._storesPresumedDead.isEmpty {
+        try visitor.visitPackedUInt64Field(value: _storage._storesPresumedDead, fieldNumber: 23)
+      }
+      if _storage._ticks != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._ticks, fieldNumber: 24)
+      }
+      if _storage._ticksDropped != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._ticksDropped, fieldNumber: 25)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -3980,6 +4074,12 @@ nonisolated extension Flotilla_V1_StoreStatus: SwiftProtobuf.Message, SwiftProto
         if _storage._digest != rhs_storage._digest {return false}
         if _storage._consistencyMismatches != rhs_storage._consistencyMismatches {return false}
         if _storage._snapshotsReceiving != rhs_storage._snapshotsReceiving {return false}
+        if _storage._regionsAsleep != rhs_storage._regionsAsleep {return false}
+        if _storage._regionSleeps != rhs_storage._regionSleeps {return false}
+        if _storage._regionWakes != rhs_storage._regionWakes {return false}
+        if _storage._storesPresumedDead != rhs_storage._storesPresumedDead {return false}
+        if _storage._ticks != rhs_storage._ticks {return false}
+        if _storage._ticksDropped != rhs_storage._ticksDropped {return false}
         return true
       }
       if !storagesAreEqual {return false}

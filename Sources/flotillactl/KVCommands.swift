@@ -149,9 +149,12 @@ struct Status: AsyncParsableCommand {
                         "pendingRequests": status.pendingRequests, "raftFramesSent": status.raftFramesSent,
                         "raftFramesReceived": status.raftFramesReceived, "raftMessagesDropped": status.raftMessagesDropped,
                         "consistencyMismatches": status.consistencyMismatches,
+                        "regionsAsleep": status.regionsAsleep, "regionSleeps": status.regionSleeps, "regionWakes": status.regionWakes,
+                        "storesPresumedDead": status.storesPresumedDead, "ticks": status.ticks, "ticksDropped": status.ticksDropped,
                         "regionStatus": status.regionStatus.map { region -> [String: Any] in
                             ["regionId": region.regionID, "role": region.role, "leaderPeerId": region.leaderPeerID, "term": region.term,
-                             "appliedIndex": region.appliedIndex, "firstLogIndex": region.firstLogIndex, "lastLogIndex": region.lastLogIndex]
+                             "appliedIndex": region.appliedIndex, "firstLogIndex": region.firstLogIndex, "lastLogIndex": region.lastLogIndex,
+                             "asleep": region.asleep, "awakeBecause": region.awakeBecause]
                         }]
             }
             let data = try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys])
@@ -169,10 +172,13 @@ struct Status: AsyncParsableCommand {
                       + "\(status.snapshotsSent)/\(status.snapshotsReceived)/\(status.snapshotsInstalled) "
                       + "logs_truncated \(status.logsTruncated) pending \(status.pendingRequests) "
                       + "raft frames sent/received \(status.raftFramesSent)/\(status.raftFramesReceived) "
-                      + "raft_messages_dropped \(status.raftMessagesDropped)")
+                      + "raft_messages_dropped \(status.raftMessagesDropped) asleep \(status.regionsAsleep) "
+                      + "sleeps/wakes \(status.regionSleeps)/\(status.regionWakes) ticks \(status.ticks) dropped \(status.ticksDropped)"
+                      + (status.storesPresumedDead.isEmpty ? "" : " stores_presumed_dead \(status.storesPresumedDead)"))
                 for region in status.regionStatus {
                     print("  region \(region.regionID): \(region.role), leader peer \(region.leaderPeerID), term \(region.term), "
-                          + "applied \(region.appliedIndex), log [\(region.firstLogIndex), \(region.lastLogIndex)]")
+                          + "applied \(region.appliedIndex), log [\(region.firstLogIndex), \(region.lastLogIndex)]"
+                          + (region.asleep ? ", asleep" : region.awakeBecause.isEmpty ? "" : ", awake: \(region.awakeBecause)"))
                 }
             }
         }

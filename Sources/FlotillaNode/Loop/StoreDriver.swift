@@ -349,6 +349,7 @@ public final class StoreDriver: Sendable {
             return body(loop.core, network)
         case .status(let includeRegions, let reply):
             var status = Self.status(of: loop.core, counters: loop.counters, includeRegions: includeRegions)
+            status.ticksDropped = loop.ticksDropped
             status.raftFramesSent = UInt64(network.framesSent)
             status.raftFramesReceived = UInt64(network.framesReceived)
             status.raftMessagesDropped = UInt64(network.droppedMessages)
@@ -528,6 +529,11 @@ extension StoreDriver {
         status.logsTruncated = counters.logsTruncated
         status.pendingRequests = UInt64(core.pendingRequestCount)
         status.consistencyMismatches = core.consistencyMismatches
+        status.regionsAsleep = UInt64(core.sleepingRegionCount)
+        status.regionSleeps = core.regionSleepsTotal
+        status.regionWakes = core.regionWakesTotal
+        status.storesPresumedDead = core.storesPresumedDead.sorted()
+        status.ticks = core.storeTick
         let regionIDs = core.regionIDs
         status.regions = UInt64(regionIDs.count)
         for regionID in regionIDs {
@@ -540,6 +546,8 @@ extension StoreDriver {
             region.leaderPeerID = raft.leader
             region.term = raft.term
             region.appliedIndex = raft.applied
+            region.asleep = core.isAsleep(regionID)
+            if !region.asleep, let blocker = core.sleepBlocker(regionID) { region.awakeBecause = blocker }
             if let bounds = core.logBounds(regionID) {
                 region.firstLogIndex = bounds.first
                 region.lastLogIndex = bounds.last
