@@ -97,10 +97,20 @@ extension StoreTunable {
         read: { Int($0.regionHeartbeatInterval.milliseconds) },
         write: { $0.regionHeartbeatInterval = .milliseconds($1); $0.storeHeartbeatInterval = .milliseconds(min(1_000, $1)) })
 
+    public static let regionSleepAfterQuietTicks = StoreTunable(
+        "region-sleep-after-quiet-ticks", 0...1_000_000,
+        "A region led here sleeps (no ticks, no heartbeats) after this many ticks with nothing to do (0: regions never sleep)",
+        read: { $0.store.regionSleepAfterQuietTicks }, write: { $0.store.regionSleepAfterQuietTicks = $1 })
+    public static let storeDeadAfterTicks = StoreTunable(
+        "store-dead-after-ticks", 4...1_000_000,
+        "Presume a store gone after this many ticks without a message from it, and wake the sleeping regions it holds replicas of",
+        read: { Int($0.store.storeDeadAfterTicks) }, write: { $0.store.storeDeadAfterTicks = UInt64($1) })
+
     /// Every tunable, in the order `--help` and the docs list them.
     public static let all: [StoreTunable] = [
         tickIntervalMilliseconds, electionTimeoutTicks, logGCCountThreshold, logGCSizeThresholdBytes,
         maxPendingRequests, snapshotSendsMax, diskReserveMegabytes, staleReplicaSeconds, regionHeartbeatIntervalMilliseconds,
+        regionSleepAfterQuietTicks, storeDeadAfterTicks,
     ]
 }
 

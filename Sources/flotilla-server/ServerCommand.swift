@@ -80,6 +80,10 @@ struct ServerCommand: AsyncParsableCommand {
     var staleReplicaSeconds: Int?
     @Option(name: .customLong(StoreTunable.regionHeartbeatIntervalMilliseconds.flag), help: ArgumentHelp(StoreTunable.regionHeartbeatIntervalMilliseconds.help))
     var regionHeartbeatIntervalMilliseconds: Int?
+    @Option(name: .customLong(StoreTunable.regionSleepAfterQuietTicks.flag), help: ArgumentHelp(StoreTunable.regionSleepAfterQuietTicks.help))
+    var regionSleepAfterQuietTicks: Int?
+    @Option(name: .customLong(StoreTunable.storeDeadAfterTicks.flag), help: ArgumentHelp(StoreTunable.storeDeadAfterTicks.help))
+    var storeDeadAfterTicks: Int?
 
     /// The numeric flags given, by tunable (the order of `StoreTunable.all`).
     var tunableFlags: [String: Int] {
@@ -89,6 +93,8 @@ struct ServerCommand: AsyncParsableCommand {
             (.maxPendingRequests, maxPendingRequests), (.snapshotSendsMax, snapshotSendsMax),
             (.diskReserveMegabytes, diskReserveMegabytes), (.staleReplicaSeconds, staleReplicaSeconds),
             (.regionHeartbeatIntervalMilliseconds, regionHeartbeatIntervalMilliseconds),
+            (.regionSleepAfterQuietTicks, regionSleepAfterQuietTicks),
+            (.storeDeadAfterTicks, storeDeadAfterTicks),
         ]
         precondition(given.map(\.0.flag) == StoreTunable.all.map(\.flag), "every tunable has its flag")
         return given.reduce(into: [:]) { flags, pair in if let value = pair.1 { flags[pair.0.flag] = value } }
