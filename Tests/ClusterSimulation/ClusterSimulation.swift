@@ -931,7 +931,7 @@ public final class ClusterSimulation {
             var regionsSeen = 0
             for storeID in storeIDs {
                 guard let core = stores[storeID]?.core else { continue }
-                for (region, _, _, _, _) in core.leaderReports() {
+                for (region, _, _, _, _, _) in core.leaderReports() {
                     regionsSeen += 1
                     guard let leaderApplied = core.raftStatus(region.id)?.applied else { continue }
                     for peer in region.peers {

@@ -93,3 +93,23 @@ struct SleepingRegionTests {
         #expect(cluster.storeIDs.allSatisfy { cluster.stores[$0]?.storesPresumedDead.isEmpty == true })
     }
 }
+
+/// PD hears of sleeping regions on change and on a slow period only.
+@Suite("PD reporting of sleeping regions")
+struct SleepingRegionReportingTests {
+    @Test func aSleepingRegionReportsOnChangeAndEverySlowPeriodOnly() {
+        var reporting = PDReporting(settings: PDReporting.Settings())
+        var region = Flotilla_V1_Region()
+        region.id = 7
+        region.peers = [peer(701, store: 1, .voter), peer(702, store: 2, .voter)]
+        let leader = region.peers[0]
+        func report(asleep: Bool) -> LeaderReport { (region, leader, [], [], false, asleep) }
+        #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(0)).count == 1, "first: always")
+        #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(30)).isEmpty, "asleep: not every 10 s")
+        #expect(reporting.heartbeatsDue([report(asleep: false)], now: .seconds(30)).count == 1, "awake: every 10 s")
+        #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(60)).isEmpty)
+        #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(90)).count == 1, "asleep: every 60 s")
+        region.epoch.version = 2
+        #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(91)).count == 1, "a change: at once")
+    }
+}

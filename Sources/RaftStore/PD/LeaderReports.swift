@@ -10,7 +10,7 @@ extension StoreCore {
     /// peer, the peers still catching up (pending: never matched, or behind the leader's
     /// first log index, so they need a snapshot) and the peers not heard from for
     /// `peerDownTicks` (down).
-    public func leaderReports() -> [(region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer], down: [Flotilla_V1_Peer], joint: Bool)] {
+    public func leaderReports() -> [LeaderReport] {
         peers.keys.sorted().compactMap { regionID in
             guard let peer = peers[regionID], peer.isInitialized, peer.raft.role == .leader,
                   let me = peer.region.peer(withID: peer.peerID) else { return nil }
@@ -24,7 +24,7 @@ extension StoreCore {
             let down = peer.region.peers.filter { other in
                 other.id != peer.peerID && (silent[other.id] ?? 0) >= settings.peerDownTicks
             }
-            return (peer.region, me, pending, down, peer.appliedConfState.isJoint)
+            return (peer.region, me, pending, down, peer.appliedConfState.isJoint, sleepingRegions[regionID] != nil)
         }
     }
 }

@@ -2,9 +2,10 @@ import FlotillaProto
 import Foundation
 
 /// What a leader reports to PD of one region: the region, its leader peer, peers catching up
-/// (pending), peers not heard from (down), and whether it is in a joint configuration.
+/// (pending), peers not heard from (down), whether it is in a joint configuration, and
+/// whether it sleeps.
 public typealias LeaderReport = (region: Flotilla_V1_Region, leader: Flotilla_V1_Peer, pending: [Flotilla_V1_Peer],
-                                 down: [Flotilla_V1_Peer], joint: Bool)
+                                 down: [Flotilla_V1_Peer], joint: Bool, asleep: Bool)
 
 /// What a PD operator step asks of the store that leads the region.
 public enum PDStepAction: Sendable, Equatable {
@@ -21,7 +22,8 @@ public enum PDStepAction: Sendable, Equatable {
 ///
 /// Guarantees: a region's heartbeat goes when its region or leader changed, when it has
 /// pending or down peers or a joint configuration, and at least every
-/// `regionHeartbeatInterval`; a split is proposed once per (region, epoch version) unless
+/// `regionHeartbeatInterval` (a sleeping region's: every `sleepingRegionHeartbeatInterval`,
+/// so PD's load grows with the regions that do something); a split is proposed once per (region, epoch version) unless
 /// `splitRetryInterval` passed (a proposal lost with a leader change); at most
 /// `staleChecksPerRoundMax` silent replicas are checked per round, each at most once per
 /// `staleCheckInterval`.
@@ -29,6 +31,8 @@ public struct PDReporting: Sendable {
     public struct Settings: Sendable {
         /// A region unchanged is heartbeat at least this often.
         public var regionHeartbeatInterval: Duration = .seconds(10)
+        /// A sleeping region unchanged is heartbeat at least this often.
+        public var sleepingRegionHeartbeatInterval: Duration = .seconds(60)
         /// A split proposed for a region and epoch is proposed again after this (the first
         /// was lost, e.g. with a leader change).
         public var splitRetryInterval: Duration = .seconds(10)
@@ -58,8 +62,9 @@ public struct PDReporting: Sendable {
         var due: [Flotilla_V1_RegionInfo] = []
         for report in reports {
             let previous = lastSent[report.region.id]
+            let interval = report.asleep ? max(settings.sleepingRegionHeartbeatInterval, settings.regionHeartbeatInterval) : settings.regionHeartbeatInterval
             let changed = previous.map { $0.region != report.region || $0.leader != report.leader
-                || now - $0.at >= settings.regionHeartbeatInterval } ?? true
+                || now - $0.at >= interval } ?? true
             guard changed || !report.pending.isEmpty || !report.down.isEmpty || report.joint else { continue }
             lastSent[report.region.id] = (report.region, report.leader, now)
             var info = Flotilla_V1_RegionInfo()
