@@ -53,6 +53,8 @@ public struct RaftNode {
     /// This leader asked its followers to sleep and waits for all to answer that they do.
     public internal(set) var isFallingAsleep = false
     var followersAsleep: Set<NodeID> = []
+    /// Followers this falling-asleep leader does not wait for (their host presumes them dead).
+    var followersExcused: Set<NodeID> = []
 
     var messagesNow: [Message] = []
     var messagesAfterPersist: [Message] = []

@@ -26,10 +26,19 @@
 ///   votes at once.
 extension RaftNode {
     /// Whether this leader's group has nothing to do and may sleep.
-    public var canSleep: Bool { sleepBlocker == nil }
+    public var canSleep: Bool { sleepBlocker(excusing: []) == nil }
+
+    /// Whether it may sleep without the followers in `excused` (its host presumes their
+    /// processes dead): the others, with the leader, must be a quorum.
+    public func canSleep(excusing excused: Set<NodeID>) -> Bool { sleepBlocker(excusing: excused) == nil }
+
+    public var sleepBlocker: String? { sleepBlocker(excusing: []) }
 
     /// Why this group may not sleep now (nil: it may), for `canSleep` and for operators.
-    public var sleepBlocker: String? {
+    /// Followers in `excused` need not be caught up or heard from (a dead store's replicas):
+    /// without them the group would stay awake, and tick, until PD repaired it. When one comes
+    /// back it campaigns, which wakes the group, and its leader brings it up to date.
+    public func sleepBlocker(excusing excused: Set<NodeID>) -> String? {
         guard role == .leader else { return "not the leader" }
         guard !isAsleep else { return "asleep already" }
         guard leadTransferee == noNode else { return "transferring leadership" }
@@ -40,7 +49,12 @@ extension RaftNode {
             return "entries to commit or apply (last \(log.lastIndex), committed \(log.committed), applied \(log.applied))"
         }
         guard (try? log.term(at: log.committed)) == term else { return "nothing of its term committed yet" }
-        for nodeID in followerIDs {
+        if !excused.isEmpty {
+            var present: [NodeID: Bool] = [:]
+            for nodeID in confState.allNodes { present[nodeID] = !excused.contains(nodeID) }
+            guard Quorum.voteResult(confState, votes: present) == .won else { return "too few members alive to sleep" }
+        }
+        for nodeID in followerIDs where !excused.contains(nodeID) {
             guard let pr = progress[nodeID] else { return "no progress of \(nodeID)" }
             // Heard from within an election timeout (not `recentActive`, which check-quorum
             // clears every round before the answers come).
@@ -54,9 +68,10 @@ extension RaftNode {
 
     /// Starts putting this leader's group to sleep: every follower gets a heartbeat marked
     /// `sleep`, again every heartbeat interval until all answered that they sleep.
-    public mutating func startSleeping() {
-        precondition(canSleep && !isFallingAsleep, "a leader sleeps only when its group has nothing to do")
+    public mutating func startSleeping(excusing excused: Set<NodeID> = []) {
+        precondition(canSleep(excusing: excused) && !isFallingAsleep, "a leader sleeps only when its group has nothing to do")
         isFallingAsleep = true
+        followersExcused = excused
         followersAsleep = []
         heartbeatElapsed = 0
         broadcastHeartbeat(context: [], sleep: true)
@@ -75,16 +90,16 @@ extension RaftNode {
     }
 
     private mutating func finishFallingAsleepIfAllSleep() {
-        guard isFallingAsleep, followerIDs.allSatisfy(followersAsleep.contains) else { return }
+        guard isFallingAsleep, followerIDs.allSatisfy({ followersAsleep.contains($0) || followersExcused.contains($0) }) else { return }
         isFallingAsleep = false
-        guard canSleep else { return }
+        guard canSleep(excusing: followersExcused) else { return }
         isAsleep = true
         precondition(isAsleep && role == .leader && !isFallingAsleep, "the sleeping leader still leads")
     }
 
     /// On the leader's tick while falling asleep: gives up when the group has work again.
     mutating func checkStillFallingAsleep() {
-        if isFallingAsleep && !canSleep { isFallingAsleep = false }
+        if isFallingAsleep && !canSleep(excusing: followersExcused) { isFallingAsleep = false }
     }
 
     /// A follower told by its leader that the group sleeps: sleeps when its log ends at the

@@ -77,6 +77,18 @@ struct SleepingRegionTests {
         #expect(rounds >= 20, "not before the store was presumed dead (20 ticks): \(rounds)")
         #expect(rounds <= 20 + 40, "within the liveness span and a couple of elections: \(rounds)")
         #expect(cluster.storeIDs.filter { $0 != dead }.allSatisfy { cluster.stores[$0]?.storesPresumedDead == [dead] })
+        // With the dead store's replica excused, the survivors (a quorum) sleep again instead
+        // of ticking every region until PD repairs it.
+        try cluster.rounds(40)
+        let survivors = cluster.storeIDs.filter { $0 != dead }
+        #expect(survivors.allSatisfy { cluster.stores[$0]?.isAsleep(region.id) == true },
+                "\(survivors.map { cluster.stores[$0]?.sleepBlocker(region.id) ?? "-" })")
+        // The dead store comes back: its replica campaigns, which wakes the group; it catches up.
+        try cluster.restart(dead)
+        try cluster.rounds(60)
+        let digests = cluster.digests(region.id)
+        #expect(Set(digests.values.map(\.appliedIndex)).count == 1, "every replica caught up: \(digests.mapValues(\.appliedIndex))")
+        #expect(cluster.storeIDs.allSatisfy { cluster.stores[$0]?.isAsleep(region.id) == true }, "and all sleep again")
     }
 
     /// Sleeping regions send nothing, so the stores' own heartbeats are what keeps live

@@ -96,7 +96,7 @@ extension StoreCore {
         guard peer.queuedWrites.isEmpty, peer.pendingWrites.isEmpty else { return "writes in flight" }
         guard peer.readsAwaitingIndex.isEmpty, peer.readsAwaitingApply.isEmpty else { return "reads in flight" }
         guard peer.receivedSnapshot == nil else { return "a snapshot to install" }
-        if let blocker = peer.raft.sleepBlocker { return blocker }
+        if let blocker = peer.raft.sleepBlocker(excusing: deadFollowers(of: peer)) { return blocker }
         if peer.raft.isFallingAsleep { return nil }
         return "quiet for \(peer.quietTicks) of \(settings.regionSleepAfterQuietTicks) ticks"
     }
@@ -136,7 +136,7 @@ extension StoreCore {
         }
         touchedRegions.formUnion(awakeRegions)
         for peer in goingToSleep {
-            peer.raft.startSleeping()
+            peer.raft.startSleeping(excusing: deadFollowers(of: peer))
             // It sleeps once its followers answer (at once when it has none).
             if peer.raft.isAsleep { fallAsleep(peer) }
         }
@@ -148,7 +148,7 @@ extension StoreCore {
     private func isQuietLongEnough(_ peer: RegionPeer) -> Bool {
         guard settings.regionSleepAfterQuietTicks > 0, peer.raft.role == .leader, peer.isInitialized, !peer.isRemoved,
               peer.queuedWrites.isEmpty, peer.pendingWrites.isEmpty, peer.readsAwaitingIndex.isEmpty,
-              peer.readsAwaitingApply.isEmpty, peer.receivedSnapshot == nil, peer.raft.canSleep else {
+              peer.readsAwaitingApply.isEmpty, peer.receivedSnapshot == nil, peer.raft.canSleep(excusing: deadFollowers(of: peer)) else {
             peer.quietTicks = 0
             return false
         }
@@ -158,6 +158,12 @@ extension StoreCore {
         }
         peer.quietTicks += 1
         return peer.quietTicks >= settings.regionSleepAfterQuietTicks
+    }
+
+    /// The region's members on stores presumed dead (empty while every store lives).
+    private func deadFollowers(of peer: RegionPeer) -> Set<NodeID> {
+        guard !liveness.presumedDead.isEmpty else { return [] }
+        return Set(peer.region.peers.filter { $0.id != peer.peerID && !liveness.isAlive($0.storeID) }.map(\.id))
     }
 
     private func fallAsleep(_ peer: RegionPeer) {
