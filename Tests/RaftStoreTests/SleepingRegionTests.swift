@@ -125,3 +125,55 @@ struct SleepingRegionReportingTests {
         #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(91)).count == 1, "a change: at once")
     }
 }
+
+/// A store whose loop runs late (a starved CPU, a slow disk, a paused process) degrades in
+/// latency, not availability: its owed ticks move its clocks but run as one tick of work.
+@Suite("Store: a late loop")
+struct LateLoopTests {
+    @Test func aLateStoresLeadersStayAndItsFollowersDoNotCampaign() throws {
+        let cluster = try InProcessCluster(storeCount: 3, splitKeys: ["d", "h", "l", "p", "t"]) { _, settings in
+            settings.regionSleepAfterQuietTicks = 0  // awake, as under load
+        }
+        for _ in 0..<100 where cluster.regions.contains(where: { cluster.leader(of: $0.id) == nil }) { try cluster.round() }
+        try cluster.rounds(5)
+        let before = cluster.regions.map { region in (cluster.leader(of: region.id), cluster.stores[cluster.leader(of: region.id) ?? 0]?.raftStatus(region.id)?.term) }
+        let late = try #require(cluster.storeIDs.max { a, b in
+            cluster.regions.filter { cluster.leader(of: $0.id) == a }.count < cluster.regions.filter { cluster.leader(of: $0.id) == b }.count
+        })
+        #expect(cluster.regions.contains { cluster.leader(of: $0.id) == late }, "the late store leads regions")
+        // The late store runs once every 15 ticks (more than an election timeout): what is sent
+        // to it waits, as in its socket, and it owes 15 ticks each time it runs.
+        let lateness = 15
+        var waiting: [Flotilla_V1_RaftMessage] = []
+        cluster.holdBack = { destination, message in
+            if destination == late { waiting.append(message); return true }
+            return false
+        }
+        var campaigns = 0
+        for cycle in 0..<10 {
+            for _ in 0..<lateness {
+                cluster.down.insert(late)
+                let lateStore = cluster.stores.removeValue(forKey: late)
+                try cluster.round()
+                cluster.stores[late] = lateStore
+                cluster.down.remove(late)
+            }
+            let store = try #require(cluster.stores[late])
+            store.tick(passing: lateness)
+            for message in waiting { store.step(message) }
+            waiting = []
+            cluster.held = []
+            let output = try store.runTurn()
+            for (destination, messages) in output.messagesByStore {
+                for message in messages {
+                    if message.message.kind == UInt32(MessageKind.requestPreVote.rawValue) { campaigns += 1 }
+                    cluster.stores[destination]?.step(message)
+                }
+            }
+            _ = cycle
+        }
+        let after = cluster.regions.map { region in (cluster.leader(of: region.id), cluster.stores[cluster.leader(of: region.id) ?? 0]?.raftStatus(region.id)?.term) }
+        #expect(after.map(\.0) == before.map(\.0) && after.map(\.1) == before.map(\.1), "leaders stay put: \(before) → \(after)")
+        #expect(campaigns == 0, "the late store's followers never campaign for its lateness")
+    }
+}
