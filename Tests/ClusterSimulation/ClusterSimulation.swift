@@ -235,8 +235,15 @@ public final class ClusterSimulation {
                 ledAsleep[store.id, default: []].append(regionID)
             }
         }
-        guard let (victimID, regions) = ledAsleep.max(by: { ($0.value.count, $1.key) < ($1.value.count, $0.key) }),
-              let victim = stores[victimID] else { return }
+        guard let (victimID, led) = ledAsleep.max(by: { ($0.value.count, $1.key) < ($1.value.count, $0.key) }),
+              let victim = stores[victimID], let victimCore = victim.loop?.core else { return }
+        // Only regions that can elect without the victim: a majority of their voters elsewhere
+        // (PD may have left a region with fewer replicas, e.g. mid-repair).
+        let regions = led.filter { regionID in
+            guard let region = victimCore.region(regionID) else { return false }
+            let voters = region.peers.filter { $0.role == .voter }
+            return voters.filter { $0.storeID != victimID }.count * 2 > voters.count
+        }
         try victim.crash()
         victim.restartAt = nil
         note("store \(victimID) killed for good, leading regions \(regions) asleep")
