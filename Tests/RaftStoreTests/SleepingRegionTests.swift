@@ -110,7 +110,9 @@ struct SleepingRegionTests {
 @Suite("PD reporting of sleeping regions")
 struct SleepingRegionReportingTests {
     @Test func aSleepingRegionReportsOnChangeAndEverySlowPeriodOnly() {
-        var reporting = PDReporting(settings: PDReporting.Settings())
+        var settings = PDReporting.Settings()
+        settings.sleepingRegionHeartbeatInterval = .seconds(60)
+        var reporting = PDReporting(settings: settings)
         var region = Flotilla_V1_Region()
         region.id = 7
         region.peers = [peer(701, store: 1, .voter), peer(702, store: 2, .voter)]

@@ -31,8 +31,12 @@ public struct PDReporting: Sendable {
     public struct Settings: Sendable {
         /// A region unchanged is heartbeat at least this often.
         public var regionHeartbeatInterval: Duration = .seconds(10)
-        /// A sleeping region unchanged is heartbeat at least this often.
-        public var sleepingRegionHeartbeatInterval: Duration = .seconds(60)
+        /// A sleeping region unchanged is heartbeat at least this often. The same as an awake
+        /// one's by default: PD hands out operator steps only in its answers to region
+        /// heartbeats, so a longer period delays every step for a sleeping region by as much
+        /// (a 60 s period kept a new cluster's first region at one voter for over 60 s in the
+        /// process nemesis). A longer one needs PD to ask for reports first.
+        public var sleepingRegionHeartbeatInterval: Duration = .seconds(10)
         /// A split proposed for a region and epoch is proposed again after this (the first
         /// was lost, e.g. with a leader change).
         public var splitRetryInterval: Duration = .seconds(10)
