@@ -98,7 +98,12 @@ public final class PDServer: Sendable {
         // member elected PD leader serves routes from what it applied at once, so followers
         // hear of every commit right away (one empty append per entry is cheap here).
         policy.broadcastCommit = true
-        let core = try StoreCore(db: db, storeID: memberID, settings: StoreSettings(snapshotDirectory: settings.dataDirectory + "/snapshots"),
+        var storeSettings = StoreSettings(snapshotDirectory: settings.dataDirectory + "/snapshots")
+        // PD's one group never sleeps: one region gains nothing, and its leader must keep its
+        // lease and answer at once (a sleeping PD group left clients without a leader in the
+        // process nemesis).
+        storeSettings.regionSleepAfterQuietTicks = 0
+        let core = try StoreCore(db: db, storeID: memberID, settings: storeSettings,
                                  raftConfig: { [policy] in policy.config(forPeer: $0) }, stateMachine: machine)
         var region = Flotilla_V1_Region()
         region.id = Self.regionID
