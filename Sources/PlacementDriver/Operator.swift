@@ -278,10 +278,15 @@ public struct OperatorController: Sendable {
     /// Ends as failed the operators whose current step needs a store that is not live (down,
     /// disconnected, draining or gone): such a step cannot finish, and the region is left to
     /// the replica checker at once instead of after the step timeout.
-    public mutating func failSteps(needing isLive: (UInt64) -> Bool, nowMs: UInt64) {
+    /// A leader transfer also fails when its target is merely silent (`isHeardLately` false): a
+    /// transfer is quick or lost, and waiting holds the region's writes; a learner catching up
+    /// on a store paused a few seconds may still finish, so other steps wait for `isLive`.
+    public mutating func failSteps(needing isLive: (UInt64) -> Bool, heardLately isHeardLately: (UInt64) -> Bool = { _ in true }, nowMs: UInt64) {
         for op in running.values.sorted(by: { $0.id < $1.id }) {
             precondition(op.currentStep < op.steps.count, "running operator \(op.id) past its last step")
-            guard let store = op.steps[op.currentStep].storesNeeded.first(where: { !isLive($0) }) else { continue }
+            let step = op.steps[op.currentStep]
+            let transfer: Bool = if case .transferLeader = step { true } else { false }
+            guard let store = step.storesNeeded.first(where: { !isLive($0) || (transfer && !isHeardLately($0)) }) else { continue }
             end(regionID: op.regionID, status: .failed,
                 reason: "step \(op.currentStep + 1) of \(op.steps.count) (\(op.steps[op.currentStep])) needs store \(store), which is not up", nowMs: nowMs)
         }

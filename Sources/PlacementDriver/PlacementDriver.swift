@@ -6,8 +6,9 @@ public struct PDTimings: Sendable, Equatable {
     /// A store silent this long is disconnected (not yet down: see `max-store-down-time`).
     public var storeDisconnectMs: UInt64 = 20_000
     /// A store silent this long (three of its 1 s heartbeats missed) gets no new work: no
-    /// balancer or checker picks it as a target, and an operator step waiting on it fails at
-    /// once (a leader transfer to a killed store gives up in seconds, not at the step timeout).
+    /// balancer or checker picks it as a target, and a leader transfer waiting on it fails at
+    /// once (it gave up only at the disconnect); other steps wait for the disconnect, as a
+    /// learner on a store paused for seconds still catches up.
     public var storeSchedulableSilenceMs: UInt64 = 3_000
     /// How often region leaders report; a new PD leader waits one such round (plus slack)
     /// before it schedules, so it decides from every region's report, not its persisted
@@ -542,10 +543,9 @@ public struct PlacementDriver: Sendable {
     /// Fails operators waiting on a store that is not live (see `OperatorController.failSteps`).
     /// A store this leader has not heard from yet counts as live until the disconnect time.
     private mutating func failStepsOnDeadStores(nowMs: UInt64) {
-        let live = Set(state.stores.values.filter {
-            $0.state == .up && liveness(ofStore: $0.id, nowMs: nowMs) == .up && storeSilentMs($0.id, nowMs: nowMs) <= timings.storeSchedulableSilenceMs
-        }.map(\.id))
-        operators.failSteps(needing: { live.contains($0) }, nowMs: nowMs)
+        let live = Set(state.stores.values.filter { $0.state == .up && liveness(ofStore: $0.id, nowMs: nowMs) == .up }.map(\.id))
+        let heard = Set(live.filter { storeSilentMs($0, nowMs: nowMs) <= timings.storeSchedulableSilenceMs })
+        operators.failSteps(needing: { live.contains($0) }, heardLately: { heard.contains($0) }, nowMs: nowMs)
     }
 
     /// One round of the enabled balancers; returns a reservation when a move needs ids.
