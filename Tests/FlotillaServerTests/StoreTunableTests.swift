@@ -38,6 +38,17 @@ struct StoreTunableTests {
         #expect(throws: ConfigError.self) { try ServerConfigFile.parse("[limits]\nmax-pending = 3\n", source: "t.toml") }
     }
 
+    /// The sleep settings are bounded: a store presumed dead sooner than two of its heartbeat
+    /// intervals (4 ticks) would wake everything on one lost frame; negative ticks mean nothing.
+    @Test func sleepSettingsOutOfRangeAreRefused() {
+        var settings = ServerSettings.defaults
+        for (tunable, value) in [(StoreTunable.storeDeadAfterTicks, 3), (.storeDeadAfterTicks, 1_000_001),
+                                 (.regionSleepAfterQuietTicks, -1), (.regionSleepAfterQuietTicks, 1_000_001)] {
+            #expect(throws: ConfigError.self, "\(tunable.flag) \(value)") { try tunable.apply(value, to: &settings) }
+        }
+        #expect(settings.store.storeDeadAfterTicks == 20 && settings.store.regionSleepAfterQuietTicks == 20, "nothing changed")
+    }
+
     @Test func theReadmeSampleConfigIsAccepted() throws {
         let readme = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/FlotillaServerTests/StoreTunableTests.swift", with: "README.md"), encoding: .utf8)
         let sample = try #require(readme.components(separatedBy: "```toml\n").dropFirst().first?.components(separatedBy: "```").first)
