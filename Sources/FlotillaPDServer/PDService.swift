@@ -269,13 +269,16 @@ struct PDService: Flotilla_V1_PD.SimpleServiceProtocol {
     func storeHeartbeat(request: Flotilla_V1_StoreHeartbeatRequest, context: ServerContext) async throws -> Flotilla_V1_StoreHeartbeatResponse {
         var response = Flotilla_V1_StoreHeartbeatResponse()
         let (storeID, stats) = (request.storeID, request.stats)
-        if case .failure(let error) = await onLeader(request.header, { pd, nowMs throws(PDFailure) in
+        switch await onLeader(request.header, { pd, nowMs throws(PDFailure) in
             try pd.storeHeartbeat(storeID: storeID, stats: stats, nowMs: nowMs)
         }) {
+        case .failure(let error):
             response.header = header(error.proto)
-            return response
+        case .success(let answer):
+            response.header = header()
+            response.reportRegions = answer.reportRegions
+            response.reportAllRegions = answer.reportAllRegions
         }
-        response.header = header()
         return response
     }
 

@@ -1005,6 +1005,15 @@ public nonisolated struct Flotilla_V1_StoreHeartbeatResponse: Sendable {
   /// Clears the value of `header`. Subsequent reads from it will return its default value.
   public mutating func clearHeader() {self._header = nil}
 
+  /// Regions led by this store (as PD last heard) that PD has a step for: their heartbeats
+  /// are wanted now, even if they sleep (a sleeping region reports only on a slow period).
+  /// At most PDLimits.regionsToReportPerAnswerMax.
+  public var reportRegions: [UInt64] = []
+
+  /// This PD leader has not heard from the store since it was elected: every region led here
+  /// reports now, so the new leader schedules from current reports, not persisted routes.
+  public var reportAllRegions: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -3484,7 +3493,7 @@ nonisolated extension Flotilla_V1_StoreHeartbeatRequest: SwiftProtobuf.Message, 
 
 nonisolated extension Flotilla_V1_StoreHeartbeatResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StoreHeartbeatResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}header\0\u{3}report_regions\0\u{3}report_all_regions\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3493,6 +3502,8 @@ nonisolated extension Flotilla_V1_StoreHeartbeatResponse: SwiftProtobuf.Message,
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._header) }()
+      case 2: try { try decoder.decodeRepeatedUInt64Field(value: &self.reportRegions) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.reportAllRegions) }()
       default: break
       }
     }
@@ -3506,11 +3517,19 @@ nonisolated extension Flotilla_V1_StoreHeartbeatResponse: SwiftProtobuf.Message,
     try { if let v = self._header {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
     } }()
+    if !self.reportRegions.isEmpty {
+      try visitor.visitPackedUInt64Field(value: self.reportRegions, fieldNumber: 2)
+    }
+    if self.reportAllRegions != false {
+      try visitor.visitSingularBoolField(value: self.reportAllRegions, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Flotilla_V1_StoreHeartbeatResponse, rhs: Flotilla_V1_StoreHeartbeatResponse) -> Bool {
     if lhs._header != rhs._header {return false}
+    if lhs.reportRegions != rhs.reportRegions {return false}
+    if lhs.reportAllRegions != rhs.reportAllRegions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -120,10 +120,12 @@ final class PDStoreAgent: Sendable {
             for storeID in report.unresolved.union(report.peerStores).subtracting(known).sorted() {
                 if await resolve(storeID) { known.insert(storeID) }
             }
-            await storeHeartbeat(report)
+            let asked = await storeHeartbeat(report)
             let now = self.now
             let leaders = report.leaders
-            var due = reporting.withLock { $0.heartbeatsDue(leaders, now: now) }
+            var due = reporting.withLock {
+                $0.heartbeatsDue(leaders, now: now, asked: Set(asked.reportRegions), askedAll: asked.reportAllRegions)
+            }
             for index in due.indices {
                 let regionID = due[index].region.id
                 if let rates = regionRates.withLock({ $0[regionID] }) { due[index].stats = rates }
@@ -164,7 +166,9 @@ final class PDStoreAgent: Sendable {
         return true
     }
 
-    private func storeHeartbeat(_ report: Report) async {
+    /// The store heartbeat; PD's answer names the regions it wants reported now (none when
+    /// the call failed).
+    private func storeHeartbeat(_ report: Report) async -> Flotilla_V1_StoreHeartbeatResponse {
         var stats = Flotilla_V1_StoreStats()
         stats.regionCount = UInt64(report.regionCount)
         stats.leaderCount = UInt64(report.leaders.count)
@@ -185,16 +189,17 @@ final class PDStoreAgent: Sendable {
         let storeID = link.store.id
         let sentStats = stats
         do {
-            try await link.client.call { client, header in
+            return try await link.client.call { client, header in
                 var request = Flotilla_V1_StoreHeartbeatRequest()
                 request.header = header
                 request.storeID = storeID
                 request.stats = sentStats
                 let response = try await client.storeHeartbeat(request)
-                return ((), response.header)
+                return (response, response.header)
             }
         } catch {
             logger.warning("store heartbeat to PD failed: \(error)")
+            return Flotilla_V1_StoreHeartbeatResponse()
         }
     }
 

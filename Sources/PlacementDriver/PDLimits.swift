@@ -23,6 +23,8 @@ public enum PDLimits {
     public static let requestMessageBytesMax = 1 << 20
     /// Bound of `store_limit`: operators adding or removing a replica on one store at once.
     public static let storeLimitMax: UInt32 = 64
+    /// Regions one store heartbeat's answer asks to report now (`report_regions`).
+    public static let regionsToReportPerAnswerMax = 1_024
     /// Ended operators PD remembers.
     public static let operatorHistoryMax = 1_000
 }

@@ -264,12 +264,32 @@ public struct PlacementDriver: Sendable {
         return command
     }
 
-    /// Records a store heartbeat.
-    public mutating func storeHeartbeat(storeID: UInt64, stats: Flotilla_V1_StoreStats, nowMs: UInt64) throws(PDFailure) {
+    /// What PD asks of a store in its heartbeat's answer: the regions led there to report now.
+    public struct StoreHeartbeatAnswer: Equatable, Sendable {
+        /// Regions with a running operator whose leader (as last heard) is this store, at most
+        /// `PDLimits.regionsToReportPerAnswerMax`, ascending: a sleeping region reports only on
+        /// a slow period, and PD hands out steps only in answers to region heartbeats.
+        public var reportRegions: [UInt64] = []
+        /// The first heartbeat this leader had from the store, or the first after a silence of
+        /// `storeSchedulableSilenceMs` (reports sent meanwhile may have been lost): every
+        /// region led there reports.
+        public var reportAllRegions = false
+        public init() {}
+    }
+
+    /// Records a store heartbeat; answers which regions led there should report now.
+    @discardableResult
+    public mutating func storeHeartbeat(storeID: UInt64, stats: Flotilla_V1_StoreStats, nowMs: UInt64) throws(PDFailure) -> StoreHeartbeatAnswer {
         try requireLeader()
         guard let store = state.stores[storeID] else { throw .unknownStore(storeID) }
         guard store.state != .tombstone else { throw .storeTombstone(storeID) }
+        var answer = StoreHeartbeatAnswer()
+        answer.reportAllRegions = storeHeard[storeID].map { nowMs >= $0.atMs && nowMs - $0.atMs >= timings.storeSchedulableSilenceMs } ?? true
         storeHeard[storeID] = (nowMs, stats)
+        answer.reportRegions = Array(operators.running.keys.filter { regions.region(id: $0)?.leader.storeID == storeID }
+            .sorted().prefix(PDLimits.regionsToReportPerAnswerMax))
+        precondition(answer.reportRegions.count <= PDLimits.regionsToReportPerAnswerMax, "report list over its bound")
+        return answer
     }
 
     // MARK: Regions

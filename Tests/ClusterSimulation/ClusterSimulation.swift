@@ -108,12 +108,14 @@ public final class ClusterSimulation {
     /// The simulated time of the stores' loops and agents.
     var now: Duration { .milliseconds(Int64(tick) * 10) }
 
-    /// The PD agent's settings in simulated time: every region led is heartbeat each
-    /// `heartbeatIntervalTicks` round; splits are retried after 1,000 ticks.
+    /// The PD agent's settings in simulated time: every awake region led is heartbeat each
+    /// `heartbeatIntervalTicks` round, a sleeping one every twenty; splits are retried after 1,000 ticks.
     private var reportingSettings: PDReporting.Settings {
         var settings = PDReporting.Settings()
         settings.regionHeartbeatInterval = .milliseconds(Int64(options.heartbeatIntervalTicks) * 10)
         settings.splitRetryInterval = .milliseconds(10_000)
+        // Sleeping regions report twenty times less often; PD asks for those it has steps for.
+        settings.sleepingRegionHeartbeatInterval = settings.regionHeartbeatInterval * 20
         return settings
     }
 
@@ -228,6 +230,7 @@ public final class ClusterSimulation {
                 }
             }
         }
+        try checkTransferOfASleepingRegion(up: up())
         var ledAsleep: [UInt64: [UInt64]] = [:]
         for store in up() {
             guard let core = store.loop?.core else { continue }
@@ -267,6 +270,37 @@ public final class ClusterSimulation {
         }
         report.failoverTicks = tick - killedAt
         note("every region of store \(victimID) led again after \(report.failoverTicks) ticks")
+    }
+
+    /// PD's operator for a sleeping region reaches it in a store heartbeat round or two (PD's
+    /// answer to the store heartbeat asks for the region's report), not after the slow
+    /// period at which sleeping regions report on their own (twenty rounds here).
+    private func checkTransferOfASleepingRegion(up: [SimulatedStore]) throws {
+        let candidates = up.flatMap { store -> [(UInt64, UInt64)] in
+            guard let core = store.loop?.core else { return [] }
+            return core.regionIDs.filter { core.raftStatus($0)?.role == .leader && core.isAsleep($0) }.map { ($0, store.id) }
+        }
+        guard let (regionID, leaderStore) = candidates.min(by: { $0.0 < $1.0 }),
+              let region = stores[leaderStore]?.loop?.core.region(regionID),
+              let target = region.peers.first(where: { $0.role == .voter && $0.storeID != leaderStore && stores[$0.storeID]?.isUp == true }),
+              pd.pd.isLeader, pd.pd.operators.running[regionID] == nil else { return }
+        var request = Flotilla_V1_AddOperatorRequest()
+        request.regionID = regionID
+        request.transferLeaderStoreID = target.storeID
+        do { _ = try pd.withLeader { pd throws in try pd.addOperator(request, newPeerID: nil, nowMs: nowMs) } } catch {
+            note("no transfer of sleeping region \(regionID): \(error)")
+            return
+        }
+        let startedAt = tick
+        let deadline = tick + 3 * options.heartbeatIntervalTicks + UInt64(3 * options.electionTimeoutTicks)
+        while stores[target.storeID]?.loop?.core.raftStatus(regionID)?.role != .leader {
+            guard tick < deadline else {
+                throw failure("PD's transfer of sleeping region \(regionID) to store \(target.storeID) had not happened \(tick - startedAt) ticks later")
+            }
+            try step(faults: false)
+        }
+        note("sleeping region \(regionID) transferred to store \(target.storeID) in \(tick - startedAt) ticks")
+        report.sleepingTransferTicks = max(report.sleepingTransferTicks, tick - startedAt)
     }
 
     private func step(faults: Bool) throws {
@@ -602,20 +636,25 @@ public final class ClusterSimulation {
         guard let core = store.core, let loop = store.loop else { return }
         store.splitsSinceHeartbeat = false
         let reports = core.leaderReports()
-        for info in store.reporting.heartbeatsDue(reports, now: now) {
+        var stats = Flotilla_V1_StoreStats()
+        stats.capacityBytes = 100 << 30
+        stats.availableBytes = 90 << 30
+        stats.regionCount = UInt64(core.regionIDs.count)
+        stats.leaderCount = UInt64(reports.count)
+        // The store heartbeat first: PD's answer names the regions it wants reported now.
+        var asked = PlacementDriver.StoreHeartbeatAnswer()
+        let reachesPD = pd.isUp(at: tick) && !isCut(.store(store.id), .pd)
+        if reachesPD, let answer = try? pd.withLeader({ pd throws in try pd.storeHeartbeat(storeID: store.id, stats: stats, nowMs: nowMs) }) {
+            asked = answer
+        }
+        for info in store.reporting.heartbeatsDue(reports, now: now, asked: Set(asked.reportRegions), askedAll: asked.reportAllRegions) {
             var request = Flotilla_V1_RegionHeartbeatRequest()
             request.header.clusterID = 7
             request.storeID = store.id
             request.region = info
             send(.regionHeartbeat(request), from: .store(store.id), to: .pd)
         }
-        var stats = Flotilla_V1_StoreStats()
-        stats.capacityBytes = 100 << 30
-        stats.availableBytes = 90 << 30
-        stats.regionCount = UInt64(core.regionIDs.count)
-        stats.leaderCount = UInt64(reports.count)
-        if pd.isUp(at: tick) && !isCut(.store(store.id), .pd) {
-            try? pd.withLeader { pd throws in try pd.storeHeartbeat(storeID: store.id, stats: stats, nowMs: nowMs) }
+        if reachesPD {
             let silent = core.silentReplicas(minTicks: UInt64(options.electionTimeoutTicks * 20))
             for replica in store.reporting.staleChecksDue(silent, now: now) {
                 guard let current = pd.pd.regions.region(id: replica.regionID) else { continue }

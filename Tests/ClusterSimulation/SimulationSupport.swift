@@ -131,6 +131,8 @@ public struct ClusterSimulationReport: Sendable {
     public var replicasAtEnd = 0
     /// Ticks from killing the store that led most regions (all asleep) to a leader elsewhere for each.
     public var failoverTicks: UInt64 = 0
+    /// Ticks from PD's transfer of a sleeping region to its new leader (the slowest seed's).
+    public var sleepingTransferTicks: UInt64 = 0
 
     public init() {}
 
@@ -166,6 +168,7 @@ extension ClusterSimulationReport {
         replicasAsleep += other.replicasAsleep
         replicasAtEnd += other.replicasAtEnd
         failoverTicks = max(failoverTicks, other.failoverTicks)
+        sleepingTransferTicks = max(sleepingTransferTicks, other.sleepingTransferTicks)
     }
 
     public var summary: String {
@@ -175,7 +178,8 @@ extension ClusterSimulationReport {
             + "\(splitsAsked) splits asked (\(splitsApplied) applied by replicas), \(movesAsked) moves, \(transfersAsked) transfers, "
             + "\(snapshotsDelivered) snapshots, \(regionsAtEnd) regions at the end, served again \(ticksToServeAfterHeal) ticks after the heal"
             + ", \(regionSleeps) region sleeps and \(regionWakes) wakes, \(replicasAsleep)/\(replicasAtEnd) replicas asleep when idle, "
-            + "every region led again \(failoverTicks) ticks after its sleeping leader's store was killed"
+            + "every region led again \(failoverTicks) ticks after its sleeping leader's store was killed, "
+            + "a sleeping region transferred by PD in \(sleepingTransferTicks) ticks"
             + (linearizabilityTimedOut > 0 ? ", \(linearizabilityTimedOut) checks timed out" : "")
     }
 }

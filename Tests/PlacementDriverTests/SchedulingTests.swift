@@ -246,6 +246,29 @@ struct SchedulingTests {
         #expect(views[leaderStore]?.isSchedulable == true)
     }
 
+    @Test func aStoreHeartbeatsAnswerAsksForTheRegionsWithStepsLedThere() throws {
+        var (single, fake, stores) = try Self.cluster(stores: 4)
+        let leaderStore = fake.info.leader.storeID
+        let stats = Flotilla_V1_StoreStats()
+        var answer = try single.pd.storeHeartbeat(storeID: leaderStore, stats: stats, nowMs: single.nowMs)
+        #expect(!answer.reportAllRegions, "heard a moment ago")
+        #expect(answer.reportRegions.isEmpty, "no operator yet")
+        _ = try Self.move(&single, fake, from: try #require(fake.voterStores.first { $0 != leaderStore }),
+                          to: try #require(stores.first { !fake.info.region.peers.map(\.storeID).contains($0) }))
+        answer = try single.pd.storeHeartbeat(storeID: leaderStore, stats: stats, nowMs: single.nowMs)
+        #expect(answer.reportRegions == [fake.info.region.id], "the moved region, led here, reports now")
+        let other = try #require(stores.first { $0 != leaderStore })
+        #expect(try single.pd.storeHeartbeat(storeID: other, stats: stats, nowMs: single.nowMs).reportRegions.isEmpty,
+                "not led there")
+        single.nowMs += single.pd.timings.storeSchedulableSilenceMs
+        answer = try single.pd.storeHeartbeat(storeID: leaderStore, stats: stats, nowMs: single.nowMs)
+        #expect(answer.reportAllRegions, "after a silence, every region led there reports")
+        single.pd.becomeFollower(nowMs: single.nowMs)
+        single.pd.becomeLeader(nowMs: single.nowMs, term: 2)
+        #expect(try single.pd.storeHeartbeat(storeID: other, stats: stats, nowMs: single.nowMs).reportAllRegions,
+                "a new leader hears every region once")
+    }
+
     @Test func aPDLeaderChangeMidMoveIsFinishedOrUndoneFromTheRegionsState() throws {
         // Cut after each step of a move: the new leader's checker leaves three voters and no
         // learner, never a joint configuration.

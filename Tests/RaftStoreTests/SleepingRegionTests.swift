@@ -125,6 +125,15 @@ struct SleepingRegionReportingTests {
         #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(90)).count == 1, "asleep: every 60 s")
         region.epoch.version = 2
         #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(91)).count == 1, "a change: at once")
+        #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(92)).isEmpty)
+        #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(92), asked: [7]).count == 1, "PD asked for it")
+        #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(93), asked: [8]).isEmpty, "PD asked for another")
+        #expect(reporting.heartbeatsDue([report(asleep: true)], now: .seconds(93), askedAll: true).count == 1, "PD asked for all")
+    }
+
+    @Test func sleepingRegionsReportEveryMinuteByDefault() {
+        #expect(PDReporting.Settings().sleepingRegionHeartbeatInterval == .seconds(60))
+        #expect(PDReporting.Settings().regionHeartbeatInterval == .seconds(10))
     }
 }
 

@@ -21,7 +21,7 @@ public enum PDStepAction: Sendable, Equatable {
 /// simulation both run it; time is the caller's clock as a `Duration`.
 ///
 /// Guarantees: a region's heartbeat goes when its region or leader changed, when it has
-/// pending or down peers or a joint configuration, and at least every
+/// pending or down peers or a joint configuration, when PD asked for it, and at least every
 /// `regionHeartbeatInterval` (a sleeping region's: every `sleepingRegionHeartbeatInterval`,
 /// so PD's load grows with the regions that do something); a split is proposed once per (region, epoch version) unless
 /// `splitRetryInterval` passed (a proposal lost with a leader change); at most
@@ -31,12 +31,12 @@ public struct PDReporting: Sendable {
     public struct Settings: Sendable {
         /// A region unchanged is heartbeat at least this often.
         public var regionHeartbeatInterval: Duration = .seconds(10)
-        /// A sleeping region unchanged is heartbeat at least this often. The same as an awake
-        /// one's by default: PD hands out operator steps only in its answers to region
-        /// heartbeats, so a longer period delays every step for a sleeping region by as much
-        /// (a 60 s period kept a new cluster's first region at one voter for over 60 s in the
-        /// process nemesis). A longer one needs PD to ask for reports first.
-        public var sleepingRegionHeartbeatInterval: Duration = .seconds(10)
+        /// A sleeping region unchanged is heartbeat at least this often. PD hands out
+        /// operator steps only in its answers to region heartbeats, so it asks for the regions
+        /// it has steps for in its answer to the store heartbeat (`asked` below); without that,
+        /// a 60 s period kept a new cluster's first region at one voter for over 60 s in the
+        /// process nemesis.
+        public var sleepingRegionHeartbeatInterval: Duration = .seconds(60)
         /// A split proposed for a region and epoch is proposed again after this (the first
         /// was lost, e.g. with a leader change).
         public var splitRetryInterval: Duration = .seconds(10)
@@ -60,16 +60,19 @@ public struct PDReporting: Sendable {
     }
 
     /// The regions among `reports` (every region led here) whose heartbeat is due at `now`,
-    /// as PD's `RegionInfo` (the caller adds the region's statistics). Forgets regions no
-    /// longer led here.
-    public mutating func heartbeatsDue(_ reports: [LeaderReport], now: Duration) -> [Flotilla_V1_RegionInfo] {
+    /// as PD's `RegionInfo` (the caller adds the region's statistics): those PD `asked` for in
+    /// its answer to the store heartbeat (every one when `askedAll`), and those changed or
+    /// unreported for their interval. Forgets regions no longer led here.
+    public mutating func heartbeatsDue(_ reports: [LeaderReport], now: Duration,
+                                       asked: Set<UInt64> = [], askedAll: Bool = false) -> [Flotilla_V1_RegionInfo] {
         var due: [Flotilla_V1_RegionInfo] = []
         for report in reports {
             let previous = lastSent[report.region.id]
             let interval = report.asleep ? max(settings.sleepingRegionHeartbeatInterval, settings.regionHeartbeatInterval) : settings.regionHeartbeatInterval
             let changed = previous.map { $0.region != report.region || $0.leader != report.leader
                 || now - $0.at >= interval } ?? true
-            guard changed || !report.pending.isEmpty || !report.down.isEmpty || report.joint else { continue }
+            let wanted = askedAll || asked.contains(report.region.id)
+            guard changed || wanted || !report.pending.isEmpty || !report.down.isEmpty || report.joint else { continue }
             lastSent[report.region.id] = (report.region, report.leader, now)
             var info = Flotilla_V1_RegionInfo()
             info.region = report.region
