@@ -510,7 +510,7 @@ struct MakeClusterFile: ParsableCommand {
 
     func validate() throws {
         guard (1...64).contains(stores) else { throw ValidationError("--stores must be 1 to 64") }
-        guard (1...65_536).contains(regions) else { throw ValidationError("--regions must be 1 to 65536") }
+        guard (1...KeySpace.splitRegionsMax).contains(regions) else { throw ValidationError("--regions must be 1 to \(KeySpace.splitRegionsMax)") }
         guard (1...(65_435 - stores)).contains(basePort) else { throw ValidationError("--base-port must be 1 to \(65_435 - stores)") }
     }
 

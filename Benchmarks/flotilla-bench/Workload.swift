@@ -61,14 +61,20 @@ struct KeySpace: Sendable {
         Data((prefix + Self.hex(Self.fnv1a(recordNumber))).utf8)
     }
 
-    /// Split keys cutting this key space into `regions` ranges of equal share.
+    /// Split keys cutting this key space into `regions` ranges of equal share: 4 hex digits
+    /// of the hash up to 65,536 regions, 8 beyond (at most `splitRegionsMax`).
     func splitKeys(regions: Int) -> [String] {
         guard regions > 1 else { return [] }
+        precondition(regions <= Self.splitRegionsMax, "regions beyond the split keys' resolution")
+        let digits = regions <= 1 << 16 ? 4 : 8
+        let span = UInt64(1) << (4 * digits)
         return (1..<regions).map { index in
-            let boundary = UInt64(index) * (1 << 16) / UInt64(regions)
-            return prefix + String(format: "%04x", boundary)
+            prefix + String(format: "%0\(digits)llx", UInt64(index) * span / UInt64(regions))
         }
     }
+
+    /// The most regions `splitKeys` cuts the key space into.
+    static let splitRegionsMax = 1_000_000
 
     static func fnv1a(_ value: UInt64) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325

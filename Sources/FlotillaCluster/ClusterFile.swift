@@ -41,8 +41,8 @@ public struct ClusterFile: Codable, Sendable, Equatable {
         self.secretFile = secretFile
     }
 
-    /// The largest cluster file read, in bytes.
-    static let fileBytesMax = 1 << 20
+    /// The largest cluster file read, in bytes: room for a million split keys of ~20 bytes.
+    static let fileBytesMax = 32 << 20
     static let fieldNames: Set<String> = ["clusterID", "stores", "splitKeys", "secretFile"]
     static let storeFieldNames: Set<String> = ["id", "address", "raftAddress"]
 

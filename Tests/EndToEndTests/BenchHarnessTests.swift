@@ -158,6 +158,14 @@ struct BenchHarnessTests {
         #expect(file.secretFile == "cluster.secret", "the cluster file names the secret file")
         #expect(clusterStatus == 0 && file.stores.count == 3 && file.splitKeys.count == 3, "\(cluster)")
         try file.validate()
+        // Past 65,536 regions the split keys take 8 hex digits; they still ascend.
+        let (largeStatus, large) = try bench(["cluster-file", "--stores", "3", "--regions", "100000", "--base-port", "20000"])
+        let largeFile = try JSONDecoder().decode(ClusterFile.self, from: Data(large.utf8))
+        #expect(largeStatus == 0 && largeFile.splitKeys.count == 99_999 && largeFile.splitKeys.first == "user0000a7c5")
+        #expect(zip(largeFile.splitKeys, largeFile.splitKeys.dropFirst()).allSatisfy { $0 < $1 }, "split keys ascend")
+        try largeFile.validate()
+        let (tooManyStatus, tooMany) = try bench(["cluster-file", "--regions", "1000001", "--base-port", "20000"])
+        #expect(tooManyStatus != 0 && tooMany.contains("--regions must be 1 to 1000000"), "\(tooMany)")
         // ops/load-test refuses bad arguments before it installs, builds or starts anything.
         let loadTest = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("ops/load-test").path
