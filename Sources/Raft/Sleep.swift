@@ -56,9 +56,11 @@ extension RaftNode {
         }
         for nodeID in followerIDs where !excused.contains(nodeID) {
             guard let pr = progress[nodeID] else { return "no progress of \(nodeID)" }
-            // Heard from within an election timeout (not `recentActive`, which check-quorum
-            // clears every round before the answers come).
-            guard tickCount - min(tickCount, pr.lastHeardTick) < UInt64(config.electionTimeoutTicks) else {
+            // Heard from in this check-quorum round (`recentActive`, counted in timer ticks,
+            // so a late loop whose clock jumps still sees its followers), or within an
+            // election timeout of the clock (check-quorum clears `recentActive` every round
+            // before the answers come).
+            guard pr.recentActive || tickCount - min(tickCount, pr.lastHeardTick) < UInt64(config.electionTimeoutTicks) else {
                 return "follower \(nodeID) not heard from lately"
             }
             guard pr.state == .replicate, pr.match == log.lastIndex else { return "follower \(nodeID) is behind (match \(pr.match) of \(log.lastIndex), \(pr.state))" }

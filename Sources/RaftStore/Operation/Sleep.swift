@@ -132,7 +132,7 @@ extension StoreCore {
         for regionID in awakeRegions {
             guard let peer = peers[regionID] else { continue }
             peer.raft.tick(passing: UInt64(ticks))
-            if isQuietLongEnough(peer) { goingToSleep.append(peer) }
+            if isQuietLongEnough(peer, ticks: ticks) { goingToSleep.append(peer) }
         }
         touchedRegions.formUnion(awakeRegions)
         for peer in goingToSleep {
@@ -144,8 +144,9 @@ extension StoreCore {
         if heartbeatDue { queueStoreHeartbeats() }
     }
 
-    /// Counts a leader's quiet ticks; true once it was quiet for `regionSleepAfterQuietTicks`.
-    private func isQuietLongEnough(_ peer: RegionPeer) -> Bool {
+    /// Counts a leader's quiet ticks (all `ticks` that passed: a late loop's regions sleep
+    /// after the same real time); true once it was quiet for `regionSleepAfterQuietTicks`.
+    private func isQuietLongEnough(_ peer: RegionPeer, ticks: Int) -> Bool {
         guard settings.regionSleepAfterQuietTicks > 0, peer.raft.role == .leader, peer.isInitialized, !peer.isRemoved,
               peer.queuedWrites.isEmpty, peer.pendingWrites.isEmpty, peer.readsAwaitingIndex.isEmpty,
               peer.readsAwaitingApply.isEmpty, peer.receivedSnapshot == nil, peer.raft.canSleep(excusing: deadFollowers(of: peer)) else {
@@ -156,7 +157,7 @@ extension StoreCore {
             peer.quietTicks = 0
             return false
         }
-        peer.quietTicks += 1
+        peer.quietTicks += ticks
         return peer.quietTicks >= settings.regionSleepAfterQuietTicks
     }
 
