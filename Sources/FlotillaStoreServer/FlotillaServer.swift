@@ -126,7 +126,7 @@ public final class FlotillaServer: Sendable {
                       pd: nil, logger: logger, onFailure: onFailure) { core in
             let initialRegions = cluster.initialRegions()
             try Self.checkRegionsMatch(stored: core.regionIDs.compactMap { core.region($0) }, clusterFile: initialRegions)
-            for region in initialRegions { try core.bootstrapRegion(region) }
+            try core.bootstrapRegions(initialRegions)
         }
     }
 

@@ -114,3 +114,38 @@ struct PeerLifeTests {
         try expectNoneRecreates(recorder.messages, cluster, region: region.id, "after the destroy")
     }
 }
+
+/// A founding store creates its regions in synced batches, not one sync per region.
+@Suite("Peer life: bootstrapping many regions")
+struct BootstrapManyRegionsTests {
+    @Test func manyRegionsAreCreatedInBatchesAndSurviveARestart() throws {
+        let cluster = try InProcessCluster(storeCount: 1, splitKeys: [], replicas: 0)  // no region yet
+        let count = 2 * 4_096 + 7
+        let regions = (0..<count).map { index -> Flotilla_V1_Region in
+            var region = Flotilla_V1_Region()
+            region.id = UInt64(1_000 + 2 * index)
+            region.startKey = Data(String(format: "z%06d", index).utf8)
+            region.endKey = Data(String(format: "z%06d", index + 1).utf8)
+            region.peers = [peer(region.id + 1, store: 1, .voter)]
+            return region
+        }
+        do {  // the store let go before the restart (it holds the database open)
+            let store = try #require(cluster.stores[1])
+            var syncs = 0
+            store.diskWriteObserver = { what in if what == .bootstrap { syncs += 1 } }
+            try store.bootstrapRegions(regions)
+            #expect(syncs == 3, "three (synced) bootstrap batches for \(count) regions, got \(syncs)")
+            #expect(regions.allSatisfy { store.region($0.id) != nil })
+            try store.bootstrapRegions(regions)
+            #expect(syncs == 3, "regions that exist are skipped")
+        }
+        cluster.crash(1)
+        try cluster.restart(1)
+        let reopened = try #require(cluster.stores[1])
+        #expect(regions.allSatisfy { reopened.region($0.id) == $0 }, "every region reopens from disk")
+        var foreign = regions[0]
+        foreign.id = 999_999
+        foreign.peers = [peer(1_000_000, store: 2, .voter)]
+        #expect(throws: StoreRequestError.self) { try reopened.bootstrapRegions([foreign]) }
+    }
+}
