@@ -41,6 +41,29 @@ struct SleepingRegionTests {
         #expect(liveness.expire(at: 100) == [3], "a store no longer shared is not watched")
     }
 
+    @Test func aStoreThatSpeaksSeldomGetsLongerToLiveButNotForever() {
+        var liveness = StoreLiveness(deadAfterTicks: 20)
+        liveness.watch(2, at: 0)
+        // Heard every 2 ticks: the short span.
+        for tick in stride(from: 2, through: 40, by: 2) { liveness.heard(2, at: UInt64(tick)) }
+        #expect(liveness.deadSpanTicks(2) == 20)
+        // Its loop slows: heard every 25 ticks (an overloaded store's turns). The first gap
+        // passes the short span (presumed dead, then alive again); the later ones do not.
+        #expect(liveness.expire(at: 60) == [2])
+        liveness.heard(2, at: 65)
+        #expect(liveness.isAlive(2))
+        for tick in stride(from: 90, through: 190, by: 25) {
+            #expect(liveness.expire(at: UInt64(tick) - 1).isEmpty, "a slow store is not presumed dead at tick \(tick - 1)")
+            liveness.heard(2, at: UInt64(tick))
+        }
+        #expect(liveness.deadSpanTicks(2) == 100, "four recent gaps, at most five times the short span")
+        #expect(liveness.expire(at: 289).isEmpty)
+        #expect(liveness.expire(at: 290) == [2], "silent past the longer span: dead")
+        // Back to normal: the span shrinks back within a few dozen signs of life.
+        for tick in stride(from: 300, through: 400, by: 2) { liveness.heard(2, at: UInt64(tick)) }
+        #expect(liveness.deadSpanTicks(2) == 20, "the short span again")
+    }
+
     @Test func idleRegionsSleepOnEveryStoreAndStillServe() throws {
         let cluster = try quietCluster()
         #expect(asleepEverywhere(cluster), "every replica sleeps once idle")

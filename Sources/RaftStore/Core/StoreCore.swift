@@ -42,6 +42,9 @@ public final class StoreCore {
     var awakeRegions: Set<UInt64> = []
     /// Sleeping regions, with the store tick their Raft clock was last brought to.
     var sleepingRegions: [UInt64: UInt64] = [:]
+    /// Sleeping regions led here that fell asleep with followers on stores presumed dead
+    /// excused: they wake when such a store is heard again, to catch its replica up.
+    var sleepingWithExcusedFollowers: Set<UInt64> = []
     /// Ticks run since this store started: the clock sleeping regions catch up from.
     public internal(set) var storeTick: UInt64 = 0
     /// Times a region here fell asleep, and woke, since the store started.
