@@ -22,6 +22,10 @@ public struct PDTimings: Sendable, Equatable {
     public var balanceIntervalMs: UInt64 = 1_000
     /// Operators the balancers may start in one round (each also bounded by store limits).
     public var operatorsPerBalanceRoundMax = 8
+    /// Regions the replica checker's patrol looks at in one balance round (from PD's routes,
+    /// not a heartbeat: a sleeping region reports only seldom, so a checker that ran only on
+    /// heartbeats left a lone-voter region alone for a minute). 100,000 regions: 25 rounds.
+    public var regionsPatrolledPerRoundMax = 4_096
 
     public init() {}
 
@@ -49,6 +53,8 @@ public struct PlacementDriver: Sendable {
     private var idNext: UInt64 = 1
     private var idLimit: UInt64 = 0
     private var lastBalanceMs: UInt64 = 0
+    /// Where the replica checker's patrol goes on: the start key past the last region it saw.
+    private var patrolNextKey = Data()
     /// Operators each scheduler made since this member became leader, by origin.
     public private(set) var operatorsMade: [String: UInt64] = [:]
 
@@ -76,6 +82,7 @@ public struct PlacementDriver: Sendable {
         idLimit = state.reservedIDsThrough
         operatorsMade = [:]
         lastBalanceMs = 0
+        patrolNextKey = Data()
         operators = OperatorController(stepTimeoutMs: timings.operatorStepTimeoutMs, history: operators.history, firstID: term << 32 | 1)
     }
 
@@ -556,8 +563,31 @@ public struct PlacementDriver: Sendable {
             command.setStoreState.state = .tombstone
             commands.append(command)
         }
+        if let reservation = patrolReplicas(nowMs: nowMs) { commands.append(reservation) }
         if let reservation = balance(nowMs: nowMs) { commands.append(reservation) }
         return commands
+    }
+
+    /// The replica checker over PD's routes, `regionsPatrolledPerRoundMax` regions a round in
+    /// key order, wrapping at the end: a region without an operator whose last report lacks or
+    /// has too many voters gets its operator here, and the leader's store is then asked for the
+    /// region (`report_regions`) to take the first step. Returns a reservation when the
+    /// checker needs ids and the window is empty (the next round goes on from the same region).
+    private mutating func patrolReplicas(nowMs: UInt64) -> Flotilla_V1_PDCommand? {
+        guard state.settings.replicaCheckerEnabled, regions.count > 0 else { return nil }
+        let batch = regions.regions(from: patrolNextKey, to: Data(), limit: timings.regionsPatrolledPerRoundMax)
+        precondition(batch.count <= timings.regionsPatrolledPerRoundMax, "patrol batch over its bound")
+        for info in batch {
+            if info.hasLeader, operators.running[info.region.id] == nil,
+               let reservation = planReplicas(info, nowMs: nowMs) {
+                patrolNextKey = info.region.startKey
+                return reservation
+            }
+        }
+        // On past the last region seen; back to the first after the region reaching the end.
+        let last = batch.last?.region.endKey ?? Data()
+        patrolNextKey = batch.count < timings.regionsPatrolledPerRoundMax ? Data() : last
+        return nil
     }
 
     /// Fails operators waiting on a store that is not live (see `OperatorController.failSteps`).

@@ -269,6 +269,65 @@ struct SchedulingTests {
                 "a new leader hears every region once")
     }
 
+    @Test func theReplicaCheckersPatrolReachesARegionThatReportsNoMore() throws {
+        // A lone-voter region reports once, before scheduling is allowed, and then sleeps (no
+        // heartbeat for minutes). The patrol in PD's tick still gives it an operator, and the
+        // leader's store is asked for the region so the first step goes out.
+        var single = SingleMemberPD()
+        let (regionID, stores) = try single.bootstrap(stores: 3)
+        let lone = try #require(single.pd.regions.region(id: regionID)).region
+        try single.storeHeartbeats(stores)
+        #expect(try single.heartbeat(Build.info(lone, leader: lone.peers[0])) == nil, "too early to schedule")
+        single.nowMs += single.pd.timings.scheduleDelayMs
+        try single.storeHeartbeats(stores)
+        #expect(single.pd.operators.running[regionID] == nil, "no heartbeat since: no operator yet")
+        for command in single.pd.tick(nowMs: single.nowMs) { try single.apply(command).get() }
+        for command in single.pd.tick(nowMs: single.nowMs + single.pd.timings.balanceIntervalMs) { try single.apply(command).get() }
+        let op = try #require(single.pd.operators.running[regionID], "the patrol made the operator")
+        #expect(op.origin == "replica-checker")
+        let answer = try single.pd.storeHeartbeat(storeID: stores[0], stats: Flotilla_V1_StoreStats(), nowMs: single.nowMs)
+        #expect(answer.reportRegions == [regionID], "the leader's store is asked for the region")
+    }
+
+    @Test func thePatrolVisitsEveryRegionABoundedBatchAtATime() throws {
+        // Ten lone-voter regions, three per round: every one has an operator after four rounds,
+        // and no round starts more than three.
+        var timings = PDTimings()
+        timings.regionsPatrolledPerRoundMax = 3
+        var single = SingleMemberPD(timings: timings)
+        let (firstID, stores) = try single.bootstrap(stores: 3)
+        var settings = single.pd.state.settings
+        settings.balanceRegionEnabled = false
+        settings.balanceLeaderEnabled = false
+        settings.hotRegionEnabled = false
+        settings.storeLimit = 16
+        try single.apply(Build.command { $0.setSettings = settings }).get()
+        var ids = [firstID]
+        let first = try #require(single.pd.regions.region(id: firstID)).region
+        // Ten regions over the key space, each one voter on the first store, heard before
+        // scheduling is allowed (so no heartbeat made an operator).
+        var splits: [Flotilla_V1_Region] = []
+        let bounds = ["", "b", "c", "d", "e", "f", "g", "h", "i", "j", ""]
+        for index in 0..<10 {
+            let id = index == 0 ? firstID : try single.allocate()
+            if index > 0 { ids.append(id) }
+            let peer = index == 0 ? first.peers[0] : Build.peer(try single.allocate(), store: stores[0])
+            splits.append(Build.region(id, bounds[index], bounds[index + 1], version: 2, peers: [peer]))
+        }
+        try single.storeHeartbeats(stores)
+        for region in splits { #expect(try single.heartbeat(Build.info(region, leader: region.peers[0])) == nil) }
+        single.nowMs += single.pd.timings.scheduleDelayMs
+        try single.storeHeartbeats(stores)
+        var counts: [Int] = []
+        for round in 1...4 {
+            for command in single.pd.tick(nowMs: single.nowMs + UInt64(round - 1) * single.pd.timings.balanceIntervalMs) {
+                try single.apply(command).get()
+            }
+            counts.append(ids.filter { single.pd.operators.running[$0] != nil }.count)
+        }
+        #expect(counts == [3, 6, 9, 10], "operators after each round: \(counts)")
+    }
+
     @Test func aPDLeaderChangeMidMoveIsFinishedOrUndoneFromTheRegionsState() throws {
         // Cut after each step of a move: the new leader's checker leaves three voters and no
         // learner, never a joint configuration.
