@@ -59,8 +59,11 @@ struct SleepingRegionTests {
         #expect(liveness.deadSpanTicks(2) == 100, "four recent gaps, at most five times the short span")
         #expect(liveness.expire(at: 289).isEmpty)
         #expect(liveness.expire(at: 290) == [2], "silent past the longer span: dead")
+        // Back 160 ticks after it last spoke (a restart): four such gaps would be 640; the cap holds it.
+        liveness.heard(2, at: 350)
+        #expect(liveness.deadSpanTicks(2) == 100, "at most five times the short span")
         // Back to normal: the span shrinks back within a few dozen signs of life.
-        for tick in stride(from: 300, through: 400, by: 2) { liveness.heard(2, at: UInt64(tick)) }
+        for tick in stride(from: 352, through: 452, by: 2) { liveness.heard(2, at: UInt64(tick)) }
         #expect(liveness.deadSpanTicks(2) == 20, "the short span again")
     }
 
