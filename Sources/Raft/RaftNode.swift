@@ -48,6 +48,8 @@ public struct RaftNode {
     public internal(set) var refusedMessages: UInt64 = 0
     /// Reads this node confirmed from its lease (no heartbeat round), since it started.
     public internal(set) var leaseReadsServed: UInt64 = 0
+    /// Campaigns (pre-votes and elections, transfers included) this node started since it started.
+    public internal(set) var campaignsStarted: UInt64 = 0
     /// The group sleeps (see `Sleep.swift`): no ticks, no heartbeats, no elections until woken.
     public internal(set) var isAsleep = false
     /// This leader asked its followers to sleep and waits for all to answer that they do.
@@ -242,6 +244,7 @@ public struct RaftNode {
     /// transfer (which must not be held back by followers' leases).
     mutating func startCampaign(transfer: Bool) {
         guard isPromotable, !termExhausted else { return }
+        campaignsStarted += 1
         if config.preVote && !transfer {
             role = .preCandidate
             leader = noNode

@@ -148,6 +148,9 @@ public final class StoreCore {
         peers[regionID].map { ($0.raft.role, $0.raft.leader, $0.raft.term, $0.raft.appliedIndex) }
     }
 
+    /// Campaigns (pre-votes, elections, transfers) the replicas here started since they opened.
+    public var campaignsStartedTotal: UInt64 { peers.values.reduce(0) { $0 + $1.raft.campaignsStarted } }
+
     /// A region's log bounds here: first index still held and last index.
     public func logBounds(_ regionID: UInt64) -> (first: UInt64, last: UInt64)? {
         peers[regionID].map { ($0.storage.firstIndex, $0.storage.lastIndex) }
