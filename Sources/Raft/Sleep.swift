@@ -144,7 +144,10 @@ extension RaftNode {
     /// follower's process; the sleep itself is no silence (a follower that answered it sends
     /// nothing until woken), so a follower counts as heard that long ago, not when the group
     /// fell asleep (its down time, reported to PD, starts when its process went quiet).
-    public mutating func wake(leaderAlive: Bool, followerSilentTicks: (NodeID) -> UInt64 = { _ in 0 }) {
+    /// `campaignSoon`: the host presumes the leader's process dead and picked this follower
+    /// (one per group) to stand first: it campaigns at its next tick instead of after a whole
+    /// election timeout. Timers serve liveness only; the pre-vote still asks the others.
+    public mutating func wake(leaderAlive: Bool, campaignSoon: Bool = false, followerSilentTicks: (NodeID) -> UInt64 = { _ in 0 }) {
         guard isAsleep else { return }
         isAsleep = false
         if role == .follower && leaderAlive && leader != noNode {
@@ -154,6 +157,7 @@ extension RaftNode {
         electionElapsed = 0
         heartbeatElapsed = role == .leader ? config.heartbeatIntervalTicks - 1 : 0
         resetRandomizedElectionTimeout()
+        if campaignSoon && !leaderAlive && role == .follower && isPromotable { electionElapsed = randomizedElectionTimeout - 1 }
         if role == .leader {
             for nodeID in followerIDs {
                 progress[nodeID]?.recentActive = true

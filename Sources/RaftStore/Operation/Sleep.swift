@@ -224,7 +224,8 @@ extension StoreCore {
         guard sleepingRegions[peer.region.id] != nil else { return }
         catchUpClock(peer)
         let leaderStore = peer.leaderPeer?.storeID ?? 0
-        peer.raft.wake(leaderAlive: leaderStore != 0 && leaderStore != storeID && liveness.isAlive(leaderStore)) { [liveness, storeTick] nodeID in
+        let leaderAlive = leaderStore != 0 && leaderStore != storeID && liveness.isAlive(leaderStore)
+        peer.raft.wake(leaderAlive: leaderAlive, campaignSoon: !leaderAlive && standsFirst(peer)) { [liveness, storeTick] nodeID in
             guard let store = peer.peer(withID: nodeID)?.storeID else { return 0 }
             return liveness.ticksSilent(store, at: storeTick)
         }
@@ -234,6 +235,20 @@ extension StoreCore {
         awakeRegions.insert(peer.region.id)
         touchedRegions.insert(peer.region.id)
         precondition(!peer.raft.isAsleep && awakeRegions.contains(peer.region.id), "region \(peer.region.id): woken and ticking")
+    }
+
+    /// Whether this replica is the one of its group to campaign at once when its leader's store
+    /// is presumed dead: the voter with the lowest peer id, other than the leader, on a store
+    /// presumed alive. Every survivor picks the same one while they agree on liveness, so
+    /// the group's first election is not split; a wrong pick only costs an election timeout.
+    private func standsFirst(_ peer: RegionPeer) -> Bool {
+        let leaderStore = peer.leaderPeer?.storeID ?? 0
+        guard leaderStore != 0, !liveness.isAlive(leaderStore) else { return false }
+        let first = peer.raft.confState.voters.sorted().first { nodeID in
+            guard nodeID != peer.raft.leader, let store = peer.peer(withID: nodeID)?.storeID else { return false }
+            return store == storeID || liveness.isAlive(store)
+        }
+        return first == peer.peerID
     }
 
     /// Before a sleeping region steps `message`: its clock catches up, and it wakes unless
