@@ -12,7 +12,10 @@ import Synchronization
 /// How many region heartbeats one PD leader handles per second, and how long a route lookup
 /// takes, against a fresh PD group (which it bootstraps with one pretend store and fills with
 /// `--regions` regions). Also the same heartbeats through `PlacementDriver` in this process,
-/// without gRPC and PD's Raft group, to show what the decisions themselves cost.
+/// without gRPC and PD's Raft group, to show what the decisions themselves cost. With
+/// `--stores 3` every region has a replica on each of three pretend stores (100,000 regions:
+/// 300,000 replicas); `--rate` paces the steady heartbeats (sleeping regions report once a
+/// slow period); `--watch-pids` reports the PD members' RSS and CPU per heartbeat.
 struct PDHeartbeats: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pd-heartbeats",
@@ -33,7 +36,22 @@ struct PDHeartbeats: AsyncParsableCommand {
     @Option(help: "Heartbeats per RegionHeartbeatBatch message (0: one message per heartbeat on RegionHeartbeats).")
     var batch = 256
 
+    @Option(help: "Pretend stores; every region has a replica on each (1 to 7).")
+    var stores = 1
+
+    @Option(help: "Steady heartbeats per second over all streams (0: as fast as PD answers; needs --batch > 0).")
+    var rate = 0
+
+    @Option(name: .customLong("watch-pids"), help: "PD member process ids (comma-separated, Linux): RSS and CPU per heartbeat.")
+    var watchPIDs: String?
+
     func validate() throws {
+        guard (1...7).contains(stores) else { throw ValidationError("--stores must be 1 to 7") }
+        guard (0...10_000_000).contains(rate) else { throw ValidationError("--rate must be 0 to 10000000 heartbeats/s") }
+        guard rate == 0 || batch > 0 else { throw ValidationError("--rate needs --batch > 0") }
+        if let watchPIDs {
+            do { _ = try ProcessCPU.parsePIDs(watchPIDs) } catch { throw ValidationError(error.description) }
+        }
         guard (1...1_000_000).contains(regions) else { throw ValidationError("--regions must be 1 to 1000000") }
         guard (1...1_024).contains(concurrency) else { throw ValidationError("--concurrency must be 1 to 1024") }
         guard (1...3_600).contains(duration) else { throw ValidationError("--duration must be 1 to 3600 seconds") }
@@ -61,9 +79,16 @@ struct PDHeartbeats: AsyncParsableCommand {
         store.address = "127.0.0.1:9"
         store.raftAddress = "127.0.0.1:10"
         store = try await client.putStore(store)
-        let first = try await client.allocateIDs(UInt32(min(regions * 2, Int(PDLimits.idsPerAllocationMax))))
+        var storeIDs = [store.id]
+        for index in 1..<stores {
+            var other = Flotilla_V1_Store()
+            other.address = "127.0.0.1:\(9 + 2 * index)"
+            other.raftAddress = "127.0.0.1:\(10 + 2 * index)"
+            storeIDs.append(try await client.putStore(other).id)
+        }
+        let first = try await client.allocateIDs(UInt32(min(regions * (1 + stores), Int(PDLimits.idsPerAllocationMax))))
         var nextID = first
-        var idsLeft = UInt64(min(regions * 2, Int(PDLimits.idsPerAllocationMax)))
+        var idsLeft = UInt64(min(regions * (1 + stores), Int(PDLimits.idsPerAllocationMax)))
         func takeID() async throws -> UInt64 {
             if idsLeft == 0 {
                 nextID = try await client.allocateIDs(PDLimits.idsPerAllocationMax)
@@ -79,39 +104,53 @@ struct PDHeartbeats: AsyncParsableCommand {
             region.id = try await takeID()
             region.startKey = index == 0 ? Data() : Self.key(index)
             region.endKey = index == regions - 1 ? Data() : Self.key(index + 1)
-            region.epoch.confVer = 1
+            // One voter at the bootstrap, then one conf change per further store.
+            region.epoch.confVer = UInt64(storeIDs.count)
             region.epoch.version = 2
-            var peer = Flotilla_V1_Peer()
-            peer.id = try await takeID()
-            peer.storeID = store.id
-            region.peers = [peer]
+            for storeID in storeIDs {
+                var peer = Flotilla_V1_Peer()
+                peer.id = try await takeID()
+                peer.storeID = storeID
+                region.peers.append(peer)
+            }
             var info = Flotilla_V1_RegionInfo()
             info.region = region
-            info.leader = peer
+            info.leader = region.peers[index % region.peers.count]
             layout.append(info)
         }
         // Bootstrapped as one region over every key; the reported layout is its split (version 2).
         var whole = layout[0].region
         whole.endKey = Data()
         whole.epoch.version = 1
+        whole.epoch.confVer = 1
+        whole.peers = Array(whole.peers.prefix(1))
         try await client.bootstrap(store: store, region: whole)
+        let watched = watchPIDs.flatMap { try? ProcessCPU.parsePIDs($0) } ?? []
         // The first heartbeat of each region is a new route: proposed through PD's log.
-        let storeID = store.id
         let clock = ContinuousClock()
         let learnStarted = clock.now
-        try await Self.send(layout, client: client, storeID: storeID, concurrency: concurrency, until: nil)
+        try await Self.send(layout, client: client, concurrency: concurrency, until: nil)
         let learn = clock.now - learnStarted
-        print(String(format: "new routes: %d regions reported in %.2f s (%.0f/s; each one a PD log write)",
-                     regions, learn.seconds, Double(regions) / max(learn.seconds, 1e-9)))
+        print(String(format: "new routes: %d regions (%d replicas) reported in %.2f s (%.0f/s; each one a PD log write)",
+                     regions, regions * stores, learn.seconds, Double(regions) / max(learn.seconds, 1e-9)))
+        for pid in watched { print("PD process \(pid) after the routes: RSS \(Self.rssMiB(pid: pid).map(String.init) ?? "?") MiB") }
+        let cpuBefore = watched.map { ProcessCPU.seconds(pid: $0) }
         let steadyStarted = clock.now
         let sent = batch > 0
-            ? try await Self.sendBatches(layout, client: client, storeID: storeID, concurrency: concurrency,
-                                         until: steadyStarted + .seconds(duration), batch: batch)
-            : try await Self.send(layout, client: client, storeID: storeID, concurrency: concurrency, until: steadyStarted + .seconds(duration))
+            ? try await Self.sendBatches(layout, client: client, concurrency: concurrency,
+                                         until: steadyStarted + .seconds(duration), batch: batch, rate: rate)
+            : try await Self.send(layout, client: client, concurrency: concurrency, until: steadyStarted + .seconds(duration))
         let steady = clock.now - steadyStarted
-        print(String(format: "steady heartbeats: %d in %.2f s = %.0f/s on %d streams (%d regions, %@)",
+        print(String(format: "steady heartbeats: %d in %.2f s = %.0f/s on %d streams (%d regions, %@%@)",
                      sent, steady.seconds, Double(sent) / max(steady.seconds, 1e-9), concurrency, regions,
-                     batch > 0 ? "\(batch) per RegionHeartbeatBatch" : "one per message"))
+                     batch > 0 ? "\(batch) per RegionHeartbeatBatch" : "one per message", rate > 0 ? ", paced at \(rate)/s" : ""))
+        for (pid, before) in zip(watched, cpuBefore) {
+            guard let before, let after = ProcessCPU.seconds(pid: pid) else { continue }
+            let cpu = after - before
+            print(String(format: "PD process %d over the steady window: %.1f %% of a core, %.1f µs CPU per heartbeat, RSS %@ MiB",
+                         pid, 100 * cpu / max(steady.seconds, 1e-9), 1e6 * cpu / Double(max(sent, 1)),
+                         Self.rssMiB(pid: pid).map(String.init) ?? "?"))
+        }
         var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
         for index in 0..<1_000 {
             let key = Self.key((index * 7_919) % regions)
@@ -126,7 +165,7 @@ struct PDHeartbeats: AsyncParsableCommand {
     /// `window` unanswered (as a store sends a round's heartbeats on one stream); with
     /// `until`, round and round until then. Returns how many were answered without error.
     @discardableResult
-    static func send(_ layout: [Flotilla_V1_RegionInfo], client: PDClient, storeID: UInt64, concurrency: Int,
+    static func send(_ layout: [Flotilla_V1_RegionInfo], client: PDClient, concurrency: Int,
                      until deadline: ContinuousClock.Instant?, window: Int = 256) async throws -> Int {
         let next = ManagedCounter()
         return try await onLeaderStreams(client: client, concurrency: concurrency) { pd, sentHeader in
@@ -141,8 +180,8 @@ struct PDHeartbeats: AsyncParsableCommand {
                     while written - answered.value >= window { try await Task.sleep(for: .microseconds(200)) }
                     var request = Flotilla_V1_RegionHeartbeatRequest()
                     request.header = sentHeader
-                    request.storeID = storeID
                     request.region = layout[ticket % layout.count]
+                    request.storeID = request.region.leader.storeID
                     try await writer.write(request)
                     written += 1
                 }
@@ -159,23 +198,31 @@ struct PDHeartbeats: AsyncParsableCommand {
 
     /// Like `send`, with `batch` heartbeats per `RegionHeartbeatBatch` message and at most
     /// `window` batches unanswered per stream.
-    static func sendBatches(_ layout: [Flotilla_V1_RegionInfo], client: PDClient, storeID: UInt64, concurrency: Int,
-                            until deadline: ContinuousClock.Instant, batch: Int, window: Int = 4) async throws -> Int {
+    static func sendBatches(_ layout: [Flotilla_V1_RegionInfo], client: PDClient, concurrency: Int,
+                            until deadline: ContinuousClock.Instant, batch: Int, rate: Int = 0, window: Int = 4) async throws -> Int {
         let next = ManagedCounter()
+        // Paced: each stream sends a batch every `interval`, so all of them send `rate` a second.
+        let interval: Duration? = rate > 0 ? .nanoseconds(Int64(1e9 * Double(batch * concurrency) / Double(rate))) : nil
         return try await onLeaderStreams(client: client, concurrency: concurrency) { pd, sentHeader in
             let answered = ManagedCounter()
             let batchesAnswered = ManagedCounter()
             let failed = ManagedCounter()
             try await pd.regionHeartbeatBatches(requestProducer: { writer in
                 var written = 0
+                var sendAt = ContinuousClock.now
                 while ContinuousClock.now < deadline {
+                    if let interval {
+                        sendAt += interval
+                        guard sendAt < deadline else { return }
+                        try await Task.sleep(until: sendAt, clock: .continuous)
+                    }
                     while written - batchesAnswered.value >= window { try await Task.sleep(for: .microseconds(200)) }
                     var message = Flotilla_V1_RegionHeartbeatBatch()
                     message.header = sentHeader
                     message.heartbeats = (0..<batch).map { _ in
                         var request = Flotilla_V1_RegionHeartbeatRequest()
-                        request.storeID = storeID
                         request.region = layout[next.take() % layout.count]
+                        request.storeID = request.region.leader.storeID
                         return request
                     }
                     try await writer.write(message)
@@ -213,6 +260,16 @@ struct PDHeartbeats: AsyncParsableCommand {
                 return try await group.reduce(0, +)
             }
         }
+    }
+
+    /// A process's resident set (`VmRSS` of `/proc/<pid>/status`) in MiB, or nil.
+    static func rssMiB(pid: Int32) -> Int? {
+        guard let handle = FileHandle(forReadingAtPath: "/proc/\(pid)/status") else { return nil }
+        defer { try? handle.close() }
+        guard let data = try? handle.read(upToCount: 16_384), let text = String(data: data, encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kib = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return nil }
+        return kib / 1_024
     }
 
     /// Steady heartbeats through the PlacementDriver alone (no gRPC, no Raft): per second.
