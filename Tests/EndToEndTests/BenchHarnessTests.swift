@@ -139,6 +139,14 @@ struct BenchHarnessTests {
         #expect(pidsStatus != 0 && pids.contains("at most 64"), "\(pids)")
         let (regionsStatus, regions) = try bench(["write-path", "--regions", "0"])
         #expect(regionsStatus != 0 && regions.contains("--regions must be 1 to 4096"), "\(regions)")
+        let (pdStoresStatus, pdStores) = try bench(["pd-heartbeats", "--pd", "127.0.0.1:1", "--stores", "0"])
+        #expect(pdStoresStatus != 0 && pdStores.contains("--stores must be 1 to 7"), "\(pdStores)")
+        let (pdRateStatus, pdRate) = try bench(["pd-heartbeats", "--pd", "127.0.0.1:1", "--rate", "20000000"])
+        #expect(pdRateStatus != 0 && pdRate.contains("--rate must be 0 to 10000000"), "\(pdRate)")
+        let (pacedStatus, paced) = try bench(["pd-heartbeats", "--pd", "127.0.0.1:1", "--rate", "10", "--batch", "0"])
+        #expect(pacedStatus != 0 && paced.contains("--rate needs --batch > 0"), "\(paced)")
+        let (pdPIDStatus, pdPID) = try bench(["pd-heartbeats", "--pd", "127.0.0.1:1", "--watch-pids", "x"])
+        #expect(pdPIDStatus != 0 && pdPID.contains("'x' is not a positive process id"), "\(pdPID)")
         let (pairStatus, pair) = try bench(["compare", "one.json"])
         #expect(pairStatus != 0 && pair.contains("in pairs"), "\(pair)")
         let (missingStatus, missing) = try bench(["compare", "/nonexistent/a.json", "/nonexistent/b.json"])
@@ -171,6 +179,9 @@ struct BenchHarnessTests {
             .deletingLastPathComponent().appendingPathComponent("ops/load-test").path
         let (roundsStatus, rounds) = try LocalCluster.runToEnd("/bin/bash", [loadTest, "--rounds", "0"])
         #expect(roundsStatus == 2 && rounds.contains("--rounds must be a positive integer, got '0'"), "\(rounds)")
+        let idleRegions = URL(fileURLWithPath: loadTest).deletingLastPathComponent().appendingPathComponent("idle-regions").path
+        let (hogStatus, hog) = try LocalCluster.runToEnd("/bin/bash", [idleRegions, "--cpu-hog", "99"])
+        #expect(hogStatus == 2 && hog.contains("--cpu-hog must be 0..16"), "\(hog)")
         let (unknownStatus, unknown) = try LocalCluster.runToEnd("/bin/bash", [loadTest, "--fast"])
         #expect(unknownStatus == 2 && unknown.contains("unknown argument '--fast'"), "\(unknown)")
         // ops/fsync-probe (run before every load-test round) bounds its writers and time.
